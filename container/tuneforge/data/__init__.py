@@ -1,0 +1,8 @@
+"""Data: detect the format of a channel, read rows, and turn them into token ids with label masks."""
+
+from .formats import Example, LoadedData, read_channel
+from .split import select_and_split
+from .tokenize import Collator, TokenizedData, tokenize_examples
+
+__all__ = ["Example", "LoadedData", "read_channel", "select_and_split", "Collator", "TokenizedData",
+           "tokenize_examples"]

@@ -1,0 +1,92 @@
+"""One prompt-formatting path for training and serving.
+
+Training renders every example through a PromptFormat and saves it in model/tuneforge.json;
+the server loads the same PromptFormat, so what the model learned is what it is asked.
+"""
+
+from __future__ import annotations
+
+import string
+from dataclasses import asdict, dataclass, field
+
+DEMARCATION_KEY = "\n\n### Response:\n"
+
+# JumpStart's default for Llama/Mistral/Falcon instruction tuning (Dolly fields).
+DOLLY_TEMPLATE = {
+    "prompt": (
+        "Below is an instruction that describes a task, paired with an input that provides "
+        "further context. Write a response that appropriately completes the request.\n\n"
+        "### Instruction:\n{instruction}\n\n### Input:\n{context}"
+    ),
+    "completion": "{response}",
+}
+
+# Used when the tokenizer has no chat template of its own. Documented in docs/data-formats.md.
+DEFAULT_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|' + message['role'] + '|>\n' + message['content'] + eos_token + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
+)
+
+FORMATS = ("instruction", "chat", "domain", "table")
+
+
+def template_fields(template: str) -> list[str]:
+    """Names of the {placeholders} in a template, in order, without repeats."""
+    names: list[str] = []
+    for _, name, _, _ in string.Formatter().parse(template):
+        if name is not None and name != "" and name not in names:
+            names.append(name)
+    return names
+
+
+@dataclass
+class PromptFormat:
+    """How rows become (prompt, completion) text, saved beside the model."""
+
+    kind: str  # one of FORMATS
+    prompt_template: str = "{prompt}"
+    completion_template: str = "{completion}"
+    demarcation: str = ""
+    chat_template: str | None = None  # only when the tokenizer has none
+    fields: list[str] = field(default_factory=list)
+
+    def __post_init__(self):
+        if not self.fields:
+            self.fields = template_fields(self.prompt_template)
+
+    def render_prompt(self, row: dict) -> str:
+        text = self.prompt_template.format(**{k: _text(row[k]) for k in template_fields(self.prompt_template)})
+        return text + self.demarcation
+
+    def render_completion(self, row: dict) -> str:
+        names = template_fields(self.completion_template)
+        return self.completion_template.format(**{k: _text(row[k]) for k in names})
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "PromptFormat":
+        known = {k: data[k] for k in ("kind", "prompt_template", "completion_template",
+                                      "demarcation", "chat_template", "fields") if k in data}
+        return cls(**known)
+
+
+def _text(value) -> str:
+    return "" if value is None else str(value)
+
+
+def chat_template_for(tokenizer) -> str:
+    return getattr(tokenizer, "chat_template", None) or DEFAULT_CHAT_TEMPLATE
+
+
+def render_chat(tokenizer, messages: list[dict], *, add_generation_prompt: bool,
+                chat_template: str | None = None) -> str:
+    """Render a conversation with the tokenizer's chat template, else ours."""
+    template = chat_template or chat_template_for(tokenizer)
+    return tokenizer.apply_chat_template(
+        [{"role": m["role"], "content": m["content"]} for m in messages],
+        chat_template=template, tokenize=False, add_generation_prompt=add_generation_prompt,
+    )
