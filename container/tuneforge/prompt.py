@@ -90,3 +90,19 @@ def render_chat(tokenizer, messages: list[dict], *, add_generation_prompt: bool,
         [{"role": m["role"], "content": m["content"]} for m in messages],
         chat_template=template, tokenize=False, add_generation_prompt=add_generation_prompt,
     )
+
+
+def encode_prompt(tokenizer, text: str, *, seq2seq: bool) -> list[int]:
+    """Token ids of a prompt exactly as training built them.
+
+    Special tokens are added here, not by the tokenizer, so every family gets the same layout:
+    causal = [bos] + prompt (no bos when the rendered text already starts with it);
+    seq2seq = prompt + [eos].
+    """
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if seq2seq:
+        return ids + ([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [])
+    bos = tokenizer.bos_token_id
+    if bos is None or (ids and ids[0] == bos):
+        return ids
+    return [bos] + ids
