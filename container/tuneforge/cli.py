@@ -1,0 +1,93 @@
+"""`tuneforge train|serve|tiny-model|sample-data|hyperparameters`; `serve` console script."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _train(args) -> int:
+    from .train.launcher import run
+
+    return run(args.base_dir)
+
+
+def _serve(args, rest: list[str]) -> int:
+    from .serve.server import main as serve_main
+
+    return serve_main(rest)
+
+
+def _tiny_model(args) -> int:
+    from .tiny import build_tiny_model
+
+    for family in args.family:
+        out = Path(args.output) / family if len(args.family) > 1 else Path(args.output)
+        build_tiny_model(family, out)
+        print(out)
+    return 0
+
+
+def _sample_data(args) -> int:
+    from .samples import write_sample_data
+
+    for name, folder in write_sample_data(args.kind, Path(args.output), n_train=args.rows).items():
+        print(f"{name}: {folder}")
+    return 0
+
+
+def _hyperparameters(args) -> int:
+    from .config import markdown_table
+
+    header = ("# Hyperparameters\n\nGenerated from container/tuneforge/config.py by "
+              "`tuneforge hyperparameters --markdown`. Values may arrive in any SageMaker encoding "
+              "(\"True\", \"true\", \"\\\"True\\\"\", \"5\", \"\\\"5\\\"\"); names starting with `sagemaker_` "
+              "are ignored; an unknown name fails with the closest valid one.\n\n")
+    print(header + markdown_table() if args.markdown else markdown_table(), end="")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    from .tiny import FAMILIES
+
+    top = argparse.ArgumentParser(prog="tuneforge", description=__doc__)
+    sub = top.add_subparsers(dest="command", required=True)
+    train = sub.add_parser("train", help="run a training job on an /opt/ml-shaped folder")
+    train.add_argument("--base-dir", help="the /opt/ml tree (default: $SAGEMAKER_BASE_DIR or /opt/ml)")
+    train.set_defaults(func=_train)
+    serve = sub.add_parser("serve", help="serve model/ over HTTP (gunicorn); options: tuneforge serve --help",
+                           add_help=False)
+    serve.set_defaults(func=None)
+    tiny = sub.add_parser("tiny-model", help="write a tiny random model with an offline tokenizer")
+    tiny.add_argument("--family", nargs="+", default=["llama"], choices=FAMILIES)
+    tiny.add_argument("--output", required=True)
+    tiny.set_defaults(func=_tiny_model)
+    sample = sub.add_parser("sample-data", help="write sample train/validation channels")
+    sample.add_argument("--kind", default="instruction", choices=("instruction", "chat", "domain", "table"))
+    sample.add_argument("--rows", type=int, default=320)
+    sample.add_argument("--output", required=True)
+    sample.set_defaults(func=_sample_data)
+    hps = sub.add_parser("hyperparameters", help="print the hyperparameter reference")
+    hps.add_argument("--markdown", action="store_true", help="with a document header")
+    hps.set_defaults(func=_hyperparameters)
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "serve":
+        return _serve(None, argv[1:])
+    args = parser().parse_args(argv)
+    return args.func(args)
+
+
+def serve_entry() -> None:
+    """The `serve` console script SageMaker runs in the serving image."""
+    from .serve.server import main as serve_main
+
+    sys.exit(serve_main(sys.argv[1:]))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

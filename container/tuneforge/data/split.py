@@ -1,0 +1,23 @@
+"""Train/validation selection: a validation channel, or a seeded split of the train rows."""
+
+from __future__ import annotations
+
+import random
+
+
+def _cap(rows: list, limit: int) -> list:
+    return rows if limit is None or limit < 0 else rows[:limit]
+
+
+def select_and_split(train: list, validation: list | None, config) -> tuple[list, list]:
+    """Apply validation_split_ratio (only without a validation channel) and the sample caps."""
+    if validation is None:
+        order = list(range(len(train)))
+        random.Random(config.train_data_split_seed).shuffle(order)
+        n_val = int(round(len(train) * config.validation_split_ratio))
+        if config.validation_split_ratio > 0 and len(train) > 1:
+            n_val = min(max(n_val, 1), len(train) - 1)
+        val_idx = set(order[:n_val])
+        validation = [train[i] for i in order[:n_val]]
+        train = [row for i, row in enumerate(train) if i not in val_idx]
+    return _cap(train, config.max_train_samples), _cap(validation, config.max_val_samples)

@@ -1,0 +1,193 @@
+"""Load the base model and tokenizer offline, pick dtype and attention, apply quantization and LoRA."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tarfile
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .errors import ModelError, ResourceError
+
+log = logging.getLogger(__name__)
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
+PICKLE_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+@dataclass
+class Loaded:
+    model: torch.nn.Module
+    tokenizer: object
+    path: Path
+    seq2seq: bool
+    dtype: torch.dtype
+
+
+def find_model_root(folder: Path) -> Path:
+    """The folder holding config.json: the channel itself, a sub-folder, or an extracted tarball."""
+    folder = Path(folder)
+    if (folder / "config.json").exists():
+        return folder
+    configs = sorted(folder.rglob("config.json"), key=lambda p: len(p.parts))
+    if configs:
+        return configs[0].parent
+    tarballs = sorted(folder.glob("*.tar.gz"))
+    if len(tarballs) == 1:
+        target = Path(tempfile.mkdtemp(prefix="tuneforge-base-"))
+        with tarfile.open(tarballs[0]) as archive:
+            archive.extractall(target, filter="data")
+        return find_model_root(target)
+    raise ModelError("no config.json found", where=str(folder),
+                     fix="put a Hugging Face model folder (config.json, *.safetensors, tokenizer) in the model channel")
+
+
+def resolve_base_model(paths, config) -> Path:
+    channel = paths.model_channel()
+    if channel is not None:
+        return find_model_root(channel)
+    if config.model_id:
+        local = Path(config.model_id)
+        if local.is_dir():
+            return find_model_root(local)
+        raise ModelError(f"{config.model_id!r} is not a local folder, and tuneforge never downloads weights at run time",
+                         where="hyperparameter model_id",
+                         fix="pass the base model in the `model` channel or set model_id to a folder in the image")
+    raise ModelError("no base model was given: the `model` channel is empty and model_id is not set",
+                     where=str(paths.channel("model")),
+                     fix="add a `model` input channel with the base weights, or set model_id to a local folder")
+
+
+def has_cuda() -> bool:
+    return torch.cuda.is_available()
+
+
+def pick_dtype(config) -> torch.dtype:
+    """Weights dtype. Precision 'auto': bf16 where the GPU has it, else fp16 on GPU, fp32 on CPU."""
+    precision = config.precision
+    if precision == "auto":
+        if not has_cuda():
+            return torch.float32
+        precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if precision in ("bf16", "fp16") and not has_cuda():
+        raise ResourceError(f"precision {precision} needs a GPU and none is visible", where="hyperparameter precision",
+                            fix="use precision=auto or fp32 on CPU")
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def load_tokenizer(path: Path, config):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True,
+                                              trust_remote_code=config.trust_remote_code)
+    if tokenizer.pad_token is None:
+        # pad must not be EOS: a model whose EOS is masked like padding never learns to stop.
+        if tokenizer.unk_token is not None and tokenizer.unk_token != tokenizer.eos_token:
+            tokenizer.pad_token = tokenizer.unk_token
+        else:
+            tokenizer.add_special_tokens({"pad_token": "<pad>"})
+    if tokenizer.eos_token_id is None:
+        raise ModelError("the tokenizer has no EOS token", where=str(path),
+                         fix="set eos_token in tokenizer_config.json")
+    if config.chat_template:
+        tokenizer.chat_template = config.chat_template
+    return tokenizer
+
+
+def _check_weights(path: Path, config) -> None:
+    if config.train_from_scratch:
+        return
+    if any((path / name).exists() for name in WEIGHT_FILES) or list(path.glob("*.safetensors")):
+        return
+    if any((path / name).exists() for name in PICKLE_FILES):
+        raise ModelError("the base model has only pickle (.bin) weights, which can run code when loaded",
+                         where=str(path), fix="convert the weights to safetensors (save_pretrained(..., safe_serialization=True))")
+    raise ModelError("no *.safetensors weights found", where=str(path),
+                     fix="put the model's safetensors files beside config.json")
+
+
+def quantization_config(config, dtype):
+    if config.quantization == "none":
+        return None
+    if not has_cuda():
+        raise ResourceError(f"{config.quantization} quantization needs an NVIDIA GPU (bitsandbytes) and none is visible",
+                            where="hyperparameters int8_quantization/load_in_4bit/bits",
+                            fix="run on a GPU instance, or turn quantization off for CPU runs")
+    from transformers import BitsAndBytesConfig
+
+    if config.quantization == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=config.quant_type,
+                              bnb_4bit_use_double_quant=config.double_quant, bnb_4bit_compute_dtype=dtype)
+
+
+def load_model(path: Path, config, *, tokenizer=None, dtype: torch.dtype | None = None,
+               quantize: bool = True) -> Loaded:
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+    path = Path(path)
+    tokenizer = tokenizer or load_tokenizer(path, config)
+    dtype = dtype or pick_dtype(config)
+    try:
+        model_config = AutoConfig.from_pretrained(path, local_files_only=True,
+                                                  trust_remote_code=config.trust_remote_code)
+    except ValueError as exc:
+        raise ModelError(f"cannot read the model config ({str(exc).splitlines()[0]})", where=str(path / "config.json"),
+                         fix="set trust_remote_code=True only if you trust this model's code") from None
+    _check_weights(path, config)
+    seq2seq = bool(getattr(model_config, "is_encoder_decoder", False))
+    auto = AutoModelForSeq2SeqLM if seq2seq else AutoModelForCausalLM
+    # LoRA trains a frozen base: keep it in the compute dtype. Full fine-tuning keeps fp32 master
+    # weights and gets bf16/fp16 through autocast instead.
+    load_dtype = dtype if (config.use_lora or not has_cuda()) else torch.float32
+    kwargs = dict(local_files_only=True, trust_remote_code=config.trust_remote_code, dtype=load_dtype)
+    quant = quantization_config(config, dtype) if quantize else None
+    if quant is not None:
+        kwargs["quantization_config"] = quant
+    if config.train_from_scratch:
+        model = auto.from_config(model_config, dtype=load_dtype)
+    else:
+        # transformers picks SDPA attention by default where the architecture supports it.
+        model = auto.from_pretrained(path, use_safetensors=True, **kwargs)
+    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+        model.resize_token_embeddings(len(tokenizer))
+    model.config.pad_token_id = tokenizer.pad_token_id
+    if model.generation_config is not None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+        if model.generation_config.eos_token_id is None:
+            model.generation_config.eos_token_id = tokenizer.eos_token_id
+    return Loaded(model, tokenizer, path, seq2seq, dtype)
+
+
+def apply_lora(loaded: Loaded, config):
+    """Wrap the model with LoRA adapters; the family's default targets unless target_modules says."""
+    from peft import LoraConfig, TaskType, get_peft_model, prepare_model_for_kbit_training
+
+    model = loaded.model
+    if config.quantization != "none":
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing)
+    targets = config.target_modules.strip()
+    if targets and targets != "all-linear":
+        targets = [t.strip() for t in targets.split(",") if t.strip()]
+    lora = dict(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                task_type=TaskType.SEQ_2_SEQ_LM if loaded.seq2seq else TaskType.CAUSAL_LM)
+    try:
+        return get_peft_model(model, LoraConfig(target_modules=targets or None, **lora))
+    except ValueError as exc:
+        if targets:
+            names = sorted({n.split(".")[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
+            raise ModelError(f"target_modules {config.target_modules!r} do not match this model ({exc})",
+                             where="hyperparameter target_modules",
+                             fix=f"use all-linear or names from: {', '.join(names)}") from None
+        log.info("peft has no default LoRA targets for %s; using all-linear", model.config.model_type)
+        return get_peft_model(model, LoraConfig(target_modules="all-linear", **lora))
+
+
+def count_parameters(model) -> tuple[int, int]:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return trainable, total

@@ -1,0 +1,1 @@
+"""Training: launcher (world size, torchrun), recipe (setup/train/evaluate/save), metrics, artifacts."""

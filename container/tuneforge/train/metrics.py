@@ -1,0 +1,83 @@
+"""Evaluation beyond the loss: generations on validation prompts, ROUGE, perplexity, metric lines.
+
+Metric lines are printed as `name=value` so SageMaker metric definitions can read them (the
+regexes are in README.md); a JumpStart Llama-style line is printed too, so its existing metric
+definitions keep working.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..prompt import encode_prompt, render_chat
+
+ROUGE_KEYS = ("rouge1", "rouge2", "rougeL", "rougeLsum")
+
+
+def perplexity(loss: float | None) -> float | None:
+    if loss is None:
+        return None
+    return math.exp(min(loss, 50.0))
+
+
+def print_metric(name: str, value: float, **context) -> None:
+    extra = "".join(f" {k}={v}" for k, v in context.items())
+    print(f"[metric] {name}={value:.6f}{extra}", flush=True)
+
+
+def generation_pairs(examples, tokenizer, prompt_format, limit: int) -> list[tuple[str, str]]:
+    """(prompt text, reference) for the first `limit` validation examples that have a reference."""
+    pairs = []
+    for example in examples:
+        if len(pairs) >= limit:
+            break
+        if example.messages is not None:
+            last = max(i for i, m in enumerate(example.messages) if m["role"] == "assistant")
+            prompt = render_chat(tokenizer, example.messages[:last], add_generation_prompt=True,
+                                 chat_template=prompt_format.chat_template)
+            pairs.append((prompt, example.messages[last]["content"]))
+        elif example.completion:
+            pairs.append((example.prompt, example.completion))
+    return pairs
+
+
+@torch.no_grad()
+def generate(model, tokenizer, prompts: list[str], *, seq2seq: bool, max_new_tokens: int,
+             max_input_length: int, batch_size: int = 8) -> list[str]:
+    """Greedy answers, batched with left padding (right padding would break causal generation)."""
+    model.eval()
+    device = next(model.parameters()).device
+    answers = []
+    for start in range(0, len(prompts), batch_size):
+        encoded = [encode_prompt(tokenizer, p, seq2seq=seq2seq)[-max_input_length:]
+                   for p in prompts[start:start + batch_size]]
+        width = max(len(ids) for ids in encoded)
+        ids = torch.full((len(encoded), width), tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for row, seq in enumerate(encoded):
+            ids[row, width - len(seq):] = torch.tensor(seq)
+            mask[row, width - len(seq):] = 1
+        output = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=False,
+                                max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                                eos_token_id=tokenizer.eos_token_id)
+        new = output if seq2seq else output[:, width:]
+        answers += [tokenizer.decode(row, skip_special_tokens=True).strip() for row in new]
+    return answers
+
+
+def rouge(predictions: list[str], references: list[str]) -> dict[str, float]:
+    """Mean ROUGE F-measures (stemmed), as Autopilot reports them."""
+    from rouge_score import rouge_scorer
+
+    if not predictions:
+        return {}
+    scorer = rouge_scorer.RougeScorer(list(ROUGE_KEYS), use_stemmer=True)
+    totals = dict.fromkeys(ROUGE_KEYS, 0.0)
+    for prediction, reference in zip(predictions, references):
+        # rougeLsum splits summaries on newlines
+        scores = scorer.score(reference, prediction)
+        for key in ROUGE_KEYS:
+            totals[key] += scores[key].fmeasure
+    return {key: totals[key] / len(predictions) for key in ROUGE_KEYS}
