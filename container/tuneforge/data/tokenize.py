@@ -123,7 +123,8 @@ def _tokenize_chunk(args):
             feature, truncated = _seq2seq(example, tokenizer, max_len, max_out)
         else:
             feature, truncated = _causal(example, tokenizer, prompt_format, max_len)
-        if not any(label != IGNORE for label in feature["labels"]):
+        # EOS alone teaches only "stop now": an empty target is a data bug, not an example.
+        if not any(label not in (IGNORE, tokenizer.eos_token_id) for label in feature["labels"]):
             raise DataError("the example has no trainable token (empty completion, or the prompt fills "
                             f"max_input_length={max_len})", where=example.source,
                             fix="give the row a non-empty response or raise max_input_length")

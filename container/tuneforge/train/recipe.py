@@ -32,6 +32,10 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def _world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -132,7 +136,7 @@ class Recipe:
         args_class = Seq2SeqTrainingArguments if self.loaded.seq2seq else TrainingArguments
         dtype = self.loaded.dtype
         args = args_class(
-            output_dir=str(self.paths.checkpoint_dir), overwrite_output_dir=False,
+            output_dir=str(self.paths.checkpoint_dir),
             num_train_epochs=cfg.epoch, max_steps=cfg.max_steps,
             per_device_train_batch_size=cfg.per_device_train_batch_size,
             per_device_eval_batch_size=cfg.per_device_eval_batch_size,
@@ -148,9 +152,9 @@ class Recipe:
             metric_for_best_model="eval_loss", greater_is_better=False,
             logging_steps=cfg.logging_steps, logging_first_step=True, seed=cfg.seed, data_seed=cfg.seed,
             bf16=has_cuda() and dtype == torch.bfloat16, fp16=has_cuda() and dtype == torch.float16,
-            use_cpu=not has_cuda(), ddp_backend=None if has_cuda() else "gloo",
+            use_cpu=not has_cuda(), ddp_backend="gloo" if not has_cuda() and _world_size() > 1 else None,
             dataloader_num_workers=cfg.dataloader_num_workers, remove_unused_columns=False,
-            report_to=[], disable_tqdm=True, save_safetensors=True,
+            report_to=[], disable_tqdm=True,
             deepspeed=self.deepspeed_config(), gradient_checkpointing=False,
         )
         callbacks = [MetricLines()]

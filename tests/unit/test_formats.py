@@ -1,0 +1,134 @@
+import json
+
+import pandas as pd
+import pytest
+
+from tuneforge.config import parse_hyperparameters
+from tuneforge.data import read_channel, select_and_split
+from tuneforge.data.formats import detect_format
+from tuneforge.errors import DataError
+from tuneforge.prompt import DEMARCATION_KEY
+from tuneforge.samples import write_sample_data
+
+
+def cfg(**values):
+    return parse_hyperparameters({k: str(v) for k, v in values.items()})
+
+
+def test_instruction_with_template(tmp_path):
+    channels = write_sample_data("instruction", tmp_path, n_train=10, n_val=2)
+    data = read_channel(channels["train"], cfg(instruction_tuned=True))
+    assert data.format == "instruction" and len(data.examples) == 10
+    first = json.loads((channels["train"] / "data.jsonl").read_text().splitlines()[0])
+    assert data.examples[0].prompt.endswith(DEMARCATION_KEY)
+    assert first["instruction"] in data.examples[0].prompt and first["context"] in data.examples[0].prompt
+    assert data.examples[0].completion == first["response"]
+    assert data.examples[0].source == "data.jsonl:1"
+
+
+def test_demarcation_can_be_turned_off(tmp_path):
+    channels = write_sample_data("instruction", tmp_path, n_train=3, n_val=1)
+    data = read_channel(channels["train"], cfg(instruction_tuned=True, add_input_output_demarcation_key=False))
+    assert "### Response:" not in data.examples[0].prompt
+
+
+def test_default_templates(tmp_path):
+    (tmp_path / "a.jsonl").write_text(json.dumps({"prompt": "Q?", "completion": "A."}) + "\n")
+    data = read_channel(tmp_path, cfg(instruction_tuned=True, add_input_output_demarcation_key=False))
+    assert (data.examples[0].prompt, data.examples[0].completion) == ("Q?", "A.")
+    dolly = tmp_path / "dolly"
+    dolly.mkdir()
+    (dolly / "d.jsonl").write_text(json.dumps({"instruction": "I", "context": "C", "response": "R"}) + "\n")
+    data = read_channel(dolly, cfg(instruction_tuned=True))
+    assert "### Instruction:\nI" in data.examples[0].prompt and data.examples[0].completion == "R"
+
+
+def test_malformed_json_line_names_file_and_line(tmp_path):
+    (tmp_path / "rows.jsonl").write_text('{"prompt": "a", "completion": "b"}\n{"prompt": "broken\n')
+    with pytest.raises(DataError) as err:
+        read_channel(tmp_path, cfg(instruction_tuned=True))
+    assert f"{tmp_path / 'rows.jsonl'}:2" in str(err.value) and "malformed JSON" in str(err.value)
+
+
+def test_missing_template_field_names_field_and_line(tmp_path):
+    (tmp_path / "template.json").write_text(json.dumps({"prompt": "{question} {topic}", "completion": "{answer}"}))
+    rows = [{"question": "q", "topic": "t", "answer": "a"}, {"question": "q", "answer": "a"}]
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(DataError) as err:
+        read_channel(tmp_path, cfg(instruction_tuned=True))
+    assert "rows.jsonl:2" in str(err.value) and "'topic'" in str(err.value)
+
+
+def test_empty_channel(tmp_path):
+    with pytest.raises(DataError, match="empty"):
+        read_channel(tmp_path, cfg(instruction_tuned=True))
+
+
+def test_chat_rows_and_validation(tmp_path):
+    channels = write_sample_data("chat", tmp_path, n_train=6, n_val=1)
+    data = read_channel(channels["train"], cfg(chat_dataset=True))
+    assert data.format == "chat" and all(e.messages[-1]["role"] == "assistant" for e in data.examples)
+    for key in ("messages", "conversations"):
+        (tmp_path / key).mkdir()
+        (tmp_path / key / "c.jsonl").write_text(json.dumps({key: [{"role": "user", "content": "hi"},
+                                                                  {"role": "assistant", "content": "yo"}]}) + "\n")
+        assert read_channel(tmp_path / key, cfg(chat_dataset=True)).examples[0].messages[1]["content"] == "yo"
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "c.jsonl").write_text(json.dumps({"dialog": [{"role": "user", "content": "a"},
+                                                        {"role": "user", "content": "b"}]}) + "\n")
+    with pytest.raises(DataError, match="alternate"):
+        read_channel(bad, cfg(chat_dataset=True))
+
+
+def test_domain_formats(tmp_path):
+    for name, body in (("a.txt", "first line\n\nsecond line\n"), ("b.csv", "id,text\n1,hello world\n2,more\n"),
+                       ("c.jsonl", '{"text": "one"}\n{"text": "two"}\n'), ("d.json", '[{"body": "x"}, {"body": "y"}]')):
+        folder = tmp_path / name.split(".")[0]
+        folder.mkdir()
+        (folder / name).write_text(body)
+        data = read_channel(folder, cfg())
+        assert data.format == "domain" and len(data.examples) == 2, name
+    assert read_channel(tmp_path / "b", cfg()).examples[0].text == "hello world"
+
+
+def test_domain_needs_exactly_one_file(tmp_path):
+    (tmp_path / "a.txt").write_text("x\n")
+    (tmp_path / "b.txt").write_text("y\n")
+    with pytest.raises(DataError) as err:
+        read_channel(tmp_path, cfg())
+    assert "exactly one" in str(err.value) and "a.txt" in str(err.value) and "b.txt" in str(err.value)
+
+
+def test_tables_csv_and_parquet(tmp_path):
+    pd.DataFrame({"input": ["q1", "q2"], "output": ["a1", "a2"]}).to_parquet(tmp_path / "p.parquet")
+    (tmp_path / "t.csv").write_text("input,output\nq3,a3\n")
+    data = read_channel(tmp_path, cfg())
+    assert data.format == "table" and [e.completion for e in data.examples] == ["a1", "a2", "a3"]
+    assert data.examples[0].prompt == "q1" + DEMARCATION_KEY
+
+
+@pytest.mark.parametrize("header,message", [("input,extra,output", "extra column 'extra'"),
+                                            ("input,answer", "missing column 'output'")])
+def test_table_with_wrong_columns(tmp_path, header, message):
+    (tmp_path / "t.csv").write_text(header + "\n" + ",".join(["v"] * len(header.split(","))) + "\n")
+    with pytest.raises(DataError) as err:
+        read_channel(tmp_path, cfg())
+    assert message in str(err.value) and "t.csv" in str(err.value)
+
+
+def test_detection_and_forcing(tmp_path):
+    (tmp_path / "t.csv").write_text("text\nhello\n")
+    assert detect_format(tmp_path, cfg()) == "domain"
+    assert detect_format(tmp_path, cfg(data_format="table")) == "table"
+
+
+def test_split_is_seeded_and_capped():
+    rows = list(range(100))
+    config = cfg(validation_split_ratio=0.2, train_data_split_seed=3, max_train_samples=50)
+    train, val = select_and_split(rows, None, config)
+    assert len(val) == 20 and len(train) == 50 and not set(train) & set(val)
+    assert select_and_split(rows, None, config) == (train, val)
+    other = select_and_split(rows, None, cfg(validation_split_ratio=0.2, train_data_split_seed=4))[1]
+    assert other != val
+    assert select_and_split(rows, [1, 2, 3], cfg(max_val_samples=2))[1] == [1, 2]

@@ -1,0 +1,93 @@
+import pytest
+
+from tuneforge.config import parse_hyperparameters
+from tuneforge.data import Collator, tokenize_examples
+from tuneforge.data.formats import Example
+from tuneforge.data.tokenize import IGNORE
+from tuneforge.errors import DataError
+from tuneforge.prompt import PromptFormat, encode_prompt
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny("llama"))
+
+
+INSTR = PromptFormat(kind="instruction")
+
+
+def test_prompt_masked_completion_and_eos_trainable(tokenizer):
+    example = Example(source="f:1", prompt="What color is the lime?\n\n### Response:\n", completion="The lime is green.")
+    data = tokenize_examples([example], tokenizer, INSTR, max_len=128, max_out=32, seq2seq=False)
+    feature = data.features[0]
+    ids, labels = feature["input_ids"], feature["labels"]
+    prompt_ids = encode_prompt(tokenizer, example.prompt, seq2seq=False)
+    assert ids[: len(prompt_ids)] == prompt_ids
+    assert labels[: len(prompt_ids)] == [IGNORE] * len(prompt_ids)
+    trainable = [t for t in labels if t != IGNORE]
+    assert trainable[-1] == tokenizer.eos_token_id
+    assert tokenizer.decode(trainable[:-1]) == "The lime is green."
+    assert tokenizer.pad_token_id != tokenizer.eos_token_id
+    assert data.trainable_tokens == len(trainable) and data.truncated == 0
+
+
+def test_collator_pads_labels_with_ignore_not_pad(tokenizer):
+    batch = Collator(tokenizer.pad_token_id)([{"input_ids": [1, 5, 2], "labels": [IGNORE, 5, 2]},
+                                              {"input_ids": [1, 2], "labels": [IGNORE, 2]}])
+    assert batch["input_ids"][1].tolist() == [1, 2, tokenizer.pad_token_id]
+    assert batch["labels"][1].tolist() == [IGNORE, 2, IGNORE]
+    assert batch["attention_mask"][1].tolist() == [1, 1, 0]
+
+
+def test_truncation_drops_prompt_before_completion(tokenizer):
+    example = Example(source="f:7", prompt="word " * 200, completion="The lime is green.")
+    data = tokenize_examples([example], tokenizer, INSTR, max_len=32, max_out=32, seq2seq=False)
+    feature = data.features[0]
+    assert len(feature["input_ids"]) == 32 and data.truncated == 1 and data.truncated_sources == ["f:7"]
+    assert feature["input_ids"][0] == tokenizer.bos_token_id
+    assert feature["labels"][-1] == tokenizer.eos_token_id
+
+
+def test_no_trainable_token_fails_with_source(tokenizer):
+    with pytest.raises(DataError) as err:
+        tokenize_examples([Example(source="rows.jsonl:3", prompt="q", completion="")], tokenizer, INSTR,
+                          max_len=64, max_out=8, seq2seq=True)
+    assert "rows.jsonl:3" in str(err.value)
+
+
+def test_chat_trains_only_assistant_turns(tokenizer):
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Color of lime?"},
+                {"role": "assistant", "content": "Green."}, {"role": "user", "content": "And snow?"},
+                {"role": "assistant", "content": "White."}]
+    chat = PromptFormat(kind="chat", prompt_template="", completion_template="")
+    feature = tokenize_examples([Example(source="c:1", messages=messages)], tokenizer, chat,
+                                max_len=256, max_out=8, seq2seq=False).features[0]
+    trained = tokenizer.decode([t for t in feature["labels"] if t != IGNORE])
+    assert "Green." in trained and "White." in trained
+    assert "Color of lime" not in trained and "Be brief" not in trained and "<|user|>" not in trained
+    assert trained.count(tokenizer.eos_token) == 2  # each assistant turn learns to stop
+
+
+def test_domain_text_is_packed_into_blocks(tokenizer):
+    examples = [Example(source=f"t:{i}", text="The lime is green. " * 5) for i in range(10)]
+    domain = PromptFormat(kind="domain", prompt_template="", completion_template="")
+    data = tokenize_examples(examples, tokenizer, domain, max_len=16, max_out=8, seq2seq=False)
+    assert all(len(f["input_ids"]) == 16 for f in data.features[:-1])
+    assert all(f["labels"] == f["input_ids"] for f in data.features)
+    assert data.trainable_share == 1.0
+
+
+def test_seq2seq_layout(tokenizer):
+    feature = tokenize_examples([Example(source="s:1", prompt="Q?", completion="A.")], tokenizer, INSTR,
+                                max_len=16, max_out=8, seq2seq=True).features[0]
+    assert feature["input_ids"][-1] == tokenizer.eos_token_id and feature["labels"][-1] == tokenizer.eos_token_id
+    assert IGNORE not in feature["labels"]
+
+
+def test_workers_give_identical_features(tokenizer):
+    examples = [Example(source=f"f:{i}", prompt=f"Question {i}?", completion=f"Answer {i}.") for i in range(12)]
+    one = tokenize_examples(examples, tokenizer, INSTR, max_len=64, max_out=8, seq2seq=False)
+    two = tokenize_examples(examples, tokenizer, INSTR, max_len=64, max_out=8, seq2seq=False, workers=2)
+    assert sorted(map(str, one.features)) == sorted(map(str, two.features))
