@@ -170,21 +170,26 @@ def apply_lora(loaded: Loaded, config):
     model = loaded.model
     if config.quantization != "none":
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing)
-    targets = config.target_modules.strip()
-    if targets and targets != "all-linear":
+    targets = default_lora_targets(model) if not config.target_modules.strip() else config.target_modules.strip()
+    if targets != "all-linear":
         targets = [t.strip() for t in targets.split(",") if t.strip()]
     lora = dict(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
                 task_type=TaskType.SEQ_2_SEQ_LM if loaded.seq2seq else TaskType.CAUSAL_LM)
+    linear_names = sorted({n.split(".")[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
     try:
-        return get_peft_model(model, LoraConfig(target_modules=targets or None, **lora))
+        return get_peft_model(model, LoraConfig(target_modules=targets, **lora))
     except ValueError as exc:
-        if targets:
-            names = sorted({n.split(".")[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
-            raise ModelError(f"target_modules {config.target_modules!r} do not match this model ({exc})",
-                             where="hyperparameter target_modules",
-                             fix=f"use all-linear or names from: {', '.join(names)}") from None
-        log.info("peft has no default LoRA targets for %s; using all-linear", model.config.model_type)
-        return get_peft_model(model, LoraConfig(target_modules="all-linear", **lora))
+        raise ModelError(f"target_modules {','.join(targets) if isinstance(targets, list) else targets!r} cannot be "
+                         f"adapted on this model ({str(exc).splitlines()[0]})", where="hyperparameter target_modules",
+                         fix=f"name linear layers, from: {', '.join(linear_names)}") from None
+
+
+def default_lora_targets(model) -> str:
+    """peft's per-family defaults (Llama, Mistral, Mixtral, Gemma: q_proj,v_proj), else all-linear."""
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as DEFAULTS
+
+    names = DEFAULTS.get(getattr(model.config, "model_type", ""))
+    return ",".join(names) if names else "all-linear"
 
 
 def count_parameters(model) -> tuple[int, int]:

@@ -1,0 +1,88 @@
+"""Each bad request gets its status and a JSON message naming the problem; the server carries on."""
+
+from __future__ import annotations
+
+import pytest
+import requests
+
+OK = {"inputs": "What color is the lemon?", "parameters": {"max_new_tokens": 4}}
+
+
+def tgi(**parameters):
+    return {"inputs": "What color is the lemon?", "parameters": parameters}
+
+
+CASES = [
+    # (body or raw bytes, content type, status, error_type, words the message must hold)
+    (b'{"inputs": "a", ', "application/json", 400, "malformed_json", ["malformed JSON"]),
+    (b"\xff\xfe\xfa", "application/json", 400, "malformed_request", ["UTF-8"]),
+    (b"a,b\n1,2\n", "text/csv", 415, "unsupported_media_type", ["text/csv", "application/json"]),
+    (b"", "text/plain", 422, "validation", ["empty"]),
+    ({"foo": 1}, None, 422, "validation", ["inputs", "messages", "text_inputs"]),
+    ([1, 2], None, 422, "validation", ["JSON object"]),
+    (tgi(max_new_tokens=0), None, 422, "validation", ["parameters.max_new_tokens", "at least 1", "got 0"]),
+    (tgi(max_new_tokens=5000), None, 422, "validation", ["parameters.max_new_tokens", "between 1 and 505", "7-token prompt"]),
+    (tgi(max_new_tokens="ten"), None, 422, "validation", ["parameters.max_new_tokens", "integer"]),
+    (tgi(temperature=0), None, 422, "validation", ["parameters.temperature", "(0, 100]"]),
+    (tgi(top_p=1.5), None, 422, "validation", ["parameters.top_p", "(0, 1]", "1.5"]),
+    (tgi(top_k=-1), None, 422, "validation", ["parameters.top_k", "between 0 and"]),
+    (tgi(repetition_penalty=0), None, 422, "validation", ["parameters.repetition_penalty", "(0, 100]"]),
+    (tgi(seed=-3), None, 422, "validation", ["parameters.seed", "between 0 and"]),
+    (tgi(do_sample="yes"), None, 422, "validation", ["parameters.do_sample", "true or false"]),
+    (tgi(stop=["a", "b", "c", "d", "e"]), None, 422, "validation", ["parameters.stop", "at most 4"]),
+    (tgi(stop=[""]), None, 422, "validation", ["parameters.stop", "non-empty"]),
+    (tgi(best_of=2), None, 422, "validation", ["best_of"]),
+    (tgi(watermark=True), None, 422, "validation", ["watermark", "not supported"]),
+    ({"inputs": "the river " * 400}, None, 422, "validation", ["at most 511 tokens", "given 803"]),
+    ({"inputs": ["a", "b"], "stream": True}, None, 422, "validation", ["stream", "single input"]),
+    ({"messages": [{"role": "robot", "content": "x"}]}, None, 422, "validation", ["messages[0].role", "robot"]),
+    ({"messages": []}, None, 422, "validation", ["messages", "non-empty"]),
+    ({"messages": [{"role": "user", "content": "x"}], "temperature": 3}, None, 422, "validation",
+     ["temperature", "[0, 2]"]),
+    ({"messages": [{"role": "user", "content": "x"}], "n": 9}, None, 422, "validation", ["`n`", "between 1 and 8"]),
+    ({"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function"}]}, None, 422, "validation",
+     ["tools", "not supported"]),
+    ({"text_inputs": "x", "num_beams": 4}, None, 422, "validation", ["num_beams", "beam search"]),
+    ({"text_inputs": "x", "max_length": 1}, None, 422, "validation", ["max_length", "no room"]),
+]
+
+
+@pytest.mark.parametrize("body,content_type,status,error_type,words", CASES,
+                         ids=[f"{c[2]}-{i}" for i, c in enumerate(CASES)])
+def test_bad_request_gets_status_and_message(causal, body, content_type, status, error_type, words):
+    if isinstance(body, bytes):
+        response = causal.post(data=body, headers={"Content-Type": content_type})
+    else:
+        response = causal.post(json=body)
+    assert response.status_code == status, response.text
+    assert response.headers["Content-Type"] == "application/json"
+    error = response.json()
+    assert set(error) == {"error", "error_type"}
+    assert error["error_type"] == error_type
+    for word in words:
+        assert word in error["error"], (word, error["error"])
+
+
+def test_body_over_the_limit_is_413(causal):
+    body = b'{"inputs": "' + b"a" * (6 * 1024 * 1024 + 10) + b'"}'
+    response = causal.post(data=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == 413
+    assert response.json()["error_type"] == "payload_too_large"
+    assert "6 MB" in response.json()["error"]
+
+
+def test_unknown_route_and_wrong_method_are_json(causal):
+    missing = requests.get(causal.url + "/nothing-here", timeout=5)
+    assert missing.status_code == 404 and missing.json()["error_type"] == "not_found"
+    wrong = requests.get(causal.url + "/invocations", timeout=5)
+    assert wrong.status_code == 405 and wrong.json()["error_type"] == "method_not_allowed"
+
+
+def test_server_keeps_serving_after_bad_requests(causal):
+    for body, content_type, *_ in CASES:
+        if isinstance(body, bytes):
+            causal.post(data=body, headers={"Content-Type": content_type})
+    first = causal.post(json=OK)
+    assert first.status_code == 200
+    assert requests.get(causal.url + "/ping", timeout=5).status_code == 200
+    assert causal.post(json=OK).json() == first.json()
