@@ -129,7 +129,7 @@ class Parser:
         list_input = isinstance(inputs, list)
         items = inputs if list_input else [inputs]
         self._check_count(items, "text_inputs")
-        if (_int(body, "num_beams", 1, 1, 1, "") or 1) != 1:
+        if _int(body, "num_beams", 1, None, 1, "") != 1:
             raise invalid("`num_beams` must be 1 (beam search is not supported; use do_sample or greedy)")
         n = _int(body, "num_return_sequences", 1, self.settings.max_return_sequences, 1, "")
         do_sample = _bool(body, "do_sample", False, "")
