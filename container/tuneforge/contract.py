@@ -142,3 +142,21 @@ def serving_model_dir() -> Path:
 
 def bind_port() -> int:
     return int(os.environ.get("SAGEMAKER_BIND_TO_PORT", "8080"))
+
+
+# SageMaker MetricDefinitions for the lines the training job prints (README.md lists them).
+METRIC_DEFINITIONS = [
+    {"Name": "train:loss", "Regex": r"\[metric\] train_loss=([0-9.]+)"},
+    {"Name": "validation:loss", "Regex": r"\[metric\] eval_loss=([0-9.]+)"},
+    {"Name": "validation:perplexity", "Regex": r"\[metric\] eval_perplexity=([0-9.]+)"},
+    {"Name": "final:train_loss", "Regex": r"\[metric\] final_train_loss=([0-9.]+)"},
+    {"Name": "final:validation_loss", "Regex": r"\[metric\] final_eval_loss=([0-9.]+)"},
+    {"Name": "final:perplexity", "Regex": r"\[metric\] final_perplexity=([0-9.]+)"},
+    {"Name": "final:rouge1", "Regex": r"\[metric\] final_rouge1=([0-9.]+)"},
+    {"Name": "final:rouge2", "Regex": r"\[metric\] final_rouge2=([0-9.]+)"},
+    {"Name": "final:rougeL", "Regex": r"\[metric\] final_rougeL=([0-9.]+)"},
+    {"Name": "final:rougeLsum", "Regex": r"\[metric\] final_rougeLsum=([0-9.]+)"},
+    # JumpStart's own definitions for its Llama fine-tuning keep working:
+    {"Name": "huggingface-textgeneration:eval-loss", "Regex": r"eval_epoch_loss=tensor\(([0-9\.]+)"},
+    {"Name": "huggingface-textgeneration:eval-ppl", "Regex": r"eval_ppl=tensor\(([0-9\.]+)"},
+]

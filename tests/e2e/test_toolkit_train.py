@@ -46,8 +46,17 @@ def test_tiny_llama_learns_an_instruction_task_through_train(job, tiny):
     assert metrics["rougeL"] > 0.8
     assert metrics["data"]["format"] == "instruction" and metrics["data"]["train"]["rows"] == 320
     # the metric lines SageMaker metric definitions read (regexes in README.md)
+    import re
+
+    from tuneforge.contract import METRIC_DEFINITIONS
+
     output = result.stdout + result.stderr
-    assert "[metric] final_eval_loss=" in output and "eval_epoch_loss=tensor(" in output
+    for definition in METRIC_DEFINITIONS:
+        found = re.findall(definition["Regex"], output)
+        assert found, definition
+        float(found[-1])
+    final_eval = re.findall(r"\[metric\] final_eval_loss=([0-9.]+)", output)[-1]
+    assert abs(float(final_eval) - metrics["eval_loss"]) < 1e-4
 
     # model/ reloads with the Auto classes and answers a validation question
     from transformers import AutoModelForCausalLM, AutoTokenizer
