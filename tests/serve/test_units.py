@@ -1,0 +1,87 @@
+"""In-process checks of the pieces: settings, metrics text, the engine's failure handling."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tuneforge.errors import UserError
+from tuneforge.serve.engine import Engine, GenerationFailed, GenerationRequest, Sampling
+from tuneforge.serve.gunicorn_conf import config
+from tuneforge.serve.metrics import ServeMetrics
+from tuneforge.serve.settings import ServeSettings
+
+
+def test_settings_come_from_sagemaker_and_tuneforge_variables(tmp_path):
+    env = {"SM_MODEL_DIR": str(tmp_path), "SAGEMAKER_BIND_TO_PORT": "9090", "SAGEMAKER_MODEL_SERVER_WORKERS": "2",
+           "SAGEMAKER_MODEL_SERVER_TIMEOUT": "120", "SAGEMAKER_MAX_PAYLOAD_IN_MB": "20",
+           "SAGEMAKER_CONTAINER_LOG_LEVEL": "20", "TUNEFORGE_MAX_BATCH_SIZE": "1", "TUNEFORGE_TRUST_REMOTE_CODE": "False"}
+    settings = ServeSettings.from_env(env)
+    assert settings.port == 9090 and settings.workers == 2 and settings.timeout == 120
+    assert settings.max_body_bytes == 20 * 1024 * 1024 and settings.log_level == "info"
+    assert settings.max_batch_size == 1 and settings.trust_remote_code is False
+    assert settings.graceful_timeout < 30 and settings.request_deadline < 60
+    options = config(settings.with_overrides(host="127.0.0.1"))
+    assert options["bind"] == ["127.0.0.1:9090"] and options["worker_class"] == "gthread"
+    assert options["workers"] == 2 and options["timeout"] == 120 and options["preload_app"] is False
+    assert options["control_socket_disable"] is True
+
+
+def test_settings_explain_bad_values():
+    with pytest.raises(UserError, match="TUNEFORGE_THREADS='lots'.*positive int"):
+        ServeSettings.from_env({"TUNEFORGE_THREADS": "lots"})
+    with pytest.raises(UserError, match="TUNEFORGE_DEVICE='tpu'"):
+        ServeSettings.from_env({"TUNEFORGE_DEVICE": "tpu"})
+
+
+def test_metrics_render_prometheus_text():
+    metrics = ServeMetrics(queue_depth=lambda: 3, ready=lambda: True)
+    metrics.requests.inc(route="/invocations", status=200)
+    metrics.requests.inc(route="/invocations", status=200)
+    metrics.duration.observe(0.02, route="/invocations")
+    metrics.duration.observe(7, route="/invocations")
+    text = metrics.render()
+    assert 'tuneforge_request_count{route="/invocations",status="200"} 2' in text
+    assert 'tuneforge_request_duration_seconds_bucket{route="/invocations",le="0.025"} 1' in text
+    assert 'tuneforge_request_duration_seconds_bucket{route="/invocations",le="10"} 2' in text
+    assert 'tuneforge_request_duration_seconds_count{route="/invocations"} 2' in text
+    assert "tuneforge_queue_size 3" in text and "tuneforge_model_ready 1" in text
+
+
+def test_seeded_sampling_never_shares_a_batch():
+    greedy, sampled = Sampling(), Sampling(do_sample=True, temperature=0.7)
+    assert greedy.batch_key(1) == greedy.batch_key(2)
+    assert sampled.batch_key(1) == sampled.batch_key(2)
+    seeded = Sampling(do_sample=True, temperature=0.7, seed=5)
+    assert seeded.batch_key(1) != seeded.batch_key(2)
+
+
+@pytest.fixture(scope="module")
+def engine(tiny):
+    import torch
+
+    from tuneforge.serve.loader import load_model
+
+    torch.set_num_threads(1)
+    settings = ServeSettings(model_dir=Path(tiny("llama")))
+    engine = Engine(load_model(settings), settings)
+    yield engine
+    engine.close()
+
+
+def test_a_failing_generate_is_reported_and_the_engine_goes_on(engine):
+    vocab = engine.model.get_input_embeddings().weight.shape[0]
+    bad = engine.submit(GenerationRequest([1, vocab + 5], 4))  # id past the embedding table
+    with pytest.raises(GenerationFailed, match="generation failed: IndexError"):
+        bad.wait(30)
+    good = engine.submit(GenerationRequest([1, 10, 11], 4)).wait(30)
+    assert len(good.sequences[0].tokens) == 4
+
+
+def test_n_sequences_and_per_request_lengths_in_one_batch(engine):
+    jobs = [engine.submit(GenerationRequest([1, 10 + i, 11], 3 + i, n=2)) for i in range(3)]
+    results = [job.wait(30) for job in jobs]
+    for i, result in enumerate(results):
+        assert [len(s.tokens) for s in result.sequences] == [3 + i] * 2
+        assert [s.index for s in result.sequences] == [0, 1]
