@@ -86,3 +86,14 @@ def test_checkpoints_stay_out_of_model_dir(job, tiny):
     checkpoints = sorted(p.name for p in (job.base / "checkpoints").iterdir())
     assert checkpoints and all(name.startswith("checkpoint-") for name in checkpoints)
     assert not any(p.name.startswith("checkpoint") for p in job.model_dir.iterdir())
+
+
+def test_early_stopping_ends_a_run_that_stops_improving(job, tiny):
+    job.add_model(tiny("llama"))
+    job.add_sample_data("instruction", n_train=16, n_val=4)
+    job.hyperparameters({"instruction_tuned": "True", "epoch": "10", "learning_rate": "1e-9",
+                         "per_device_train_batch_size": "8", "early_stopping_patience": "1",
+                         "early_stopping_threshold": "0.01", "rouge_samples": "0"})
+    assert job.run_in_process() == 0
+    metrics = job.metrics()
+    assert metrics["epochs"] == 2.0 and metrics["steps"] == 4  # epoch 1 sets the best, epoch 2 fails to beat it
