@@ -167,12 +167,11 @@ SMOKE=$WORK/smoke
 HOST_PY=${PYTHON:-$REPO/.venv/bin/python}
 
 check_image_config() {  # check_image_config image command
-    local image=$1 cmd=$2 config
-    config=$(bld inspect --type image --format '{{json .OCIv1.Config}} {{.OCIv1.Architecture}}' "$image")
-    "$HOST_PY" - "$cmd" "$config" <<'PY'
+    local image=$1 cmd=$2
+    "$HOST_PY" - "$cmd" <(bld inspect --type image "$image") <<'PY'
 import json, sys
-cmd, raw = sys.argv[1], sys.argv[2]
-config, arch = json.JSONDecoder().raw_decode(raw)[0], raw.rsplit(" ", 1)[1]
+cmd, oci = sys.argv[1], json.load(open(sys.argv[2]))["OCIv1"]
+config, arch = oci["config"], oci["architecture"]
 env = dict(e.split("=", 1) for e in config.get("Env", []))
 problems = []
 if config.get("Entrypoint") != ["/usr/local/bin/tuneforge-entrypoint"]:
@@ -187,7 +186,7 @@ if cmd == "serve" and config.get("Labels", {}).get("com.amazonaws.sagemaker.capa
     problems.append("the accept-bind-to-port label is missing")
 if problems:
     sys.exit("image config: " + "; ".join(problems))
-print(f"image config ok: entrypoint {config['Entrypoint']} cmd {config['Cmd']} {arch}")
+print(f"    image config ok: entrypoint {config['Entrypoint']} cmd {config['Cmd']} linux/{arch}")
 PY
 }
 
@@ -261,16 +260,22 @@ smoke_serve() {
     bld run --isolation chroot -v "$model_dir:/opt/ml/model:ro" --env SAGEMAKER_BIND_TO_PORT="$SMOKE_PORT" \
         "$ctr" -- /bin/sh -c '
             /usr/local/bin/tuneforge-entrypoint serve & server=$!
-            python3 - "$SAGEMAKER_BIND_TO_PORT" <<"PY"; rc=$?
+            python3 - "$SAGEMAKER_BIND_TO_PORT" "$server" <<"PY"; rc=$?
 import json, sys, time, urllib.error, urllib.request
-base = f"http://127.0.0.1:{sys.argv[1]}"
-deadline = time.time() + 240
+base, server = f"http://127.0.0.1:{sys.argv[1]}", sys.argv[2]
+started = time.time()
 while True:
     try:
         with urllib.request.urlopen(base + "/ping", timeout=2) as r:
-            print("GET /ping ->", r.status); break
+            print(f"GET /ping -> {r.status} after {time.time() - started:.1f} s"); break
     except (OSError, urllib.error.URLError) as e:
-        if time.time() > deadline:
+        try:
+            alive = open(f"/proc/{server}/stat").read().split(") ")[1][0] != "Z"
+        except OSError:
+            alive = False
+        if not alive:
+            sys.exit("the server exited before /ping answered 200")
+        if time.time() - started > 240:
             sys.exit(f"/ping did not answer 200 within 240 s: {e}")
         time.sleep(1)
 body = json.dumps({"inputs": "What color is the banana?", "parameters": {"max_new_tokens": 8}}).encode()
@@ -282,7 +287,7 @@ item = answer[0] if isinstance(answer, list) else answer
 if not isinstance(item.get("generated_text"), str):
     sys.exit("no generated_text in the answer")
 PY
-            kill -TERM "$server"; wait "$server" || true
+            kill -TERM "$server" 2>/dev/null; wait "$server" || true
             exit $rc' >"$WORK/smoke-serve.log" 2>&1 || rc=$?
     bld rm "$ctr" >/dev/null
     grep -E '^(GET|POST) ' "$WORK/smoke-serve.log" | sed 's/^/    /' || true

@@ -35,21 +35,20 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
 
 DEFAULT_TRAIN_INSTANCE = "ml.g5.2xlarge"
 DEFAULT_SERVE_INSTANCE = "ml.g5.2xlarge"
-# The `[metric] name=value` lines the training image prints (tuneforge/train/metrics.py);
-# SageMaker sends the first capture group of each regex to CloudWatch.
-METRIC_DEFINITIONS = [
-    {"Name": "train:loss", "Regex": r"\[metric\] train_loss=([0-9.eE+-]+)"},
-    {"Name": "eval:loss", "Regex": r"\[metric\] eval_loss=([0-9.eE+-]+)"},
-    {"Name": "eval:perplexity", "Regex": r"\[metric\] eval_perplexity=([0-9.eE+-]+)"},
-    {"Name": "final:eval_loss", "Regex": r"\[metric\] final_eval_loss=([0-9.eE+-]+)"},
-    {"Name": "final:rougeL", "Regex": r"\[metric\] final_rougeL=([0-9.eE+-]+)"},
-]
+# The metric definitions live beside the code that prints the lines (tuneforge.contract); from a
+# checkout without the package installed, they are read from the source tree.
+try:
+    from tuneforge.contract import METRIC_DEFINITIONS
+except ImportError:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "container"))
+    from tuneforge.contract import METRIC_DEFINITIONS
 
 
 class RecordingClient:

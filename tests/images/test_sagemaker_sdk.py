@@ -71,6 +71,9 @@ def test_generic_estimator_request_parses(launch):
     assert set(channels) == {"training", "validation", "model"}
     assert channels["model"]["ContentType"] == "application/x-sagemaker-model"
     assert "DebugHookConfig" not in request
+    from tuneforge.contract import METRIC_DEFINITIONS
+
+    assert request["AlgorithmSpecification"]["MetricDefinitions"] == METRIC_DEFINITIONS
 
 
 def test_framework_json_encoding_parses():
