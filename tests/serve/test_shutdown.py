@@ -79,6 +79,20 @@ def test_full_queue_is_429_and_a_request_past_the_deadline_is_503(constrained):
     assert constrained.post(json={"inputs": "hi", "parameters": {"max_new_tokens": 2}}).status_code == 200
 
 
+def test_a_client_that_leaves_a_stream_frees_the_model(constrained):
+    body = {"inputs": PROMPT, "parameters": {"max_new_tokens": LONG}, "stream": True}
+    response = constrained.post(json=body, stream=True)
+    lines = response.iter_lines(decode_unicode=True)
+    assert next(line for line in lines if line.startswith("data:"))
+    response.close()  # hang up after the first token
+    # batching is off: the next request runs only once the abandoned stream stopped generating,
+    # and its 1 s deadline would turn into 503 if that took the ~4 s the whole answer needs
+    started = time.monotonic()
+    after = constrained.post(json={"inputs": "hi", "parameters": {"max_new_tokens": 2}})
+    assert after.status_code == 200, after.text
+    assert time.monotonic() - started < 1.5
+
+
 def test_sigterm_lets_the_running_request_finish_and_exits_within_30s(constrained):
     long = Streamer(constrained, LONG)
     long.start()
