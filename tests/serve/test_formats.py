@@ -181,6 +181,16 @@ def test_json_lines_answer_one_line_per_request(causal):
     assert bad.status_code == 400 and bad.json()["error"].startswith("line 2: malformed JSON")
 
 
+def test_a_long_json_lines_body_runs_in_waves(causal):
+    lines = [{"inputs": f"item {i}", "parameters": {"max_new_tokens": 2}} for i in range(150)]
+    body = "".join(json.dumps(line) + "\n" for line in lines)
+    response = causal.post(data=body, headers={"Content-Type": "application/jsonlines"})
+    assert response.status_code == 200, response.text
+    answers = [json.loads(line) for line in response.text.splitlines()]
+    assert len(answers) == 150
+    assert answers[7] == causal.post(json=lines[7]).json()
+
+
 def test_execution_parameters_for_batch_transform(causal):
     import requests
 

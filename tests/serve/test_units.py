@@ -28,6 +28,12 @@ def test_settings_come_from_sagemaker_and_tuneforge_variables(tmp_path):
     assert options["control_socket_disable"] is True
 
 
+def test_batch_transform_gets_a_longer_deadline():
+    assert ServeSettings.from_env({}).request_deadline == 55
+    assert ServeSettings.from_env({"SAGEMAKER_BATCH": "true"}).request_deadline == 590
+    assert ServeSettings.from_env({"SAGEMAKER_BATCH": "true", "TUNEFORGE_REQUEST_DEADLINE": "100"}).request_deadline == 100
+
+
 def test_settings_explain_bad_values():
     with pytest.raises(UserError, match="TUNEFORGE_THREADS='lots'.*positive int"):
         ServeSettings.from_env({"TUNEFORGE_THREADS": "lots"})

@@ -229,9 +229,6 @@ def _parse_body(state: ServerState, route: str) -> tuple[list[Invocation], bool]
             invocations.append(inv)
         if not invocations:
             raise invalid("the JSON lines body holds no request")
-        if sum(len(inv.requests) for inv in invocations) > state.settings.max_client_batch:
-            raise invalid(f"the body holds more than {state.settings.max_client_batch} prompts "
-                          "(TUNEFORGE_MAX_CLIENT_BATCH)")
         return invocations, True
     if mimetype not in JSON_TYPES:
         accepted = JSON_TYPES[:1] + JSONLINES_TYPES[:1] + TEXT_TYPES
@@ -249,22 +246,31 @@ def _loads(text: str, where: str):
 
 
 def _run(state: ServerState, invocations: list[Invocation]):
-    """Submit every prompt before waiting on any, so they can share a batch."""
-    jobs = []
-    try:
-        for inv in invocations:
-            jobs.append([state.engine.submit(req) for req in inv.requests])
-    except Overloaded:
-        for job in (j for group in jobs for j in group):
-            job.cancelled = True
-        raise
-    results = []
-    for group in jobs:
-        out = []
-        for job in group:
+    """Submit prompts before waiting on them, so they share batches.
+
+    A Batch Transform body (MULTI_RECORD JSON lines) may hold thousands of records; they go in
+    waves of a few batches, so one body neither fills the queue nor waits in it all at once.
+    """
+    settings = state.settings
+    wave = max(1, min(settings.max_queue // 2, 4 * settings.max_batch_size))
+    flat = [req for inv in invocations for req in inv.requests]
+    answers = []
+    for start in range(0, len(flat), wave):
+        jobs = []
+        try:
+            for req in flat[start:start + wave]:
+                jobs.append(state.engine.submit(req))
+        except Overloaded:
+            for job in jobs:
+                job.cancelled = True
+            raise
+        for job in jobs:
             left = job.request.deadline - time.monotonic() if job.request.deadline else None
-            out.append(job.wait(None if left is None else max(0.0, left) + 1.0))
-        results.append(out)
+            answers.append(job.wait(None if left is None else max(0.0, left) + 1.0))
+    results, at = [], 0
+    for inv in invocations:
+        results.append(answers[at:at + len(inv.requests)])
+        at += len(inv.requests)
     return results
 
 

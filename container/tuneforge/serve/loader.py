@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 ADAPTER_CONFIG = "adapter_config.json"
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
 PICKLE_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
 FALLBACK_CONTEXT = 2048  # models whose config names no context length (bloom, alibi)
 
 
@@ -156,7 +157,8 @@ def load_model(settings: ServeSettings, info: ModelInfo | None = None) -> Loaded
     weights_dir = info.base_dir if info.adapter_only else info.model_dir
     common = dict(trust_remote_code=settings.trust_remote_code, local_files_only=True)
     # The adapter folder carries the tokenizer training saved (it may have added a pad token).
-    tokenizer = AutoTokenizer.from_pretrained(info.model_dir, **common)
+    has_tokenizer = any((info.model_dir / n).exists() for n in TOKENIZER_FILES)
+    tokenizer = AutoTokenizer.from_pretrained(info.model_dir if has_tokenizer else weights_dir, **common)
     config = AutoConfig.from_pretrained(weights_dir, **common)
     arch = info.metadata.get("architecture")
     seq2seq = arch == "seq2seq" if arch else bool(getattr(config, "is_encoder_decoder", False))

@@ -35,6 +35,7 @@ class ServeSettings:
     graceful_timeout: int = 25
     # TUNEFORGE_REQUEST_DEADLINE: a non-streaming request that has not finished after this
     # many seconds (queue time included) gets 503, before SageMaker's 60 s cut-off does it.
+    # Under Batch Transform (SAGEMAKER_BATCH=true), which waits 600 s, the default is 590.
     request_deadline: float = 55.0
     # TUNEFORGE_MAX_BATCH_SIZE: most sequences in one generate call; 1 turns batching off.
     max_batch_size: int = 16
@@ -57,7 +58,8 @@ class ServeSettings:
     max_stop_sequences: int = 4
     # TUNEFORGE_MAX_RETURN_SEQUENCES: bound on n / num_return_sequences.
     max_return_sequences: int = 8
-    # TUNEFORGE_MAX_CLIENT_BATCH: most prompts in one request (a list of inputs, JSON lines).
+    # TUNEFORGE_MAX_CLIENT_BATCH: most prompts in one JSON request's list (JSON lines bodies,
+    # Batch Transform's MULTI_RECORD, are not bounded: they run in waves).
     max_client_batch: int = 64
     # TUNEFORGE_TORCH_THREADS: intra-op CPU threads of each worker (unset: torch's default).
     torch_threads: int | None = None
@@ -91,6 +93,8 @@ class ServeSettings:
                     break
         if "model_dir" not in values:
             values["model_dir"] = serving_model_dir()
+        if "request_deadline" not in values and env.get("SAGEMAKER_BATCH", "").lower() == "true":
+            values["request_deadline"] = BATCH_DEADLINE_S
         return cls(**values)
 
     def with_overrides(self, **overrides) -> "ServeSettings":
@@ -128,6 +132,7 @@ ENV_NAMES: dict[str, tuple[str, ...]] = {
     "access_log": ("TUNEFORGE_ACCESS_LOG",),
 }
 
+BATCH_DEADLINE_S = 590.0  # Batch Transform's default InvocationsTimeoutInSeconds is 600
 _TYPES = {f.name: f.type for f in fields(ServeSettings)}
 _LOG_LEVELS = {"10": "debug", "20": "info", "30": "warning", "40": "error", "50": "critical"}
 
