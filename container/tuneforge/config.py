@@ -149,14 +149,14 @@ _TRUE = {"true", "1", "yes", "y", "on"}
 _FALSE = {"false", "0", "no", "n", "off"}
 
 
-def _coerce(name: str, value: Any, kind: Any) -> Any:
+def _coerce(name: str, value: Any, kind: str) -> Any:
+    """`kind` is the field's annotation as text ("bool", "int", "float", "str", "int | None")."""
     value = _unwrap(value)
-    optional = kind in ("int | None", int | None) or str(kind).endswith("| None")
-    if optional and (value is None or str(value).strip().lower() in ("none", "null", "")):
+    base = kind.replace(" | None", "")
+    if kind.endswith("| None") and (value is None or str(value).strip().lower() in ("none", "null", "")):
         return None
-    base = str(kind).replace(" | None", "")
     try:
-        if base in ("bool", "<class 'bool'>"):
+        if base == "bool":
             if isinstance(value, bool):
                 return value
             text = str(value).strip().lower()
@@ -165,14 +165,14 @@ def _coerce(name: str, value: Any, kind: Any) -> Any:
             if text in _FALSE:
                 return False
             raise ValueError
-        if base in ("int", "<class 'int'>"):
+        if base == "int":
             if isinstance(value, bool):
                 raise ValueError
             number = float(value)
             if not number.is_integer():
                 raise ValueError
             return int(number)
-        if base in ("float", "<class 'float'>"):
+        if base == "float":
             if isinstance(value, bool):
                 raise ValueError
             return float(value)
@@ -275,8 +275,7 @@ def markdown_table() -> str:
             lo = "" if meta["lo"] is None else (f"> {meta['lo']}" if meta["lo_open"] else f">= {meta['lo']}")
             hi = "" if meta["hi"] is None else f"<= {meta['hi']}"
             span = " and ".join(p for p in (lo, hi) if p)
-        kind = str(spec.type).replace("<class '", "").replace("'>", "")
-        lines.append(f"| `{name}` | {kind} | `{spec.default!r}` | {span} | {meta['doc']} |")
+        lines.append(f"| `{name}` | {spec.type} | `{spec.default!r}` | {span} | {meta['doc']} |")
     lines += ["", "Aliases (Autopilot, Flan-T5 and Trainer names):", "",
               "| alias | means | range the alias imposes |", "|---|---|---|"]
     for alias, (name, span) in ALIASES.items():
