@@ -40,6 +40,8 @@ CASES = [
     ({"messages": [{"role": "user", "content": "x"}], "temperature": 3}, None, 422, "validation",
      ["temperature", "[0, 2]"]),
     ({"messages": [{"role": "user", "content": "x"}], "n": 9}, None, 422, "validation", ["`n`", "between 1 and 8"]),
+    ({"messages": [{"role": "user", "content": "x"}], "max_tokens": 100000}, None, 422, "validation",
+     ["`max_tokens` must be between 1 and", "got 100000"]),
     ({"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function"}]}, None, 422, "validation",
      ["tools", "not supported"]),
     ({"text_inputs": "x", "num_beams": 4}, None, 422, "validation", ["num_beams", "beam search"]),

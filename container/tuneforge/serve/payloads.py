@@ -159,8 +159,8 @@ class Parser:
         params = _openai_params(body)
         n = _int(body, "n", 1, self.settings.max_return_sequences, 1, "")
         stream = _bool(body, "stream", False, "")
-        req = self._request(self._encode(text, "messages"), "messages", params,
-                            self._openai_sampling(body), n=n, stream=stream)
+        req = self._request(self._encode(text, "messages"), "messages", params, self._openai_sampling(body),
+                            n=n, stream=stream, max_field=_openai_max_field(body))
         return Invocation("chat", [req], [text], stream, False, _openai_options(body, self.loaded, chat=True))
 
     def completion(self, body: dict) -> Invocation:
@@ -182,7 +182,8 @@ class Parser:
             where = f"prompt[{i}]" if list_input else "prompt"
             if not isinstance(item, str):
                 raise invalid(f"`{where}` must be a string")
-            requests.append(self._request(self._encode(item, where), where, params, sampling, n=n, stream=stream))
+            requests.append(self._request(self._encode(item, where), where, params, sampling, n=n, stream=stream,
+                                          max_field=_openai_max_field(body)))
             texts.append(item)
         options = _openai_options(body, self.loaded, chat=False)
         options["echo"] = _bool(body, "echo", False, "")
@@ -245,7 +246,7 @@ class Parser:
 
     # ------------------------------------------------------------------ limits
     def _request(self, ids: list[int], where: str, params: dict, sampling: Sampling, *, prefix: str = "",
-                 n: int = 1, stream: bool = False) -> GenerationRequest:
+                 n: int = 1, stream: bool = False, max_field: str = "max_new_tokens") -> GenerationRequest:
         loaded, settings = self.loaded, self.settings
         if not ids:
             raise invalid(f"`{where}` is empty")
@@ -255,9 +256,9 @@ class Parser:
         room = settings.max_new_tokens
         if loaded.max_total_tokens is not None:
             room = min(room, loaded.max_total_tokens - len(ids))
-        asked = _int(params, "max_new_tokens", 1, None, None, prefix)
+        asked = _int({max_field: params.get("max_new_tokens")}, max_field, 1, None, None, prefix)
         if asked is not None and asked > room:
-            raise invalid(f"`{prefix}max_new_tokens` must be between 1 and {room} for this {len(ids)}-token "
+            raise invalid(f"`{prefix}{max_field}` must be between 1 and {room} for this {len(ids)}-token "
                           f"prompt (the model holds {loaded.max_total_tokens or 'unbounded'} tokens, the server "
                           f"allows {settings.max_new_tokens} new ones), got {asked}")
         max_new = asked if asked is not None else min(loaded.default_max_new_tokens, room)
@@ -327,6 +328,10 @@ def _openai_params(body: dict) -> dict:
     tokens = body.get("max_completion_tokens", body.get("max_tokens"))
     params["max_new_tokens"] = tokens
     return params
+
+
+def _openai_max_field(body: dict) -> str:
+    return "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
 
 
 def _openai_options(body: dict, loaded, *, chat: bool) -> dict:
