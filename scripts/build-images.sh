@@ -299,6 +299,9 @@ PY
 }
 
 if [ "$DO_SMOKE" = 1 ]; then
+    # The smoke tree (tiny model, sample data) is made on the host with the project's package.
+    "$HOST_PY" -c 'import tuneforge.tiny, tuneforge.samples' 2>/dev/null \
+        || die "smoke runs need the project's virtualenv: run 'make setup' first (or set PYTHON=...; --no-smoke skips them)"
     smoke_train
     smoke_serve
 fi
