@@ -9,7 +9,8 @@
 #   --port N          host port published to the container's 8080 (default 8080)
 #   --image IMAGE     default tuneforge-serve:local (what scripts/build-images.sh tags)
 #   --engine NAME     docker or podman (default: docker if installed, else podman)
-#   --gpus            give the container every GPU (--gpus all)
+#   --gpus            give the container every GPU (docker: --gpus all; podman: --device
+#                     nvidia.com/gpu=all, which needs the NVIDIA CDI spec from nvidia-ctk)
 #   --dry-run         print the command instead of running it
 #   KEY=VALUE         environment for the server, as a SageMaker Model's `env` sets it
 #
@@ -24,7 +25,7 @@ PORT=8080
 MODEL="" GPUS=0 DRY_RUN=0
 ENVIRONMENT=()
 
-usage() { sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"; }
 die() { printf 'local-serve.sh: %s\n' "$*" >&2; exit 2; }
 
 while [ $# -gt 0 ]; do
@@ -56,7 +57,10 @@ fi
 
 CMD=("$ENGINE" run --rm -p "$PORT:8080" -v "$MODEL:/opt/ml/model:ro")
 CMD+=(${ENVIRONMENT[@]+"${ENVIRONMENT[@]}"})
-[ "$GPUS" = 1 ] && CMD+=(--gpus all)
+if [ "$GPUS" = 1 ]; then
+    # docker: the NVIDIA runtime's --gpus; podman: the CDI device nvidia-ctk generates.
+    if [ "$(basename "$ENGINE")" = podman ]; then CMD+=(--device nvidia.com/gpu=all); else CMD+=(--gpus all); fi
+fi
 CMD+=("$IMAGE" serve)
 
 if [ "$DRY_RUN" = 1 ]; then

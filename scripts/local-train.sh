@@ -11,7 +11,8 @@
 #                     written there, and the job writes model/, output/ and checkpoints/ there
 #   --image IMAGE     default tuneforge-train:local (what scripts/build-images.sh tags)
 #   --engine NAME     docker or podman (default: docker if installed, else podman)
-#   --gpus            give the container every GPU (--gpus all)
+#   --gpus            give the container every GPU (docker: --gpus all; podman: --device
+#                     nvidia.com/gpu=all, which needs the NVIDIA CDI spec from nvidia-ctk)
 #   --dry-run         lay out the run folder and print the command instead of running it
 #   KEY=VALUE         hyperparameters, written as strings to input/config/hyperparameters.json
 #                     exactly as SageMaker's CreateTrainingJob passes them (e.g. epoch=1 max_steps=20)
@@ -23,7 +24,7 @@ RUN_DIR=./tuneforge-run
 DATA="" VALIDATION="" MODEL="" GPUS=0 DRY_RUN=0
 HYPERPARAMETERS=()
 
-usage() { sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"; }
 die() { printf 'local-train.sh: %s\n' "$*" >&2; exit 2; }
 absdir() { [ -d "$1" ] || die "$2 $1 is not a folder"; (cd "$1" && pwd); }
 
@@ -84,7 +85,10 @@ CMD=("$ENGINE" run --rm --hostname algo-1 --shm-size 2g
      -v "$DATA:/opt/ml/input/data/training:ro")
 [ -n "$VALIDATION" ] && CMD+=(-v "$VALIDATION:/opt/ml/input/data/validation:ro")
 [ -n "$MODEL" ] && CMD+=(-v "$MODEL:/opt/ml/input/data/model:ro")
-[ "$GPUS" = 1 ] && CMD+=(--gpus all)
+if [ "$GPUS" = 1 ]; then
+    # docker: the NVIDIA runtime's --gpus; podman: the CDI device nvidia-ctk generates.
+    if [ "$(basename "$ENGINE")" = podman ]; then CMD+=(--device nvidia.com/gpu=all); else CMD+=(--gpus all); fi
+fi
 CMD+=("$IMAGE" train)
 
 if [ "$DRY_RUN" = 1 ]; then

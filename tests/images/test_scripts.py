@@ -80,9 +80,9 @@ def test_entry_says_which_image_to_use(tmp_path):
 
 
 # --- scripts/local-train.sh and scripts/local-serve.sh --------------------------------------------
-def dry_run(script, *args, cwd):
+def dry_run(script, *args, cwd, engine="podman"):
     result = subprocess.run(["bash", str(REPO / "scripts" / script), "--dry-run", *args], cwd=cwd,
-                            capture_output=True, text=True, env=dict(os.environ, TUNEFORGE_ENGINE="podman"))
+                            capture_output=True, text=True, env=dict(os.environ, TUNEFORGE_ENGINE=engine))
     return result
 
 
@@ -112,7 +112,17 @@ def test_local_train_dry_run_lays_out_opt_ml(tmp_path):
     assert mounts == [f"{run}:/opt/ml", f"{data}:/opt/ml/input/data/training:ro",
                       f"{val}:/opt/ml/input/data/validation:ro", f"{model}:/opt/ml/input/data/model:ro"]
     assert cmd[cmd.index("--hostname") + 1] == "algo-1"
-    assert cmd[cmd.index("--gpus") + 1] == "all"
+    assert cmd[cmd.index("--device") + 1] == "nvidia.com/gpu=all" and "--gpus" not in cmd  # podman: CDI
+
+
+def test_local_scripts_ask_docker_for_gpus_its_own_way(tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "model").mkdir()
+    for script, args in (("local-train.sh", ["--data", "data"]), ("local-serve.sh", ["--model", "model"])):
+        result = dry_run(script, *args, "--gpus", cwd=tmp_path, engine="docker")
+        assert result.returncode == 0, result.stderr
+        cmd = shlex.split(result.stdout)
+        assert cmd[0] == "docker" and cmd[cmd.index("--gpus") + 1] == "all" and "--device" not in cmd
 
 
 def test_local_train_dry_run_minimal_and_errors(tmp_path):
