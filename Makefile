@@ -25,7 +25,7 @@ test: setup
 test-gpu: setup
 	$(PY) -m pytest -q -m gpu tests
 
-images:
+images: setup
 	bash scripts/build-images.sh
 
 docs: setup
