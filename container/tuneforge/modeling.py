@@ -153,7 +153,9 @@ def load_model(path: Path, config, *, tokenizer=None, dtype: torch.dtype | None 
     else:
         # transformers picks SDPA attention by default where the architecture supports it.
         model = auto.from_pretrained(path, use_safetensors=True, **kwargs)
-    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+    embeddings = model.get_input_embeddings()
+    # num_embeddings, not weight.shape: under ZeRO-3 (zero.Init) the weight is an empty shard
+    if len(tokenizer) > (getattr(embeddings, "num_embeddings", None) or embeddings.weight.shape[0]):
         model.resize_token_embeddings(len(tokenizer))
     model.config.pad_token_id = tokenizer.pad_token_id
     if model.generation_config is not None:

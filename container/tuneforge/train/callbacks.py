@@ -1,10 +1,21 @@
-"""Trainer callbacks: metric lines SageMaker metric definitions can parse."""
+"""Trainer callbacks: metric lines SageMaker metric definitions can parse, stopping on SIGTERM,
+committing checkpoints atomically."""
 
 from __future__ import annotations
 
+import json
+import logging
+import time
+from pathlib import Path
+
 from transformers import TrainerCallback
 
+from . import stopping
+from .checkpoints import commit, relocate, rotate
+from .distributed import barrier
 from .metrics import perplexity, print_metric
+
+log = logging.getLogger(__name__)
 
 
 class MetricLines(TrainerCallback):
@@ -19,3 +30,47 @@ class MetricLines(TrainerCallback):
         if "eval_loss" in logs:
             print_metric("eval_loss", logs["eval_loss"], **context)
             print_metric("eval_perplexity", perplexity(logs["eval_loss"]), **context)
+
+
+class StopOnSignal(TrainerCallback):
+    """At each optimizer step's end: if any rank got SIGTERM, all save this step and stop."""
+
+    def __init__(self):
+        self.stopped_at: int | None = None
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if stopping.agreed():
+            stopping.STATE.signal_name = stopping.STATE.signal_name or "SIGTERM"
+            self.stopped_at = state.global_step
+            control.should_save = True
+            control.should_training_stop = True
+        return control
+
+
+class CommitCheckpoints(TrainerCallback):
+    """After the Trainer saved into staging on every rank: manifest, rename, rotate."""
+
+    def __init__(self, staging: Path, final_dir: Path, keep: int):
+        self.staging = Path(staging)
+        self.final_dir = Path(final_dir)
+        self.keep = keep
+        self.committed: list[Path] = []
+
+    def on_save(self, args, state, control, **kwargs):
+        barrier()  # every rank has written its RNG state and shards
+        staged = self.staging / f"checkpoint-{state.global_step}"
+        final = self.final_dir / staged.name
+        state.best_model_checkpoint = relocate(state.best_model_checkpoint, self.staging, self.final_dir)
+        if args.should_save and staged.is_dir():
+            trainer_state = staged / "trainer_state.json"
+            if trainer_state.exists():
+                data = json.loads(trainer_state.read_text())
+                data["best_model_checkpoint"] = relocate(data.get("best_model_checkpoint"), self.staging, self.final_dir)
+                trainer_state.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+            start = time.time()
+            commit(staged, self.final_dir)
+            rotate(self.final_dir, self.keep, protect=state.best_model_checkpoint and Path(state.best_model_checkpoint))
+            log.info("checkpoint %s committed in %.2f s", final, time.time() - start)
+        barrier()
+        self.committed.append(final)
+        return control

@@ -9,17 +9,24 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import subprocess
 import sys
+import threading
+import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..contract import Paths, write_failure
 from ..errors import UserError
+from . import ranks, stopping
+from .stopping import Stopped
 
 log = logging.getLogger("tuneforge")
 DEFAULT_MASTER_PORT = 7777
+# SageMaker sends SIGKILL 120 s after SIGTERM: leave the ranks most of that to save a checkpoint
+SHUTDOWN_TIMEOUT_S = 100
 
 
 class TrainingFailed(Exception):
@@ -32,6 +39,7 @@ class World:
     current_host: str
     nproc_per_node: int
     master_port: int
+    master_addr_override: str | None = None
 
     @property
     def nnodes(self) -> int:
@@ -43,7 +51,7 @@ class World:
 
     @property
     def master_addr(self) -> str:
-        return self.hosts[0]
+        return self.master_addr_override or self.hosts[0]
 
     @property
     def size(self) -> int:
@@ -57,6 +65,12 @@ def device_count() -> int:
 
 
 def discover_world(paths: Paths) -> World:
+    """resourceconfig.json (sorted hosts, current host, network interface) + the GPUs of this host.
+
+    Environment overrides, for tests and non-SageMaker clusters: TUNEFORGE_NPROC_PER_NODE
+    (processes per host; CPU tests use 2), TUNEFORGE_MASTER_ADDR (e.g. 127.0.0.1 when several
+    'hosts' share one machine), TUNEFORGE_MASTER_PORT (default 7777, as SageMaker's own launchers).
+    """
     resources = paths.read_resource_config()
     hosts = sorted(resources.get("hosts") or [resources.get("current_host") or "localhost"])
     current = resources.get("current_host") or hosts[0]
@@ -68,7 +82,24 @@ def discover_world(paths: Paths) -> World:
     if resources.get("network_interface_name"):
         os.environ.setdefault("NCCL_SOCKET_IFNAME", resources["network_interface_name"])
         os.environ.setdefault("GLOO_SOCKET_IFNAME", resources["network_interface_name"])
-    return World(hosts, current, nproc, port)
+    return World(hosts, current, nproc, port, os.environ.get("TUNEFORGE_MASTER_ADDR") or None)
+
+
+def wait_for_host(host: str, timeout: float | None = None) -> None:
+    """SageMaker hosts' DNS names can resolve a little after the job starts: retry, then fail clearly."""
+    import socket
+
+    timeout = float(os.environ.get("TUNEFORGE_DNS_TIMEOUT", "300")) if timeout is None else timeout
+    deadline = time.time() + timeout
+    while True:
+        try:
+            socket.getaddrinfo(host, None)
+            return
+        except socket.gaierror as exc:
+            if time.time() >= deadline:
+                raise RuntimeError(f"the master host {host!r} did not resolve within {timeout:.0f} s ({exc}). "
+                                   "Fix: check the hosts in resourceconfig.json and the cluster's DNS") from None
+            time.sleep(2)
 
 
 def configure_logging() -> None:
@@ -80,6 +111,8 @@ def configure_logging() -> None:
 
 def failure_text(exc: BaseException) -> str:
     """One actionable line first (it becomes FailureReason), details after."""
+    if isinstance(exc, Stopped):
+        return f"{exc}\n"
     if isinstance(exc, UserError):
         return f"{type(exc).__name__}: {exc}\n"
     tail = "".join(traceback.format_exception(exc))[-3000:]
@@ -103,14 +136,21 @@ def run(base_dir: str | os.PathLike | None = None) -> int:
         raw = paths.read_hyperparameters()
         config = parse_hyperparameters(raw)
         world = discover_world(paths)
-        if world.size > 1 and "LOCAL_RANK" not in os.environ:
+        if needs_torchrun(world, config) and "LOCAL_RANK" not in os.environ:
             code = launch_torchrun(world, paths, config)
             if code != 0:
                 return code
+            if world.node_rank != 0:
+                log.info("node %d of %d finished; node 0 writes model/", world.node_rank, world.nnodes)
+                return 0
         else:
             from .recipe import Recipe
 
-            Recipe(paths, config, raw).run()
+            previous = stopping.install()
+            try:
+                Recipe(paths, config, raw).run()
+            finally:
+                stopping.restore(previous)
         if not model_files_present(paths.model_dir):
             raise RuntimeError(f"training finished but {paths.model_dir} holds no complete model")
         log.info("model written to %s", paths.model_dir)
@@ -119,28 +159,63 @@ def run(base_dir: str | os.PathLike | None = None) -> int:
         if isinstance(exc, KeyboardInterrupt):
             raise
         log.error("training failed: %s", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-        if not isinstance(exc, UserError):
+        if not isinstance(exc, (UserError, Stopped)):
             log.error("%s", "".join(traceback.format_exception(exc)))
         write_failure(paths, failure_text(exc))
-        return 1
+        return 143 if isinstance(exc, Stopped) else 1
+
+
+def needs_torchrun(world: World, config) -> bool:
+    """Several processes, or DeepSpeed/FSDP, which need a process group even on one device."""
+    return world.size > 1 or config.deepspeed != "none" or (config.enable_fsdp and device_count() > 0)
+
+
+def torchrun_command(world: World) -> list[str]:
+    timeout = int(os.environ.get("TUNEFORGE_SHUTDOWN_TIMEOUT", SHUTDOWN_TIMEOUT_S))
+    return [sys.executable, "-m", "tuneforge.train.rankrun", f"--nnodes={world.nnodes}",
+            f"--nproc_per_node={world.nproc_per_node}", f"--node_rank={world.node_rank}",
+            f"--master_addr={world.master_addr}", f"--master_port={world.master_port}",
+            "--max_restarts=0", f"--shutdown_timeout={timeout}", "-m", "tuneforge.train.worker"]
 
 
 def launch_torchrun(world: World, paths: Paths, config) -> int:
-    """Start this host's share of the world with torchrun; one failure file for the job."""
-    from .worker import collect_rank_errors
+    """Start this host's share of the world with torchrun; one failure file for the job.
 
+    SIGTERM here (SageMaker stop, spot interruption) writes the stop marker and goes on to
+    torchrun, which passes it to every rank; the ranks save a checkpoint together and exit.
+    """
     if config.enable_fsdp and device_count() == 0:
         log.warning("enable_fsdp needs GPUs: on CPU the processes fall back to DDP")
-    command = [sys.executable, "-m", "torch.distributed.run", f"--nnodes={world.nnodes}",
-               f"--nproc_per_node={world.nproc_per_node}", f"--node_rank={world.node_rank}",
-               f"--master_addr={world.master_addr}", f"--master_port={world.master_port}",
-               "-m", "tuneforge.train.worker"]
-    log.info("launching %d processes on %d node(s): %s", world.size, world.nnodes, " ".join(command))
-    code = subprocess.call(command, env=dict(os.environ, SAGEMAKER_BASE_DIR=str(paths.base)))
+    if world.nnodes > 1 and not world.master_addr_override:
+        wait_for_host(world.master_addr)
+    ranks.clear(paths)
+    marker = stopping.stop_marker(paths)
+    command = torchrun_command(world)
+    env = dict(os.environ, SAGEMAKER_BASE_DIR=str(paths.base),
+               TUNEFORGE_RANK_FAILURES=str(ranks.failures_file(paths, world.node_rank)))
+    env.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
+    log.info("launching %d processes on %d node(s), node rank %d: %s", world.size, world.nnodes, world.node_rank,
+             " ".join(command))
+    process = subprocess.Popen(command, env=env)
+
+    def forward(signum, frame):  # noqa: ARG001
+        log.warning("%s received: asking all ranks to checkpoint and stop", signal.Signals(signum).name)
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(signal.Signals(signum).name + "\n")
+        if process.poll() is None:
+            process.send_signal(signum)
+
+    on_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, forward) if on_main else None
+    try:
+        code = process.wait()
+    finally:
+        if on_main:
+            signal.signal(signal.SIGTERM, previous)
     if code != 0:
-        message = collect_rank_errors(paths) or f"a training process exited with code {code}\n"
-        write_failure(paths, message)
-        return code or 1
+        stopped = marker.exists()
+        write_failure(paths, ranks.collect(paths, code, stopping=stopped))
+        return 143 if stopped else (code if code > 0 else 1)
     return 0
 
 

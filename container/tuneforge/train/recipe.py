@@ -20,10 +20,12 @@ import torch
 from ..contract import Paths
 from ..data import Collator, read_channel, select_and_split, tokenize_examples
 from ..errors import DataError
-from ..modeling import apply_lora, count_parameters, has_cuda, load_model, load_tokenizer, resolve_base_model
+from ..modeling import apply_lora, count_parameters, has_cuda, load_model, load_tokenizer, pick_dtype, resolve_base_model
+from . import distributed as D
 from . import metrics as M
+from . import stopping
 from .artifacts import ModelWriter
-from .checkpoints import latest_checkpoint
+from .checkpoints import common_latest_checkpoint, staging_dir
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +35,26 @@ def is_main_process() -> bool:
 
 
 def _world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
+    return D.world_size()
+
+
+def peak_memory_gib() -> dict:
+    """Peak memory so far: this GPU's allocator peak, or this process's resident set on CPU."""
+    if has_cuda():
+        return {"gpu": round(torch.cuda.max_memory_allocated() / 2**30, 3)}
+    import resource
+
+    return {"host_rss": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)}
+
+
+def _read_model_config(path: Path, config):
+    """The base model's config, or None (load_model then reports the problem properly)."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=config.trust_remote_code)
+    except Exception:  # noqa: BLE001
+        return None
 
 
 def seed_everything(seed: int) -> None:
@@ -83,17 +104,40 @@ class Recipe:
             self.data.examples, self.val_data.examples if self.val_data else None, cfg)
 
         tokenizer = load_tokenizer(self.base_path, cfg)
-        self.loaded = load_model(self.base_path, cfg, tokenizer=tokenizer)
         self.tokenizer = tokenizer
+        model_config = _read_model_config(self.base_path, cfg)
+        self.seq2seq = bool(getattr(model_config, "is_encoder_decoder", False))
+        self.dtype = pick_dtype(cfg)
+        self.ds_config = self.deepspeed_config()
+        self.fsdp = D.fsdp_settings(cfg, model_config) if model_config is not None else None
+        self.fsdp_active = self.fsdp is not None
+        self.sharded = self.fsdp_active or D.zero_stage(self.ds_config) == 3
+        self.checkpoint_staging = staging_dir(self.paths)
+        # TrainingArguments before the model: it starts the process group (so ranks can agree on
+        # stops and checkpoints from here on) and, under ZeRO-3, makes from_pretrained load the
+        # weights already partitioned (zero.Init) instead of whole on every rank.
+        self.args = self._training_args(has_val=bool(self.val_examples))
+        _ = self.args.device
+        self.results["parallelism"] = D.parallelism(cfg, self.ds_config)
+        log.info("parallelism: %s over %d process(es)", self.results["parallelism"], _world_size())
+        self._prepare_checkpoint_staging()
+
+        if model_config is not None:
+            self.max_len = resolve_max_length(cfg, tokenizer, model_config)
+            self._tokenize()
+            from ..preflight import preflight
+
+            longest = max((len(f["input_ids"]) for f in self.train_tokens.features), default=self.max_len)
+            need = preflight(self, model_config, min(self.max_len, longest), self.ds_config)
+            if need is not None:
+                self.results["memory_estimate_gib"] = round(need.total / 2**30, 2)
+        self.loaded = load_model(self.base_path, cfg, tokenizer=tokenizer, dtype=self.dtype)
         if self.data.format == "chat" and self.loaded.seq2seq:
             raise DataError("chat data needs a decoder-only model and the base model is seq2seq",
                             where=str(train_channel), fix="use instruction data for Flan-T5-style models")
-        self.max_len = resolve_max_length(cfg, tokenizer, self.loaded.model.config)
-        tok = dict(max_len=self.max_len, max_out=cfg.max_output_length, seq2seq=self.loaded.seq2seq,
-                   workers=cfg.preprocessing_num_workers)
-        self.train_tokens = tokenize_examples(self.train_examples, tokenizer, self.data.prompt, **tok)
-        self.val_tokens = tokenize_examples(self.val_examples, tokenizer, self.data.prompt, **tok) \
-            if self.val_examples else None
+        if model_config is None:
+            self.max_len = resolve_max_length(cfg, tokenizer, self.loaded.model.config)
+            self._tokenize()
         self._report_data(train_channel)
 
         self.model = apply_lora(self.loaded, cfg) if cfg.use_lora else self.loaded.model
@@ -102,9 +146,29 @@ class Recipe:
             if cfg.use_lora:
                 self.model.enable_input_require_grads()
         trainable, total = count_parameters(self.model)
+        if self.sharded and D.zero_stage(self.ds_config) == 3:
+            total = sum(getattr(p, "ds_numel", p.numel()) for p in self.model.parameters())
+            trainable = sum(getattr(p, "ds_numel", p.numel()) for p in self.model.parameters() if p.requires_grad)
         log.info("model %s (%s): %d parameters, %d trainable (%.2f%%)", self.base_path,
-                 "seq2seq" if self.loaded.seq2seq else "causal", total, trainable, 100 * trainable / total)
+                 "seq2seq" if self.loaded.seq2seq else "causal", total, trainable, 100 * trainable / max(1, total))
         self.results["parameters"] = {"total": total, "trainable": trainable}
+
+    def _tokenize(self) -> None:
+        cfg = self.config
+        tok = dict(max_len=self.max_len, max_out=cfg.max_output_length, seq2seq=self.seq2seq,
+                   workers=cfg.preprocessing_num_workers)
+        self.train_tokens = tokenize_examples(self.train_examples, self.tokenizer, self.data.prompt, **tok)
+        self.val_tokens = tokenize_examples(self.val_examples, self.tokenizer, self.data.prompt, **tok) \
+            if self.val_examples else None
+
+    def _prepare_checkpoint_staging(self) -> None:
+        """This node's local rank 0 empties the checkpoint staging folder; the others wait."""
+        if D.local_rank() == 0:
+            import shutil
+
+            shutil.rmtree(self.checkpoint_staging, ignore_errors=True)
+            self.checkpoint_staging.mkdir(parents=True, exist_ok=True)
+        D.barrier()
 
     def _report_data(self, channel: Path) -> None:
         train, val = self.train_tokens.report(), self.val_tokens.report() if self.val_tokens else None
@@ -120,23 +184,22 @@ class Recipe:
                         train["rows_truncated"], self.max_len, ", ".join(train["truncated_examples"][:3]))
 
     # ------------------------------------------------------------------ train
-    def _trainer(self):
-        from transformers import EarlyStoppingCallback, Seq2SeqTrainer, Seq2SeqTrainingArguments, Trainer, \
-            TrainingArguments
-
-        from .callbacks import MetricLines
+    def _training_args(self, *, has_val: bool):
+        from transformers import Seq2SeqTrainingArguments, TrainingArguments
 
         cfg = self.config
-        has_val = bool(self.val_tokens and self.val_tokens.features)
         eval_strategy = cfg.evaluation_strategy if has_val else "no"
         save_strategy = "steps" if cfg.checkpoint_steps > 0 else "epoch"
         if eval_strategy != "no" and cfg.load_best_model_at_end:
             eval_strategy = save_strategy  # the Trainer needs them equal to pick the best checkpoint
         steps = cfg.checkpoint_steps or cfg.eval_steps
-        args_class = Seq2SeqTrainingArguments if self.loaded.seq2seq else TrainingArguments
-        dtype = self.loaded.dtype
-        args = args_class(
-            output_dir=str(self.paths.checkpoint_dir),
+        args_class = Seq2SeqTrainingArguments if self.seq2seq else TrainingArguments
+        dtype = self.dtype
+        fsdp, fsdp_config = self.fsdp or ("", None)
+        return args_class(
+            # the Trainer writes checkpoints to staging; CommitCheckpoints moves them, complete, into
+            # /opt/ml/checkpoints
+            output_dir=str(self.checkpoint_staging),
             num_train_epochs=cfg.epoch, max_steps=cfg.max_steps,
             per_device_train_batch_size=cfg.per_device_train_batch_size,
             per_device_eval_batch_size=cfg.per_device_eval_batch_size,
@@ -148,6 +211,8 @@ class Recipe:
             label_smoothing_factor=cfg.label_smoothing_factor,
             eval_strategy=eval_strategy, eval_steps=steps, save_strategy=save_strategy, save_steps=steps,
             save_total_limit=cfg.save_total_limit, save_only_model=False,
+            # several hosts have several disks: each keeps a full checkpoint (its ranks' RNG and shards)
+            save_on_each_node=D.nnodes() > 1,
             load_best_model_at_end=cfg.load_best_model_at_end and eval_strategy != "no",
             metric_for_best_model="eval_loss", greater_is_better=False,
             logging_steps=cfg.logging_steps, logging_first_step=True, seed=cfg.seed, data_seed=cfg.seed,
@@ -155,36 +220,55 @@ class Recipe:
             use_cpu=not has_cuda(), ddp_backend="gloo" if not has_cuda() and _world_size() > 1 else None,
             dataloader_num_workers=cfg.dataloader_num_workers, remove_unused_columns=False,
             report_to=[], disable_tqdm=True,
-            deepspeed=self.deepspeed_config(), gradient_checkpointing=False,
+            deepspeed=self.ds_config, fsdp=fsdp, fsdp_config=fsdp_config, gradient_checkpointing=False,
         )
-        callbacks = [MetricLines()]
-        if args.load_best_model_at_end and cfg.early_stopping_patience > 0:
+
+    def _trainer(self):
+        from transformers import EarlyStoppingCallback, Seq2SeqTrainer, Trainer
+
+        from .callbacks import CommitCheckpoints, MetricLines, StopOnSignal
+
+        cfg = self.config
+        has_val = bool(self.val_tokens and self.val_tokens.features)
+        self.stop_callback = StopOnSignal()
+        self.commit_callback = CommitCheckpoints(self.checkpoint_staging, self.paths.checkpoint_dir,
+                                                 cfg.save_total_limit)
+        callbacks = [MetricLines(), self.stop_callback, self.commit_callback]
+        if self.args.load_best_model_at_end and cfg.early_stopping_patience > 0:
             callbacks.append(EarlyStoppingCallback(cfg.early_stopping_patience, cfg.early_stopping_threshold))
         trainer_class = Seq2SeqTrainer if self.loaded.seq2seq else Trainer
-        return trainer_class(model=self.model, args=args, train_dataset=self.train_tokens.features,
+        return trainer_class(model=self.model, args=self.args, train_dataset=self.train_tokens.features,
                              eval_dataset=self.val_tokens.features if has_val else None,
                              data_collator=Collator(self.tokenizer.pad_token_id),
                              processing_class=self.tokenizer, callbacks=callbacks)
 
     def deepspeed_config(self):
-        if self.config.deepspeed == "none":
-            return None
         from .distributed import deepspeed_config
 
         return deepspeed_config(self.config, self.paths)
 
     def train(self) -> None:
         self.trainer = self._trainer()
-        if self.trainer.eval_dataset is not None:
+        resume = common_latest_checkpoint(self.paths.checkpoint_dir)
+        if self.trainer.eval_dataset is not None and (self.ds_config or self.fsdp_active):
+            # evaluate() before train() makes the Trainer build an inference engine that train()
+            # then fails to turn into a training one (DeepSpeed) or wraps twice (FSDP)
+            log.warning("the baseline evaluation before training is skipped under %s", self.results["parallelism"])
+            self.results["eval_before_skipped"] = "DeepSpeed/FSDP engines are built once per Trainer"
+        elif self.trainer.eval_dataset is not None:
             before = self.trainer.evaluate(metric_key_prefix="eval_before")
             self.results["eval_loss_before"] = before["eval_before_loss"]
             self._generate_samples("before")
-        resume = latest_checkpoint(self.paths.checkpoint_dir)
         if resume:
             log.info("resuming from %s", resume)
         start = time.time()
         output = self.trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         runtime = time.time() - start
+        if self.stop_callback.stopped_at is not None:
+            step = self.stop_callback.stopped_at
+            saved = self.paths.checkpoint_dir / f"checkpoint-{step}"
+            raise stopping.Stopped(stopping.stopped_message(f"at step {step}", saved))
+        self.results["peak_memory_gib"] = peak_memory_gib()
         tokens = self.train_tokens.tokens * max(1.0, float(output.metrics.get("epoch", 1)))
         self.results.update(train_loss=output.training_loss, train_runtime_s=round(runtime, 2),
                             steps=output.global_step, epochs=output.metrics.get("epoch"),
@@ -209,9 +293,25 @@ class Recipe:
                       flush=True)
         return r
 
+    def _generation_ranks(self) -> str:
+        """main: rank 0 generates alone (whole weights on every rank); all: every rank generates in
+        lockstep (ZeRO-3 gathers each layer's shards collectively); skip: not supported here."""
+        if self.fsdp_active:
+            return "skip"
+        return "all" if self.sharded and _world_size() > 1 else "main"
+
     def _generate_samples(self, stage: str) -> None:
         """Greedy answers on capped validation prompts; ROUGE against the references."""
-        if self.config.rouge_samples == 0 or self.data.format == "domain" or not is_main_process():
+        if self.config.rouge_samples == 0 or self.data.format == "domain":
+            return
+        ranks = self._generation_ranks()
+        if ranks == "skip":
+            if stage == "before":
+                log.warning("ROUGE skipped: generating from FSDP-sharded weights is not supported; "
+                            "evaluate the saved model instead")
+                self.results["rouge_skipped"] = "FSDP shards the weights; generation needs them whole"
+            return
+        if ranks == "main" and not is_main_process():
             return
         pairs = M.generation_pairs(self.val_examples, self.tokenizer, self.data.prompt, self.config.rouge_samples)
         if not pairs:
@@ -220,6 +320,9 @@ class Recipe:
         answers = M.generate(model, self.tokenizer, [p for p, _ in pairs], seq2seq=self.loaded.seq2seq,
                              max_new_tokens=self.config.max_output_length, max_input_length=self.max_len,
                              batch_size=max(self.config.per_device_eval_batch_size, 8))
+        model.train()
+        if not is_main_process():
+            return
         scores = M.rouge(answers, [ref for _, ref in pairs])
         if stage == "before":
             self.results["rouge_before"] = scores
@@ -228,7 +331,6 @@ class Recipe:
             self.results.update(scores)
             for sample, answer in zip(self.samples or [{} for _ in pairs], answers):
                 sample["after"] = answer
-        model.train()
 
     # ------------------------------------------------------------------ save
     def save(self) -> None:
@@ -263,7 +365,14 @@ class Recipe:
     def run(self) -> dict:
         try:
             self.setup()
+            if stopping.agreed():
+                latest = common_latest_checkpoint(self.paths.checkpoint_dir)
+                raise stopping.Stopped(stopping.stopped_message("before training started", latest))
             self.train()
+            if stopping.agreed():  # training finished; its last step is checkpointed
+                latest = common_latest_checkpoint(self.paths.checkpoint_dir)
+                raise stopping.Stopped(stopping.stopped_message(
+                    f"after training finished (step {self.results.get('steps')}), before the model was saved", latest))
             self.evaluate()
             self.save()
         except BaseException:

@@ -1,25 +1,47 @@
-"""Turn the trained model into files in the staging folder: merged, full, or adapter only."""
+"""Turn the trained model into files in the staging folder: merged, full, or adapter only.
+
+Called on every rank. When the weights are sharded (DeepSpeed ZeRO-3, FSDP) gathering them is a
+collective, so every rank takes part and rank 0 alone writes:
+- full fine-tuning: the gathered 16-bit state dict;
+- LoRA, merge_weights=False: the adapter part of the gathered state dict;
+- LoRA, merge_weights=True: that adapter, merged on rank 0 into a fresh copy of the base
+  (merging in place would need every base weight whole on one rank).
+Quantized (int8/4-bit) bases cannot absorb an adapter either: the adapter is merged into a
+fresh 16-bit copy of the base, the same way.
+"""
 
 from __future__ import annotations
 
 import logging
+import tempfile
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 
 
 def save_model(recipe, staging: Path | None) -> bool:
-    """Write weights and tokenizer to `staging` (rank 0); returns True when only an adapter is saved."""
+    """Write weights and tokenizer to `staging` (rank 0 passes it, others None); True when only an
+    adapter is saved."""
     cfg = recipe.config
     trainer = recipe.trainer
     model = trainer.accelerator.unwrap_model(trainer.model)
     adapter_only = cfg.use_lora and not cfg.merge_weights
+    state_dict = None
+    if recipe.sharded:
+        engine = trainer.deepspeed if trainer.is_deepspeed_enabled else trainer.model
+        state_dict = trainer.accelerator.get_state_dict(engine)  # collective
     if staging is None:
         return adapter_only
-    if not cfg.use_lora or adapter_only:
+    if state_dict is not None:
+        state_dict = {k: v for k, v in state_dict.items()}
+        if not cfg.use_lora or adapter_only:
+            model.save_pretrained(staging, state_dict=state_dict, safe_serialization=True)
+        else:
+            _merge_onto_fresh_base(recipe, model, staging, state_dict=state_dict)
+    elif not cfg.use_lora or adapter_only:
         model.save_pretrained(staging, safe_serialization=True)
     elif cfg.quantization != "none":
-        _merge_onto_16bit_base(recipe, model, staging)
+        _merge_onto_fresh_base(recipe, model, staging)
     else:
         merged = model.merge_and_unload()
         merged.save_pretrained(staging, safe_serialization=True)
@@ -32,17 +54,25 @@ def save_model(recipe, staging: Path | None) -> bool:
     return adapter_only
 
 
-def _merge_onto_16bit_base(recipe, model, staging: Path) -> None:
-    """Quantized weights cannot absorb an adapter; merge it into a fresh 16-bit copy of the base."""
-    import tempfile
-
+def _merge_onto_fresh_base(recipe, model, staging: Path, state_dict: dict | None = None) -> None:
+    """Save the adapter, load the base again unquantized and unsharded, merge, save."""
     from peft import PeftModel
 
     from ..modeling import load_model
+    from .distributed import without_zero_init
 
     with tempfile.TemporaryDirectory(prefix="tuneforge-adapter-") as adapter_dir:
-        model.save_pretrained(adapter_dir, safe_serialization=True)
-        base = load_model(recipe.base_path, recipe.config, tokenizer=recipe.tokenizer, quantize=False).model
-        merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
+        kwargs = {"state_dict": state_dict} if state_dict is not None else {}
+        model.save_pretrained(adapter_dir, safe_serialization=True, **kwargs)
+        with without_zero_init():
+            base = load_model(recipe.base_path, recipe.config, tokenizer=recipe.tokenizer, quantize=False).model
+        peft_model = PeftModel.from_pretrained(base, adapter_dir)
+        if state_dict is not None:
+            # the gathered weights are exactly what was trained (new token rows, from-scratch bases)
+            result = peft_model.load_state_dict(state_dict, strict=False)
+            if result.unexpected_keys:
+                log.warning("%d gathered weights matched nothing in the fresh base (first: %s)",
+                            len(result.unexpected_keys), result.unexpected_keys[0])
+        merged = peft_model.merge_and_unload()
         merged.save_pretrained(staging, safe_serialization=True)
-    log.info("merged the adapter onto a %s copy of the base", recipe.loaded.dtype)
+    log.info("merged the adapter into a fresh %s copy of the base", next(merged.parameters()).dtype)

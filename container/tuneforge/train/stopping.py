@@ -1,0 +1,89 @@
+"""SIGTERM (SageMaker StopTrainingJob, spot interruption: SIGKILL follows 120 s later): save a
+checkpoint at the end of the current step and exit non-zero, saying where to resume from.
+
+Single process: the handler only sets a flag; a callback sees it at the end of the step.
+Under torchrun, the launcher first writes a stop marker and then forwards SIGTERM to torchrun,
+which forwards it to every rank. A rank that finds the marker asks for a graceful stop; the ranks
+agree (an all-reduce at every step end) so they all save the same step together. A SIGTERM without
+the marker is torchrun tearing the group down after another rank failed: that rank leaves at once
+and writes no error of its own, so the failure file names the rank that really failed.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from pathlib import Path
+
+from .distributed import any_rank
+
+log = logging.getLogger(__name__)
+
+
+class Stopped(Exception):
+    """Training stopped on request; the message is the failure file's first line."""
+
+
+class TornDown(BaseException):
+    """torchrun is ending this rank because another one failed; not this rank's error."""
+
+
+class _State:
+    signal_name: str | None = None
+    received_at: float | None = None
+    marker: Path | None = None
+
+
+STATE = _State()
+
+
+def stop_marker(paths) -> Path:
+    return paths.output_dir / ".ranks" / "stop-requested"
+
+
+def requested() -> str | None:
+    return STATE.signal_name
+
+
+def reset() -> None:
+    STATE.signal_name = None
+    STATE.received_at = None
+
+
+def _handler(signum, frame):  # noqa: ARG001
+    name = signal.Signals(signum).name
+    if STATE.marker is not None and not STATE.marker.exists():
+        raise TornDown(name)
+    if STATE.signal_name is None:
+        STATE.signal_name, STATE.received_at = name, time.time()
+        log.warning("%s received: a checkpoint will be saved at the end of this step", name)
+
+
+def install(*, marker: Path | None = None):
+    """Handle SIGTERM in this process; `marker` (torchrun ranks) tells a stop from a teardown.
+    Returns the previous handler for restore(), or None off the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    reset()
+    STATE.marker = marker
+    return signal.signal(signal.SIGTERM, _handler)
+
+
+def restore(previous) -> None:
+    if previous is not None and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, previous)
+    STATE.marker = None
+
+
+def agreed() -> bool:
+    """Whether any rank was asked to stop (a collective: every rank must call it at the same point)."""
+    return any_rank(STATE.signal_name is not None)
+
+
+def stopped_message(when: str, checkpoint: Path | None) -> str:
+    name = requested() or "SIGTERM"
+    if checkpoint is not None:
+        return f"stopped by {name} {when}; checkpoint saved to {checkpoint}; rerun to resume"
+    return f"stopped by {name} {when}; no checkpoint was written; rerun to start again"
