@@ -114,3 +114,14 @@ def test_failure_during_training_leaves_model_dir_empty(job, tiny, monkeypatch):
     assert job.run_in_process() == 1
     assert job.failure_first_line().startswith("OSError: [Errno 28] No space left on device")
     assert list(job.model_dir.iterdir()) == []
+
+
+def test_a_real_failure_is_not_archived_by_a_rerun(job, tiny):
+    """Only tuneforge's own "stopped by ... rerun to resume" note moves aside on a rerun."""
+    job.add_model(tiny("llama"))
+    job.add_sample_data("instruction", n_train=16, n_val=4)
+    job.hyperparameters({"instruction_tuned": "True", "max_steps": "1", "rouge_samples": "0"})
+    job.failure.parent.mkdir(parents=True, exist_ok=True)
+    job.failure.write_text("ValueError: something the operator must see\n")
+    assert job.run_in_process() == 0
+    assert job.failure.read_text() == "ValueError: something the operator must see\n"

@@ -133,6 +133,7 @@ def run(base_dir: str | os.PathLike | None = None) -> int:
     os.environ["SAGEMAKER_BASE_DIR"] = str(paths.base)
     try:
         paths.ensure_output_dirs()
+        archive_stop_note(paths)
         raw = paths.read_hyperparameters()
         config = parse_hyperparameters(raw)
         world = discover_world(paths)
@@ -163,6 +164,17 @@ def run(base_dir: str | os.PathLike | None = None) -> int:
             log.error("%s", "".join(traceback.format_exception(exc)))
         write_failure(paths, failure_text(exc))
         return 143 if isinstance(exc, Stopped) else 1
+
+
+def archive_stop_note(paths: Paths) -> None:
+    """A rerun after a stop resumes that run: its "stopped by SIGTERM" note is no longer the job's
+    failure, so move it to output/data/previous-stop.txt. Any other failure file is left alone."""
+    failure = paths.failure_file
+    first_line = failure.read_text().partition("\n")[0] if failure.exists() else ""
+    if "stopped by " in first_line and "rerun to " in first_line:
+        target = paths.output_data_dir / "previous-stop.txt"
+        failure.replace(target)
+        log.info("an earlier run was stopped; its note moved to %s", target)
 
 
 def needs_torchrun(world: World, config) -> bool:
