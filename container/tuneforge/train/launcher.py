@@ -107,6 +107,11 @@ def configure_logging() -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
     for noisy in ("httpx", "urllib3", "DeepSpeed"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # per-shard progress bars on load/save flood job logs (CloudWatch) and hide the metric lines
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
 
 
 def failure_text(exc: BaseException) -> str:
