@@ -99,9 +99,6 @@ class Paths:
     def read_resource_config(self) -> dict:
         return _read_json(self.resource_config_file, default={})
 
-    def read_input_data_config(self) -> dict:
-        return _read_json(self.input_data_config_file, default={})
-
     def ensure_output_dirs(self) -> None:
         for path in (self.model_dir, self.output_data_dir, self.checkpoint_dir):
             path.mkdir(parents=True, exist_ok=True)

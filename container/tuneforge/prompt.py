@@ -29,9 +29,6 @@ DEFAULT_CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
 )
 
-FORMATS = ("instruction", "chat", "domain", "table")
-
-
 def template_fields(template: str) -> list[str]:
     """Names of the {placeholders} in a template, in order, without repeats."""
     names: list[str] = []
@@ -45,7 +42,7 @@ def template_fields(template: str) -> list[str]:
 class PromptFormat:
     """How rows become (prompt, completion) text, saved beside the model."""
 
-    kind: str  # one of FORMATS
+    kind: str  # instruction | chat | domain | table
     prompt_template: str = "{prompt}"
     completion_template: str = "{completion}"
     demarcation: str = ""

@@ -5,7 +5,6 @@ Run on the accelerator machine: `pytest -m gpu tests/distributed/test_gpu.py -s`
 Not run for docs/benchmarks.md yet: no GPU was available when these were written."""
 
 import json
-import os
 from pathlib import Path
 
 import pytest

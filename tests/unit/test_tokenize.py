@@ -1,6 +1,5 @@
 import pytest
 
-from tuneforge.config import parse_hyperparameters
 from tuneforge.data import Collator, tokenize_examples
 from tuneforge.data.formats import Example
 from tuneforge.data.tokenize import IGNORE

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import DataError
@@ -40,7 +40,6 @@ class LoadedData:
     examples: list[Example]
     files: list[str]
     prompt: PromptFormat
-    notes: list[str] = field(default_factory=list)
 
 
 def visible_files(folder: Path) -> list[Path]:

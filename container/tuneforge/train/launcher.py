@@ -16,7 +16,6 @@ import threading
 import time
 import traceback
 from dataclasses import dataclass
-from pathlib import Path
 
 from ..contract import Paths, write_failure
 from ..errors import UserError

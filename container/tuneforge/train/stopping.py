@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-import time
 from pathlib import Path
 
 from .distributed import any_rank
@@ -32,7 +31,6 @@ class TornDown(BaseException):
 
 class _State:
     signal_name: str | None = None
-    received_at: float | None = None
     marker: Path | None = None
 
 
@@ -49,7 +47,6 @@ def requested() -> str | None:
 
 def reset() -> None:
     STATE.signal_name = None
-    STATE.received_at = None
 
 
 def _handler(signum, frame):  # noqa: ARG001
@@ -57,7 +54,7 @@ def _handler(signum, frame):  # noqa: ARG001
     if STATE.marker is not None and not STATE.marker.exists():
         raise TornDown(name)
     if STATE.signal_name is None:
-        STATE.signal_name, STATE.received_at = name, time.time()
+        STATE.signal_name = name
         log.warning("%s received: a checkpoint will be saved at the end of this step", name)
 
 
