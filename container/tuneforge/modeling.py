@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
+import os
 import tarfile
 import tempfile
 from dataclasses import dataclass
@@ -110,12 +112,19 @@ def _check_weights(path: Path, config) -> None:
 
 
 def quantization_config(config, dtype):
+    """bitsandbytes settings for int8/4-bit bases. GPU only: bitsandbytes' CPU kernels run, but far
+    slower than fp32 there, so a CPU job with quantization on is almost surely a mistake.
+    TUNEFORGE_ALLOW_CPU_QUANTIZATION=1 runs it anyway (the tests use it to exercise this path)."""
     if config.quantization == "none":
         return None
-    if not has_cuda():
+    if not has_cuda() and os.environ.get("TUNEFORGE_ALLOW_CPU_QUANTIZATION") != "1":
         raise ResourceError(f"{config.quantization} quantization needs an NVIDIA GPU (bitsandbytes) and none is visible",
                             where="hyperparameters int8_quantization/load_in_4bit/bits",
                             fix="run on a GPU instance, or turn quantization off for CPU runs")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ResourceError(f"{config.quantization} quantization needs the bitsandbytes package, which is not installed",
+                            where="hyperparameters int8_quantization/load_in_4bit/bits",
+                            fix="pip install 'tuneforge[train]' (it brings bitsandbytes on Linux), or turn quantization off")
     from transformers import BitsAndBytesConfig
 
     if config.quantization == "int8":

@@ -49,7 +49,8 @@ def zero2_full(tmp_path_factory, tiny):
 
 def test_zero2_full_finetuning_saves_loadable_trained_weights(zero2_full, tiny):
     job, metrics = zero2_full
-    assert metrics["parallelism"] == "deepspeed zero2" and metrics["steps"] == 4
+    assert metrics["parallelism"] == "deepspeed zero2" and metrics["distributed_type"] == "DEEPSPEED"
+    assert metrics["steps"] == 4
     shards = sorted(p.name for p in latest_checkpoint(job.base / "checkpoints").glob("global_step4/*optim_states.pt"))
     assert len(shards) == 2  # each rank's optimizer partition is in the checkpoint
     base, trained = _weights(tiny("llama")), _weights(job.model_dir)
@@ -114,3 +115,17 @@ def test_zero3_lora_adapter_only_is_a_real_adapter(small_job, tiny):
     model = PeftModel.from_pretrained(base, job.model_dir)
     ids = torch.tensor([[1, 5, 6, 7]])
     assert model.generate(ids, max_new_tokens=3, min_new_tokens=3, do_sample=False).shape == (1, 7)
+
+
+@pytest.mark.parametrize("preset", ["zero2_offload", "zero3_offload"])
+def test_offload_presets_train_and_save_whole_trained_weights(small_job, tiny, preset):
+    """Optimizer state (and for ZeRO-3 the parameters) offloaded to host memory, updated by
+    DeepSpeed's CPU Adam (JIT-built on first use, about 2 min on 2 cores); model/ still holds
+    whole, trained weights."""
+    job = small_job
+    metrics = _train(job, {**FULL, "deepspeed": preset})
+    assert metrics["parallelism"] == f"deepspeed {preset.replace('_offload', '')}+offload"
+    base, trained = _weights(tiny("llama")), _weights(job.model_dir)
+    assert base.keys() == trained.keys() and all(trained[k].shape == base[k].shape for k in base)
+    assert not torch.equal(base["model.layers.0.self_attn.q_proj.weight"], trained["model.layers.0.self_attn.q_proj.weight"])
+    reload_and_generate(job.model_dir)

@@ -62,13 +62,15 @@ def _run(job, model_path, hyperparameters, nproc: int):
 
 def test_fsdp_lora(job, llama_1b):
     metrics = _run(job, llama_1b, {"enable_fsdp": "True"}, nproc=torch.cuda.device_count())
-    assert metrics["parallelism"] == "fsdp full_shard" and "rouge_skipped" in metrics
+    assert metrics["parallelism"] == "fsdp full_shard" and metrics["distributed_type"] == "FSDP"
+    assert "rouge_skipped" in metrics
     assert (job.model_dir / "model.safetensors").exists() or (job.model_dir / "model.safetensors.index.json").exists()
 
 
 def test_zero3_lora(job, llama_1b):
     metrics = _run(job, llama_1b, {"deepspeed": "zero3"}, nproc=torch.cuda.device_count())
-    assert metrics["parallelism"] == "deepspeed zero3" and "rougeL" in metrics
+    assert metrics["parallelism"] == "deepspeed zero3" and metrics["distributed_type"] == "DEEPSPEED"
+    assert "rougeL" in metrics
 
 
 @pytest.mark.parametrize("quantization", [{"int8_quantization": "True"},
@@ -83,7 +85,7 @@ def test_quantized_lora_merges_onto_a_16bit_base(job, llama_1b, quantization):
     with safe_open(str(files[0]), "pt") as handle:
         dtypes = {str(handle.get_tensor(k).dtype) for k in handle.keys()}
     assert dtypes <= {"torch.bfloat16", "torch.float16"}, dtypes  # merged onto 16-bit, not int8/uint8 weights
-    assert metrics["peak_memory_gib"]["gpu"] > 0
+    assert metrics["quantized_layers"] == 22 * 7 and metrics["peak_memory_gib"]["gpu"] > 0
 
 
 def test_preflight_refuses_full_finetuning_that_cannot_fit(job, tmp_path_factory):

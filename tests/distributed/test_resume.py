@@ -51,7 +51,8 @@ def uninterrupted(tmp_path_factory, tiny):
 def test_ddp_two_processes_train_and_save_once(uninterrupted):
     job = uninterrupted
     metrics = job.metrics()
-    assert metrics["parallelism"] == "ddp" and metrics["steps"] == STEPS
+    assert metrics["parallelism"] == "ddp" and metrics["distributed_type"] == "MULTI_CPU"
+    assert metrics["steps"] == STEPS
     losses = [row["loss"] for row in _history(job) if "loss" in row]
     assert len(losses) == STEPS and losses[-1] < losses[0] - 1.0  # it learned
     assert not job.failure.exists() and not (job.base / "output" / ".ranks" / "rank-0.error").exists()

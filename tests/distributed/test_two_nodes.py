@@ -37,7 +37,8 @@ def test_two_node_job_trains_and_saves_once(tmp_path, tiny):
     assert "--nnodes=2" in results[0][1] and "--node_rank=0" in results[0][1] and "--node_rank=1" in results[1][1]
     assert "node 1 of 2 finished; node 0 writes model/" in results[1][1]
     assert list(node1.model_dir.iterdir()) == [] and not node1.failure.exists()
-    assert node0.metrics()["parallelism"] == "ddp" and node0.metrics()["steps"] == 4
+    assert node0.metrics()["parallelism"] == "ddp" and node0.metrics()["distributed_type"] == "MULTI_CPU"
+    assert node0.metrics()["steps"] == 4
     reload_and_generate(node0.model_dir)
     # each host keeps a full checkpoint (its own rank's RNG state) for its own disk
     for job, rank in ((node0, 0), (node1, 1)):

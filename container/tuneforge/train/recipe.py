@@ -141,8 +141,10 @@ class Recipe:
         self._report_data(train_channel)
 
         self.model = apply_lora(self.loaded, cfg) if cfg.use_lora else self.loaded.model
-        if cfg.gradient_checkpointing:
-            self.model.gradient_checkpointing_enable()
+        if cfg.gradient_checkpointing and not self.fsdp_active:  # FSDP checkpoints per wrapped layer itself
+            # transformers 5 renamed it (the old name warns); older versions have only the old one
+            enable = getattr(self.model, "activation_checkpointing_enable", None) or self.model.gradient_checkpointing_enable
+            enable()
             if cfg.use_lora:
                 self.model.enable_input_require_grads()
         trainable, total = count_parameters(self.model)
@@ -152,6 +154,10 @@ class Recipe:
         log.info("model %s (%s): %d parameters, %d trainable (%.2f%%)", self.base_path,
                  "seq2seq" if self.loaded.seq2seq else "causal", total, trainable, 100 * trainable / max(1, total))
         self.results["parameters"] = {"total": total, "trainable": trainable}
+        self.results["quantization"] = cfg.quantization
+        if cfg.quantization != "none":  # what bitsandbytes actually replaced, not just what was asked
+            self.results["quantized_layers"] = sum(type(m).__module__.startswith("bitsandbytes")
+                                                   for m in self.loaded.model.modules())
 
     def _tokenize(self) -> None:
         cfg = self.config
@@ -220,7 +226,7 @@ class Recipe:
             use_cpu=not has_cuda(), ddp_backend="gloo" if not has_cuda() and _world_size() > 1 else None,
             dataloader_num_workers=cfg.dataloader_num_workers, remove_unused_columns=False,
             report_to=[], disable_tqdm=True,
-            deepspeed=self.ds_config, fsdp=fsdp, fsdp_config=fsdp_config, gradient_checkpointing=False,
+            deepspeed=self.ds_config, fsdp=fsdp, fsdp_config=fsdp_config,
         )
 
     def _trainer(self):
@@ -249,6 +255,8 @@ class Recipe:
 
     def train(self) -> None:
         self.trainer = self._trainer()
+        # what accelerate actually set up (NO, MULTI_CPU, MULTI_GPU, DEEPSPEED, FSDP), beside the plan
+        self.results["distributed_type"] = self.trainer.accelerator.distributed_type.value
         resume = common_latest_checkpoint(self.paths.checkpoint_dir)
         if self.trainer.eval_dataset is not None and (self.ds_config or self.fsdp_active):
             # evaluate() before train() makes the Trainer build an inference engine that train()
