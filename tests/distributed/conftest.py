@@ -37,11 +37,12 @@ def job_env(*, nproc: int = 2, port: int | None = None, **extra) -> dict:
     return env
 
 
-def start(job, env: dict, log_name: str = "train.log") -> subprocess.Popen:
-    """`tuneforge train` on the job tree in the background, output to a log file beside it."""
+def start(job, env: dict, log_name: str = "train.log", new_session: bool = False) -> subprocess.Popen:
+    """`tuneforge train` on the job tree in the background, output to a log file beside it;
+    new_session: in a process group of its own (its pid is the group id) for os.killpg."""
     log = open(job.base.parent / log_name, "w")
     return subprocess.Popen([sys.executable, "-m", "tuneforge.cli", "train", "--base-dir", str(job.base)],
-                            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+                            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO, start_new_session=new_session)
 
 
 def finish(process: subprocess.Popen, job, timeout: float = 300, log_name: str = "train.log") -> tuple[int, str]:

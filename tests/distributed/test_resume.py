@@ -5,6 +5,7 @@ ends where an uninterrupted run ends: same step count, final losses within 2%.
 The uninterrupted run is also the plain 2-process DDP test: it trains, saves once, reloads."""
 
 import json
+import os
 import signal
 import time
 
@@ -95,3 +96,19 @@ def test_sigterm_saves_a_checkpoint_and_a_rerun_resumes_to_the_same_result(job, 
     assert abs(eval_loss - ref_eval) / ref_eval < 0.02, (eval_loss, ref_eval)
     print(f"resume: stopped at step {step}; final train loss {resumed:.5f} vs {reference:.5f} uninterrupted; "
           f"eval loss {eval_loss:.5f} vs {ref_eval:.5f}; rerun took {time.time() - started:.1f} s")
+
+
+def test_sigterm_to_every_process_at_once_still_checkpoints(job, tiny):
+    """Slurm's scancel and `kill -- -PGID` signal the launcher, torchrun and every rank at the same
+    moment, so a rank may see SIGTERM before the launcher's stop marker exists; it must still
+    checkpoint and stop, not leave as if torn down after another rank's failure."""
+    _prepare(job, tiny)
+    process = start(job, job_env(), new_session=True)
+    first = wait_for(lambda: latest_checkpoint(job.base / "checkpoints"), timeout=240, interval=0.05)
+    assert first is not None, "no checkpoint appeared"
+    os.killpg(process.pid, signal.SIGTERM)
+    code, log = finish(process, job, timeout=120)
+    assert code == 143, log[-3000:]
+    stopped = latest_checkpoint(job.base / "checkpoints")
+    assert job.failure_first_line().startswith(f"stopped by SIGTERM at step {stopped.name.split('-')[1]}; "
+                                               f"checkpoint saved to {stopped}")

@@ -3,10 +3,11 @@ checkpoint at the end of the current step and exit non-zero, saying where to res
 
 Single process: the handler only sets a flag; a callback sees it at the end of the step.
 Under torchrun, the launcher first writes a stop marker and then forwards SIGTERM to torchrun,
-which forwards it to every rank. A rank that finds the marker asks for a graceful stop; the ranks
-agree (an all-reduce at every step end) so they all save the same step together. A SIGTERM without
-the marker is torchrun tearing the group down after another rank failed: that rank leaves at once
-and writes no error of its own, so the failure file names the rank that really failed.
+which forwards it to every rank. A rank that finds the marker (waiting up to MARKER_GRACE_S for
+it, since a process-group signal reaches the ranks and the launcher together) asks for a graceful
+stop; the ranks agree (an all-reduce at every step end) so they all save the same step together.
+A SIGTERM without the marker is torchrun tearing the group down after another rank failed: that
+rank leaves and writes no error of its own, so the failure file names the rank that really failed.
 """
 
 from __future__ import annotations
@@ -14,11 +15,16 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from pathlib import Path
 
 from .distributed import any_rank
 
 log = logging.getLogger(__name__)
+
+# Slurm's scancel (and `kill -- -PGID`) signals the launcher and every rank at the same moment: a
+# rank may get SIGTERM a little before the launcher has written the marker, so it waits this long.
+MARKER_GRACE_S = 3.0
 
 
 class Stopped(Exception):
@@ -49,9 +55,18 @@ def reset() -> None:
     STATE.signal_name = None
 
 
+def _marker_appears(marker: Path, grace_s: float = MARKER_GRACE_S) -> bool:
+    deadline = time.monotonic() + grace_s
+    while not marker.exists():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
 def _handler(signum, frame):  # noqa: ARG001
     name = signal.Signals(signum).name
-    if STATE.marker is not None and not STATE.marker.exists():
+    if STATE.marker is not None and not _marker_appears(STATE.marker):
         raise TornDown(name)
     if STATE.signal_name is None:
         STATE.signal_name = name
