@@ -203,6 +203,11 @@ def default_lora_targets(model) -> str:
 
 
 def count_parameters(model) -> tuple[int, int]:
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
+    """(trainable, total) parameters; 4-bit weights count as what they stand for, not the packed
+    bytes bitsandbytes stores (two 4-bit values per element)."""
+    def numel(p) -> int:
+        return p.numel() * 2 if type(p).__name__ == "Params4bit" else p.numel()
+
+    trainable = sum(numel(p) for p in model.parameters() if p.requires_grad)
+    total = sum(numel(p) for p in model.parameters())
     return trainable, total

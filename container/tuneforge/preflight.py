@@ -163,7 +163,7 @@ def count_parameters(model_config, config, *, seq2seq: bool) -> tuple[int, int]:
     return total, lora
 
 
-def _dim(model_config, *names, default=0) -> int:
+def configconfig_dim(model_config, *names, default=0) -> int:
     for name in names:
         value = getattr(model_config, name, None)
         if isinstance(value, int) and value > 0:
@@ -177,16 +177,16 @@ def plan_for(recipe, model_config, seq_len: int, ds_config: dict | None) -> Memo
     cfg = recipe.config
     seq2seq = bool(getattr(model_config, "is_encoder_decoder", False))
     total, lora = count_parameters(model_config, cfg, seq2seq=seq2seq)
-    layers = _dim(model_config, "num_hidden_layers", "n_layer", "num_layers")
-    layers += _dim(model_config, "num_decoder_layers") if seq2seq else 0
+    layers = config_dim(model_config, "num_hidden_layers", "n_layer", "num_layers")
+    layers += config_dim(model_config, "num_decoder_layers") if seq2seq else 0
     stage = zero_stage(ds_config)
     sharding = {2: "zero2", 3: "zero3"}.get(stage, "fsdp" if recipe.fsdp_active else "none")
     fmt = cfg.quantization if cfg.quantization != "none" else \
         {"torch.bfloat16": "bf16", "torch.float16": "fp16"}.get(str(recipe.dtype), "fp32")
     return MemoryPlan(
         total_params=total, trainable_params=lora if cfg.use_lora else total,
-        hidden_size=_dim(model_config, "hidden_size", "n_embd", "d_model"), num_layers=layers,
-        vocab_size=_dim(model_config, "vocab_size"), batch_size=cfg.per_device_train_batch_size, seq_len=seq_len,
+        hidden_size=config_dim(model_config, "hidden_size", "n_embd", "d_model"), num_layers=layers,
+        vocab_size=config_dim(model_config, "vocab_size"), batch_size=cfg.per_device_train_batch_size, seq_len=seq_len,
         devices=world_size(), weight_format=fmt, sharding=sharding, offload=offloads(ds_config),
         gradient_checkpointing=cfg.gradient_checkpointing, lora_trainable_params=lora)
 

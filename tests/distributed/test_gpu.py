@@ -50,7 +50,7 @@ def _run(job, model_path, hyperparameters, nproc: int):
     assert code == 0, log[-4000:]
     metrics = job.metrics()
     record = {"case": json.dumps(hyperparameters, sort_keys=True), "gpu": torch.cuda.get_device_name(0),
-              "processes": nproc, "tokens_per_s": metrics["train_tokens_per_second"],
+              "processes": nproc, "tokens_per_s": metrics["train_tokens_per_second"], "mfu": metrics.get("mfu"),
               "peak_memory_gib": metrics["peak_memory_gib"], "parallelism": metrics["parallelism"],
               "train_loss": metrics["train_loss"], "eval_loss": metrics.get("eval_loss")}
     print(json.dumps(record))

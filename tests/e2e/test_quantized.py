@@ -34,6 +34,9 @@ def test_quantized_lora_merges_onto_an_unquantized_base(job, tiny, monkeypatch, 
     metrics = job.metrics()
     assert metrics["quantization"] == ("int8" if "int8_quantization" in quantization else "nf4")
     assert metrics["quantized_layers"] == 14  # 7 linear layers in each of the 2 decoder layers
+    base_params = sum(t.numel() for t in load_file(str(base_dir / "model.safetensors")).values())
+    # packed 4-bit weights are counted as the parameters they stand for
+    assert metrics["parameters"]["total"] == base_params + metrics["parameters"]["trainable"]
     assert metrics["steps"] == 6 and metrics["eval_loss"] < metrics["eval_loss_before"]
     checkpoint = latest_checkpoint(job.base / "checkpoints")
     adapter = load_file(str(checkpoint / "adapter_model.safetensors"))

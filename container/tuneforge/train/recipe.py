@@ -282,6 +282,21 @@ class Recipe:
                             steps=output.global_step, epochs=output.metrics.get("epoch"),
                             train_tokens_per_second=round(tokens / runtime, 1) if runtime else None,
                             resumed_from=str(resume) if resume else None)
+        if has_cuda() and self.results["train_tokens_per_second"]:
+            self.results["mfu"] = self._mfu(self.results["train_tokens_per_second"])
+
+    def _mfu(self, tokens_per_second: float) -> float | None:
+        """Model FLOPs utilization over all GPUs of the job (train/throughput.py)."""
+        from ..preflight import config_dim
+        from .throughput import flops_per_token, mfu
+
+        model_config, params = self.loaded.model.config, self.results["parameters"]
+        mean_len = self.train_tokens.tokens / max(1, len(self.train_tokens.features))
+        per_token = flops_per_token(params["total"], params["trainable"],
+                                    config_dim(model_config, "num_hidden_layers", "n_layer", "num_layers"),
+                                    config_dim(model_config, "hidden_size", "n_embd", "d_model"), mean_len)
+        value = mfu(tokens_per_second, per_token, torch.cuda.get_device_name(0), _world_size())
+        return round(value, 4) if value is not None else None
 
     # ------------------------------------------------------------------ evaluate
     def evaluate(self) -> dict:
