@@ -163,7 +163,7 @@ def count_parameters(model_config, config, *, seq2seq: bool) -> tuple[int, int]:
     return total, lora
 
 
-def configconfig_dim(model_config, *names, default=0) -> int:
+def config_dim(model_config, *names, default=0) -> int:
     for name in names:
         value = getattr(model_config, name, None)
         if isinstance(value, int) and value > 0:

@@ -9,6 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tests.lora_checks import assert_merged_is_base_plus_adapter
 from tuneforge.train.checkpoints import latest_checkpoint
 
 from .conftest import reload_and_generate, run_job
@@ -84,19 +85,7 @@ def test_zero3_lora_merged_is_base_plus_the_trained_adapter(small_job, tiny):
     metrics = _train(job, {**BASE, "deepspeed": "zero3", "merge_weights": "True"})
     assert metrics["parallelism"] == "deepspeed zero3"
     final = latest_checkpoint(job.base / "checkpoints")  # holds the gathered adapter of the last step
-    adapter = load_file(str(final / "adapter_model.safetensors"))
-    config = json.loads((final / "adapter_config.json").read_text())
-    scale = config["lora_alpha"] / config["r"]
-    base, merged = _weights(tiny("llama")), _weights(job.model_dir)
-    assert not any("lora" in k for k in merged)
-    for layer in range(2):
-        for proj in ("q_proj", "v_proj"):
-            prefix = f"base_model.model.model.layers.{layer}.self_attn.{proj}"
-            delta = adapter[f"{prefix}.lora_B.weight"] @ adapter[f"{prefix}.lora_A.weight"] * scale
-            assert delta.abs().max() > 0
-            name = f"model.layers.{layer}.self_attn.{proj}.weight"
-            torch.testing.assert_close(merged[name], base[name] + delta, atol=1e-6, rtol=1e-5)
-    assert torch.equal(merged["model.layers.0.mlp.up_proj.weight"], base["model.layers.0.mlp.up_proj.weight"])
+    assert_merged_is_base_plus_adapter(job.model_dir, tiny("llama"), final)
     reload_and_generate(job.model_dir)
 
 

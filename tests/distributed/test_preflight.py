@@ -70,3 +70,29 @@ def test_parameter_counts_come_from_a_weightless_model(tiny):
     assert total == sum(p.numel() for p in model.parameters())
     peft = get_peft_model(model, LoraConfig(r=8, target_modules=["q_proj", "v_proj"]))
     assert lora == sum(p.numel() for p in peft.parameters() if p.requires_grad)
+
+
+def test_a_jobs_plan_reads_the_model_config_and_the_settings(tiny):
+    """plan_for, the bridge from a job to the estimator (it runs only on GPUs in real jobs)."""
+    import types
+
+    import torch
+    from transformers import AutoConfig
+
+    from tuneforge.config import parse_hyperparameters
+    from tuneforge.preflight import plan_for
+    from tuneforge.train.distributed import preset
+
+    model_config = AutoConfig.from_pretrained(tiny("llama"))
+    qlora = parse_hyperparameters({"load_in_4bit": "True", "per_device_train_batch_size": "2",
+                                   "gradient_checkpointing": "True"})
+    job = types.SimpleNamespace(config=qlora, fsdp_active=False, dtype=torch.bfloat16)
+    plan = plan_for(job, model_config, 128, preset("zero3_offload"))
+    assert (plan.hidden_size, plan.num_layers, plan.vocab_size) == (model_config.hidden_size, 2, model_config.vocab_size)
+    assert plan.weight_format == "nf4" and plan.sharding == "zero3" and plan.offload
+    assert plan.batch_size == 2 and plan.seq_len == 128 and plan.gradient_checkpointing
+    assert plan.trainable_params == plan.lora_trainable_params > 0
+    full = types.SimpleNamespace(config=parse_hyperparameters({"peft_type": "none"}), fsdp_active=True,
+                                 dtype=torch.bfloat16)
+    plan = plan_for(full, model_config, 64, None)
+    assert plan.weight_format == "bf16" and plan.sharding == "fsdp" and plan.trainable_params == plan.total_params

@@ -123,7 +123,7 @@ def without_zero_init():
 
 
 # ---------------------------------------------------------------- FSDP
-def fsdp_settings(config, model_config) -> tuple[str, dict] | None:
+def fsdp_settings(config, model_config) -> tuple[bool, dict] | None:
     """TrainingArguments (fsdp, fsdp_config) for enable_fsdp on GPUs; None (with a warning) on CPU."""
     if not config.enable_fsdp:
         return None
@@ -132,8 +132,12 @@ def fsdp_settings(config, model_config) -> tuple[str, dict] | None:
                     "CPU, so this job trains with %s (see docs/scale.md)",
                     "DDP" if world_size() > 1 else "a single process")
         return None
-    layers = decoder_layer_classes(model_config)
-    fsdp_config = {
+    return True, fsdp_config(config, model_config)
+
+
+def fsdp_config(config, model_config) -> dict:
+    """FSDP2, full shard, wrapped by decoder layer, state dict gathered whole at save."""
+    settings = {
         "version": 2,
         "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
         "reshard_after_forward": True,  # full shard
@@ -141,9 +145,10 @@ def fsdp_settings(config, model_config) -> tuple[str, dict] | None:
         "cpu_ram_efficient_loading": False,
         "activation_checkpointing": bool(config.gradient_checkpointing),
     }
+    layers = decoder_layer_classes(model_config)
     if layers:
-        fsdp_config["transformer_layer_cls_to_wrap"] = layers
-    return "full_shard auto_wrap", fsdp_config
+        settings["transformer_layer_cls_to_wrap"] = layers
+    return settings
 
 
 def decoder_layer_classes(model_config) -> list[str]:

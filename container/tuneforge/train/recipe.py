@@ -201,7 +201,7 @@ class Recipe:
         steps = cfg.checkpoint_steps or cfg.eval_steps
         args_class = Seq2SeqTrainingArguments if self.seq2seq else TrainingArguments
         dtype = self.dtype
-        fsdp, fsdp_config = self.fsdp or ("", None)
+        fsdp, fsdp_config = self.fsdp or (None, None)
         return args_class(
             # the Trainer writes checkpoints to staging; CommitCheckpoints moves them, complete, into
             # /opt/ml/checkpoints
