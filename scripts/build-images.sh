@@ -238,6 +238,13 @@ smoke_train() {
     ls "$ml"/model/*.safetensors >/dev/null 2>&1 || die "smoke: train wrote no *.safetensors to model/"
     [ -e "$ml/output/failure" ] && die "smoke: train exited 0 but wrote output/failure"
     log "smoke: train ok in $(elapsed "$t0"); model/ holds: $(cd "$ml/model" && ls | tr '\n' ' ')"
+    # The engines that the smoke job does not use still import (quantization, ZeRO, FSDP).
+    ctr=$(bld from --quiet "$TRAIN_IMAGE")
+    bld run --isolation chroot "$ctr" -- python3 -c '
+import importlib.metadata as m, accelerate, bitsandbytes, deepspeed, peft, torch.distributed.fsdp
+print("    imports ok:", ", ".join(f"{p} {m.version(p)}" for p in ("bitsandbytes", "deepspeed", "peft", "accelerate")))
+' || { bld rm "$ctr" >/dev/null; die "smoke: an engine does not import in $TRAIN_IMAGE"; }
+    bld rm "$ctr" >/dev/null
 }
 
 smoke_serve() {
