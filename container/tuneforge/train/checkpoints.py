@@ -85,6 +85,7 @@ def common_latest_checkpoint(folder: Path) -> Path | None:
 
 def commit(staged: Path, target_dir: Path) -> Path:
     """Write the manifest, then rename the staged folder into target_dir (atomic on one filesystem)."""
+    _tag_deepspeed_shards(staged)
     files = {str(p.relative_to(staged)): p.stat().st_size for p in sorted(staged.rglob("*")) if p.is_file()}
     manifest = {"step": step_of(staged), "files": files, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     tmp = staged / (MARKER + ".tmp")
@@ -98,6 +99,14 @@ def commit(staged: Path, target_dir: Path) -> Path:
         shutil.rmtree(final)
     os.rename(staged, final)
     return final
+
+
+def _tag_deepspeed_shards(staged: Path) -> None:
+    """DeepSpeed writes the `latest` file (which names the global_step folder to load) on global
+    rank 0 only, so on every other host a checkpoint would not load. Each host writes its own."""
+    steps = [p.name for p in staged.glob("global_step*") if p.is_dir()]
+    if len(steps) == 1 and not (staged / "latest").exists():
+        (staged / "latest").write_text(steps[0])
 
 
 def rotate(folder: Path, keep: int, protect: Path | None = None) -> list[Path]:
