@@ -112,3 +112,24 @@ def test_sigterm_to_every_process_at_once_still_checkpoints(job, tiny):
     stopped = latest_checkpoint(job.base / "checkpoints")
     assert job.failure_first_line().startswith(f"stopped by SIGTERM at step {stopped.name.split('-')[1]}; "
                                                f"checkpoint saved to {stopped}")
+
+
+@pytest.mark.parametrize("settings", [{"deepspeed": "zero3", "peft_type": "lora"}, {"deepspeed": "zero2"},
+                                      {"peft_type": "lora"}], ids=["zero3-lora", "zero2-full", "ddp-lora"])
+def test_sigterm_and_resume_with_each_engine(job, tiny, settings):
+    """The stop/resume cycle with DeepSpeed shards and with LoRA adapter checkpoints."""
+    _prepare(job, tiny)
+    job.hyperparameters({**FULL, "max_steps": "20", **settings})
+    process = start(job, job_env())
+    first = wait_for(lambda: latest_checkpoint(job.base / "checkpoints"), timeout=240, interval=0.05)
+    assert first is not None, "no checkpoint appeared"
+    process.send_signal(signal.SIGTERM)
+    code, log = finish(process, job, timeout=120)
+    assert code == 143, log[-3000:]
+    stopped = latest_checkpoint(job.base / "checkpoints")
+    assert job.failure_first_line().startswith("stopped by SIGTERM at step")
+    code, log = run_job(job)
+    assert code == 0, log[-3000:]
+    metrics = job.metrics()
+    assert metrics["resumed_from"] == str(stopped) and metrics["steps"] == 20
+    reload_and_generate(job.model_dir)
