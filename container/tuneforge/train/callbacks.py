@@ -62,6 +62,8 @@ class CommitCheckpoints(TrainerCallback):
         final = self.final_dir / staged.name
         state.best_model_checkpoint = relocate(state.best_model_checkpoint, self.staging, self.final_dir)
         if args.should_save and staged.is_dir():
+            if not state.is_world_process_zero:
+                save_weights_on_this_host(kwargs.get("model"), staged)
             trainer_state = staged / "trainer_state.json"
             if trainer_state.exists():
                 data = json.loads(trainer_state.read_text())
@@ -74,3 +76,22 @@ class CommitCheckpoints(TrainerCallback):
         barrier()
         self.committed.append(final)
         return control
+
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors")
+
+
+def save_weights_on_this_host(model, staged: Path) -> None:
+    """transformers 5's save_pretrained writes weights on global rank 0 alone once torch.distributed
+    is up, yet with several hosts each resumes from its own disk (save_on_each_node): a checkpoint
+    on any other host would hold no weights and fail to load. DDP ranks hold whole, identical
+    weights, so this host's writer saves them itself. DeepSpeed keeps its own per-host states
+    (global_step*), and peft adapters are written on every host already."""
+    if model is None or any((staged / name).exists() for name in WEIGHT_FILES) or any(staged.glob("global_step*")):
+        return
+    # an instance attribute shadows the rank-0 check of this one call
+    model.should_save_on_this_rank = lambda is_main_process: is_main_process
+    try:
+        model.save_pretrained(staged, safe_serialization=True)
+    finally:
+        del model.should_save_on_this_rank
