@@ -62,7 +62,7 @@ class CommitCheckpoints(TrainerCallback):
         final = self.final_dir / staged.name
         state.best_model_checkpoint = relocate(state.best_model_checkpoint, self.staging, self.final_dir)
         if args.should_save and staged.is_dir():
-            if not state.is_world_process_zero:
+            if not state.is_world_process_zero and not (args.deepspeed or args.fsdp):
                 save_weights_on_this_host(kwargs.get("model"), staged)
             trainer_state = staged / "trainer_state.json"
             if trainer_state.exists():
@@ -86,8 +86,9 @@ def save_weights_on_this_host(model, staged: Path) -> None:
     is up, yet with several hosts each resumes from its own disk (save_on_each_node): a checkpoint
     on any other host would hold no weights and fail to load. DDP ranks hold whole, identical
     weights, so this host's writer saves them itself. DeepSpeed keeps its own per-host states
-    (global_step*), and peft adapters are written on every host already."""
-    if model is None or any((staged / name).exists() for name in WEIGHT_FILES) or any(staged.glob("global_step*")):
+    (global_step*), and peft adapters are written on every host already. Not for FSDP: its
+    weights are sharded, and gathering them is a collective the other hosts would not join."""
+    if model is None or any((staged / name).exists() for name in WEIGHT_FILES):
         return
     # an instance attribute shadows the rank-0 check of this one call
     model.should_save_on_this_rank = lambda is_main_process: is_main_process
