@@ -119,7 +119,7 @@ def test_sigterm_to_every_process_at_once_still_checkpoints(job, tiny):
 def test_sigterm_and_resume_with_each_engine(job, tiny, settings):
     """The stop/resume cycle with DeepSpeed shards and with LoRA adapter checkpoints."""
     _prepare(job, tiny)
-    job.hyperparameters({**FULL, "max_steps": "20", **settings})
+    job.hyperparameters({**FULL, "max_steps": "40", **settings})
     process = start(job, job_env())
     first = wait_for(lambda: latest_checkpoint(job.base / "checkpoints"), timeout=240, interval=0.05)
     assert first is not None, "no checkpoint appeared"
@@ -131,5 +131,5 @@ def test_sigterm_and_resume_with_each_engine(job, tiny, settings):
     code, log = run_job(job)
     assert code == 0, log[-3000:]
     metrics = job.metrics()
-    assert metrics["resumed_from"] == str(stopped) and metrics["steps"] == 20
+    assert metrics["resumed_from"] == str(stopped) and metrics["steps"] == 40
     reload_and_generate(job.model_dir)

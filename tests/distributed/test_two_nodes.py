@@ -78,8 +78,9 @@ def test_two_node_job_trains_and_saves_once(tmp_path, tiny, engine):
 
 @pytest.mark.parametrize("engine", ["ddp", "zero3"])
 def test_both_hosts_stopped_by_sigterm_resume_together(tmp_path, tiny, engine):
-    """A spot interruption of a two-host job: SageMaker sends SIGTERM to every host's container."""
-    jobs = _two_hosts(tmp_path, tiny, {"max_steps": "30", "checkpoint_steps": "3", "rouge_samples": "0",
+    """A spot interruption of a two-host job: SageMaker sends SIGTERM to every host's container.
+    60 steps leave ample room for the signal to land before training ends on a slow machine."""
+    jobs = _two_hosts(tmp_path, tiny, {"max_steps": "60", "checkpoint_steps": "3", "rouge_samples": "0",
                                        "evaluation_strategy": "no", "learning_rate": "0.001", "peft_type": "none",
                                        **_engine(engine)})
     processes = _start_both(jobs)
@@ -95,7 +96,7 @@ def test_both_hosts_stopped_by_sigterm_resume_together(tmp_path, tiny, engine):
         assert code == 0, log[-3000:]
         assert "resuming from" in log
     metrics = jobs[0].metrics()
-    assert metrics["steps"] == 30 and metrics["resumed_from"]
+    assert metrics["steps"] == 60 and metrics["resumed_from"]
     if engine == "ddp":  # transformers writes weights on global rank 0 only; tuneforge on each host
         assert all((latest_checkpoint(j.base / "checkpoints") / "model.safetensors").exists() for j in jobs)
     reload_and_generate(jobs[0].model_dir)
