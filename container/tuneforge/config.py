@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -175,7 +176,10 @@ def _coerce(name: str, value: Any, kind: str) -> Any:
         if base == "float":
             if isinstance(value, bool):
                 raise ValueError
-            return float(value)
+            number = float(value)
+            if not math.isfinite(number):  # NaN slips through every range comparison
+                raise ValueError
+            return number
         if isinstance(value, (list, tuple)):
             return ",".join(str(v) for v in value)
         text = str(value)
@@ -186,7 +190,7 @@ def _coerce(name: str, value: Any, kind: str) -> Any:
                 pass
         return text
     except (TypeError, ValueError):
-        expected = {"bool": "true or false"}.get(base, f"a{'n' if base == 'int' else ''} {base}")
+        expected = {"bool": "true or false", "float": "a finite number"}.get(base, f"a{'n' if base == 'int' else ''} {base}")
         raise HyperparameterError(f"{value!r} is not {expected}", where=f"hyperparameter {name}",
                                   fix=f"set {name} to {expected}") from None
 

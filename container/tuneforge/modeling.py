@@ -161,6 +161,8 @@ def load_model(path: Path, config, *, tokenizer=None, dtype: torch.dtype | None 
     else:
         # transformers picks SDPA attention by default where the architecture supports it.
         model = auto.from_pretrained(path, use_safetensors=True, **kwargs)
+    if quant is not None:
+        keep_4bit_weights_trainable(model)
     embeddings = model.get_input_embeddings()
     # num_embeddings, not weight.shape: under ZeRO-3 (zero.Init) the weight is an empty shard
     if len(tokenizer) > (getattr(embeddings, "num_embeddings", None) or embeddings.weight.shape[0]):
@@ -171,6 +173,23 @@ def load_model(path: Path, config, *, tokenizer=None, dtype: torch.dtype | None 
         if model.generation_config.eos_token_id is None:
             model.generation_config.eos_token_id = tokenizer.eos_token_id
     return Loaded(model, tokenizer, path, seq2seq, dtype)
+
+
+def keep_4bit_weights_trainable(model) -> int:
+    """Stop bitsandbytes from repacking 4-bit weights into its CPU inference layout.
+
+    On CPUs with AVX512-BF16, a Linear4bit that runs once in eval mode without gradients (the
+    baseline evaluation, the ROUGE answers) converts its weight, for good, to a layout whose
+    kernel (gemv_4bit) has no backward: every later training step then computes no gradient
+    through the base layers and QLoRA "trains" without learning. The flag is the module's own
+    switch for that conversion; off, the layer computes as on any other CPU. Returns the number of
+    layers switched."""
+    switched = 0
+    for module in model.modules():
+        if getattr(module, "support_avx512bf16_for_cpu", False):
+            module.support_avx512bf16_for_cpu = False
+            switched += 1
+    return switched
 
 
 def apply_lora(loaded: Loaded, config):

@@ -40,3 +40,30 @@ def test_quantized_lora_merges_onto_an_unquantized_base(job, tiny, monkeypatch, 
     merged = load_file(str(job.model_dir / "model.safetensors"))
     assert {t.dtype for t in merged.values()} == {torch.float32}  # not int8 / packed uint8 weights
     assert_merged_is_base_plus_adapter(job.model_dir, base_dir, latest_checkpoint(job.base / "checkpoints"))
+
+
+def test_4bit_base_keeps_a_backward_after_eval_mode_forward(tiny, monkeypatch):
+    """On CPUs with AVX512-BF16, bitsandbytes repacks a 4-bit weight into an inference-only layout
+    the first time the layer runs in eval mode without gradients (the baseline evaluation does
+    that); training then computed no gradient through the base layers. The promise, on any CPU:
+    after such a forward the LoRA weights of the first layer still get a gradient."""
+    from types import SimpleNamespace
+
+    from tuneforge.config import parse_hyperparameters
+    from tuneforge.modeling import apply_lora, load_model
+
+    monkeypatch.setenv("TUNEFORGE_ALLOW_CPU_QUANTIZATION", "1")
+    config = parse_hyperparameters({"load_in_4bit": "True", "lora_r": "4"})
+    loaded = load_model(tiny("llama"), config)
+    layers = [m for m in loaded.model.modules() if type(m).__name__ == "Linear4bit"]
+    assert len(layers) == 14 and not any(m.support_avx512bf16_for_cpu for m in layers)
+    model = apply_lora(SimpleNamespace(model=loaded.model, seq2seq=False), config)
+    ids = torch.tensor([[1, 5, 9, 13, 17, 21]])
+    model.eval()
+    with torch.no_grad():
+        model(input_ids=ids)
+    assert not any(getattr(m.weight.quant_state, "packing_format_for_cpu", False) for m in layers)
+    model.train()
+    model(input_ids=ids, labels=ids).loss.backward()
+    first_b = dict(model.named_parameters())["base_model.model.model.layers.0.self_attn.q_proj.lora_B.default.weight"]
+    assert first_b.grad is not None and first_b.grad.abs().max() > 0

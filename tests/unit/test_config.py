@@ -55,6 +55,23 @@ def test_out_of_range_names_field_and_range():
     assert "lora_dropout" in str(err.value) and "<= 1.0" in str(err.value)
 
 
+FLOAT_FIELDS = [name for name, spec in __import__("tuneforge.config").config.FIELDS.items() if spec.type == "float"]
+
+
+@pytest.mark.parametrize("name", FLOAT_FIELDS)
+@pytest.mark.parametrize("value", ["nan", "NaN", "inf", "-Infinity", '"nan"', float("nan"), float("inf")])
+def test_every_float_rejects_nan_and_infinity(name, value):
+    with pytest.raises(HyperparameterError) as err:
+        parse_hyperparameters({name: value})
+    assert f"hyperparameter {name}" in str(err.value) and "a finite number" in str(err.value)
+
+
+@pytest.mark.parametrize("value", ["nan", "inf"])
+def test_int_fields_reject_nan_and_infinity(value):
+    with pytest.raises(HyperparameterError, match="hyperparameter epoch"):
+        parse_hyperparameters({"epoch": value})
+
+
 def test_wrong_type_names_field():
     with pytest.raises(HyperparameterError) as err:
         parse_hyperparameters({"epoch": "three"})
