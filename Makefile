@@ -11,8 +11,9 @@ setup: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
-	# torch first, pinned: an unpinned resolve pulls a multi-GB CUDA build onto CPU machines.
-	$(PIP) install -q -c constraints.txt torch==2.13.0
+	# Every version comes from the lock (constraints.txt; scripts/lock-requirements.sh refreshes it).
+	# torch first: an unpinned resolve pulls a multi-GB CUDA build onto CPU machines.
+	$(PIP) install -q -c constraints.txt torch
 	$(PIP) install -q -c constraints.txt -e '.[train,serve,dev]'
 	touch $(STAMP)
 

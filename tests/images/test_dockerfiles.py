@@ -123,7 +123,7 @@ def test_lock_file_pins_every_dependency(kind):
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     wanted = project["dependencies"] + project["optional-dependencies"][kind]
     missing = {_name(r) for r in wanted} - names - {"torch"}
-    assert not missing, f"{lock.name} lacks {missing}: run scripts/lock-image-requirements.sh"
+    assert not missing, f"{lock.name} lacks {missing}: run scripts/lock-requirements.sh"
 
 
 def test_dockerignore_keeps_the_context_small():

@@ -14,7 +14,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 SHELL_SCRIPTS = ["scripts/build-images.sh", "scripts/local-train.sh", "scripts/local-serve.sh",
-                 "scripts/lock-image-requirements.sh", "docker/entrypoint.sh"]
+                 "scripts/lock-requirements.sh", "docker/entrypoint.sh"]
 
 
 @pytest.mark.parametrize("script", SHELL_SCRIPTS)
