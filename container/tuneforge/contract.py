@@ -93,6 +93,12 @@ class Paths:
     def checkpoint_dir(self) -> Path:
         return self.base / "checkpoints"
 
+    @property
+    def extracted_model_dir(self) -> Path:
+        """Where a base-model archive is unpacked: the job's own volume (on SageMaker the ML storage
+        volume; /tmp is the small root volume), outside model/ and output/, removed after the job."""
+        return self.base / ".tuneforge-base-model"
+
     def read_hyperparameters(self) -> dict[str, str]:
         return _read_json(self.hyperparameters_file, default={})
 

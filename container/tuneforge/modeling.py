@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import os
-import tarfile
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,20 +28,23 @@ class Loaded:
     dtype: torch.dtype
 
 
-def find_model_root(folder: Path) -> Path:
-    """The folder holding config.json: the channel itself, a sub-folder, or an extracted tarball."""
+def find_model_root(folder: Path, extract_to: Path | None = None) -> Path:
+    """The folder holding config.json: the channel itself, a sub-folder, or an extracted tarball
+    (extracted under `extract_to`, on the job's own volume; see archives.py)."""
     folder = Path(folder)
     if (folder / "config.json").exists():
         return folder
     configs = sorted(folder.rglob("config.json"), key=lambda p: len(p.parts))
     if configs:
         return configs[0].parent
-    tarballs = sorted(folder.glob("*.tar.gz"))
-    if len(tarballs) == 1:
-        target = Path(tempfile.mkdtemp(prefix="tuneforge-base-"))
-        with tarfile.open(tarballs[0]) as archive:
-            archive.extractall(target, filter="data")
-        return find_model_root(target)
+    tarballs = sorted([*folder.glob("*.tar.gz"), *folder.glob("*.tgz"), *folder.glob("*.tar")])
+    if len(tarballs) == 1 and extract_to is not None:
+        from .archives import extract_model_archive
+
+        return find_model_root(extract_model_archive(tarballs[0], extract_to))
+    if len(tarballs) > 1:
+        raise ModelError(f"{len(tarballs)} archives found ({', '.join(t.name for t in tarballs)})", where=str(folder),
+                         fix="put exactly one model archive (or one extracted model folder) in the model channel")
     raise ModelError("no config.json found", where=str(folder),
                      fix="put a Hugging Face model folder (config.json, *.safetensors, tokenizer) in the model channel")
 
@@ -50,11 +52,11 @@ def find_model_root(folder: Path) -> Path:
 def resolve_base_model(paths, config) -> Path:
     channel = paths.model_channel()
     if channel is not None:
-        return find_model_root(channel)
+        return find_model_root(channel, paths.extracted_model_dir)
     if config.model_id:
         local = Path(config.model_id)
         if local.is_dir():
-            return find_model_root(local)
+            return find_model_root(local, paths.extracted_model_dir)
         raise ModelError(f"{config.model_id!r} is not a local folder, and tuneforge never downloads weights at run time",
                          where="hyperparameter model_id",
                          fix="pass the base model in the `model` channel or set model_id to a folder in the image")
@@ -80,11 +82,46 @@ def pick_dtype(config) -> torch.dtype:
     return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.model", "sentencepiece.bpe.model",
+                   "vocab.txt")
+
+
+def read_model_config(path: Path, config):
+    """The base model's config.json, read once; a clear ModelError when it is missing or broken."""
+    from transformers import AutoConfig
+
+    config_file = Path(path) / "config.json"
+    try:
+        json.loads(config_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ModelError(f"cannot read config.json ({exc.__class__.__name__}: {exc})", where=str(config_file),
+                         fix="put the model's config.json (from save_pretrained) beside its weights") from None
+    except json.JSONDecodeError as exc:
+        raise ModelError(f"config.json is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})",
+                         where=str(config_file), fix="replace it with the config.json save_pretrained wrote") from None
+    try:
+        return AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=config.trust_remote_code)
+    except (ValueError, KeyError, OSError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+        fix = ("set trust_remote_code=True only if you trust this model's code" if "trust_remote_code" in str(exc)
+               else "use a config.json written by transformers' save_pretrained for a supported model_type")
+        raise ModelError(f"cannot read the model config ({first})", where=str(config_file), fix=fix) from None
+
+
 def load_tokenizer(path: Path, config):
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True,
-                                              trust_remote_code=config.trust_remote_code)
+    path = Path(path)
+    if not any((path / name).exists() for name in TOKENIZER_FILES):
+        raise ModelError("no tokenizer files found (tokenizer.json, tokenizer.model, vocab.json, ...)", where=str(path),
+                         fix="save the tokenizer beside the weights (tokenizer.save_pretrained(folder))")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True,
+                                                  trust_remote_code=config.trust_remote_code)
+    except (ValueError, OSError, KeyError, TypeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+        raise ModelError(f"the tokenizer cannot be loaded ({first})", where=str(path),
+                         fix="save a complete tokenizer beside the weights (tokenizer.save_pretrained(folder))") from None
     if tokenizer.pad_token is None:
         # pad must not be EOS: a model whose EOS is masked like padding never learns to stop.
         if tokenizer.unk_token is not None and tokenizer.unk_token != tokenizer.eos_token:
@@ -134,18 +171,13 @@ def quantization_config(config, dtype):
 
 
 def load_model(path: Path, config, *, tokenizer=None, dtype: torch.dtype | None = None,
-               quantize: bool = True) -> Loaded:
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
+               quantize: bool = True, model_config=None) -> Loaded:
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
     path = Path(path)
     tokenizer = tokenizer or load_tokenizer(path, config)
     dtype = dtype or pick_dtype(config)
-    try:
-        model_config = AutoConfig.from_pretrained(path, local_files_only=True,
-                                                  trust_remote_code=config.trust_remote_code)
-    except ValueError as exc:
-        raise ModelError(f"cannot read the model config ({str(exc).splitlines()[0]})", where=str(path / "config.json"),
-                         fix="set trust_remote_code=True only if you trust this model's code") from None
+    model_config = model_config or read_model_config(path, config)
     _check_weights(path, config)
     seq2seq = bool(getattr(model_config, "is_encoder_decoder", False))
     auto = AutoModelForSeq2SeqLM if seq2seq else AutoModelForCausalLM
@@ -160,7 +192,7 @@ def load_model(path: Path, config, *, tokenizer=None, dtype: torch.dtype | None 
         model = auto.from_config(model_config, dtype=load_dtype)
     else:
         # transformers picks SDPA attention by default where the architecture supports it.
-        model = auto.from_pretrained(path, use_safetensors=True, **kwargs)
+        model = _from_pretrained(auto, path, kwargs)
     if quant is not None:
         keep_4bit_weights_trainable(model)
     embeddings = model.get_input_embeddings()
@@ -190,6 +222,22 @@ def keep_4bit_weights_trainable(model) -> int:
             module.support_avx512bf16_for_cpu = False
             switched += 1
     return switched
+
+
+def _from_pretrained(auto, path: Path, kwargs: dict):
+    """from_pretrained with the weight files' own errors (truncated, not safetensors) made clear."""
+    from safetensors import SafetensorError
+
+    try:
+        return auto.from_pretrained(path, use_safetensors=True, **kwargs)
+    except (SafetensorError, EOFError) as exc:
+        raise ModelError(f"the safetensors weights cannot be read ({exc}): the file is truncated or not safetensors",
+                         where=str(path), fix="copy the weights again, complete (check their size and checksum)") from None
+    except OSError as exc:
+        if "safetensors" not in str(exc).lower() and "header" not in str(exc).lower():
+            raise
+        raise ModelError(f"the weights cannot be read ({str(exc).splitlines()[0]})", where=str(path),
+                         fix="copy the weights again, complete (check their size and checksum)") from None
 
 
 def apply_lora(loaded: Loaded, config):

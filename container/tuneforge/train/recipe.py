@@ -17,10 +17,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .. import archives
 from ..contract import Paths
 from ..data import Collator, read_channel, select_and_split, tokenize_examples
 from ..errors import DataError
-from ..modeling import apply_lora, count_parameters, has_cuda, load_model, load_tokenizer, pick_dtype, resolve_base_model
+from ..modeling import (apply_lora, count_parameters, has_cuda, load_model, load_tokenizer, pick_dtype,
+                        read_model_config, resolve_base_model)
 from . import distributed as D
 from . import metrics as M
 from . import stopping
@@ -45,16 +47,6 @@ def peak_memory_gib() -> dict:
     import resource
 
     return {"host_rss": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)}
-
-
-def _read_model_config(path: Path, config):
-    """The base model's config, or None (load_model then reports the problem properly)."""
-    from transformers import AutoConfig
-
-    try:
-        return AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=config.trust_remote_code)
-    except Exception:  # noqa: BLE001
-        return None
 
 
 def seed_everything(seed: int) -> None:
@@ -105,11 +97,11 @@ class Recipe:
 
         tokenizer = load_tokenizer(self.base_path, cfg)
         self.tokenizer = tokenizer
-        model_config = _read_model_config(self.base_path, cfg)
+        model_config = read_model_config(self.base_path, cfg)
         self.seq2seq = bool(getattr(model_config, "is_encoder_decoder", False))
         self.dtype = pick_dtype(cfg)
         self.ds_config = self.deepspeed_config()
-        self.fsdp = D.fsdp_settings(cfg, model_config) if model_config is not None else None
+        self.fsdp = D.fsdp_settings(cfg, model_config)
         self.fsdp_active = self.fsdp is not None
         self.sharded = self.fsdp_active or D.zero_stage(self.ds_config) == 3
         self.checkpoint_staging = staging_dir(self.paths)
@@ -122,22 +114,18 @@ class Recipe:
         log.info("parallelism: %s over %d process(es)", self.results["parallelism"], _world_size())
         self._prepare_checkpoint_staging()
 
-        if model_config is not None:
-            self.max_len = resolve_max_length(cfg, tokenizer, model_config)
-            self._tokenize()
-            from ..preflight import preflight
+        self.max_len = resolve_max_length(cfg, tokenizer, model_config)
+        self._tokenize()
+        from ..preflight import preflight
 
-            longest = max((len(f["input_ids"]) for f in self.train_tokens.features), default=self.max_len)
-            need = preflight(self, model_config, min(self.max_len, longest), self.ds_config)
-            if need is not None:
-                self.results["memory_estimate_gib"] = round(need.total / 2**30, 2)
-        self.loaded = load_model(self.base_path, cfg, tokenizer=tokenizer, dtype=self.dtype)
+        longest = max((len(f["input_ids"]) for f in self.train_tokens.features), default=self.max_len)
+        need = preflight(self, model_config, min(self.max_len, longest), self.ds_config)
+        if need is not None:
+            self.results["memory_estimate_gib"] = round(need.total / 2**30, 2)
+        self.loaded = load_model(self.base_path, cfg, tokenizer=tokenizer, dtype=self.dtype, model_config=model_config)
         if self.data.format == "chat" and self.loaded.seq2seq:
             raise DataError("chat data needs a decoder-only model and the base model is seq2seq",
                             where=str(train_channel), fix="use instruction data for Flan-T5-style models")
-        if model_config is None:
-            self.max_len = resolve_max_length(cfg, tokenizer, self.loaded.model.config)
-            self._tokenize()
         self._report_data(train_channel)
 
         self.model = apply_lora(self.loaded, cfg) if cfg.use_lora else self.loaded.model
@@ -225,7 +213,7 @@ class Recipe:
             bf16=has_cuda() and dtype == torch.bfloat16, fp16=has_cuda() and dtype == torch.float16,
             use_cpu=not has_cuda(), ddp_backend="gloo" if not has_cuda() and _world_size() > 1 else None,
             dataloader_num_workers=cfg.dataloader_num_workers, remove_unused_columns=False,
-            report_to=[], disable_tqdm=True,
+            report_to=[], disable_tqdm=True, include_num_input_tokens_seen="non_padding",
             deepspeed=self.ds_config, fsdp=fsdp, fsdp_config=fsdp_config,
         )
 
@@ -233,13 +221,15 @@ class Recipe:
         from transformers import EarlyStoppingCallback, Seq2SeqTrainer, Trainer
 
         from .callbacks import CommitCheckpoints, MetricLines, StopOnSignal
+        from .throughput import TokensSeen
 
         cfg = self.config
         has_val = bool(self.val_tokens and self.val_tokens.features)
         self.stop_callback = StopOnSignal()
         self.commit_callback = CommitCheckpoints(self.checkpoint_staging, self.paths.checkpoint_dir,
                                                  cfg.save_total_limit)
-        callbacks = [MetricLines(), self.stop_callback, self.commit_callback]
+        self.tokens_seen = TokensSeen()
+        callbacks = [MetricLines(), self.stop_callback, self.commit_callback, self.tokens_seen]
         if self.args.load_best_model_at_end and cfg.early_stopping_patience > 0:
             callbacks.append(EarlyStoppingCallback(cfg.early_stopping_patience, cfg.early_stopping_threshold))
         trainer_class = Seq2SeqTrainer if self.loaded.seq2seq else Trainer
@@ -277,10 +267,10 @@ class Recipe:
             saved = self.paths.checkpoint_dir / f"checkpoint-{step}"
             raise stopping.Stopped(stopping.stopped_message(f"at step {step}", saved))
         self.results["peak_memory_gib"] = peak_memory_gib()
-        tokens = self.train_tokens.tokens * max(1.0, float(output.metrics.get("epoch", 1)))
+        tokens = self.tokens_seen.total
         self.results.update(train_loss=output.training_loss, train_runtime_s=round(runtime, 2),
                             steps=output.global_step, epochs=output.metrics.get("epoch"),
-                            train_tokens_per_second=round(tokens / runtime, 1) if runtime else None,
+                            train_tokens=tokens, train_tokens_per_second=round(tokens / runtime, 1) if runtime else None,
                             resumed_from=str(resume) if resume else None)
         if has_cuda() and self.results["train_tokens_per_second"]:
             self.results["mfu"] = self._mfu(self.results["train_tokens_per_second"])
@@ -401,6 +391,8 @@ class Recipe:
         except BaseException:
             self.writer.discard()
             raise
+        finally:
+            archives.cleanup()
         return self.results
 
 

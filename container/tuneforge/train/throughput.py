@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import os
 
+from transformers import TrainerCallback
+
 # Dense (no sparsity) bf16/fp16 tensor-core peak per GPU, TFLOP/s, from NVIDIA's data sheets.
 # Checked in order: the first name found in torch.cuda.get_device_name() wins.
 PEAK_TFLOPS = (
@@ -41,3 +43,19 @@ def mfu(tokens_per_second: float, per_token_flops: float, device_name: str, devi
     if not peak or not tokens_per_second:
         return None
     return tokens_per_second * per_token_flops / (peak * devices)
+
+
+class TokensSeen(TrainerCallback):
+    """Real (non-padding) input tokens this run trained on, all processes together: the Trainer's
+    own count (include_num_input_tokens_seen="non_padding") minus what a resumed checkpoint had
+    already seen. Exact for runs of any length, unlike dataset tokens x epochs."""
+
+    def __init__(self):
+        self.at_start = 0
+        self.total = 0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.at_start = state.num_input_tokens_seen
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.total = state.num_input_tokens_seen - self.at_start

@@ -1,0 +1,94 @@
+"""Unpack a base model shipped as one tar archive (model.tar.gz, as SageMaker model artifacts are).
+
+Checked before anything is written: every member must be a plain file or folder that stays inside
+the target (no absolute paths, `..`, links or devices), and the unpacked size must fit the disk
+with room to spare and stay under TUNEFORGE_MAX_ARCHIVE_GB when that is set. Each process unpacks
+into a folder of its own (ranks never race on one tree); folders of processes that are gone are
+removed first, and `cleanup()` removes this process's folder when the job ends.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tarfile
+from pathlib import Path, PurePosixPath
+
+from .errors import ModelError
+
+DISK_HEADROOM = 1 << 30  # leave 1 GiB free for checkpoints and the model the job writes
+_extracted: list[Path] = []
+
+
+def _member_problem(member: tarfile.TarInfo) -> str | None:
+    name = PurePosixPath(member.name)
+    if name.is_absolute() or ".." in name.parts:
+        return "its path leaves the archive's folder"
+    if member.issym() or member.islnk():
+        return "it is a link"
+    if not (member.isfile() or member.isdir()):
+        return "it is not a regular file or folder"
+    return None
+
+
+def _check_members(archive: tarfile.TarFile, path: Path, target: Path) -> int:
+    total = 0
+    for member in archive.getmembers():
+        problem = _member_problem(member)
+        if problem:
+            raise ModelError(f"archive member {member.name!r} is refused: {problem}", where=str(path),
+                             fix="pack the model folder's plain files only (tar -czf model.tar.gz -C folder .)")
+        total += member.size
+    limit_gb = os.environ.get("TUNEFORGE_MAX_ARCHIVE_GB")
+    if limit_gb and total > float(limit_gb) * 2**30:
+        raise ModelError(f"the archive unpacks to {total / 2**30:.2f} GiB, over TUNEFORGE_MAX_ARCHIVE_GB={limit_gb}",
+                         where=str(path), fix="raise TUNEFORGE_MAX_ARCHIVE_GB or ship a smaller model")
+    free = shutil.disk_usage(target).free
+    if total + DISK_HEADROOM > free:
+        raise ModelError(f"the archive unpacks to {total / 2**30:.2f} GiB but only {free / 2**30:.2f} GiB are free "
+                         f"in {target} (1 GiB is kept free for the job's outputs)", where=str(path),
+                         fix="give the job a larger volume (VolumeSizeInGB), or pass the model folder unpacked")
+    return total
+
+
+def _remove_stale(root: Path) -> None:
+    for folder in root.glob("pid-*"):
+        try:
+            os.kill(int(folder.name[4:]), 0)
+        except (ValueError, ProcessLookupError):
+            shutil.rmtree(folder, ignore_errors=True)
+        except PermissionError:
+            pass  # alive, someone else's
+
+
+def extract_model_archive(path: Path, root: Path) -> Path:
+    """Unpack `path` into root/pid-<this process>/ and return that folder."""
+    root.mkdir(parents=True, exist_ok=True)
+    _remove_stale(root)
+    target = root / f"pid-{os.getpid()}"
+    shutil.rmtree(target, ignore_errors=True)
+    target.mkdir()
+    _extracted.append(target)
+    try:
+        with tarfile.open(path) as archive:
+            _check_members(archive, path, target)
+            # the members are checked above; the "data" filter (where this Python has it) checks again
+            archive.extractall(target, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+    except ModelError:
+        cleanup()
+        raise
+    except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
+        cleanup()
+        if isinstance(exc, OSError) and exc.errno is not None and not isinstance(exc, FileNotFoundError):
+            raise ModelError(f"unpacking the archive failed ({exc.strerror})", where=str(path),
+                             fix="free disk space or give the job a larger volume") from None
+        raise ModelError(f"the archive cannot be read ({exc.__class__.__name__}: {exc}): it is truncated or not a "
+                         "tar/tar.gz file", where=str(path),
+                         fix="upload the archive again, complete (tar -czf model.tar.gz -C folder .)") from None
+    return target
+
+
+def cleanup() -> None:
+    """Remove what this process unpacked."""
+    while _extracted:
+        shutil.rmtree(_extracted.pop(), ignore_errors=True)
