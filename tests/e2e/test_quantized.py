@@ -67,3 +67,22 @@ def test_4bit_base_keeps_a_backward_after_eval_mode_forward(tiny, monkeypatch):
     model(input_ids=ids, labels=ids).loss.backward()
     first_b = dict(model.named_parameters())["base_model.model.model.layers.0.self_attn.q_proj.lora_B.default.weight"]
     assert first_b.grad is not None and first_b.grad.abs().max() > 0
+
+
+def test_an_adapter_that_never_moved_fails_the_job(tiny):
+    """The guard behind the promise: a LoRA model whose B matrices are still zero after training
+    is refused, whatever kernel let the gradients vanish."""
+    from types import SimpleNamespace
+
+    from tuneforge.config import parse_hyperparameters
+    from tuneforge.errors import ResourceError
+    from tuneforge.modeling import apply_lora, load_model
+    from tuneforge.train.recipe import check_adapter_trained
+
+    config = parse_hyperparameters({"lora_r": "4"})
+    model = apply_lora(SimpleNamespace(model=load_model(tiny("llama"), config).model, seq2seq=False), config)
+    with pytest.raises(ResourceError, match="ran 6 steps but the LoRA adapter did not change"):
+        check_adapter_trained(model, 6)
+    with torch.no_grad():
+        next(p for n, p in model.named_parameters() if "lora_B" in n)[0, 0] = 1e-3
+    check_adapter_trained(model, 6)

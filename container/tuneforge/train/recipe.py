@@ -49,6 +49,20 @@ def peak_memory_gib() -> dict:
     return {"host_rss": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)}
 
 
+def check_adapter_trained(model, steps: int) -> None:
+    """LoRA's B matrices start at zero, so after any real step at least one has moved. All still
+    zero means the gradients never reached the adapter (a kernel without a backward, frozen
+    weights): fail instead of publishing the base model as if it were fine-tuned."""
+    weights = [p for name, p in model.named_parameters() if "lora_B" in name and p.numel() > 0]
+    if weights and all(not torch.any(p.detach() != 0) for p in weights):
+        from ..errors import ResourceError
+
+        raise ResourceError(f"training ran {steps} steps but the LoRA adapter did not change (every lora_B weight is "
+                            "still zero): no gradient reached it", where="the LoRA adapter",
+                            fix="report this with the hardware and package versions; full fine-tuning (peft_type=none) "
+                                "or another machine avoids the affected kernel")
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -267,6 +281,8 @@ class Recipe:
             saved = self.paths.checkpoint_dir / f"checkpoint-{step}"
             raise stopping.Stopped(stopping.stopped_message(f"at step {step}", saved))
         self.results["peak_memory_gib"] = peak_memory_gib()
+        if self.config.use_lora and not self.sharded and output.global_step > 0:
+            check_adapter_trained(self.trainer.accelerator.unwrap_model(self.trainer.model), output.global_step)
         tokens = self.tokens_seen.total
         self.results.update(train_loss=output.training_loss, train_runtime_s=round(runtime, 2),
                             steps=output.global_step, epochs=output.metrics.get("epoch"),
