@@ -89,17 +89,81 @@ def render_chat(tokenizer, messages: list[dict], *, add_generation_prompt: bool,
     )
 
 
-def encode_prompt(tokenizer, text: str, *, seq2seq: bool) -> list[int]:
-    """Token ids of a prompt exactly as training built them.
+def token_ids(tokenizer, text: str) -> list[int]:
+    """Ids of `text` with nothing added; special tokens written in the text (a chat template's
+    {{ bos_token }}, eos_token) are kept as such."""
+    return tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
 
-    Special tokens are added here, not by the tokenizer, so every family gets the same layout:
-    causal = [bos] + prompt (no bos when the rendered text already starts with it);
-    seq2seq = prompt + [eos].
-    """
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    if seq2seq:
-        return ids + ([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [])
+
+def with_bos(tokenizer, ids: list[int]) -> list[int]:
+    """The one BOS rule of training and serving: exactly one BOS first (causal models), whether
+    or not the rendered text already starts with it (Llama 2, Mistral and Gemma templates do)."""
     bos = tokenizer.bos_token_id
     if bos is None or (ids and ids[0] == bos):
         return ids
     return [bos] + ids
+
+
+def encode_prompt(tokenizer, text: str, *, seq2seq: bool) -> list[int]:
+    """Token ids of a prompt exactly as training built them (training calls this too).
+
+    Special tokens are added here, not by the tokenizer, so every family gets the same layout:
+    causal = [bos] + prompt (no second bos when the rendered text already starts with it);
+    seq2seq = prompt + [eos].
+    """
+    ids = token_ids(tokenizer, text)
+    if seq2seq:
+        return ids + ([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [])
+    return with_bos(tokenizer, ids)
+
+
+def chat_segments(tokenizer, messages: list[dict], chat_template: str | None = None) -> list[tuple[str, bool]]:
+    """(text, trainable) pieces of a rendered conversation; only assistant turns are trainable.
+
+    Each assistant turn's context is rendered exactly as serving renders it
+    (add_generation_prompt=True), so the pieces join into the text the server would see.
+    Raises ValueError when the template does not render conversations prefix by prefix.
+    """
+    segments, done = [], ""
+    for index, message in enumerate(messages):
+        if message["role"] == "assistant":
+            header = render_chat(tokenizer, messages[:index], add_generation_prompt=True,
+                                 chat_template=chat_template) if index else ""
+            if not header.startswith(done):
+                raise ValueError("the chat template does not render conversations prefix by prefix")
+            segments.append((header[len(done):], False))
+            done = header
+        upto = render_chat(tokenizer, messages[: index + 1], add_generation_prompt=False,
+                           chat_template=chat_template)
+        if not upto.startswith(done):
+            raise ValueError("the chat template does not render conversations prefix by prefix")
+        segments.append((upto[len(done):], message["role"] == "assistant"))
+        done = upto
+    return [(text, trainable) for text, trainable in segments if text]
+
+
+def encode_chat(tokenizer, segments: list[tuple[str, bool]]) -> tuple[list[int], list[bool]]:
+    """Ids of a conversation and which of them are trainable, with the BOS rule applied.
+
+    The whole text is tokenized at once (as the server tokenizes a rendered prompt) and tokens
+    are marked by where they start, so the ids before an assistant turn are the ids serving
+    gives that turn's prompt. Tokenizers without offsets fall back to piece by piece.
+    """
+    text = "".join(t for t, _ in segments)
+    if getattr(tokenizer, "is_fast", False):
+        encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        ids, offsets = encoded["input_ids"], encoded["offset_mapping"]
+        spans, pos = [], 0
+        for piece, trainable in segments:
+            if trainable:
+                spans.append((pos, pos + len(piece)))
+            pos += len(piece)
+        mask = [any(a <= start < b for a, b in spans) for start, _ in offsets]
+    else:
+        ids, mask = [], []
+        for piece, trainable in segments:
+            piece_ids = token_ids(tokenizer, piece)
+            ids += piece_ids
+            mask += [trainable] * len(piece_ids)
+    full = with_bos(tokenizer, ids)
+    return full, [False] * (len(full) - len(ids)) + mask

@@ -132,3 +132,84 @@ def test_split_is_seeded_and_capped():
     other = select_and_split(rows, None, cfg(validation_split_ratio=0.2, train_data_split_seed=4))[1]
     assert other != val
     assert select_and_split(rows, [1, 2, 3], cfg(max_val_samples=2))[1] == [1, 2]
+
+
+@pytest.mark.parametrize("delimiter", [";", "\t", "|"])
+def test_tables_with_other_delimiters_are_tables(tmp_path, delimiter):
+    d = delimiter
+    (tmp_path / "t.csv").write_text(f'input{d}output\nq1{d}a1\n"x{d}y"{d}"a, 2"\n')
+    assert detect_format(tmp_path, cfg()) == "table"
+    data = read_channel(tmp_path, cfg())
+    assert data.format == "table"
+    assert [(e.prompt, e.completion) for e in data.examples] == [("q1" + DEMARCATION_KEY, "a1"),
+                                                                 (f"x{d}y" + DEMARCATION_KEY, "a, 2")]
+    assert [e.source for e in data.examples] == ["t.csv:2", "t.csv:3"]
+
+
+def test_table_header_with_byte_order_mark(tmp_path):
+    (tmp_path / "t.csv").write_bytes("\ufeffinput;output\nq;a\n".encode("utf-8"))
+    data = read_channel(tmp_path, cfg())
+    assert data.format == "table" and data.examples[0].completion == "a"
+
+
+def test_table_header_in_an_unknown_delimiter_fails(tmp_path):
+    (tmp_path / "t.csv").write_text("input output\nq a\n")
+    with pytest.raises(DataError) as err:
+        read_channel(tmp_path, cfg())
+    assert str(err.value).startswith(f"{tmp_path / 't.csv'}:1: the CSV header 'input output' names input and output")
+    assert "Fix: write the header as input,output" in str(err.value)
+
+
+def test_table_row_with_wrong_field_count_names_line(tmp_path):
+    (tmp_path / "t.csv").write_text("input;output\nq;a\nq;a;extra\n")
+    with pytest.raises(DataError) as err:
+        read_channel(tmp_path, cfg())
+    assert str(err.value).startswith(f"{tmp_path / 't.csv'}:3: the row has 3 fields and the header 2")
+
+
+def test_domain_csv_with_semicolons_reads_the_text_column(tmp_path):
+    (tmp_path / "d.csv").write_text("id;text\n1;hello, world\n2;more\n")
+    assert [e.text for e in read_channel(tmp_path, cfg()).examples] == ["hello, world", "more"]
+
+
+def test_positional_template_placeholder_fails_naming_the_file(tmp_path):
+    (tmp_path / "template.json").write_text(json.dumps({"prompt": "Question: {}", "completion": "{answer}"}))
+    (tmp_path / "rows.jsonl").write_text(json.dumps({"question": "q", "answer": "a"}) + "\n")
+    with pytest.raises(DataError) as err:
+        read_channel(tmp_path, cfg(instruction_tuned=True))
+    assert str(err.value).startswith(f"{tmp_path / 'template.json'}: template 'prompt' has a positional placeholder {{}}")
+    assert "Fix: name every placeholder after a row field, e.g. {question}" in str(err.value)
+
+
+@pytest.mark.parametrize("name,body,config,line", [
+    ("t.csv", b"input,output\nq,a\ncaf\xe9,b\n", {}, 3),
+    ("rows.jsonl", b'{"prompt": "a", "completion": "b"}\n{"prompt": "caf\xe9", "completion": "b"}\n',
+     {"instruction_tuned": True}, 2),
+    ("d.txt", b"fine\ncaf\xe9\n", {}, 2),
+    ("d.json", b'[{"text": "fine"},\n {"text": "caf\xe9"}]', {}, 2),
+])
+def test_text_that_is_not_utf8_names_file_and_line(tmp_path, name, body, config, line):
+    (tmp_path / name).write_bytes(body)
+    with pytest.raises(DataError) as err:
+        read_channel(tmp_path, cfg(**config))
+    first = str(err.value).splitlines()[0]
+    assert first.startswith(f"{tmp_path / name}:{line}: the file is not UTF-8 text (byte 0xe9 at column ")
+    assert "Fix: save the file as UTF-8" in first
+
+
+def test_template_that_is_not_utf8(tmp_path):
+    (tmp_path / "template.json").write_bytes(b'{"prompt": "Fr\xe9d {question}", "completion": "{answer}"}')
+    (tmp_path / "rows.jsonl").write_text(json.dumps({"question": "q", "answer": "a"}) + "\n")
+    with pytest.raises(DataError, match="template.json:1: the file is not UTF-8"):
+        read_channel(tmp_path, cfg(instruction_tuned=True))
+
+
+def test_line_over_the_size_bound_fails_before_it_is_read(tmp_path, monkeypatch):
+    from tuneforge.data import formats
+
+    monkeypatch.setattr(formats, "MAX_LINE_BYTES", 1000)
+    (tmp_path / "rows.jsonl").write_text(json.dumps({"prompt": "a", "completion": "b"}) + "\n"
+                                         + json.dumps({"prompt": "x" * 5000, "completion": "b"}) + "\n")
+    with pytest.raises(DataError) as err:
+        read_channel(tmp_path, cfg(instruction_tuned=True))
+    assert str(err.value).startswith(f"{tmp_path / 'rows.jsonl'}:2: the line holds more than 1,000 bytes")

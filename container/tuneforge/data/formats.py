@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
+import string
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +25,11 @@ SHAREGPT_ROLES = {"human": "user", "gpt": "assistant", "system": "system", "user
                   "assistant": "assistant"}
 DOMAIN_SUFFIXES = (".csv", ".json", ".jsonl", ".txt")
 FLAN_TEMPLATE = {"prompt": "{prompt}", "completion": "{completion}"}
+CSV_DELIMITERS = ",;\t|"
+MAX_LINE_BYTES = 64 << 20  # one JSON/CSV/TXT line; longer ones stop the job before they are read whole
+UTF8_FIX = ("save the file as UTF-8 (Excel: 'CSV UTF-8'; or iconv -f cp1252 -t utf-8 FILE > FILE.new, "
+            "with the file's real encoding in place of cp1252)")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -62,6 +69,12 @@ def detect_format(folder: Path, config) -> str:
             header = _csv_header(path)
             if "input" in header or "output" in header:
                 return "table"
+            line = header[0].lower() if len(header) == 1 else ""
+            if "input" in line and "output" in line:
+                raise DataError(f"the CSV header {line!r} names input and output but is not split into "
+                                "columns by , ; tab or |", where=f"{path}:1",
+                                fix="write the header as input,output (or input;output) with the same "
+                                    "delimiter in every row")
     return "domain"
 
 
@@ -77,6 +90,10 @@ def read_channel(folder: Path, config, *, prompt: PromptFormat | None = None,
     reader = {"instruction": _read_instruction, "chat": _read_chat, "domain": _read_domain,
               "table": _read_table}[fmt]
     data = reader(folder, files, config, prompt)
+    ignored = [p.name for p in files if str(p) not in data.files and not (fmt == "instruction" and p.suffix == ".json")]
+    if ignored:
+        log.warning("%s: %d file(s) that %s data does not use were ignored: %s", folder, len(ignored), fmt,
+                    ", ".join(ignored[:10]))
     if not data.examples:
         raise DataError(f"no {fmt} rows were found", where=str(folder),
                         fix="add at least one non-empty row")
@@ -121,7 +138,7 @@ def _read_template(folder: Path, files: list[Path]) -> dict | None:
         raise DataError(f"found {len(candidates)} .json files and none is template.json", where=str(folder),
                         fix="name the prompt template template.json or keep only one .json file")
     try:
-        template = json.loads(path.read_text())
+        template = json.loads(_read_text(path))
     except json.JSONDecodeError as exc:
         raise DataError(f"the template is not valid JSON (line {exc.lineno}: {exc.msg})", where=str(path),
                         fix='write {"prompt": "...{field}...", "completion": "{field}"}') from None
@@ -129,12 +146,31 @@ def _read_template(folder: Path, files: list[Path]) -> dict | None:
         raise DataError("the template needs the keys 'prompt' and 'completion'", where=str(path),
                         fix='write {"prompt": "...{field}...", "completion": "{field}"}')
     for key in ("prompt", "completion"):
-        try:
-            template_fields(template[key])
-        except ValueError as exc:
-            raise DataError(f"template {key!r} is not a valid format string ({exc})", where=str(path),
-                            fix="use {field} placeholders and double braces {{ }} for literal braces") from None
+        if not isinstance(template[key], str):
+            raise DataError(f"template {key!r} must be a string", where=str(path),
+                            fix='write {"prompt": "...{field}...", "completion": "{field}"}')
+        problem = _template_problem(template[key])
+        if problem:
+            raise DataError(f"template {key!r} {problem}", where=str(path),
+                            fix="name every placeholder after a row field, e.g. {question}, and write "
+                                "literal braces as {{ }}")
     return {"prompt": template["prompt"], "completion": template["completion"]}
+
+
+def _template_problem(template: str) -> str | None:
+    """Why str.format could not fill this template from a row's named fields, if it could not."""
+    try:
+        parts = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        return f"is not a valid format string ({exc})"
+    for _, name, spec, _ in parts:
+        if name is None:
+            continue
+        if name == "" or name.isdigit():
+            return f"has a positional placeholder {{{name}}}, which no row field can fill"
+        if any(c in name for c in ".[") or "{" in (spec or ""):
+            return f"has the placeholder {{{name}}}, which is not a plain field name"
+    return None
 
 
 def _default_template(rows) -> dict:
@@ -145,19 +181,51 @@ def _default_template(rows) -> dict:
 
 
 def _jsonl_rows(path: Path):
-    with open(path, encoding="utf-8") as handle:
-        for number, text in enumerate(handle, start=1):
-            if not text.strip():
-                continue
-            try:
-                row = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"malformed JSON ({exc.msg} at column {exc.colno})", where=f"{path}:{number}",
-                                fix="make every line one complete JSON object") from None
-            if not isinstance(row, dict):
-                raise DataError(f"expected a JSON object, found {type(row).__name__}", where=f"{path}:{number}",
-                                fix="make every line one JSON object with named fields")
-            yield number, row
+    for number, text in _lines(path):
+        if not text.strip():
+            continue
+        try:
+            row = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"malformed JSON ({exc.msg} at column {exc.colno})", where=f"{path}:{number}",
+                            fix="make every line one complete JSON object") from None
+        if not isinstance(row, dict):
+            raise DataError(f"expected a JSON object, found {type(row).__name__}", where=f"{path}:{number}",
+                            fix="make every line one JSON object with named fields")
+        yield number, row
+
+
+def _lines(path: Path):
+    """(number, text) of each line, decoded as UTF-8; a line over MAX_LINE_BYTES is an error
+    raised before the line is read whole, so one runaway row cannot exhaust memory."""
+    with open(path, "rb") as handle:
+        number = 0
+        while True:
+            raw = handle.readline(MAX_LINE_BYTES + 1)
+            if not raw:
+                return
+            number += 1
+            if len(raw) > MAX_LINE_BYTES:
+                raise DataError(f"the line holds more than {MAX_LINE_BYTES:,} bytes", where=f"{path}:{number}",
+                                fix="split or shorten that row (rows are cut to max_input_length tokens "
+                                    "anyway), or check that the file has line breaks")
+            text = _decode(raw, path, number)
+            yield number, text[1:] if number == 1 and text.startswith("\ufeff") else text
+
+
+def _decode(raw: bytes, path: Path, first_line: int) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = first_line + raw.count(b"\n", 0, exc.start)
+        column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise DataError(f"the file is not UTF-8 text (byte 0x{raw[exc.start]:02x} at column {column})",
+                        where=f"{path}:{line}", fix=UTF8_FIX) from None
+
+
+def _read_text(path: Path) -> str:
+    text = _decode(path.read_bytes(), path, 1)
+    return text[1:] if text.startswith("\ufeff") else text
 
 
 # ---------------------------------------------------------------- chat
@@ -219,7 +287,7 @@ def _read_domain(folder: Path, files: list[Path], config, prompt: PromptFormat |
                         fix="combine the text into one file, or set instruction_tuned=True for *.jsonl + template.json")
     path = usable[0]
     if path.suffix == ".txt":
-        texts = [(n, t.strip()) for n, t in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if t.strip()]
+        texts = [(n, t.strip()) for n, t in _lines(path) if t.strip()]
     elif path.suffix == ".csv":
         texts = _csv_text_column(path)
     else:
@@ -229,25 +297,69 @@ def _read_domain(folder: Path, files: list[Path], config, prompt: PromptFormat |
                                                                               completion_template=""))
 
 
+def _delimiter(header_line: str) -> str:
+    """The header's delimiter among , ; tab | (Excel writes ; where the decimal mark is a comma)."""
+    try:
+        return csv.Sniffer().sniff(header_line, delimiters=CSV_DELIMITERS).delimiter
+    except csv.Error:  # one column, or nothing to tell them apart
+        return ","
+
+
+def _csv_records(path: Path):
+    """Header, then (line, fields) of each non-blank record, with the header's delimiter."""
+    lines = _lines(path)
+    first = next(lines, None)
+    if first is None or not first[1].strip():
+        raise DataError("the CSV file has no header row", where=str(path),
+                        fix="put the column names on the first line")
+    delimiter = _delimiter(first[1])
+    texts = (text for _, text in lines)
+    reader = csv.reader(_chain_first(first[1], texts), delimiter=delimiter)
+    yield [h.strip() for h in next(reader)]
+    while True:
+        start = reader.line_num + 1
+        try:
+            fields = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            raise DataError(f"malformed CSV ({exc})", where=f"{path}:{start}",
+                            fix="quote fields that hold the delimiter, quotes or line breaks") from None
+        if fields:
+            yield start, fields
+
+
+def _chain_first(first: str, rest):
+    yield first
+    yield from rest
+
+
 def _csv_header(path: Path) -> list[str]:
-    with open(path, newline="", encoding="utf-8") as handle:
-        return [h.strip() for h in next(csv.reader(handle), [])]
+    return next(_csv_records(path))
 
 
 def _csv_text_column(path: Path) -> list[tuple[int, str]]:
-    with open(path, newline="", encoding="utf-8") as handle:
-        reader = csv.reader(handle)
-        header = next(reader, [])
-        if not header:
-            raise DataError("the CSV file has no header row", where=str(path), fix="add a header such as 'text'")
-        column = header.index("text") if "text" in header else 0
-        return [(n, row[column].strip()) for n, row in enumerate(reader, start=2)
-                if len(row) > column and row[column].strip()]
+    records = _csv_records(path)
+    header = next(records)
+    column = header.index("text") if "text" in header else 0
+    texts, empty = [], []
+    for number, row in records:
+        if len(row) != len(header):
+            raise DataError(f"the row has {len(row)} fields and the header {len(header)}", where=f"{path}:{number}",
+                            fix="quote fields that hold the delimiter, or fix that row")
+        if row[column].strip():
+            texts.append((number, row[column].strip()))
+        else:
+            empty.append(number)
+    _warn_empty(path, empty)
+    return texts
 
 
 def _json_text(path: Path) -> list[tuple[int, str]]:
-    text = path.read_text(encoding="utf-8")
-    if text.lstrip().startswith("["):
+    with open(path, "rb") as handle:
+        is_array = handle.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"[")
+    if is_array:
+        text = _read_text(path)
         try:
             rows = list(enumerate(json.loads(text), start=1))
         except json.JSONDecodeError as exc:
@@ -255,7 +367,7 @@ def _json_text(path: Path) -> list[tuple[int, str]]:
                             fix="write a JSON array of objects or one object per line") from None
     else:
         rows = list(_jsonl_rows(path))
-    out = []
+    out, empty = [], []
     for number, row in rows:
         if isinstance(row, str):
             value = row
@@ -266,7 +378,16 @@ def _json_text(path: Path) -> list[tuple[int, str]]:
                             fix='write {"text": "..."} on each line')
         if str(value).strip():
             out.append((number, str(value).strip()))
+        else:
+            empty.append(number)
+    _warn_empty(path, empty)
     return out
+
+
+def _warn_empty(path: Path, lines: list[int]) -> None:
+    if lines:
+        log.warning("%s: %d row(s) with empty text were skipped (lines %s)", path, len(lines),
+                    ", ".join(map(str, lines[:10])))
 
 
 # ---------------------------------------------------------------- Autopilot tables
@@ -287,26 +408,43 @@ def _read_table(folder: Path, files: list[Path], config, prompt: PromptFormat | 
 
 
 def _table_rows(path: Path):
+    if path.suffix == ".csv":
+        records = _csv_records(path)
+        columns = next(records)
+        _check_columns(path, columns)
+        for number, fields in records:
+            if len(fields) != len(columns):
+                raise DataError(f"the row has {len(fields)} fields and the header {len(columns)}",
+                                where=f"{path}:{number}", fix="quote fields that hold the delimiter, or fix that row")
+            row = dict(zip(columns, fields))
+            yield number, _table_row(path, number, row["input"], row["output"])
+        return
     import pandas as pd
 
     try:
-        frame = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(
-            path, dtype=str, keep_default_na=False)
-    except Exception as exc:  # pandas raises many types for unreadable files
-        raise DataError(f"cannot read the table ({exc})", where=str(path), fix="check the file is valid CSV or Parquet") from None
+        frame = pd.read_parquet(path)
+    except Exception as exc:  # pyarrow raises many types for unreadable files
+        raise DataError(f"cannot read the table ({exc})", where=str(path), fix="check the file is valid Parquet") from None
     columns = [str(c).strip() for c in frame.columns]
+    _check_columns(path, columns)
+    frame.columns = columns
+    for offset, (inp, out) in enumerate(zip(frame["input"], frame["output"])):
+        yield offset + 1, _table_row(path, offset + 1, inp, out)
+
+
+def _check_columns(path: Path, columns: list[str]) -> None:
     missing = [c for c in ("input", "output") if c not in columns]
     extra = [c for c in columns if c not in ("input", "output")]
     if missing or extra:
         problem = "; ".join(p for p in (f"missing column {', '.join(map(repr, missing))}" if missing else "",
                                         f"extra column {', '.join(map(repr, extra))}" if extra else "") if p)
         raise DataError(f"{problem} (found: {', '.join(columns)})", where=str(path),
-                        fix="the table must have exactly two columns named input and output")
-    frame.columns = columns
-    first_data_line = 2 if path.suffix == ".csv" else 1
-    for offset, (inp, out) in enumerate(zip(frame["input"], frame["output"])):
-        number = offset + first_data_line
-        for name, value in (("input", inp), ("output", out)):
-            if value is None or (isinstance(value, float) and value != value) or str(value).strip() == "":
-                raise DataError(f"empty {name!r} value", where=f"{path}:{number}", fix="fill in or drop that row")
-        yield number, {"input": str(inp), "output": str(out)}
+                        fix="the table must have exactly two columns named input and output, separated "
+                            "by , ; tab or |")
+
+
+def _table_row(path: Path, number: int, inp, out) -> dict:
+    for name, value in (("input", inp), ("output", out)):
+        if value is None or (isinstance(value, float) and value != value) or str(value).strip() == "":
+            raise DataError(f"empty {name!r} value", where=f"{path}:{number}", fix="fill in or drop that row")
+    return {"input": str(inp), "output": str(out)}

@@ -2,19 +2,24 @@
 
 Labels never come from pad_token_id: prompt tokens and padding get -100 by position, the
 completion and its EOS stay trainable. Domain text is concatenated and cut into blocks.
+Prompts are encoded by prompt.encode_prompt / encode_chat, the functions the server uses, so
+training and serving see the same ids (one BOS, whatever the chat template renders).
 """
 
 from __future__ import annotations
 
+import logging
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
 import torch
 
 from ..errors import DataError
-from ..prompt import render_chat
+from ..prompt import chat_segments, encode_chat, encode_prompt, token_ids
 
 IGNORE = -100
+DOMAIN_PIECE_CHARS = 1 << 16  # domain documents are tokenized this many characters at a time
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -25,6 +30,10 @@ class TokenizedData:
     tokens: int = 0
     trainable_tokens: int = 0
     truncated_sources: list[str] = field(default_factory=list)
+    prompt_lost: list[str] = field(default_factory=list)  # rows whose whole prompt was cut away
+    completion_lost: list[str] = field(default_factory=list)  # rows left with only EOS to learn
+    long_rows: list[str] = field(default_factory=list)  # rows cut to a character budget before tokenizing
+    tail_tokens_dropped: int = 0  # domain text: the short last block that was left out
 
     @property
     def trainable_share(self) -> float:
@@ -34,129 +43,238 @@ class TokenizedData:
         return {"rows": self.rows, "sequences": len(self.features), "rows_truncated": self.truncated,
                 "tokens": self.tokens, "trainable_tokens": self.trainable_tokens,
                 "trainable_share": round(self.trainable_share, 4),
-                "truncated_examples": self.truncated_sources[:20]}
+                "truncated_examples": self.truncated_sources[:20],
+                "rows_prompt_lost": len(self.prompt_lost), "rows_completion_lost": len(self.completion_lost),
+                "prompt_lost_examples": self.prompt_lost[:20],
+                "completion_lost_examples": self.completion_lost[:20],
+                "long_rows_cut_before_tokenizing": self.long_rows[:20],
+                "tail_tokens_dropped": self.tail_tokens_dropped}
 
 
-def _ids(tokenizer, text: str) -> list[int]:
-    return tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+@dataclass(frozen=True)
+class _Limits:
+    max_len: int
+    max_out: int
+    seq2seq: bool
+    longest: int  # characters of the longest token in the vocabulary
 
 
-def _segments(example, tokenizer, prompt_format) -> list[tuple[str, bool]]:
-    """(text, trainable) pieces of one example."""
-    if example.messages is None:
-        return [(example.prompt, False), (example.completion, True)]
-    template = prompt_format.chat_template
-    segments, done = [], ""
-    for index, message in enumerate(example.messages):
-        if message["role"] == "assistant":
-            header = render_chat(tokenizer, example.messages[:index], add_generation_prompt=True,
-                                 chat_template=template) if index else ""
-            segments.append((header[len(done):], False))
-            done = header
-        upto = render_chat(tokenizer, example.messages[: index + 1], add_generation_prompt=False,
-                           chat_template=template)
-        if not upto.startswith(done):
-            raise DataError("the chat template does not render conversations prefix by prefix, so "
-                            "assistant turns cannot be masked", where=example.source,
-                            fix="set the chat_template hyperparameter to a template that appends turns")
-        segments.append((upto[len(done):], message["role"] == "assistant"))
-        done = upto
-    return segments
+@dataclass
+class _Row:
+    feature: dict
+    source: str
+    truncated: bool = False
+    prompt_lost: bool = False
+    completion_lost: bool = False
+    cut: bool = False
 
 
-def _causal(example, tokenizer, prompt_format, max_len: int) -> tuple[dict, bool]:
-    ids, labels = [], []
-    if tokenizer.bos_token_id is not None:
-        ids.append(tokenizer.bos_token_id)
-        labels.append(IGNORE)
-    for text, trainable in _segments(example, tokenizer, prompt_format):
-        piece = _ids(tokenizer, text)
-        ids += piece
-        labels += piece if trainable else [IGNORE] * len(piece)
-    if example.messages is None:  # chat templates place their own end-of-turn tokens
-        ids.append(tokenizer.eos_token_id)
-        labels.append(tokenizer.eos_token_id)
-    truncated = len(ids) > max_len
-    if truncated:
-        ids, labels = _truncate_prompt_first(ids, labels, max_len)
-    return {"input_ids": ids, "labels": labels}, truncated
+def longest_token_chars(tokenizer) -> int:
+    return max((len(token) for token in tokenizer.get_vocab()), default=1) or 1
 
 
-def _truncate_prompt_first(ids: list[int], labels: list[int], max_len: int):
-    """Drop prompt tokens from the left (after BOS) before cutting into the completion."""
+def _cut(tokenizer, text: str, tokens: int, longest: int, *, keep_end: bool = False) -> tuple[str, bool]:
+    """`text` cut to a head (or tail) that still holds more than `tokens` + 2 tokens.
+
+    No token holds more than `longest` characters, so the budget almost always suffices; the
+    count guards normalizers that merge characters (it doubles the budget until it holds). Only
+    tokens that truncation would remove anyway are lost, and memory stays bounded per row.
+    """
+    budget = (tokens + 2) * longest
+    while len(text) > budget:
+        piece = text[-budget:] if keep_end else text[:budget]
+        if len(token_ids(tokenizer, piece)) > tokens + 2:
+            return piece, True
+        budget *= 2
+    return text, False
+
+
+def _learnable(labels: list[int], eos: int) -> bool:
+    """EOS alone teaches only "stop now"."""
+    return any(label not in (IGNORE, eos) for label in labels)
+
+
+def _truncate_prompt_first(ids: list[int], labels: list[int], max_len: int, bos: int | None):
+    """Drop prompt tokens from the left (after BOS) before cutting into the completion.
+    Returns ids, labels and whether the whole prompt went."""
     first_trainable = next((i for i, lab in enumerate(labels) if lab != IGNORE), len(ids))
-    excess = len(ids) - max_len
-    keep_head = 1 if ids and labels[0] == IGNORE else 0
-    droppable = max(first_trainable - keep_head, 0)
-    drop = min(excess, droppable)
-    ids = ids[:keep_head] + ids[keep_head + drop:]
-    labels = labels[:keep_head] + labels[keep_head + drop:]
-    return ids[:max_len], labels[:max_len]
+    head = 1 if ids and bos is not None and ids[0] == bos and labels[0] == IGNORE else 0
+    context = max(first_trainable - head, 0)
+    drop = min(len(ids) - max_len, context)
+    ids = ids[:head] + ids[head + drop:]
+    labels = labels[:head] + labels[head + drop:]
+    return ids[:max_len], labels[:max_len], context > 0 and drop == context
 
 
-def _seq2seq(example, tokenizer, max_len: int, max_out: int) -> tuple[dict, bool]:
+def _chat_ids(example, tokenizer, prompt_format, lim: _Limits) -> tuple[list[int], list[int], bool]:
+    first_answer = next(i for i, m in enumerate(example.messages) if m["role"] == "assistant")
+    messages, cut = [], False
+    for index, message in enumerate(example.messages):
+        # context before the first answer keeps its end (truncation drops from the left), the rest its start
+        content, was_cut = _cut(tokenizer, message["content"], lim.max_len, lim.longest,
+                                keep_end=index < first_answer)
+        messages.append({"role": message["role"], "content": content})
+        cut = cut or was_cut
+    try:
+        segments = chat_segments(tokenizer, messages, prompt_format.chat_template)
+    except ValueError:
+        raise DataError("the chat template does not render conversations prefix by prefix, so "
+                        "assistant turns cannot be masked", where=example.source,
+                        fix="set the chat_template hyperparameter to a template that appends turns") from None
+    ids, mask = encode_chat(tokenizer, segments)  # chat templates place their own end-of-turn tokens
+    return ids, [i if m else IGNORE for i, m in zip(ids, mask)], cut
+
+
+def _causal(example, tokenizer, prompt_format, lim: _Limits) -> _Row:
+    if example.messages is not None:
+        ids, labels, cut = _chat_ids(example, tokenizer, prompt_format, lim)
+    else:
+        prompt, cut_prompt = _cut(tokenizer, example.prompt, lim.max_len, lim.longest, keep_end=True)
+        completion, cut_completion = _cut(tokenizer, example.completion, lim.max_len, lim.longest)
+        head = encode_prompt(tokenizer, prompt, seq2seq=False)
+        body = token_ids(tokenizer, completion) + [tokenizer.eos_token_id]
+        ids, labels, cut = head + body, [IGNORE] * len(head) + body, cut_prompt or cut_completion
+    _check_learnable(labels, tokenizer, example, lim)
+    row = _Row({"input_ids": ids, "labels": labels}, example.source, cut=cut)
+    if len(ids) > lim.max_len:
+        ids, new_labels, row.prompt_lost = _truncate_prompt_first(ids, labels, lim.max_len, tokenizer.bos_token_id)
+        row.feature = {"input_ids": ids, "labels": new_labels}
+        row.truncated = True
+        row.completion_lost = not _learnable(new_labels, tokenizer.eos_token_id)
+    return row
+
+
+def _seq2seq(example, tokenizer, lim: _Limits) -> _Row:
     eos = tokenizer.eos_token_id
     if example.messages is not None:
         raise DataError("chat data needs a decoder-only (causal) model", where=example.source,
                         fix="use instruction data for seq2seq models such as Flan-T5")
-    source = _ids(tokenizer, example.prompt or example.text)
-    target = _ids(tokenizer, example.completion or example.text)
-    truncated = len(source) + 1 > max_len or len(target) + 1 > max_out
-    return {"input_ids": source[: max_len - 1] + [eos], "labels": target[: max_out - 1] + [eos]}, truncated
+    source_text, cut_source = _cut(tokenizer, example.prompt or example.text, lim.max_len, lim.longest)
+    target_text, cut_target = _cut(tokenizer, example.completion or example.text, lim.max_out, lim.longest)
+    source = encode_prompt(tokenizer, source_text, seq2seq=True)
+    target = token_ids(tokenizer, target_text) + [eos]
+    _check_learnable(target, tokenizer, example, lim)
+    row = _Row({"input_ids": source, "labels": target}, example.source, cut=cut_source or cut_target)
+    if len(source) > lim.max_len or len(target) > lim.max_out:
+        row.truncated = True
+        row.feature = {"input_ids": source[: lim.max_len - 1] + [eos], "labels": target[: lim.max_out - 1] + [eos]}
+        row.prompt_lost = len(source) > 1 and lim.max_len <= 1
+        row.completion_lost = not _learnable(row.feature["labels"], eos)
+    return row
 
 
-def _domain_blocks(examples, tokenizer, block: int) -> list[dict]:
+def _check_learnable(labels, tokenizer, example, lim: _Limits) -> None:
+    # An empty target is a data bug, not an example. (Truncation that leaves nothing is counted instead.)
+    if not _learnable(labels, tokenizer.eos_token_id):
+        raise DataError("the example has no trainable token (empty completion, or no assistant text)",
+                        where=example.source, fix="give the row a non-empty response")
+
+
+def _tokenize_chunk(args) -> list[_Row]:
+    examples, tokenizer, prompt_format, lim = args
+    if lim.seq2seq:
+        return [_seq2seq(example, tokenizer, lim) for example in examples]
+    return [_causal(example, tokenizer, prompt_format, lim) for example in examples]
+
+
+def _pieces(text: str, size: int):
+    """Consecutive slices of at most `size` characters, cut before a space where there is one,
+    so a word and its leading space stay together (tokenizers split there anyway)."""
+    start = 0
+    while start < len(text):
+        end = min(start + size, len(text))
+        if end < len(text):
+            space = text.rfind(" ", start + 1, end)
+            end = space if space > start else end
+        yield text[start:end]
+        start = end
+
+
+def _domain_blocks(examples, tokenizer, block: int) -> tuple[list[dict], int]:
     stream: list[int] = []
     for example in examples:
-        stream += _ids(tokenizer, example.text) + [tokenizer.eos_token_id]
+        for piece in _pieces(example.text, DOMAIN_PIECE_CHARS):
+            stream += token_ids(tokenizer, piece)
+        stream.append(tokenizer.eos_token_id)
     blocks = [stream[i:i + block] for i in range(0, len(stream), block)]
+    dropped = 0
     if len(blocks) > 1 and len(blocks[-1]) < block // 4:
-        blocks.pop()  # a short tail adds noise, not signal
-    return [{"input_ids": b, "labels": list(b)} for b in blocks if len(b) > 1]
+        dropped = len(blocks.pop())  # a short tail adds noise, not signal (counted in the report)
+    kept = [b for b in blocks if len(b) > 1]
+    dropped += sum(len(b) for b in blocks if len(b) <= 1)
+    return [{"input_ids": b, "labels": list(b)} for b in kept], dropped
 
 
-def _tokenize_chunk(args):
-    examples, tokenizer, prompt_format, max_len, max_out, seq2seq = args
-    out = []
+def _domain(examples, tokenizer, lim: _Limits) -> TokenizedData:
+    if not lim.seq2seq:
+        features, dropped = _domain_blocks(examples, tokenizer, lim.max_len)
+        return TokenizedData(features, rows=len(examples), tail_tokens_dropped=dropped)
+    features, truncated, long_rows = [], [], []
+    eos = tokenizer.eos_token_id
     for example in examples:
-        if seq2seq:
-            feature, truncated = _seq2seq(example, tokenizer, max_len, max_out)
-        else:
-            feature, truncated = _causal(example, tokenizer, prompt_format, max_len)
-        # EOS alone teaches only "stop now": an empty target is a data bug, not an example.
-        if not any(label not in (IGNORE, tokenizer.eos_token_id) for label in feature["labels"]):
-            raise DataError("the example has no trainable token (empty completion, or the prompt fills "
-                            f"max_input_length={max_len})", where=example.source,
-                            fix="give the row a non-empty response or raise max_input_length")
-        out.append((feature, truncated, example.source))
-    return out
+        source, cut_source = _cut(tokenizer, example.text, lim.max_len, lim.longest)
+        target, cut_target = _cut(tokenizer, example.text, lim.max_out, lim.longest)
+        source_ids, target_ids = token_ids(tokenizer, source), token_ids(tokenizer, target)
+        features.append({"input_ids": source_ids[: lim.max_len - 1] + [eos],
+                         "labels": target_ids[: lim.max_out - 1] + [eos]})
+        if len(source_ids) + 1 > lim.max_len or len(target_ids) + 1 > lim.max_out:
+            truncated.append(example.source)
+        if cut_source or cut_target:
+            long_rows.append(example.source)
+    return TokenizedData(features, rows=len(examples), truncated=len(truncated), truncated_sources=truncated,
+                         long_rows=long_rows)
+
+
+def _contiguous(examples: list, parts: int) -> list[list]:
+    """Consecutive chunks, so the order of the results never depends on the worker count."""
+    size = -(-len(examples) // parts)
+    return [examples[i:i + size] for i in range(0, len(examples), size)]
 
 
 def tokenize_examples(examples, tokenizer, prompt_format, *, max_len: int, max_out: int,
                       seq2seq: bool, workers: int | None = None) -> TokenizedData:
+    lim = _Limits(max_len, max_out, seq2seq, longest_token_chars(tokenizer))
     if prompt_format.kind == "domain":
-        if seq2seq:
-            features = [{"input_ids": _ids(tokenizer, e.text)[: max_len - 1] + [tokenizer.eos_token_id],
-                         "labels": _ids(tokenizer, e.text)[: max_out - 1] + [tokenizer.eos_token_id]}
-                        for e in examples]
-        else:
-            features = _domain_blocks(examples, tokenizer, max_len)
-        data = TokenizedData(features, rows=len(examples))
+        data = _domain(examples, tokenizer, lim)
     else:
-        chunks = [examples[i::workers] for i in range(workers)] if workers and workers > 1 else [examples]
-        jobs = [(chunk, tokenizer, prompt_format, max_len, max_out, seq2seq) for chunk in chunks]
+        chunks = _contiguous(examples, workers) if workers and workers > 1 and len(examples) > 1 else [examples]
+        jobs = [(chunk, tokenizer, prompt_format, lim) for chunk in chunks]
         if len(jobs) > 1:
             with ProcessPoolExecutor(len(jobs)) as pool:
-                results = [item for part in pool.map(_tokenize_chunk, jobs) for item in part]
+                rows = [row for part in pool.map(_tokenize_chunk, jobs) for row in part]
         else:
-            results = _tokenize_chunk(jobs[0])
-        data = TokenizedData([f for f, _, _ in results], rows=len(examples),
-                             truncated=sum(t for _, t, _ in results),
-                             truncated_sources=[s for _, t, s in results if t])
+            rows = _tokenize_chunk(jobs[0])
+        data = TokenizedData([r.feature for r in rows], rows=len(examples),
+                             truncated=sum(r.truncated for r in rows),
+                             truncated_sources=[r.source for r in rows if r.truncated],
+                             prompt_lost=[r.source for r in rows if r.prompt_lost],
+                             completion_lost=[r.source for r in rows if r.completion_lost],
+                             long_rows=[r.source for r in rows if r.cut])
+        _check_truncation(data, lim)
     for feature in data.features:
         data.tokens += len(feature["labels"]) if seq2seq else len(feature["input_ids"])
         data.trainable_tokens += sum(label != IGNORE for label in feature["labels"])
+    if data.long_rows:
+        log.warning("%d row(s) hold far more text than max_input_length=%d tokens and were cut before "
+                    "tokenizing (first: %s)", len(data.long_rows), max_len, ", ".join(data.long_rows[:3]))
     return data
+
+
+def _check_truncation(data: TokenizedData, lim: _Limits) -> None:
+    """A few rows losing their prompt (or answer) is a warning; most of them is a wrong setting."""
+    for lost, part, limit, name in ((data.prompt_lost, "prompt", lim.max_len, "max_input_length"),
+                                    (data.completion_lost, "completion", lim.max_out if lim.seq2seq else lim.max_len,
+                                     "max_output_length" if lim.seq2seq else "max_input_length")):
+        if not lost:
+            continue
+        what = (f"{len(lost)} of {data.rows} rows lose their whole {part} to truncation at {name}={limit} "
+                f"(first: {', '.join(lost[:3])})")
+        if 2 * len(lost) > data.rows:
+            raise DataError(what + ", so the model would learn " +
+                            ("answers without their questions" if part == "prompt" else "nothing but to stop"),
+                            where=lost[0], fix=f"raise {name} (or shorten the rows' {part}s)")
+        log.warning("%s; those rows train on %s", what,
+                    "their completion alone" if part == "prompt" else "the end-of-sequence token alone")
 
 
 class Collator:

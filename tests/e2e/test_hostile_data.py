@@ -1,0 +1,121 @@
+"""Hostile data through the real `train` command: what used to crash with a raw Python error, train
+on the wrong thing, or exhaust memory now fails clearly (file, line, fix) or trains as meant."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+QUICK = {"max_steps": "1", "rouge_samples": "0", "per_device_train_batch_size": "4", "logging_steps": "1"}
+
+
+def _rows(channel, rows, name="rows.jsonl"):
+    (channel / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def positional_template_field(job):
+    channel = job.channel("train")
+    (channel / "template.json").write_text(json.dumps({"prompt": "Question: {}", "completion": "{answer}"}))
+    _rows(channel, [{"question": "q", "answer": "a"}] * 4)
+    return {"instruction_tuned": "True"}, ["DataError", "template.json", "positional placeholder {}",
+                                           "Fix: name every placeholder"]
+
+
+def table_not_utf8(job):
+    (job.channel("train") / "t.csv").write_bytes(b"input;output\nq;a\nCaf\xe9 au lait?;Oui.\n")
+    return {}, ["DataError", "t.csv:3", "not UTF-8", "Fix: save the file as UTF-8"]
+
+
+def jsonl_not_utf8(job):
+    (job.channel("train") / "rows.jsonl").write_bytes(b'{"prompt": "a", "completion": "b"}\n'
+                                                      b'{"prompt": "caf\xe9", "completion": "b"}\n')
+    return {"instruction_tuned": "True"}, ["DataError", "rows.jsonl:2", "not UTF-8", "Fix:"]
+
+
+def prompts_truncated_away(job):
+    _rows(job.channel("train"), [{"prompt": f"What is item {i}?", "completion": "It is a green lime. " * 4}
+                                 for i in range(12)])
+    return {"instruction_tuned": "True", "max_input_length": "8"}, [
+        "DataError", "rows.jsonl:", "rows lose their whole prompt to truncation at max_input_length=8",
+        "Fix: raise max_input_length"]
+
+
+def header_not_split(job):
+    (job.channel("train") / "t.csv").write_text("input output\nq a\n")
+    return {}, ["DataError", "t.csv:1", "names input and output", "Fix: write the header as input,output"]
+
+
+CASES = [positional_template_field, table_not_utf8, jsonl_not_utf8, prompts_truncated_away, header_not_split]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.__name__ for c in CASES])
+def test_hostile_data_fails_clearly(job, tiny, case):
+    hyperparameters, expected = case(job)
+    job.add_model(tiny("llama"))
+    job.hyperparameters(hyperparameters)
+    assert job.run_in_process() != 0
+    first = job.failure_first_line()
+    for fragment in expected:
+        assert fragment in first, f"{fragment!r} not in {first!r}"
+    assert list(job.model_dir.iterdir()) == []
+
+
+def test_cli_reports_a_raw_decode_error_as_data_error(job, tiny):
+    job.add_model(tiny("llama"))
+    _, expected = table_not_utf8(job)
+    job.hyperparameters({})
+    result = job.run_cli()
+    assert result.returncode != 0
+    assert "UnicodeDecodeError" not in result.stdout + result.stderr
+    assert job.failure_first_line().startswith("DataError: ") and "t.csv:3" in job.failure_first_line()
+
+
+def test_semicolon_table_trains_as_a_table(job, tiny):
+    job.add_model(tiny("llama"))
+    rows = [(f"What color is lime number {i}?", "Green; always green.") for i in range(12)]
+    (job.channel("train") / "t.csv").write_text(
+        "input;output\n" + "".join(f'{q};"{a}"\n' for q, a in rows))
+    job.hyperparameters(dict(QUICK, validation_split_ratio="0.25"))
+    assert job.run_in_process() == 0, job.failure.read_text() if job.failure.exists() else ""
+    data = job.metrics()["data"]
+    assert data["format"] == "table"
+    assert data["train"]["rows"] + data["validation"]["rows"] == 12
+    assert 0 < data["train"]["trainable_share"] < 1  # prompts masked: it did not train as domain text
+
+
+MEASURE = """
+import json, resource, sys
+from pathlib import Path
+from transformers import AutoTokenizer
+from tuneforge.config import parse_hyperparameters
+from tuneforge.data import read_channel, tokenize_examples
+
+tokenizer = AutoTokenizer.from_pretrained(sys.argv[2])
+tokenizer("warm up")
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+data = read_channel(Path(sys.argv[1]), parse_hyperparameters({"instruction_tuned": "True"}))
+tokens = tokenize_examples(data.examples, tokenizer, data.prompt, max_len=64, max_out=8, seq2seq=False)
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"growth_mb": (after - before) / 1024, "report": tokens.report()}))
+"""
+
+
+def test_a_20_mb_row_is_read_and_tokenized_in_bounded_memory(tmp_path, tiny):
+    channel = tmp_path / "train"
+    channel.mkdir()
+    with open(channel / "big.jsonl", "w") as handle:
+        handle.write(json.dumps({"prompt": "The lime is green. " * 1_100_000, "completion": "Green."}) + "\n")
+        handle.write(json.dumps({"prompt": "Color of snow?", "completion": "White."}) + "\n")
+    assert (channel / "big.jsonl").stat().st_size > 20_000_000
+    result = subprocess.run([sys.executable, "-c", MEASURE, str(channel), str(tiny("llama"))],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    measured = json.loads(result.stdout.splitlines()[-1])
+    # the line, its decoded text, the parsed field and the rendered prompt: ~4 x 21 MB. Tokenizing
+    # all of it would take gigabytes.
+    assert measured["growth_mb"] < 250, measured["growth_mb"]
+    report = measured["report"]
+    assert report["rows_truncated"] == 1 and report["truncated_examples"] == ["big.jsonl:1"]
+    assert report["long_rows_cut_before_tokenizing"] == ["big.jsonl:1"]
+    assert report["rows_prompt_lost"] == 0 and report["sequences"] == 2
