@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,11 +56,16 @@ class Paths:
         return self.data_dir / name
 
     def train_channel(self) -> Path | None:
-        """`train` (Mistral/Falcon notebooks) or `training` (Llama/Flan-T5/Gemma notebooks)."""
-        for name in TRAIN_CHANNELS:
-            if self.channel(name).is_dir():
-                return self.channel(name)
-        return None
+        """`train` (Mistral/Falcon notebooks) or `training` (Llama/Flan-T5/Gemma notebooks), not both."""
+        found = [self.channel(name) for name in TRAIN_CHANNELS if self.channel(name).is_dir()]
+        if len(found) > 1:
+            from .errors import DataError
+
+            raise DataError("two training channels, `train` and `training`, are both present and only one is "
+                            "read", where=str(self.data_dir),
+                            fix="put all training data in one channel (`train` or `training`) and remove the "
+                                "other; data to validate on goes in `validation`")
+        return found[0] if found else None
 
     def validation_channel(self) -> Path | None:
         path = self.channel(VALIDATION_CHANNEL)
@@ -99,40 +106,99 @@ class Paths:
         volume; /tmp is the small root volume), outside model/ and output/, removed after the job."""
         return self.base / ".tuneforge-base-model"
 
+    @property
+    def previous_failure_file(self) -> Path:
+        return self.output_dir / "previous-failure.txt"
+
     def read_hyperparameters(self) -> dict[str, str]:
-        return _read_json(self.hyperparameters_file, default={})
+        from .errors import HyperparameterError
+
+        return _read_json(self.hyperparameters_file, HyperparameterError,
+                          'of names to string values, e.g. {"epoch": "3", "learning_rate": "0.0001"}')
 
     def read_resource_config(self) -> dict:
-        return _read_json(self.resource_config_file, default={})
+        from .errors import ResourceError
+
+        return _read_json(self.resource_config_file, ResourceError,
+                          'such as {"current_host": "algo-1", "hosts": ["algo-1"]}')
 
     def ensure_output_dirs(self) -> None:
-        for path in (self.model_dir, self.output_data_dir, self.checkpoint_dir):
-            path.mkdir(parents=True, exist_ok=True)
+        """Create output/data, model/ and checkpoints/, proving each can be written (output/ first: the
+        failure file goes there); ResourceError naming the folder and the fix otherwise."""
+        for path in (self.output_dir, self.output_data_dir, self.model_dir, self.checkpoint_dir):
+            _ensure_writable(path)
 
 
-def _read_json(path: Path, default):
+def _read_json(path: Path, error: type, shape: str) -> dict:
+    """A JSON object, or {} for a missing or empty file; `error` (a UserError kind) otherwise."""
     if not path.exists():
-        return default
-    from .errors import UserError
+        return {}
+    text = path.read_text()
+    if not text.strip():
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise error(f"not valid JSON (line {exc.lineno}: {exc.msg})", where=str(path),
+                    fix=f"write the file as one JSON object {shape}") from exc
+    if not isinstance(value, dict):
+        kind = {list: "a list", str: "a string", bool: "a boolean", type(None): "null"}.get(type(value), "a number")
+        raise error(f"must be a JSON object, but it holds {kind} ({text.strip()[:40]})", where=str(path),
+                    fix=f"write the file as one JSON object {shape}")
+    return value
+
+
+def _ensure_writable(folder: Path) -> None:
+    """mkdir -p, then write and remove a probe file: a real test, which holds for root too."""
+    from .errors import ResourceError
 
     try:
-        return json.loads(path.read_text() or "null") or default
-    except json.JSONDecodeError as exc:
-        raise UserError(f"not valid JSON (line {exc.lineno}: {exc.msg})", where=str(path),
-                        fix="write the file as a JSON object") from exc
+        folder.mkdir(parents=True, exist_ok=True)
+        handle, probe = tempfile.mkstemp(prefix=".tuneforge-write-test-", dir=folder)
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as exc:
+        blocker = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
+        if blocker is not None:
+            why, fix = (f"{blocker} is a file, not a folder",
+                        f"move that file away so that {folder} can be a folder (or mount a writable folder there)")
+        else:
+            why, fix = (f"cannot be written ({exc.strerror or exc})",
+                        f"make it writable by this user (uid {os.getuid()}): mount a writable volume at {folder} "
+                        f"(docker run -v HOST_FOLDER:{folder}) or chown/chmod the host folder")
+        raise ResourceError(f"the job cannot write its outputs here: {why}", where=str(folder), fix=fix) from exc
+
+
+def archive_failure(paths: Paths) -> Path | None:
+    """Move an earlier run's output/failure to output/previous-failure.txt (replacing an older one), so
+    that a run that succeeds leaves no failure file. Call once, at the start of a run; None if there was
+    none or it cannot be moved (an unwritable output/ is reported by ensure_output_dirs)."""
+    if not paths.failure_file.is_file():
+        return None
+    try:
+        paths.failure_file.replace(paths.previous_failure_file)
+    except OSError:
+        return None
+    return paths.previous_failure_file
 
 
 def write_failure(paths: Paths, text: str) -> bool:
-    """Write output/failure unless one exists (a rank or the user may have written it first).
+    """Write output/failure unless one exists (within a run, a rank may have written it first).
 
     The first 1024 characters become the job's FailureReason, so the actionable line goes first.
+    Where output/ cannot be written, the text goes to stderr instead (and False is returned).
     """
-    paths.output_dir.mkdir(parents=True, exist_ok=True)
+    text = text if text.endswith("\n") else text + "\n"
     try:
+        paths.output_dir.mkdir(parents=True, exist_ok=True)
         with open(paths.failure_file, "x") as handle:
-            handle.write(text if text.endswith("\n") else text + "\n")
+            handle.write(text)
         return True
-    except FileExistsError:
+    except OSError as exc:
+        if isinstance(exc, FileExistsError) and paths.failure_file.is_file():
+            return False
+        sys.stderr.write(f"tuneforge: cannot write {paths.failure_file} ({exc}); the failure was:\n{text}")
+        sys.stderr.flush()
         return False
 
 

@@ -83,9 +83,9 @@ def test_sigterm_saves_a_checkpoint_and_a_rerun_resumes_to_the_same_result(job, 
     started = time.time()
     code, log = run_job(job)
     assert code == 0, log[-3000:]
-    # the stop note is no longer the job's failure: it is kept beside the metrics
+    # the stop note is no longer the job's failure: it is kept as output/previous-failure.txt
     assert not job.failure.exists()
-    assert (job.base / "output" / "data" / "previous-stop.txt").read_text().startswith(reason)
+    assert (job.base / "output" / "previous-failure.txt").read_text().startswith(reason)
     metrics = job.metrics()
     assert metrics["resumed_from"] == str(stopped)
     assert metrics["steps"] == uninterrupted.metrics()["steps"] == STEPS

@@ -86,16 +86,19 @@ def test_bad_input_fails_clearly(job, tiny, case):
     assert list(job.model_dir.iterdir()) == []
 
 
-def test_cli_exit_code_and_existing_failure_kept(job, tiny):
+def test_cli_exit_code_and_each_run_its_own_failure(job, tiny):
     job.add_model(tiny("llama"))
     malformed_line(job)
     job.hyperparameters({"instruction_tuned": "True"})
     result = job.run_cli()
     assert result.returncode == 1
-    assert "rows.jsonl:2" in job.failure_first_line()
+    first = job.failure_first_line()
+    assert "rows.jsonl:2" in first
     job.hyperparameters({"instruction_tuned": "True", "epoch": "0"})
     assert job.run_cli().returncode == 1
-    assert "rows.jsonl:2" in job.failure_first_line()  # the first reason is never overwritten
+    # the rerun's own reason; the earlier run's is kept beside it
+    assert job.failure_first_line().startswith("HyperparameterError: hyperparameter epoch")
+    assert (job.base / "output" / "previous-failure.txt").read_text().splitlines()[0] == first
 
 
 def test_failure_during_training_leaves_model_dir_empty(job, tiny, monkeypatch):
@@ -116,12 +119,13 @@ def test_failure_during_training_leaves_model_dir_empty(job, tiny, monkeypatch):
     assert list(job.model_dir.iterdir()) == []
 
 
-def test_a_real_failure_is_not_archived_by_a_rerun(job, tiny):
-    """Only tuneforge's own "stopped by ... rerun to resume" note moves aside on a rerun."""
+def test_an_earlier_failure_is_moved_aside_by_a_rerun(job, tiny):
+    """A run that succeeds leaves no failure file; the earlier one is kept, not lost."""
     job.add_model(tiny("llama"))
     job.add_sample_data("instruction", n_train=16, n_val=4)
     job.hyperparameters({"instruction_tuned": "True", "max_steps": "1", "rouge_samples": "0"})
     job.failure.parent.mkdir(parents=True, exist_ok=True)
     job.failure.write_text("ValueError: something the operator must see\n")
     assert job.run_in_process() == 0
-    assert job.failure.read_text() == "ValueError: something the operator must see\n"
+    assert not job.failure.exists()
+    assert (job.base / "output" / "previous-failure.txt").read_text() == "ValueError: something the operator must see\n"

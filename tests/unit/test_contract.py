@@ -2,8 +2,9 @@ import json
 
 import pytest
 
-from tuneforge.contract import Paths, write_failure
-from tuneforge.errors import UserError
+from tuneforge.contract import Paths, archive_failure, write_failure
+from tuneforge.errors import DataError, HyperparameterError, ResourceError, UserError
+from tuneforge.train.launcher import discover_world
 
 
 def test_paths_follow_base_dir(tmp_path, monkeypatch):
@@ -15,8 +16,20 @@ def test_paths_follow_base_dir(tmp_path, monkeypatch):
     assert paths.train_channel() is None
     (tmp_path / "input/data/training").mkdir(parents=True)
     assert paths.train_channel() == tmp_path / "input/data/training"
+    (tmp_path / "input/data/training").rmdir()
     (tmp_path / "input/data/train").mkdir()
     assert paths.train_channel() == tmp_path / "input/data/train"
+
+
+def test_both_training_channels_fail_naming_both(tmp_path):
+    paths = Paths(tmp_path)
+    (tmp_path / "input/data/train").mkdir(parents=True)
+    (tmp_path / "input/data/training").mkdir()
+    with pytest.raises(DataError) as err:
+        paths.train_channel()
+    first = str(err.value).splitlines()[0]
+    assert first.startswith(f"{tmp_path / 'input/data'}: two training channels, `train` and `training`")
+    assert "Fix: put all training data in one channel" in first
 
 
 def test_failure_file_is_never_overwritten(tmp_path):
@@ -35,3 +48,88 @@ def test_bad_json_config_names_the_file(tmp_path):
     assert "hyperparameters.json" in str(err.value)
     paths.hyperparameters_file.write_text(json.dumps({"epoch": "1"}))
     assert paths.read_hyperparameters() == {"epoch": "1"}
+
+
+@pytest.mark.parametrize("text,kind", [("[]", "a list"), ('"epoch=3"', "a string"), ("5", "a number"),
+                                       ("null", "null")])
+def test_config_files_that_are_not_objects_name_the_file(tmp_path, text, kind):
+    paths = Paths(tmp_path)
+    paths.config_dir.mkdir(parents=True)
+    for path, read, error in ((paths.hyperparameters_file, paths.read_hyperparameters, HyperparameterError),
+                              (paths.resource_config_file, paths.read_resource_config, ResourceError)):
+        path.write_text(text)
+        with pytest.raises(error) as err:
+            read()
+        assert str(err.value).startswith(f"{path}: must be a JSON object, but it holds {kind}")
+        assert "Fix: write the file as one JSON object" in str(err.value)
+    paths.hyperparameters_file.write_text("")  # empty: no hyperparameters, as before
+    assert paths.read_hyperparameters() == {}
+
+
+def test_one_host_rendezvous_on_loopback_several_on_the_first_host(tmp_path, monkeypatch):
+    """`algo-1` resolves only inside SageMaker: a one-host job must not wait on it."""
+    for name in ("TUNEFORGE_MASTER_ADDR", "TUNEFORGE_NPROC_PER_NODE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("TUNEFORGE_NPROC_PER_NODE", "2")
+    paths = Paths(tmp_path)
+    paths.config_dir.mkdir(parents=True)
+    paths.resource_config_file.write_text(json.dumps({"current_host": "algo-1", "hosts": ["algo-1"]}))
+    assert discover_world(paths).master_addr == "127.0.0.1"
+    paths.resource_config_file.write_text(json.dumps({"current_host": "algo-2", "hosts": ["algo-2", "algo-1"]}))
+    world = discover_world(paths)
+    assert (world.master_addr, world.node_rank, world.size) == ("algo-1", 1, 4)
+    monkeypatch.setenv("TUNEFORGE_MASTER_ADDR", "10.0.0.5")
+    assert discover_world(paths).master_addr == "10.0.0.5"
+    paths.resource_config_file.write_text(json.dumps({"current_host": "algo-1", "hosts": "algo-1"}))
+    with pytest.raises(UserError, match="`hosts` must be a list of host names"):
+        discover_world(paths)
+
+
+@pytest.mark.parametrize("blocked", ["output", "model", "checkpoints"])
+def test_a_file_where_an_output_folder_belongs_is_named(tmp_path, blocked):
+    """A regular file in the folder's place: not writable for root too."""
+    paths = Paths(tmp_path)
+    (tmp_path / blocked).write_text("keep me\n")
+    with pytest.raises(ResourceError) as err:
+        paths.ensure_output_dirs()
+    assert str(err.value) == (f"{tmp_path / blocked}: the job cannot write its outputs here: {tmp_path / blocked} is "
+                              f"a file, not a folder. Fix: move that file away so that {tmp_path / blocked} can be "
+                              "a folder (or mount a writable folder there)")
+    assert (tmp_path / blocked).read_text() == "keep me\n"
+
+
+def test_unwritable_output_folder_is_named(tmp_path):
+    import os
+
+    if os.geteuid() == 0:
+        pytest.skip("root writes through chmod; the file-in-place test covers root")
+    paths = Paths(tmp_path)
+    paths.model_dir.mkdir()
+    paths.model_dir.chmod(0o555)
+    try:
+        with pytest.raises(ResourceError, match=r"model: the job cannot write its outputs here: cannot be written"):
+            paths.ensure_output_dirs()
+    finally:
+        paths.model_dir.chmod(0o755)
+
+
+def test_failure_goes_to_stderr_when_output_is_not_a_folder(tmp_path, capsys):
+    paths = Paths(tmp_path)
+    (tmp_path / "output").write_text("not a folder\n")
+    assert write_failure(paths, "ValueError: what went wrong. Fix: this") is False
+    err = capsys.readouterr().err
+    assert f"tuneforge: cannot write {paths.failure_file}" in err
+    assert err.endswith("the failure was:\nValueError: what went wrong. Fix: this\n")
+    assert (tmp_path / "output").read_text() == "not a folder\n"
+
+
+def test_an_earlier_failure_is_moved_aside_once_per_run(tmp_path):
+    paths = Paths(tmp_path)
+    assert archive_failure(paths) is None
+    assert write_failure(paths, "first run's reason")
+    assert archive_failure(paths) == paths.previous_failure_file
+    assert not paths.failure_file.exists()
+    assert paths.previous_failure_file.read_text() == "first run's reason\n"
+    # within the next run, the first failure written still wins
+    assert write_failure(paths, "second run's reason") and not write_failure(paths, "a later rank's reason")
+    assert paths.failure_file.read_text() == "second run's reason\n"

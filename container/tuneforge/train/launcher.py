@@ -1,12 +1,16 @@
 """Entry point of a training job: read the contract, decide the process layout, run, report.
 
 `train` in the image is sagemaker-training's console script with
-SAGEMAKER_TRAINING_MODULE=tuneforge.train.launcher:main; `tuneforge train` calls run() directly.
+SAGEMAKER_TRAINING_MODULE=tuneforge.train.launcher:main; `tuneforge train` calls run(isolate=True).
 One process per device; several (torchrun) when resourceconfig.json and the devices say so.
+Training runs in child processes that die with this one (PR_SET_PDEATHSIG), so that a kill of the
+launcher frees the machine and port, and a child killed outright (the out-of-memory killer's
+SIGKILL) is still reported in output/failure.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import signal
@@ -17,13 +21,15 @@ import time
 import traceback
 from dataclasses import dataclass
 
-from ..contract import Paths, write_failure
+from ..contract import Paths, archive_failure, write_failure
 from ..errors import UserError
 from . import ranks, stopping
 from .stopping import Stopped
 
 log = logging.getLogger("tuneforge")
 DEFAULT_MASTER_PORT = 7777
+LOOPBACK = "127.0.0.1"
+PR_SET_PDEATHSIG = 1
 # SageMaker sends SIGKILL 120 s after SIGTERM: leave the ranks most of that to save a checkpoint
 SHUTDOWN_TIMEOUT_S = 100
 
@@ -50,7 +56,11 @@ class World:
 
     @property
     def master_addr(self) -> str:
-        return self.master_addr_override or self.hosts[0]
+        """One host needs no name (resourceconfig's `algo-1` resolves only inside SageMaker or with
+        docker's --hostname); several rendezvous at the first host."""
+        if self.master_addr_override:
+            return self.master_addr_override
+        return LOOPBACK if self.nnodes == 1 else self.hosts[0]
 
     @property
     def size(self) -> int:
@@ -71,7 +81,11 @@ def discover_world(paths: Paths) -> World:
     'hosts' share one machine), TUNEFORGE_MASTER_PORT (default 7777, as SageMaker's own launchers).
     """
     resources = paths.read_resource_config()
-    hosts = sorted(resources.get("hosts") or [resources.get("current_host") or "localhost"])
+    listed = resources.get("hosts")
+    if listed is not None and not (isinstance(listed, list) and all(isinstance(h, str) for h in listed)):
+        raise UserError(f"`hosts` must be a list of host names, not {listed!r}", where=str(paths.resource_config_file),
+                        fix='write it as e.g. "hosts": ["algo-1", "algo-2"]')
+    hosts = sorted(listed or [resources.get("current_host") or "localhost"])
     current = resources.get("current_host") or hosts[0]
     if current not in hosts:
         raise UserError(f"current_host {current!r} is not among hosts {hosts}", where=str(paths.resource_config_file),
@@ -127,8 +141,13 @@ def failure_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {first}{hint}\n\n{tail}"
 
 
-def run(base_dir: str | os.PathLike | None = None) -> int:
-    """Run one training job against the /opt/ml tree; 0 only when model/ holds a model."""
+def run(base_dir: str | os.PathLike | None = None, *, isolate: bool = False, fresh: bool = True) -> int:
+    """Run one training job against the /opt/ml tree; 0 only when model/ holds a model.
+
+    isolate: run a single-process job in a child process (the command-line entries do), so that a
+    SIGKILL of training still ends in a failure file; otherwise in this process (tests, embedding).
+    fresh: a new run, which moves an earlier run's output/failure aside (False in that child).
+    """
     from ..config import parse_hyperparameters
     from .artifacts import model_files_present
 
@@ -136,10 +155,12 @@ def run(base_dir: str | os.PathLike | None = None) -> int:
     paths = Paths.from_env(base_dir)
     os.environ["SAGEMAKER_BASE_DIR"] = str(paths.base)
     try:
+        if fresh:
+            archive_previous_failure(paths)
         paths.ensure_output_dirs()
-        archive_stop_note(paths)
         raw = paths.read_hyperparameters()
         config = parse_hyperparameters(raw)
+        paths.train_channel()  # two training channels fail here, before any process starts
         world = discover_world(paths)
         if needs_torchrun(world, config) and "LOCAL_RANK" not in os.environ:
             code = launch_torchrun(world, paths, config)
@@ -148,6 +169,10 @@ def run(base_dir: str | os.PathLike | None = None) -> int:
             if world.node_rank != 0:
                 log.info("node %d of %d finished; node 0 writes model/", world.node_rank, world.nnodes)
                 return 0
+        elif isolate:
+            code = launch_single(paths)
+            if code != 0:
+                return code
         else:
             from .recipe import Recipe
 
@@ -170,15 +195,14 @@ def run(base_dir: str | os.PathLike | None = None) -> int:
         return 143 if isinstance(exc, Stopped) else 1
 
 
-def archive_stop_note(paths: Paths) -> None:
-    """A rerun after a stop resumes that run: its "stopped by SIGTERM" note is no longer the job's
-    failure, so move it to output/data/previous-stop.txt. Any other failure file is left alone."""
-    failure = paths.failure_file
-    first_line = failure.read_text().partition("\n")[0] if failure.exists() else ""
-    if "stopped by " in first_line and "rerun to " in first_line:
-        target = paths.output_data_dir / "previous-stop.txt"
-        failure.replace(target)
-        log.info("an earlier run was stopped; its note moved to %s", target)
+def archive_previous_failure(paths: Paths) -> None:
+    """An earlier run's failure (or its "stopped by SIGTERM ... rerun to resume" note) is not this
+    run's: move it to output/previous-failure.txt, so a run that succeeds leaves no failure file.
+    Within this run, a failure file once written is never overwritten (write_failure)."""
+    moved = archive_failure(paths)
+    if moved is not None:
+        first = moved.read_text(errors="replace").partition("\n")[0]
+        log.info("an earlier run's failure file moved to %s: %s", moved, first[:200])
 
 
 def needs_torchrun(world: World, config) -> bool:
@@ -212,22 +236,13 @@ def launch_torchrun(world: World, paths: Paths, config) -> int:
     env.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
     log.info("launching %d processes on %d node(s), node rank %d: %s", world.size, world.nnodes, world.node_rank,
              " ".join(command))
-    process = subprocess.Popen(command, env=env)
 
-    def forward(signum, frame):  # noqa: ARG001
+    def before_forward(signum):
         log.warning("%s received: asking all ranks to checkpoint and stop", signal.Signals(signum).name)
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.write_text(signal.Signals(signum).name + "\n")
-        if process.poll() is None:
-            process.send_signal(signum)
 
-    on_main = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, forward) if on_main else None
-    try:
-        code = process.wait()
-    finally:
-        if on_main:
-            signal.signal(signal.SIGTERM, previous)
+    code = supervise(command, env, before_forward)
     if code != 0:
         stopped = marker.exists()
         write_failure(paths, ranks.collect(paths, code, stopping=stopped))
@@ -235,8 +250,63 @@ def launch_torchrun(world: World, paths: Paths, config) -> int:
     return 0
 
 
+# the child of launch_single: this same launcher, in-process, on the same tree
+_SINGLE = "import sys; from tuneforge.train.launcher import run; sys.exit(run(sys.argv[1], fresh=False))"
+
+
+def launch_single(paths: Paths) -> int:
+    """One training process, as a child: it writes its own failure file; a signal that kills it
+    outright (SIGKILL from the out-of-memory killer) is reported here. SIGTERM is forwarded to it
+    (it checkpoints and stops)."""
+    code = supervise([sys.executable, "-c", _SINGLE, str(paths.base)], dict(os.environ))
+    if code < 0:
+        write_failure(paths, ranks.killed_line("the training process", -code) + "\n")
+        return 128 - code
+    return code
+
+
+def _pdeathsig_setter():
+    """A callable that makes the kernel SIGKILL the calling process when its parent exits (even by
+    SIGKILL), or None off Linux. Resolved before fork: a preexec_fn should not load libraries."""
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    return lambda: prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+
+
+def die_with_parent(expected_parent: int | None = None) -> None:
+    """For a process started by another: die when it dies; exit now if it already has (the window
+    between fork and this call)."""
+    setter = _pdeathsig_setter()
+    if setter is not None:
+        setter()
+    if expected_parent and os.getppid() != expected_parent:
+        os._exit(137)
+
+
+def supervise(command: list[str], env: dict, before_forward=None) -> int:
+    """Run `command` as a child that is SIGKILLed if this process dies (a scheduler's hard kill must
+    not leave training holding the GPUs and port 7777); SIGTERM is forwarded to it. Its exit code,
+    negative for a signal."""
+    process = subprocess.Popen(command, env=env, preexec_fn=_pdeathsig_setter())
+
+    def forward(signum, frame):  # noqa: ARG001
+        if before_forward is not None:
+            before_forward(signum)
+        if process.poll() is None:
+            process.send_signal(signum)
+
+    on_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, forward) if on_main else None
+    try:
+        return process.wait()
+    finally:
+        if on_main:
+            signal.signal(signal.SIGTERM, previous)
+
+
 def main() -> None:
     """sagemaker-training's SAGEMAKER_TRAINING_MODULE entry: raise on failure, never sys.exit."""
-    code = run()
+    code = run(isolate=True)
     if code != 0:
         raise TrainingFailed(f"training failed with exit code {code}; see output/failure")

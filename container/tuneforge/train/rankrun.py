@@ -29,6 +29,8 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parse_args(sys.argv[1:] if argv is None else argv)
     target = os.environ.get("TUNEFORGE_RANK_FAILURES")
+    # the ranks die with this process (worker.py), and this one with the launcher (launcher.supervise)
+    os.environ["TUNEFORGE_AGENT_PID"] = str(os.getpid())
     try:
         run(args)
         return 0

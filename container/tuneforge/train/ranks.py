@@ -62,20 +62,26 @@ class RankFailure:
             return f"{lines[0]} (rank {self.rank})" if lines else f"rank {self.rank} failed"
         code = self.exitcode
         if code is not None and code < 0:
-            name = _signal_name(-code)
-            hint = {
-                "SIGKILL": " (the kernel's out-of-memory killer sends SIGKILL when host memory runs out; "
-                           "Fix: lower per_device_train_batch_size or max_input_length, or use LoRA, QLoRA "
-                           "or ZeRO-3 with offload)",
-                "SIGSEGV": " (a crash in native code: check the driver/CUDA versions and the log above)",
-                "SIGABRT": " (aborted in native code, often a NCCL or CUDA error: see the log above)",
-            }.get(name, "")
-            return f"rank {self.rank} was killed by signal {name} ({-code}){hint}"
+            return killed_line(f"rank {self.rank}", -code)
         return f"rank {self.rank} exited with code {code} without a Python error (see the log above)"
 
     def text(self) -> str:
         body = "\n".join(self.error.splitlines()[1:]) if self.error else ""
         return self.first_line() + "\n" + (body + "\n" if body.strip() else "")
+
+
+def killed_line(who: str, number: int) -> str:
+    """The failure line for a process killed by a signal, which leaves no Python error behind."""
+    name = _signal_name(number)
+    hint = {
+        "SIGKILL": " (the kernel's out-of-memory killer sends SIGKILL when host memory runs out, so most "
+                   "likely out of memory). Fix: lower per_device_train_batch_size or max_input_length, set "
+                   "gradient_checkpointing=True, use LoRA, QLoRA or ZeRO-3 with offload, or use an instance "
+                   "with more memory",
+        "SIGSEGV": " (a crash in native code: check the driver/CUDA versions and the log above)",
+        "SIGABRT": " (aborted in native code, often a NCCL or CUDA error: see the log above)",
+    }.get(name, "")
+    return f"{who} was killed by signal {name} ({number}){hint}"
 
 
 def _signal_name(number: int) -> str:
@@ -146,6 +152,8 @@ def collect(paths: Paths, exitcode: int, *, stopping: bool = False) -> str:
         latest = latest_checkpoint(paths.checkpoint_dir)
         return (f"stopped by SIGTERM before the ranks could save; latest checkpoint: {latest or 'none'}; "
                 "rerun to resume\n")
+    if cause is None and exitcode < 0:
+        return killed_line("torchrun (the process that runs this host's ranks)", -exitcode) + "\n"
     if cause is None:
         return f"a training process exited with code {exitcode} and left no error (see the log)\n"
     return cause.text()

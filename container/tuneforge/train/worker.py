@@ -11,9 +11,12 @@ from . import ranks, stopping
 
 
 def main() -> int:
+    from .launcher import configure_logging, die_with_parent, failure_text
+
+    # torchrun starts ranks in sessions of their own and does not stop them if it is killed itself
+    die_with_parent(int(os.environ.get("TUNEFORGE_AGENT_PID") or 0) or None)
     from ..config import parse_hyperparameters
     from .distributed import teardown
-    from .launcher import configure_logging, failure_text
     from .recipe import Recipe
 
     configure_logging()
