@@ -39,6 +39,7 @@ class TrainConfig:
     max_val_samples: int = hp(-1, "Use at most this many validation rows; -1 = all.", lo=-1)
     preprocessing_num_workers: int | None = hp(None, "Processes for tokenization; None = one.", lo=1)
     rouge_samples: int = hp(32, "Validation rows generated for ROUGE (0 turns ROUGE off).", lo=0)
+    knowledge_check: bool = hp(True, "Ask 12 bundled general questions before and after training and report the share answered right (metrics.json general_knowledge): a drop means the fine-tune made the model forget.")
     # --- schedule ---
     epoch: int = hp(5, "Passes over the training data.", lo=1, hi=1000)
     max_steps: int = hp(-1, "Stop after this many optimizer steps; -1 = run all epochs.", lo=-1)
@@ -49,7 +50,7 @@ class TrainConfig:
     warmup_ratio: float = hp(0.0, "Share of steps spent warming up.", lo=0.0, hi=1.0)
     warmup_steps: int = hp(0, "Warm-up steps (wins over warmup_ratio when > 0).", lo=0)
     per_device_train_batch_size: int = hp(4, "Training rows per device per step.", lo=1, hi=1024)
-    per_device_eval_batch_size: int = hp(1, "Validation rows per device per step.", lo=1, hi=1024)
+    per_device_eval_batch_size: int = hp(-1, "Validation rows per device per step; -1 = per_device_train_batch_size (evaluation needs less memory than training, so it never needs fewer).", lo=-1, hi=1024)
     gradient_accumulation_steps: int = hp(1, "Micro-batches per optimizer step.", lo=1, hi=1024)
     weight_decay: float = hp(0.0, "AdamW weight decay.", lo=0.0, hi=1.0)
     adam_beta1: float = hp(0.9, "AdamW beta1.", lo=0.0, hi=1.0)
@@ -66,6 +67,7 @@ class TrainConfig:
     early_stopping_patience: int = hp(3, "Stop after this many evaluations without improvement; 0 = off.", lo=0)
     early_stopping_threshold: float = hp(0.0, "Smallest validation-loss drop that counts as improvement.", lo=0.0)
     dataloader_num_workers: int = hp(0, "DataLoader worker processes.", lo=0)
+    group_by_length: bool = hp(True, "Batch rows of similar length together (shuffled mega-batches sorted by length, batches in random order, every row once per epoch): far less padding, same per-token loss. False = plain random batches.")
     # --- model ---
     model_id: str = hp("", "Local folder with the base model, used when there is no `model` channel.")
     train_from_scratch: bool = hp(False, "Initialize weights randomly from the base model's config.")
@@ -109,6 +111,12 @@ class TrainConfig:
     @property
     def use_lora(self) -> bool:
         return self.peft_type == "lora"
+
+    @property
+    def eval_batch_size(self) -> int:
+        """per_device_eval_batch_size, with -1 resolved to the training batch size."""
+        value = self.per_device_eval_batch_size
+        return self.per_device_train_batch_size if value == -1 else value
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
@@ -263,6 +271,9 @@ def _check_combinations(config: TrainConfig) -> None:
     if config.enable_fsdp and config.deepspeed != "none":
         raise HyperparameterError("FSDP and DeepSpeed were both asked for",
                                   where="hyperparameters enable_fsdp/deepspeed", fix="choose one")
+    if config.per_device_eval_batch_size == 0:
+        raise HyperparameterError("0 is out of range", where="hyperparameter per_device_eval_batch_size",
+                                  fix="use -1 (the training batch size) or a value >= 1")
     if config.max_input_length != -1 and config.max_input_length < 8:
         raise HyperparameterError(f"{config.max_input_length} is too short", where="hyperparameter max_input_length",
                                   fix="use -1 (automatic) or a value >= 8")

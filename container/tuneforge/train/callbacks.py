@@ -1,15 +1,17 @@
 """Trainer callbacks: metric lines SageMaker metric definitions can parse, stopping on SIGTERM,
-committing checkpoints atomically."""
+failing on a non-finite loss, committing checkpoints atomically."""
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from pathlib import Path
 
 from transformers import TrainerCallback
 
+from ..errors import UserError
 from . import stopping
 from .checkpoints import commit, relocate, rotate
 from .distributed import barrier
@@ -32,6 +34,46 @@ class MetricLines(TrainerCallback):
             print_metric("eval_perplexity", perplexity(logs["eval_loss"]), **context)
 
 
+class NonFiniteError(UserError):
+    """Training produced NaN/inf (loss, gradients or weights): the model would be garbage."""
+
+
+class FailOnNonFinite(TrainerCallback):
+    """Fail at the first logged NaN/inf training loss or gradient norm, naming the step. Every rank
+    logs the same all-reduced values, so all ranks stop at the same step. Needs
+    logging_nan_inf_filter=False, or the Trainer hides NaN losses behind the previous average."""
+
+    def __init__(self, learning_rate: float | None = None):
+        self.learning_rate = learning_rate
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        bad = {k: logs[k] for k in ("loss", "grad_norm") if isinstance((logs or {}).get(k), (int, float))
+               and not math.isfinite(logs[k])}
+        if not bad:
+            return
+        what = "training loss" if "loss" in bad else "gradient norm"
+        value = bad.get("loss", bad.get("grad_norm"))
+        others = ", ".join(f"{k}={v}" for k, v in bad.items())
+        lr = f" (now {self.learning_rate:g})" if self.learning_rate else ""
+        raise NonFiniteError(
+            f"{what} became {value} at step {state.global_step} ({others}); training stopped and no model was saved",
+            fix=f"lower learning_rate{lr} or raise warmup, check the data for broken rows, train in fp32 or bf16 "
+                "rather than fp16, and check that the base model's weights are finite")
+
+
+class AlreadyTrained(Exception):
+    """Raised by SkipTraining once the Trainer has restored a checkpoint: nothing is left to train."""
+
+
+class SkipTraining(TrainerCallback):
+    """The checkpoint being resumed already reached max_steps. The Trainer would still take one
+    more step before checking max_steps, so stop it at on_train_begin: weights, optimizer and
+    trainer state are restored by then (every engine), and the recipe goes on to evaluate and save."""
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        raise AlreadyTrained(state.global_step)
+
+
 class StopOnSignal(TrainerCallback):
     """At each optimizer step's end: if any rank got SIGTERM, all save this step and stop."""
 
@@ -50,10 +92,11 @@ class StopOnSignal(TrainerCallback):
 class CommitCheckpoints(TrainerCallback):
     """After the Trainer saved into staging on every rank: manifest, rename, rotate."""
 
-    def __init__(self, staging: Path, final_dir: Path, keep: int):
+    def __init__(self, staging: Path, final_dir: Path, keep: int, identity: dict | None = None):
         self.staging = Path(staging)
         self.final_dir = Path(final_dir)
         self.keep = keep
+        self.identity = identity  # what the checkpoints are made with (resume.run_identity), in each manifest
         self.committed: list[Path] = []
 
     def on_save(self, args, state, control, **kwargs):
@@ -70,7 +113,7 @@ class CommitCheckpoints(TrainerCallback):
                 data["best_model_checkpoint"] = relocate(data.get("best_model_checkpoint"), self.staging, self.final_dir)
                 trainer_state.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
             start = time.time()
-            commit(staged, self.final_dir)
+            commit(staged, self.final_dir, identity=self.identity)
             rotate(self.final_dir, self.keep, protect=state.best_model_checkpoint and Path(state.best_model_checkpoint))
             log.info("checkpoint %s committed in %.2f s", final, time.time() - start)
         barrier()

@@ -83,11 +83,21 @@ def common_latest_checkpoint(folder: Path) -> Path | None:
     return Path(folder) / f"checkpoint-{max(common)}"
 
 
-def commit(staged: Path, target_dir: Path) -> Path:
-    """Write the manifest, then rename the staged folder into target_dir (atomic on one filesystem)."""
+def read_manifest(folder: Path) -> dict:
+    try:
+        return json.loads((Path(folder) / MARKER).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def commit(staged: Path, target_dir: Path, identity: dict | None = None) -> Path:
+    """Write the manifest (files and sizes, and what the run was made with), then rename the
+    staged folder into target_dir (atomic on one filesystem)."""
     _tag_deepspeed_shards(staged)
     files = {str(p.relative_to(staged)): p.stat().st_size for p in sorted(staged.rglob("*")) if p.is_file()}
     manifest = {"step": step_of(staged), "files": files, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    if identity:
+        manifest["identity"] = identity
     tmp = staged / (MARKER + ".tmp")
     with open(tmp, "w") as handle:
         json.dump(manifest, handle, indent=1)

@@ -80,21 +80,42 @@ def deepspeed_config(config, paths) -> dict | None:
     if name in PRESETS:
         return preset(name)
     channel = paths.config_channel()
-    candidate = channel / name if channel else None
-    if candidate is None or not candidate.is_file():
-        raise HyperparameterError(f"{name!r} is neither a preset nor a file in the `config` channel",
-                                  where="hyperparameter deepspeed",
-                                  fix=f"use one of {', '.join(PRESETS)}, or upload the JSON file in a `config` channel")
+    candidate = _config_file(name, channel)
     try:
         loaded = json.loads(candidate.read_text())
-    except json.JSONDecodeError as exc:
-        raise HyperparameterError(f"the DeepSpeed config is not valid JSON (line {exc.lineno}: {exc.msg})",
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        detail = f"line {exc.lineno}: {exc.msg}" if isinstance(exc, json.JSONDecodeError) else "not UTF-8 text"
+        raise HyperparameterError(f"the DeepSpeed config is not valid JSON ({detail})",
                                   where=str(candidate), fix="fix the JSON file") from None
+    if not isinstance(loaded, dict):
+        raise HyperparameterError(f"the DeepSpeed config must be a JSON object ({{...}}), not a {type(loaded).__name__}",
+                                  where=str(candidate), fix='write it as {"zero_optimization": {"stage": 2}, ...}')
     zero = loaded.get("zero_optimization") or {}
+    if not isinstance(zero, dict):
+        raise HyperparameterError(f"zero_optimization must be a JSON object, not a {type(zero).__name__}",
+                                  where=f"{candidate}: zero_optimization", fix='write it as {"stage": 2, ...}')
     if zero.get("stage") == 3 and not zero.get("stage3_gather_16bit_weights_on_model_save"):
         log.warning("%s: setting stage3_gather_16bit_weights_on_model_save=true so model/ holds real weights", candidate)
         zero["stage3_gather_16bit_weights_on_model_save"] = True
     return loaded
+
+
+def _config_file(name: str, channel):
+    """The named file inside the `config` channel; a name that leads outside it is refused."""
+    from pathlib import Path
+
+    fix = f"use one of {', '.join(PRESETS)}, or upload the JSON file in a `config` channel and give its name"
+    if Path(name).is_absolute() or ".." in Path(name).parts:
+        raise HyperparameterError(f"{name!r} points outside the `config` channel", where="hyperparameter deepspeed",
+                                  fix=f"{fix} relative to the channel, e.g. ds_config.json")
+    candidate = channel / name if channel else None
+    if candidate is None or not candidate.is_file():
+        raise HyperparameterError(f"{name!r} is neither a preset nor a file in the `config` channel",
+                                  where="hyperparameter deepspeed", fix=fix)
+    if not candidate.resolve().is_relative_to(channel.resolve()):  # a link to a file elsewhere
+        raise HyperparameterError(f"{name!r} resolves to {candidate.resolve()}, outside the `config` channel",
+                                  where="hyperparameter deepspeed", fix=f"{fix}: a regular file, not a link")
+    return candidate
 
 
 def zero_stage(ds_config: dict | None) -> int:

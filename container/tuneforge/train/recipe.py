@@ -210,8 +210,9 @@ class Recipe:
             output_dir=str(self.checkpoint_staging),
             num_train_epochs=cfg.epoch, max_steps=cfg.max_steps,
             per_device_train_batch_size=cfg.per_device_train_batch_size,
-            per_device_eval_batch_size=cfg.per_device_eval_batch_size,
+            per_device_eval_batch_size=cfg.eval_batch_size,
             gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+            train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",  # train/batching.py
             learning_rate=cfg.learning_rate, lr_scheduler_type=cfg.lr_scheduler_type,
             warmup_steps=cfg.warmup_steps if cfg.warmup_steps > 0 else cfg.warmup_ratio,
             weight_decay=cfg.weight_decay, adam_beta1=cfg.adam_beta1, adam_beta2=cfg.adam_beta2,
@@ -228,13 +229,14 @@ class Recipe:
             use_cpu=not has_cuda(), ddp_backend="gloo" if not has_cuda() and _world_size() > 1 else None,
             dataloader_num_workers=cfg.dataloader_num_workers, remove_unused_columns=False,
             report_to=[], disable_tqdm=True, include_num_input_tokens_seen="non_padding",
+            logging_nan_inf_filter=False,  # a NaN loss must show (FailOnNonFinite), not be averaged away
             deepspeed=self.ds_config, fsdp=fsdp, fsdp_config=fsdp_config,
         )
 
     def _trainer(self):
         from transformers import EarlyStoppingCallback, Seq2SeqTrainer, Trainer
 
-        from .callbacks import CommitCheckpoints, MetricLines, StopOnSignal
+        from .callbacks import CommitCheckpoints, FailOnNonFinite, MetricLines, StopOnSignal
         from .throughput import TokensSeen
 
         cfg = self.config
@@ -243,10 +245,15 @@ class Recipe:
         self.commit_callback = CommitCheckpoints(self.checkpoint_staging, self.paths.checkpoint_dir,
                                                  cfg.save_total_limit)
         self.tokens_seen = TokensSeen()
-        callbacks = [MetricLines(), self.stop_callback, self.commit_callback, self.tokens_seen]
+        callbacks = [MetricLines(), FailOnNonFinite(cfg.learning_rate), self.stop_callback, self.commit_callback,
+                     self.tokens_seen]
         if self.args.load_best_model_at_end and cfg.early_stopping_patience > 0:
             callbacks.append(EarlyStoppingCallback(cfg.early_stopping_patience, cfg.early_stopping_threshold))
-        trainer_class = Seq2SeqTrainer if self.loaded.seq2seq else Trainer
+        from .batching import describe, with_length_grouping
+
+        self.results["batching"] = describe(self.train_tokens.features, cfg.group_by_length,
+                                            cfg.per_device_train_batch_size, _world_size(), self.args.data_seed)
+        trainer_class = with_length_grouping(Seq2SeqTrainer if self.loaded.seq2seq else Trainer)
         return trainer_class(model=self.model, args=self.args, train_dataset=self.train_tokens.features,
                              eval_dataset=self.val_tokens.features if has_val else None,
                              data_collator=Collator(self.tokenizer.pad_token_id),
@@ -261,7 +268,13 @@ class Recipe:
         self.trainer = self._trainer()
         # what accelerate actually set up (NO, MULTI_CPU, MULTI_GPU, DEEPSPEED, FSDP), beside the plan
         self.results["distributed_type"] = self.trainer.accelerator.distributed_type.value
-        resume = common_latest_checkpoint(self.paths.checkpoint_dir)
+        from .resume import plan_resume, run_identity
+
+        self.commit_callback.identity = run_identity(self)  # recorded in each checkpoint's manifest
+        plan = plan_resume(self, self.commit_callback.identity)  # train/resume.py: compatible, weights-only
+        resume = plan.checkpoint
+        if plan.superseded:
+            self.results["checkpoints_superseded"] = plan.superseded
         if self.trainer.eval_dataset is not None and (self.ds_config or self.fsdp_active):
             # evaluate() before train() makes the Trainer build an inference engine that train()
             # then fails to turn into a training one (DeepSpeed) or wraps twice (FSDP)
@@ -271,8 +284,12 @@ class Recipe:
             before = self.trainer.evaluate(metric_key_prefix="eval_before")
             self.results["eval_loss_before"] = before["eval_before_loss"]
             self._generate_samples("before")
+            self._check_knowledge("before")
         if resume:
             log.info("resuming from %s", resume)
+        if plan.finished:
+            self._restore_finished(plan)
+            return
         start = time.time()
         output = self.trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         runtime = time.time() - start
@@ -290,6 +307,21 @@ class Recipe:
                             resumed_from=str(resume) if resume else None)
         if has_cuda() and self.results["train_tokens_per_second"]:
             self.results["mfu"] = self._mfu(self.results["train_tokens_per_second"])
+
+    def _restore_finished(self, plan) -> None:
+        """The checkpoint already reached max_steps: restore it (weights, state) without training."""
+        from .callbacks import AlreadyTrained, SkipTraining
+
+        self.trainer.add_callback(SkipTraining)
+        try:
+            self.trainer.train(resume_from_checkpoint=str(plan.checkpoint))
+        except AlreadyTrained:
+            pass
+        finally:
+            self.trainer.remove_callback(SkipTraining)
+        self.results.update(steps=plan.final_step, resumed_from=str(plan.checkpoint), train_loss=None,
+                            already_trained=f"the checkpoints had reached max_steps={self.config.max_steps}: "
+                                            "nothing was trained in this run")
 
     def _mfu(self, tokens_per_second: float) -> float | None:
         """Model FLOPs utilization over all GPUs of the job (train/throughput.py)."""
@@ -312,6 +344,7 @@ class Recipe:
             r["perplexity_before"] = M.perplexity(r.get("eval_loss_before"))
             r["perplexity"] = M.perplexity(r["eval_loss"])
             self._generate_samples("after")
+            self._check_knowledge("after")
         r["train_perplexity"] = M.perplexity(r.get("train_loss"))
         if is_main_process():
             for name in ("train_loss", "train_perplexity", "eval_loss", "perplexity", *M.ROUGE_KEYS):
@@ -348,7 +381,7 @@ class Recipe:
         model = self.trainer.accelerator.unwrap_model(self.trainer.model) if hasattr(self, "trainer") else self.model
         answers = M.generate(model, self.tokenizer, [p for p, _ in pairs], seq2seq=self.loaded.seq2seq,
                              max_new_tokens=self.config.max_output_length, max_input_length=self.max_len,
-                             batch_size=max(self.config.per_device_eval_batch_size, 8))
+                             batch_size=max(self.config.eval_batch_size, 8))
         model.train()
         if not is_main_process():
             return
@@ -358,8 +391,31 @@ class Recipe:
             self.samples = [{"prompt": p, "reference": ref, "before": a} for (p, ref), a in zip(pairs, answers)]
         else:
             self.results.update(scores)
-            for sample, answer in zip(self.samples or [{} for _ in pairs], answers):
+            if not self.samples:  # no "before" pass (DeepSpeed/FSDP: see eval_before_skipped)
+                self.samples = [{"prompt": p, "reference": ref, "before": None} for p, ref in pairs]
+            for sample, answer in zip(self.samples, answers):
                 sample["after"] = answer
+
+    def _check_knowledge(self, stage: str) -> None:
+        """The general-knowledge questions (train/knowledge.py), before and after training."""
+        from . import knowledge
+
+        if not self.config.knowledge_check or self._generation_ranks() == "skip":
+            return
+        if self._generation_ranks() == "main" and not is_main_process():
+            return
+        prompts = knowledge.prompts(self.tokenizer, self.data.prompt, self.data.format)
+        if prompts is None:
+            return
+        model = self.trainer.accelerator.unwrap_model(self.trainer.model)
+        answers = M.generate(model, self.tokenizer, prompts, seq2seq=self.loaded.seq2seq,
+                             max_new_tokens=knowledge.MAX_NEW_TOKENS, max_input_length=self.max_len,
+                             batch_size=max(self.config.eval_batch_size, 8))
+        model.train()
+        if is_main_process():
+            result = knowledge.score(answers)
+            self.results.setdefault("general_knowledge", {})[stage] = result
+            log.info("general knowledge %s training: %d of %d right", stage, result["right"], result["asked"])
 
     # ------------------------------------------------------------------ save
     def save(self) -> None:
@@ -392,6 +448,15 @@ class Recipe:
             (out / "log_history.json").write_text(json.dumps(history.log_history, indent=2) + "\n")
 
     def run(self) -> dict:
+        from .resume import weights_only_loads
+
+        try:
+            with weights_only_loads():  # checkpoints come from S3: no torch.load may run code (resume.py)
+                return self._run()
+        finally:
+            archives.cleanup()
+
+    def _run(self) -> dict:
         try:
             self.setup()
             if stopping.agreed():
@@ -407,12 +472,14 @@ class Recipe:
         except BaseException:
             self.writer.discard()
             raise
-        finally:
-            archives.cleanup()
         return self.results
 
 
 def _metric_summary(results: dict) -> dict:
     keys = ("train_loss", "eval_loss_before", "eval_loss", "perplexity_before", "perplexity", *M.ROUGE_KEYS,
             "steps", "epochs")
-    return {k: results[k] for k in keys if k in results and not (isinstance(results[k], float) and math.isnan(results[k]))}
+    summary = {k: results[k] for k in keys if k in results and not (isinstance(results[k], float) and math.isnan(results[k]))}
+    knowledge = {stage: r["score"] for stage, r in results.get("general_knowledge", {}).items()}
+    if knowledge:
+        summary["general_knowledge"] = knowledge
+    return summary

@@ -8,6 +8,9 @@ collective, so every rank takes part and rank 0 alone writes:
   (merging in place would need every base weight whole on one rank).
 Quantized (int8/4-bit) bases cannot absorb an adapter either: the adapter is merged into a
 fresh 16-bit copy of the base, the same way.
+
+Before anything is written, every floating-point weight about to be saved is checked: a model
+with a NaN or inf weight fails the job (naming the tensor) instead of being published.
 """
 
 from __future__ import annotations
@@ -16,12 +19,44 @@ import logging
 import tempfile
 from pathlib import Path
 
+import torch
+
+from ..errors import ResourceError
+from .artifacts import is_disk_full
+from .callbacks import NonFiniteError
+
 log = logging.getLogger(__name__)
+
+
+def check_finite(named_tensors, what: str = "model") -> None:
+    """Fail on the first floating-point tensor holding NaN or inf (model/ is then left untouched)."""
+    for name, tensor in named_tensors:
+        if not isinstance(tensor, torch.Tensor) or tensor.device.type == "meta" or not tensor.is_floating_point():
+            continue
+        finite = torch.isfinite(tensor.detach())
+        if not bool(finite.all()):
+            bad = int((~finite).sum())
+            raise NonFiniteError(
+                f"the trained {what} has non-finite weights: {name} holds {bad} of {tensor.numel()} values that are "
+                "NaN or inf; model/ was not written",
+                fix="training diverged: lower learning_rate, check the data, train in fp32 or bf16 rather than fp16, "
+                    "and make sure the base model's own weights are finite")
 
 
 def save_model(recipe, staging: Path | None) -> bool:
     """Write weights and tokenizer to `staging` (rank 0 passes it, others None); True when only an
-    adapter is saved."""
+    adapter is saved. A full disk becomes a ResourceError naming the folder."""
+    try:
+        return _save_model(recipe, staging)
+    except Exception as exc:
+        if staging is None or not is_disk_full(exc):
+            raise
+        raise ResourceError(f"no space left while writing the trained model ({str(exc).splitlines()[0]}); "
+                            "model/ was left as it was", where=str(recipe.paths.model_dir),
+                            fix="give the job more disk (VolumeSizeInGB on SageMaker) or free space there") from exc
+
+
+def _save_model(recipe, staging: Path | None) -> bool:
     cfg = recipe.config
     trainer = recipe.trainer
     model = trainer.accelerator.unwrap_model(trainer.model)
@@ -34,16 +69,19 @@ def save_model(recipe, staging: Path | None) -> bool:
         return adapter_only
     if state_dict is not None:
         state_dict = {k: v for k, v in state_dict.items()}
+        check_finite(state_dict.items())
         if not cfg.use_lora or adapter_only:
             model.save_pretrained(staging, state_dict=state_dict, safe_serialization=True)
         else:
             _merge_onto_fresh_base(recipe, model, staging, state_dict=state_dict)
     elif not cfg.use_lora or adapter_only:
+        check_finite(model.state_dict().items())
         model.save_pretrained(staging, safe_serialization=True)
     elif cfg.quantization != "none":
         _merge_onto_fresh_base(recipe, model, staging)
     else:
         merged = model.merge_and_unload()
+        check_finite(merged.state_dict().items(), "merged model")
         merged.save_pretrained(staging, safe_serialization=True)
     recipe.tokenizer.save_pretrained(staging)
     generation = getattr(model, "generation_config", None)
@@ -74,5 +112,6 @@ def _merge_onto_fresh_base(recipe, model, staging: Path, state_dict: dict | None
                 log.warning("%d gathered weights matched nothing in the fresh base (first: %s)",
                             len(result.unexpected_keys), result.unexpected_keys[0])
         merged = peft_model.merge_and_unload()
+        check_finite(merged.state_dict().items(), "merged model")
         merged.save_pretrained(staging, safe_serialization=True)
     log.info("merged the adapter into a fresh %s copy of the base", next(merged.parameters()).dtype)

@@ -1,0 +1,205 @@
+"""Which checkpoint a run resumes, and what it may load from it.
+
+/opt/ml/checkpoints is restored from the job's checkpoint S3 prefix, so its files are input that
+whoever can write that prefix controls (a digest kept beside them would be rewritten too).
+- Code: a pickle can run anything when loaded. Every torch.load in the training process is forced
+  to weights_only (TORCH_FORCE_WEIGHTS_ONLY_LOAD=1 wins even over DeepSpeed's explicit
+  weights_only=False), with the few plain classes DeepSpeed's own checkpoints hold allowed. The
+  chosen checkpoint is also scanned first: a file holding anything else fails the job, naming the
+  file and the objects, before anything is loaded. training_args.bin is never loaded on resume.
+- Compatibility: each manifest records what its run was made with (run_identity); a checkpoint
+  from a run with other settings is moved to checkpoints/superseded-<time>/ (kept, not deleted)
+  and this run starts fresh, with a warning naming the settings that differ.
+- Completion: a checkpoint that already reached max_steps is restored and not trained further.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import pickle
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import UserError
+from . import distributed as D
+from .checkpoints import common_latest_checkpoint, complete_checkpoints, read_manifest, step_of
+
+log = logging.getLogger(__name__)
+
+FORCE = "TORCH_FORCE_WEIGHTS_ONLY_LOAD"
+NEVER_LOADED = {"training_args.bin"}  # written by the Trainer for people, not read on resume
+PICKLED = (".pt", ".pth", ".bin", ".pkl")
+
+
+class CheckpointError(UserError):
+    """A checkpoint in /opt/ml/checkpoints holds something that must not be loaded."""
+
+
+def _safe_classes() -> list:
+    """Plain-data classes in the Trainer's and DeepSpeed's own checkpoints (found by saving real
+    ZeRO-2/ZeRO-3 checkpoints and loading them with weights_only=True)."""
+    import numpy as np
+    from deepspeed.runtime.fp16 import loss_scaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    np_core = getattr(np, "_core", None) or np.core
+    classes = [np_core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32)),  # RNG states
+               ZeroStageEnum, fragment_address]
+    classes += [getattr(loss_scaler, n) for n in ("LossScaler", "DynamicLossScaler") if hasattr(loss_scaler, n)]
+    return classes
+
+
+@contextlib.contextmanager
+def weights_only_loads():
+    """Every torch.load in this process loads tensors and plain data only, while the block runs
+    (processes started meanwhile inherit it)."""
+    import torch
+
+    saved = {k: os.environ.get(k) for k in (FORCE, "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")}
+    os.environ[FORCE] = "1"
+    os.environ.pop("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", None)  # both set is an error in torch
+    try:
+        torch.serialization.add_safe_globals(_safe_classes())
+    except ImportError:  # no DeepSpeed in this image: its classes cannot appear in a loadable checkpoint
+        pass
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def refused_objects(path: Path) -> list[str]:
+    """The globals a weights-only load of `path` would refuse ([] when it loads)."""
+    import torch
+    from torch.serialization import get_unsafe_globals_in_checkpoint
+
+    with contextlib.suppress(Exception):
+        return get_unsafe_globals_in_checkpoint(str(path))
+    try:  # not a zip checkpoint: try the real thing (weights-only, so it runs nothing)
+        torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        return [str(exc).strip().splitlines()[0]]
+    except Exception:  # noqa: BLE001 - not a pickle problem; the load itself will report it
+        return []
+    return []
+
+
+def check_loads_weights_only(folder: Path) -> None:
+    """Fail before loading anything when a file of the checkpoint holds code or other objects."""
+    for path in sorted(Path(folder).rglob("*")):
+        if path.suffix not in PICKLED or path.name in NEVER_LOADED or not path.is_file():
+            continue
+        refused = refused_objects(path)
+        if refused:
+            raise CheckpointError(
+                f"checkpoint file {path} holds code or objects that are not allowed in a checkpoint "
+                f"({', '.join(refused[:5])}); nothing was loaded from it",
+                fix=f"delete {folder} (here and under the job's checkpoint S3 prefix) to start without it, and "
+                    "check who can write that prefix: checkpoints may hold only tensors and plain data")
+
+
+# ---------------------------------------------------------------- what a checkpoint was made with
+def _digest(*chunks: bytes) -> str:
+    h = hashlib.sha256()
+    for chunk in chunks:
+        h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def data_fingerprint(features) -> str:
+    import numpy as np
+
+    h = hashlib.sha256()
+    for feature in features:
+        ids = np.asarray(feature["input_ids"], dtype=np.int64)
+        h.update(np.int64(ids.size).tobytes())
+        h.update(ids.tobytes())
+    return h.hexdigest()[:16]
+
+
+def run_identity(recipe) -> dict:
+    """What a checkpoint of this run depends on: resuming it under other values fails or trains
+    something else. World size matters only where the state is sharded (DeepSpeed, FSDP)."""
+    cfg = recipe.config
+    config_file = Path(recipe.base_path) / "config.json"
+    method = (f"lora r={cfg.lora_r} targets={cfg.target_modules or 'default'}" if cfg.use_lora else "full")
+    identity = {
+        "method": method,
+        "base_model": _digest(config_file.read_bytes()) if config_file.is_file() else str(recipe.base_path),
+        "train_from_scratch": bool(cfg.train_from_scratch),
+        "data": data_fingerprint(recipe.train_tokens.features),
+        # DDP and single-process checkpoints hold whole weights: either resumes the other
+        "engine": recipe.results.get("parallelism") if recipe.ds_config or recipe.fsdp_active else "plain",
+    }
+    if recipe.ds_config or recipe.fsdp_active:
+        identity["world_size"] = D.world_size()
+    return identity
+
+
+def differences(old: dict, new: dict) -> list[str]:
+    return [f"{k}: {old.get(k)!r} then, {new.get(k)!r} now" for k in new if k in old and old[k] != new[k]]
+
+
+# ---------------------------------------------------------------- the plan
+@dataclass
+class ResumePlan:
+    checkpoint: Path | None = None
+    finished: bool = False  # the checkpoint already reached max_steps: restore it, do not train
+    final_step: int | None = None
+    superseded: dict = field(default_factory=dict)
+
+
+def _trainer_state(folder: Path) -> dict:
+    try:
+        return json.loads((folder / "trainer_state.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _supersede(folder: Path, reasons: list[str]) -> Path:
+    """Move every checkpoint of the earlier run aside (this node's local rank 0; others wait)."""
+    target = folder / f"superseded-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+    if D.local_rank() == 0:
+        target.mkdir(parents=True, exist_ok=True)
+        for path in sorted(folder.iterdir()):
+            if path.is_dir() and step_of(path) is not None:
+                os.replace(path, target / path.name)
+    D.barrier()
+    log.warning("the checkpoints in %s were made with other settings (%s): this run starts fresh; they were moved "
+                "to %s (delete them when no longer needed)", folder, "; ".join(reasons), target)
+    return target
+
+
+def plan_resume(recipe, identity: dict) -> ResumePlan:
+    """Pick the checkpoint to resume (a collective: every rank calls it) and check it."""
+    folder = recipe.paths.checkpoint_dir
+    latest = common_latest_checkpoint(folder)
+    if latest is None:
+        return ResumePlan()
+    recorded = read_manifest(latest).get("identity")
+    reasons = differences(recorded, identity) if recorded else []
+    if reasons:
+        moved = _supersede(folder, reasons)
+        return ResumePlan(superseded={"moved_to": str(moved), "differences": reasons})
+    plan = ResumePlan(checkpoint=latest)
+    max_steps = recipe.config.max_steps
+    step = _trainer_state(latest).get("global_step", step_of(latest))
+    if max_steps > 0 and step >= max_steps:
+        plan.finished, plan.final_step = True, step
+        best = _trainer_state(latest).get("best_model_checkpoint")
+        if recipe.args.load_best_model_at_end and best and Path(best) in complete_checkpoints(folder):
+            plan.checkpoint = Path(best)  # what the finished run would have ended with
+        log.warning("%s already reached max_steps=%d: restoring %s and going straight to evaluation and saving "
+                    "(raise max_steps to train further)", latest, max_steps, plan.checkpoint)
+    check_loads_weights_only(plan.checkpoint)
+    return plan
