@@ -23,7 +23,7 @@ def test_settings_come_from_sagemaker_and_tuneforge_variables(tmp_path):
     assert settings.max_batch_size == 1 and settings.trust_remote_code is False
     assert settings.graceful_timeout < 30 and settings.request_deadline < 60
     options = config(settings.with_overrides(host="127.0.0.1"))
-    assert options["bind"] == ["127.0.0.1:9090"] and options["worker_class"] == "gthread"
+    assert options["bind"] == ["127.0.0.1:9090"] and options["worker_class"].__name__ == "TuneforgeWorker"
     assert options["workers"] == 2 and options["timeout"] == 120 and options["preload_app"] is False
     assert options["control_socket_disable"] is True
 
@@ -91,3 +91,71 @@ def test_n_sequences_and_per_request_lengths_in_one_batch(engine):
     for i, result in enumerate(results):
         assert [len(s.tokens) for s in result.sequences] == [3 + i] * 2
         assert [s.index for s in result.sequences] == [0, 1]
+
+
+def test_request_frame_finds_the_end_of_each_request():
+    from tuneforge.serve.worker import (COMPLETE, HEADERS_TOO_LARGE, MALFORMED, NEED_MORE, TOO_LARGE,
+                                        RequestFrame)
+
+    head = b"POST /invocations HTTP/1.1\r\nHost: x\r\n"
+    frame = RequestFrame(100)
+    assert frame.feed(head + b"Content-Length: 5\r\nExpect: 100-continue\r\n\r\nab") == NEED_MORE
+    assert frame.expect_continue and frame.waits_for_body
+    assert frame.feed(b"cdeGET /next") == COMPLETE and frame.end == len(frame.buf) - len(b"GET /next")
+    assert RequestFrame(100).feed(b"\r\nGET /ping HTTP/1.1\r\nHost: x\r\n\r\n") == COMPLETE  # no body
+    assert RequestFrame(100).feed(head + b"Content-Length: 101\r\n\r\n") == TOO_LARGE
+    chunked = RequestFrame(100)
+    assert chunked.feed(head + b"Transfer-Encoding: chunked\r\n\r\n4;ext=1\r\nabcd\r\n") == NEED_MORE
+    assert chunked.feed(b"0\r\nX-Trailer: 1\r\n") == NEED_MORE
+    assert chunked.feed(b"\r\n") == COMPLETE and chunked.end == len(chunked.buf)
+    assert RequestFrame(6).feed(head + b"Transfer-Encoding: chunked\r\n\r\n7\r\n") == TOO_LARGE
+    assert RequestFrame(100).feed(head + b"Transfer-Encoding: chunked\r\n\r\n0x4\r\nabcd\r\n") == MALFORMED
+    assert RequestFrame(100).feed(head + b"Transfer-Encoding: chunked\r\n\r\n2\r\nabcd\r\n") == MALFORMED
+    # framing gunicorn refuses from the headers alone goes to it at once, with no body wait
+    assert RequestFrame(100).feed(head + b"Content-Length: 5\r\nContent-Length: 6\r\n\r\n") == COMPLETE
+    assert RequestFrame(100).feed(head + b"Transfer-Encoding: gzip\r\n\r\n") == COMPLETE
+    assert RequestFrame(100).feed(head + b"X: " + b"a" * 70000) == HEADERS_TOO_LARGE
+
+
+BAD_VARIABLES = [
+    ("TUNEFORGE_DTYPE", "fp8", "one of auto, float32, bfloat16, float16, fp32, bf16, fp16"),
+    ("TUNEFORGE_REQUEST_DEADLINE", "nan", "a positive number"),
+    ("TUNEFORGE_MAX_BODY_MB", "inf", "a positive number"),
+    ("SAGEMAKER_BIND_TO_PORT", "70000", "an integer from 1 to 65535"),
+    ("SAGEMAKER_MODEL_SERVER_WORKERS", "0", "a positive integer"),
+    ("SAGEMAKER_CONTAINER_LOG_LEVEL", "verbose", "one of debug, info, warning, warn, error, critical"),
+    ("SAGEMAKER_BATCH", "maybe", "true or false"),
+    ("TUNEFORGE_TRUST_REMOTE_CODE", "perhaps", "true or false"),
+    ("TUNEFORGE_DEVICE", "tpu", "auto, cpu, cuda or cuda:N"),
+    ("TUNEFORGE_MAX_STOP_SEQUENCE_CHARS", "-1", "a positive integer"),
+    ("TUNEFORGE_REQUEST_READ_TIMEOUT", "soon", "a positive number"),
+]
+
+
+@pytest.mark.parametrize("var,value,allowed", BAD_VARIABLES, ids=[v[0] for v in BAD_VARIABLES])
+def test_a_bad_serving_variable_names_itself_its_value_and_the_allowed_values(var, value, allowed):
+    with pytest.raises(UserError) as caught:
+        ServeSettings.from_env({var: value})
+    assert str(caught.value).startswith(f"{var}={value!r} is not a valid value. Fix: set {var} to {allowed}")
+
+
+def test_serve_exits_at_start_on_a_bad_dtype(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, TUNEFORGE_DTYPE="fp8")
+    done = subprocess.run([sys.executable, "-m", "tuneforge.serve.server", "--model-dir", str(tmp_path), "--check"],
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.splitlines()[0] == ("serve: TUNEFORGE_DTYPE='fp8' is not a valid value. Fix: set TUNEFORGE_"
+                                           "DTYPE to one of auto, float32, bfloat16, float16, fp32, bf16, fp16")
+
+
+def test_dtype_aliases_and_zero_batch_wait_are_accepted():
+    settings = ServeSettings.from_env({"TUNEFORGE_DTYPE": "BF16", "TUNEFORGE_MAX_BATCH_WAIT_MS": "0",
+                                       "SAGEMAKER_CONTAINER_LOG_LEVEL": "30", "TUNEFORGE_DEVICE": "cuda:1"})
+    assert (settings.dtype, settings.max_batch_wait_ms, settings.log_level, settings.device) == \
+        ("bfloat16", 0.0, "warning", "cuda:1")
+    worker = config(settings)["worker_class"]
+    assert (worker.max_body, worker.read_timeout) == (settings.max_body_bytes, 30.0)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import sys
 import threading
 import time
@@ -19,7 +20,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from .engine import DeadlineExceeded, Engine, GenerationFailed, Overloaded
 from .metrics import ServeMetrics
-from .payloads import Invocation, Parser, PayloadError, invalid
+from .payloads import Invocation, Parser, PayloadError, invalid, lone_surrogate
 from .settings import ServeSettings
 
 log = logging.getLogger("tuneforge.serve")
@@ -28,6 +29,9 @@ JSON_TYPES = ("application/json", "text/json", "application/x-json")
 JSONLINES_TYPES = ("application/jsonlines", "application/jsonl", "application/x-jsonlines",
                    "application/json-lines", "application/x-ndjson")
 TEXT_TYPES = ("text/plain", "application/x-text")
+EVENT_STREAM = "text/event-stream"
+# Only a body holding a \uD800-\uDFFF escape can parse into a lone surrogate.
+SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 GENERATE_ROUTES = {"/invocations": "invocations", "/": "invocations", "/generate": "generate",
                    "/generate_stream": "generate_stream", "/v1/chat/completions": "chat",
                    "/v1/completions": "completion"}
@@ -156,8 +160,7 @@ def create_app(settings: ServeSettings | None = None, *, load: bool = False) -> 
 
     @app.errorhandler(RequestEntityTooLarge)
     def _too_large(exc):
-        return error_response(413, f"the request body is larger than {settings.max_body_mb:g} MB "
-                              "(SAGEMAKER_MAX_PAYLOAD_IN_MB / TUNEFORGE_MAX_BODY_MB)", "payload_too_large")
+        return error_response(413, settings.body_limit_message, "payload_too_large")
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):
@@ -187,23 +190,50 @@ def _generate_view(state: ServerState, route: str, bare: bool):
     def view():
         ready = _ready(state)
         invocations, lines = _parse_body(ready, route)
-        if len(invocations) == 1 and invocations[0].stream:
+        stream = len(invocations) == 1 and invocations[0].stream
+        answer = _answer_type(lines, stream)  # 406 before any compute is spent
+        if stream:
             return _stream(ready, invocations[0])
         results = _run(ready, invocations)
         bodies = [_render(ready, inv, res, bare) for inv, res in zip(invocations, results)]
         headers = _timing_headers(ready, invocations, results)
-        if lines:
-            text = "".join(json.dumps(b, ensure_ascii=False, separators=(",", ":")) + "\n" for b in bodies)
-            return Response(text, mimetype="application/jsonlines", headers=headers)
-        return _json(bodies[0], headers=headers)
+        if answer in JSON_TYPES:  # a JSON lines body asked for JSON gets the list of its answers
+            return _json(bodies if lines else bodies[0], headers=headers)
+        text = "".join(json.dumps(b, ensure_ascii=False, separators=(",", ":")) + "\n" for b in bodies)
+        return Response(text, headers=dict(headers, **{"Content-Type": answer}))
 
     return view
+
+
+def _answer_type(lines: bool, stream: bool) -> str:
+    """The response's content type, from the Accept header; 406 when none can be produced.
+
+    Absent and */* mean the default: JSON lines for a JSON lines body, else JSON, and events for
+    `stream: true`. A stream also goes to an Accept of application/json, as the openai client
+    sends that header on streaming calls too.
+    """
+    if stream:
+        offers, produced = [EVENT_STREAM, JSON_TYPES[0]], [EVENT_STREAM]
+    else:
+        json_first = [JSON_TYPES[0], *JSONLINES_TYPES]
+        offers = produced = [*JSONLINES_TYPES, JSON_TYPES[0]] if lines else json_first
+    accept = request.accept_mimetypes
+    if not accept:
+        return produced[0]
+    best = accept.best_match(offers)
+    if best is None:
+        raise PayloadError(406, f"cannot answer with Accept: {request.headers.get('Accept')}; this request can be "
+                           f"answered as {', '.join(produced)}", "not_acceptable")
+    return EVENT_STREAM if stream else best
 
 
 def _parse_body(state: ServerState, route: str) -> tuple[list[Invocation], bool]:
     """Content type -> Invocations; the bool says the answer is JSON lines."""
     mimetype = (request.mimetype or "application/json").lower()
-    raw = request.get_data(cache=False)  # raises 413 past MAX_CONTENT_LENGTH
+    if request.content_length is None and "chunked" not in request.headers.get("Transfer-Encoding", "").lower():
+        raw = b""  # no length and not chunked: no body (RFC 9112 6.3); never read to EOF
+    else:
+        raw = request.get_data(cache=False)  # raises 413 past MAX_CONTENT_LENGTH
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
@@ -239,10 +269,19 @@ def _parse_body(state: ServerState, route: str) -> tuple[list[Invocation], bool]
 
 def _loads(text: str, where: str):
     try:
-        return json.loads(text)
+        document = json.loads(text)
     except json.JSONDecodeError as exc:
         raise PayloadError(400, f"{where}malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
                            "malformed_json") from None
+    except RecursionError:
+        raise PayloadError(400, f"{where}malformed JSON: nested too deeply (more than about "
+                           f"{sys.getrecursionlimit()} levels of arrays and objects)", "malformed_json") from None
+    if SURROGATE_ESCAPE.search(text):
+        path = lone_surrogate(document)
+        if path is not None:
+            raise invalid(f"{where}`{path}` holds a lone UTF-16 surrogate escape (\\uD800-\\uDFFF), which is not "
+                          "text; send a complete surrogate pair or the character itself in UTF-8")
+    return document
 
 
 def _run(state: ServerState, invocations: list[Invocation]):
@@ -260,13 +299,12 @@ def _run(state: ServerState, invocations: list[Invocation]):
         try:
             for req in flat[start:start + wave]:
                 jobs.append(state.engine.submit(req))
-        except Overloaded:
             for job in jobs:
-                job.cancelled = True
+                left = job.request.deadline - time.monotonic() if job.request.deadline else None
+                answers.append(job.wait(None if left is None else max(0.0, left) + 1.0))
+        except BaseException:
+            state.engine.withdraw(jobs)  # 429, deadline or error: none of this wave is wanted now
             raise
-        for job in jobs:
-            left = job.request.deadline - time.monotonic() if job.request.deadline else None
-            answers.append(job.wait(None if left is None else max(0.0, left) + 1.0))
     results, at = [], 0
     for inv in invocations:
         results.append(answers[at:at + len(inv.requests)])

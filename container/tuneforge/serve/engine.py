@@ -184,6 +184,15 @@ class Engine:
         self.metrics.input_tokens.inc(len(request.prompt_ids))
         return job
 
+    def withdraw(self, jobs) -> None:
+        """Cancel jobs whose caller gave up (deadline, error); waiting ones leave the queue at
+        once, so a request that was already answered 503 does not hold a slot (429 for others)."""
+        with self._cond:
+            for job in jobs:
+                job.cancelled = True
+                if job in self._waiting:
+                    self._waiting.remove(job)
+
     def queue_depth(self) -> int:
         return len(self._waiting)
 

@@ -1,7 +1,9 @@
 """gunicorn settings and hooks for `serve`, built from ServeSettings.
 
-- gthread workers: one process per model copy, a thread per in-flight request; the batching
-  engine inside the worker turns those threads' requests into shared generate calls.
+- gthread workers (worker.py's ReadFirstWorker): one process per model copy, a thread per
+  in-flight request, each request read whole by the worker's event loop before a thread gets it
+  (slow clients cost no thread); the batching engine turns the threads' requests into shared
+  generate calls.
 - No preload: the app, and with it the model, is created in the worker after fork.
 - graceful_timeout below SageMaker's 30 s SIGTERM->SIGKILL window, so in-flight requests end
   before the kill.
@@ -12,6 +14,7 @@ from __future__ import annotations
 import os
 
 from .settings import ServeSettings
+from .worker import worker_class
 
 WORKER_BOOT_ERROR = 3  # gunicorn's Arbiter halts the whole server on this worker exit code
 KEEPALIVE_S = 60  # SageMaker's front end reuses connections; do not drop them after 2 s
@@ -48,7 +51,8 @@ def config(settings: ServeSettings) -> dict:
     options = {
         "bind": [bind_address(settings.host, settings.port)],
         "workers": settings.workers,
-        "worker_class": "gthread",
+        "worker_class": worker_class(settings.max_body_bytes, settings.request_read_timeout,
+                                     settings.body_limit_message),
         "threads": settings.threads,
         "worker_connections": max(1000, 2 * settings.threads),
         "timeout": settings.timeout,

@@ -13,6 +13,8 @@ the same path training used, so the model is asked the way it was taught.
 
 from __future__ import annotations
 
+import math
+import re
 import time
 from dataclasses import dataclass, field
 
@@ -20,6 +22,7 @@ from ..prompt import encode_prompt, render_chat, template_fields
 from .engine import GenerationRequest, Sampling
 
 MAX_SEED = (1 << 64) - 1
+_SURROGATE = re.compile("[\ud800-\udfff]")
 CHAT_ROLES = ("system", "user", "assistant")
 # TGI parameters that clients send and this server does not implement: accepted when unset.
 TGI_UNSUPPORTED = ("typical_p", "watermark", "top_n_tokens", "grammar", "adapter_id", "frequency_penalty")
@@ -262,7 +265,7 @@ class Parser:
                           f"prompt (the model holds {loaded.max_total_tokens or 'unbounded'} tokens, the server "
                           f"allows {settings.max_new_tokens} new ones), got {asked}")
         max_new = asked if asked is not None else min(loaded.default_max_new_tokens, room)
-        stop = _stop(params, prefix, settings.max_stop_sequences)
+        stop = _stop(params, prefix, settings.max_stop_sequences, settings.max_stop_sequence_chars)
         deadline = None if stream else time.monotonic() + settings.request_deadline
         return GenerationRequest(ids, max_new, sampling, stop, n, stream, deadline)
 
@@ -368,7 +371,7 @@ def _bool(params: dict, name: str, default: bool, prefix: str) -> bool:
     if value is None:
         return default
     if not isinstance(value, bool):
-        raise invalid(f"`{prefix}{name}` must be true or false, got {value!r}")
+        raise invalid(f"`{prefix}{name}` must be true or false, got {_show(value)}")
     return value
 
 
@@ -380,7 +383,7 @@ def _int(params: dict, name: str, low: int, high: int | None, default, prefix: s
         value = int(value)
     span = f"between {low} and {high}" if high is not None else f"at least {low}"
     if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
-        raise invalid(f"`{prefix}{name}` must be an integer {span}, got {value!r}")
+        raise invalid(f"`{prefix}{name}` must be an integer {span}, got {_show(value)}")
     return value
 
 
@@ -389,22 +392,62 @@ def _float(params: dict, name: str, low: float, high: float, default: float, pre
     value = params.get(name)
     if value is None:
         return default
+    bracket = "(" if open_low else "["
+    span = f"{bracket}{low:g}, {high:g}]"
+    if isinstance(value, float) and not math.isfinite(value):  # json reads NaN, Infinity, -Infinity
+        raise invalid(f"`{prefix}{name}` must be a finite number in {span}, got {value!r}")
     bad = isinstance(value, bool) or not isinstance(value, (int, float))
     if not bad:
         bad = value < low or (open_low and value == low) or value > high
     if bad:
-        bracket = "(" if open_low else "["
-        raise invalid(f"`{prefix}{name}` must be a number in {bracket}{low:g}, {high:g}], got {value!r}")
+        raise invalid(f"`{prefix}{name}` must be a number in {span}, got {_show(value)}")
     return float(value)
 
 
-def _stop(params: dict, prefix: str, most: int) -> tuple[str, ...]:
+def _stop(params: dict, prefix: str, most: int, longest: int) -> tuple[str, ...]:
+    """A string or a list of non-empty strings; an empty list means no stop sequence."""
     value = params.get("stop")
     if value is None:
         return ()
     items = [value] if isinstance(value, str) else value
     if not isinstance(items, list) or not all(isinstance(s, str) and s for s in items):
-        raise invalid(f"`{prefix}stop` must be a list of non-empty strings")
+        raise invalid(f"`{prefix}stop` must be a non-empty string or a list of non-empty strings")
     if len(items) > most:
-        raise invalid(f"`{prefix}stop` holds {len(items)} sequences; at most {most} are allowed")
+        raise invalid(f"`{prefix}stop` holds {len(items)} sequences; at most {most} are allowed "
+                      "(TUNEFORGE_MAX_STOP_SEQUENCES)")
+    for i, item in enumerate(items):
+        if len(item) > longest:
+            where = f"{prefix}stop" if isinstance(value, str) else f"{prefix}stop[{i}]"
+            raise invalid(f"`{where}` is {len(item)} characters long; a stop sequence may have at most "
+                          f"{longest} (TUNEFORGE_MAX_STOP_SEQUENCE_CHARS)")
     return tuple(items)
+
+
+def _show(value, most: int = 60) -> str:
+    """repr for an error message, cut short: a 6 MB value must not come back in the answer."""
+    try:
+        text = repr(value)
+    except RecursionError:  # a deeply nested list or object
+        return f"a deeply nested {type(value).__name__}"
+    return text if len(text) <= most else text[:most] + f"... ({len(text)} characters)"
+
+
+def lone_surrogate(document) -> str | None:
+    """Where a parsed JSON document holds a lone UTF-16 surrogate (`"\\ud800"`), e.g.
+    `messages[0].content`; None when it holds none. Python's json accepts them, but they are not
+    text: tokenizers and the UTF-8 answer would fail on them. Iterative, for any depth."""
+    stack = [(document, "")]
+    while stack:
+        value, where = stack.pop()
+        if isinstance(value, str):
+            if _SURROGATE.search(value):
+                return where or "body"
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                path = f"{where}.{key}" if where else str(key)
+                if _SURROGATE.search(key):
+                    return path
+                stack.append((item, path))
+        elif isinstance(value, list):
+            stack.extend((item, f"{where}[{i}]") for i, item in enumerate(value))
+    return None

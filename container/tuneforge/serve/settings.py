@@ -7,6 +7,7 @@ docs/serving.md lists the same table; keep the two in step.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -47,6 +48,9 @@ class ServeSettings:
     max_queue: int = 128
     # SAGEMAKER_MAX_PAYLOAD_IN_MB or TUNEFORGE_MAX_BODY_MB: larger bodies get 413.
     max_body_mb: float = 6.0
+    # TUNEFORGE_REQUEST_READ_TIMEOUT: a request (headers and body) must arrive within this many
+    # seconds of its first byte, else 408; also bounds a stalled write to a client.
+    request_read_timeout: float = 30.0
     # TUNEFORGE_MAX_INPUT_TOKENS: longest prompt accepted; default the model's context - 1.
     max_input_tokens: int | None = None
     # TUNEFORGE_MAX_NEW_TOKENS: largest max_new_tokens a request may ask for.
@@ -56,6 +60,8 @@ class ServeSettings:
     default_max_new_tokens: int | None = None
     # TUNEFORGE_MAX_STOP_SEQUENCES: as TGI's MAX_STOP_SEQUENCES.
     max_stop_sequences: int = 4
+    # TUNEFORGE_MAX_STOP_SEQUENCE_CHARS: longest stop sequence (each is matched after every token).
+    max_stop_sequence_chars: int = 256
     # TUNEFORGE_MAX_RETURN_SEQUENCES: bound on n / num_return_sequences.
     max_return_sequences: int = 8
     # TUNEFORGE_MAX_CLIENT_BATCH: most prompts in one JSON request's list (JSON lines bodies,
@@ -82,6 +88,11 @@ class ServeSettings:
     def max_body_bytes(self) -> int:
         return int(self.max_body_mb * 1024 * 1024)
 
+    @property
+    def body_limit_message(self) -> str:
+        return (f"the request body is larger than {self.max_body_mb:g} MB "
+                "(SAGEMAKER_MAX_PAYLOAD_IN_MB / TUNEFORGE_MAX_BODY_MB)")
+
     @classmethod
     def from_env(cls, environ: dict | None = None) -> "ServeSettings":
         env = os.environ if environ is None else environ
@@ -93,8 +104,10 @@ class ServeSettings:
                     break
         if "model_dir" not in values:
             values["model_dir"] = serving_model_dir()
-        if "request_deadline" not in values and env.get("SAGEMAKER_BATCH", "").lower() == "true":
-            values["request_deadline"] = BATCH_DEADLINE_S
+        values.setdefault("port", 8080)  # SAGEMAKER_BIND_TO_PORT is read above, from `env`
+        batch = env.get("SAGEMAKER_BATCH", "")
+        if batch.strip() and _bool(batch.strip().strip('"'), "SAGEMAKER_BATCH", batch):
+            values.setdefault("request_deadline", BATCH_DEADLINE_S)
         return cls(**values)
 
     def with_overrides(self, **overrides) -> "ServeSettings":
@@ -116,10 +129,12 @@ ENV_NAMES: dict[str, tuple[str, ...]] = {
     "max_batch_tokens": ("TUNEFORGE_MAX_BATCH_TOKENS",),
     "max_queue": ("TUNEFORGE_MAX_QUEUE",),
     "max_body_mb": ("SAGEMAKER_MAX_PAYLOAD_IN_MB", "TUNEFORGE_MAX_BODY_MB"),
+    "request_read_timeout": ("TUNEFORGE_REQUEST_READ_TIMEOUT",),
     "max_input_tokens": ("TUNEFORGE_MAX_INPUT_TOKENS",),
     "max_new_tokens": ("TUNEFORGE_MAX_NEW_TOKENS",),
     "default_max_new_tokens": ("TUNEFORGE_DEFAULT_MAX_NEW_TOKENS",),
     "max_stop_sequences": ("TUNEFORGE_MAX_STOP_SEQUENCES",),
+    "max_stop_sequence_chars": ("TUNEFORGE_MAX_STOP_SEQUENCE_CHARS",),
     "max_return_sequences": ("TUNEFORGE_MAX_RETURN_SEQUENCES",),
     "max_client_batch": ("TUNEFORGE_MAX_CLIENT_BATCH",),
     "torch_threads": ("TUNEFORGE_TORCH_THREADS",),
@@ -133,37 +148,68 @@ ENV_NAMES: dict[str, tuple[str, ...]] = {
 }
 
 BATCH_DEADLINE_S = 590.0  # Batch Transform's default InvocationsTimeoutInSeconds is 600
-_TYPES = {f.name: f.type for f in fields(ServeSettings)}
-_LOG_LEVELS = {"10": "debug", "20": "info", "30": "warning", "40": "error", "50": "critical"}
+_TYPES = {f.name: str(f.type) for f in fields(ServeSettings)}
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+# Settings with a fixed set of values: accepted spelling -> value.
+_CHOICES = {
+    "dtype": {"auto": "auto", "float32": "float32", "bfloat16": "bfloat16", "float16": "float16",
+              "fp32": "float32", "bf16": "bfloat16", "fp16": "float16"},
+    "log_level": {"debug": "debug", "info": "info", "warning": "warning", "warn": "warning", "error": "error",
+                  "critical": "critical", "10": "debug", "20": "info", "30": "warning", "40": "error",
+                  "50": "critical"},
+}
+# Numbers whose range is not "positive": (lowest, highest), both inclusive.
+_RANGES = {"port": (1, 65535), "max_batch_wait_ms": (0, 60_000)}
 
 
 def _coerce(name: str, raw: str, var: str):
-    kind = str(_TYPES[name])
-    text = raw.strip().strip('"')
-    try:
-        if "Path" in kind:
-            return Path(text)
-        if kind.startswith("bool"):
-            if text.lower() in ("1", "true", "yes", "on"):
-                return True
-            if text.lower() in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(text)
-        if kind.startswith("int"):
-            value = int(text)
-            if value < 1:
-                raise ValueError(text)
-            return value
-        if kind.startswith("float"):
-            value = float(text)
-            if value <= 0:
-                raise ValueError(text)
-            return value
-    except ValueError:
-        raise UserError(f"{var}={raw!r} is not a valid value",
-                        fix=f"set {var} to a positive {kind.split(' ')[0]}") from None
-    if name == "log_level":
-        return _LOG_LEVELS.get(text, text.lower())
-    if name == "device" and text not in ("auto", "cpu", "cuda") and not text.startswith("cuda:"):
-        raise UserError(f"{var}={raw!r} is not a device", fix=f"set {var} to auto, cpu or cuda")
+    """One environment value -> the setting's type; a UserError naming the variable, the value and
+    what is allowed otherwise, so `serve` stops at start instead of a worker failing later."""
+    kind = _TYPES[name]
+    text = raw.strip().strip('"').strip()
+    if "Path" in kind:
+        return Path(text)
+    if kind.startswith("bool"):
+        return _bool(text, var, raw)
+    if kind.startswith(("int", "float")):
+        return _number(name, text, int if kind.startswith("int") else float, var, raw)
+    if name in _CHOICES:
+        value = _CHOICES[name].get(text.lower())
+        if value is None:
+            raise _invalid(var, raw, "one of " + ", ".join(dict.fromkeys(_CHOICES[name])))
+        return value
+    if name == "device":
+        if text in ("auto", "cpu", "cuda") or (text.startswith("cuda:") and text[5:].isdigit()):
+            return text
+        raise _invalid(var, raw, "auto, cpu, cuda or cuda:N (a GPU index)")
+    if not text:
+        raise _invalid(var, raw, "a non-empty value")
     return text
+
+
+def _invalid(var: str, raw: str, allowed: str) -> UserError:
+    return UserError(f"{var}={raw!r} is not a valid value", fix=f"set {var} to {allowed}")
+
+
+def _bool(text: str, var: str, raw: str) -> bool:
+    if text.lower() in _TRUE:
+        return True
+    if text.lower() in _FALSE:
+        return False
+    raise _invalid(var, raw, "true or false")
+
+
+def _number(name: str, text: str, kind, var: str, raw: str):
+    low, high = _RANGES.get(name, (None, None))
+    if kind is int:
+        span = f"an integer from {low} to {high}" if low is not None else "a positive integer"
+    else:
+        span = f"a number from {low:g} to {high:g}" if low is not None else "a positive number"
+    try:
+        value = kind(text)
+    except ValueError:
+        raise _invalid(var, raw, span) from None
+    if not math.isfinite(value) or (low is None and value <= 0) or \
+            (low is not None and not low <= value <= high):
+        raise _invalid(var, raw, span)
+    return value
