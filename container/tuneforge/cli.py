@@ -1,4 +1,4 @@
-"""`tuneforge train|serve|tiny-model|sample-data|hyperparameters`; `serve` console script."""
+"""`tuneforge train|serve|convert|tiny-model|sample-data|hyperparameters`; `serve` console script."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 def _train(args) -> int:
     from .train.launcher import run
 
-    return run(args.base_dir)
+    return run(args.base_dir, isolate=True)
 
 
 def _serve(args, rest: list[str]) -> int:
@@ -34,6 +34,13 @@ def _sample_data(args) -> int:
 
     for name, folder in write_sample_data(args.kind, Path(args.output), n_train=args.rows).items():
         print(f"{name}: {folder}")
+    return 0
+
+
+def _convert(args) -> int:
+    from .gguf import convert_gguf
+
+    print(convert_gguf(Path(args.gguf), Path(args.output)))
     return 0
 
 
@@ -68,6 +75,10 @@ def parser() -> argparse.ArgumentParser:
     sample.add_argument("--rows", type=int, default=320)
     sample.add_argument("--output", required=True)
     sample.set_defaults(func=_sample_data)
+    convert = sub.add_parser("convert", help="write a Hugging Face safetensors folder from a .gguf file")
+    convert.add_argument("--gguf", required=True, help="the .gguf file (dequantized to float32)")
+    convert.add_argument("--output", required=True, help="the folder to write")
+    convert.set_defaults(func=_convert)
     hps = sub.add_parser("hyperparameters", help="print the hyperparameter reference")
     hps.add_argument("--markdown", action="store_true", help="with a document header")
     hps.set_defaults(func=_hyperparameters)

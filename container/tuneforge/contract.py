@@ -225,6 +225,7 @@ METRIC_DEFINITIONS = [
     {"Name": "final:rouge2", "Regex": r"\[metric\] final_rouge2=([0-9.]+)"},
     {"Name": "final:rougeL", "Regex": r"\[metric\] final_rougeL=([0-9.]+)"},
     {"Name": "final:rougeLsum", "Regex": r"\[metric\] final_rougeLsum=([0-9.]+)"},
+    {"Name": "final:exact_match", "Regex": r"\[metric\] final_exact_match=([0-9.]+)"},
     # JumpStart's own definitions for its Llama fine-tuning keep working:
     {"Name": "huggingface-textgeneration:eval-loss", "Regex": r"eval_epoch_loss=tensor\(([0-9\.]+)"},
     {"Name": "huggingface-textgeneration:eval-ppl", "Regex": r"eval_ppl=tensor\(([0-9\.]+)"},

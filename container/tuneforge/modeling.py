@@ -29,8 +29,9 @@ class Loaded:
 
 
 def find_model_root(folder: Path, extract_to: Path | None = None) -> Path:
-    """The folder holding config.json: the channel itself, a sub-folder, or an extracted tarball
-    (extracted under `extract_to`, on the job's own volume; see archives.py)."""
+    """The folder holding config.json: the channel itself, a sub-folder, an extracted tarball or a
+    converted GGUF file (both written under `extract_to`, on the job's own volume; see
+    archives.py and gguf.py)."""
     folder = Path(folder)
     if (folder / "config.json").exists():
         return folder
@@ -42,11 +43,19 @@ def find_model_root(folder: Path, extract_to: Path | None = None) -> Path:
         from .archives import extract_model_archive
 
         return find_model_root(extract_model_archive(tarballs[0], extract_to))
+    from .gguf import convert_gguf, find_gguf
+
+    gguf_file = find_gguf(folder)
+    if gguf_file is not None and extract_to is not None:
+        from .archives import process_folder
+
+        return convert_gguf(gguf_file, process_folder(extract_to))
     if len(tarballs) > 1:
         raise ModelError(f"{len(tarballs)} archives found ({', '.join(t.name for t in tarballs)})", where=str(folder),
                          fix="put exactly one model archive (or one extracted model folder) in the model channel")
     raise ModelError("no config.json found", where=str(folder),
-                     fix="put a Hugging Face model folder (config.json, *.safetensors, tokenizer) in the model channel")
+                     fix="put a Hugging Face model folder (config.json, *.safetensors, tokenizer), a model.tar.gz "
+                         "of one, or one .gguf file in the model channel")
 
 
 def resolve_base_model(paths, config) -> Path:

@@ -14,6 +14,7 @@ import torch
 from ..prompt import encode_prompt, render_chat
 
 ROUGE_KEYS = ("rouge1", "rouge2", "rougeL", "rougeLsum")
+SCORE_KEYS = (*ROUGE_KEYS, "exact_match")
 
 
 def perplexity(loss: float | None) -> float | None:
@@ -68,7 +69,8 @@ def generate(model, tokenizer, prompts: list[str], *, seq2seq: bool, max_new_tok
 
 
 def rouge(predictions: list[str], references: list[str]) -> dict[str, float]:
-    """Mean ROUGE F-measures (stemmed), as Autopilot reports them."""
+    """Mean ROUGE F-measures (stemmed), as Autopilot reports them, and the share of answers equal
+    to their reference (exact_match: case and surrounding space ignored)."""
     from rouge_score import rouge_scorer
 
     if not predictions:
@@ -80,4 +82,7 @@ def rouge(predictions: list[str], references: list[str]) -> dict[str, float]:
         scores = scorer.score(reference, prediction)
         for key in ROUGE_KEYS:
             totals[key] += scores[key].fmeasure
-    return {key: totals[key] / len(predictions) for key in ROUGE_KEYS}
+    scores = {key: totals[key] / len(predictions) for key in ROUGE_KEYS}
+    same = [p.strip().lower() == r.strip().lower() for p, r in zip(predictions, references)]
+    scores["exact_match"] = sum(same) / len(same)
+    return scores

@@ -347,7 +347,7 @@ class Recipe:
             self._check_knowledge("after")
         r["train_perplexity"] = M.perplexity(r.get("train_loss"))
         if is_main_process():
-            for name in ("train_loss", "train_perplexity", "eval_loss", "perplexity", *M.ROUGE_KEYS):
+            for name in ("train_loss", "train_perplexity", "eval_loss", "perplexity", *M.SCORE_KEYS):
                 if isinstance(r.get(name), (int, float)):
                     M.print_metric(f"final_{name}", r[name])
             if "eval_loss" in r:  # the line JumpStart's Llama metric definitions match
@@ -476,7 +476,7 @@ class Recipe:
 
 
 def _metric_summary(results: dict) -> dict:
-    keys = ("train_loss", "eval_loss_before", "eval_loss", "perplexity_before", "perplexity", *M.ROUGE_KEYS,
+    keys = ("train_loss", "eval_loss_before", "eval_loss", "perplexity_before", "perplexity", *M.SCORE_KEYS,
             "steps", "epochs")
     summary = {k: results[k] for k in keys if k in results and not (isinstance(results[k], float) and math.isnan(results[k]))}
     knowledge = {stage: r["score"] for stage, r in results.get("general_knowledge", {}).items()}

