@@ -1,14 +1,24 @@
 #!/usr/bin/env python
-"""Training throughput and peak memory: tuneforge's recipe vs a plain Hugging Face Trainer loop.
+"""Training throughput: tuneforge vs TRL's SFTTrainer (default, and packing=True) vs a plain
+Hugging Face Trainer with group_by_length, on the same model, rows and settings, in one run.
 
-Same tiny model, same tokenized data (tuneforge's tokenizer path, so both see the same tokens),
-same batch size, learning rate, epochs and seed, on this machine, in one run; each side runs in
-its own process so its peak resident memory is its own. tuneforge does what a job does: data
-report, baseline and final evaluation, ROUGE generations, a resumable checkpoint each epoch, the
-merged model and metrics. The peer only trains (no evaluation, no checkpoints) and is timed
-around trainer.train(); so is tuneforge (train_runtime_s), plus each side's whole-process wall time.
+Model: a random Llama (hidden 512, 8 layers, 8 heads, MLP 1376, vocab of the tiny offline
+tokenizer, ~26 M parameters) saved with that tokenizer. Rows: Dolly-style instruction rows with
+realistic length variance (prompts 20-400 tokens, answers 5-200, skewed short). Settings: batch
+8, max length 1024, 1 epoch, fp32, learning rate 1e-4, linear schedule, no evaluation, no ROUGE,
+no gradient checkpointing (TRL's default turns it on; here every side runs without it).
 
-    .venv/bin/python scripts/bench_train.py [--family llama] [--epochs 3] [--rows 320] [--lora]
+Each side runs in its own process, one after the other, so its peak RSS (wait4) is its own:
+- tuneforge: the real job (`tuneforge.train.launcher.run` on a temporary /opt/ml tree), which also
+  writes its end-of-epoch resumable checkpoint inside the timed loop and the model afterwards;
+- trl: SFTTrainer on a prompt/completion dataset of the same rendered prompts and answers;
+- trl_packed: the same with packing=True (TRL's default "bfd" packing, padding-free);
+- hf_grouped: transformers.Trainer with train_sampling_strategy="group_by_length" on tuneforge's
+  token ids and collator.
+Real tokens/s = non-padding input tokens trained / time inside trainer.train(); padding share =
+padding positions / all positions fed to the model.
+
+    .venv/bin/python scripts/bench_train.py [--lora] [--rows 480] [--sides tuneforge,trl,...]
 """
 
 from __future__ import annotations
@@ -17,6 +27,8 @@ import argparse
 import json
 import os
 import platform
+import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -26,133 +38,231 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "container"))
 
-
-def _hyperparameters(args) -> dict:
-    return {"instruction_tuned": "True", "peft_type": "lora" if args.lora else "none", "epoch": str(args.epochs),
-            "per_device_train_batch_size": str(args.batch), "learning_rate": "0.003", "seed": "10",
-            "rouge_samples": "8", "max_output_length": "16", "logging_steps": "50", "early_stopping_patience": "0",
-            "dataloader_num_workers": "0"}
+SIDES = ("tuneforge", "trl", "trl_packed", "hf_grouped")
+BATCH, MAX_LEN, LR, SEED = 8, 1024, 1e-4, 10
+TEMPLATE = {"prompt": "{instruction}", "completion": "{response}"}
 
 
-def _prepare(args, root: Path) -> Path:
-    from tuneforge.samples import write_sample_data
-    from tuneforge.tiny import tiny_model
+# ------------------------------------------------------------------ shared inputs
+def build_model(out: Path) -> Path:
+    import torch
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
-    base = root / "opt" / "ml"
-    (base / "input" / "config").mkdir(parents=True)
-    (base / "input" / "config" / "hyperparameters.json").write_text(json.dumps(_hyperparameters(args)))
-    import shutil
+    from tuneforge.tiny import build_tokenizer
 
-    shutil.copytree(tiny_model(args.family), base / "input" / "data" / "model")
-    staged = write_sample_data("instruction", root / "staging", n_train=args.rows)
-    shutil.move(str(staged["train"]), base / "input" / "data" / "train")
-    shutil.move(str(staged["validation"]), base / "input" / "data" / "validation")
-    return base
+    tokenizer = build_tokenizer()
+    tokenizer.model_max_length = 2048
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=512, num_hidden_layers=8, num_attention_heads=8,
+                         num_key_value_heads=8, intermediate_size=1376, max_position_embeddings=2048,
+                         tie_word_embeddings=False, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    model.generation_config = GenerationConfig(pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    return out
 
 
-def run_tuneforge(base: Path) -> dict:
+def write_rows(model_dir: Path, channel: Path, rows: int) -> None:
+    """Instruction rows whose prompt and answer token counts follow a skewed spread (most short,
+    some long), as in Dolly-style data."""
+    from transformers import AutoTokenizer
+
+    from tuneforge.samples import WORDS
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    rng = random.Random(1)
+
+    def text(tokens: int) -> str:
+        words = [rng.choice(WORDS) for _ in range(tokens * 2)]
+        ids = tokenizer(" ".join(words), add_special_tokens=False)["input_ids"][:tokens]
+        return tokenizer.decode(ids).strip()
+
+    channel.mkdir(parents=True)
+    with open(channel / "data.jsonl", "w") as handle:
+        for _ in range(rows):
+            prompt, answer = int(20 + 380 * rng.random() ** 2), int(5 + 195 * rng.random() ** 2)
+            handle.write(json.dumps({"instruction": text(prompt), "response": text(answer)}) + "\n")
+    (channel / "template.json").write_text(json.dumps(TEMPLATE))
+
+
+class CountingCollator:
+    """Counts real and padded positions of what the model is fed."""
+
+    def __init__(self, inner, pad_id: int):
+        self.inner, self.pad_id = inner, pad_id
+        self.real = self.total = 0
+
+    def __call__(self, features):
+        batch = self.inner(features)
+        ids = batch["input_ids"]
+        mask = batch.get("attention_mask")
+        self.real += int(mask.sum()) if mask is not None else int((ids != self.pad_id).sum())
+        self.total += ids.numel()
+        return batch
+
+
+def _lora_config():
+    from peft import LoraConfig
+
+    return LoraConfig(r=8, lora_alpha=32, lora_dropout=0.05, target_modules=["q_proj", "v_proj"],
+                      task_type="CAUSAL_LM")
+
+
+def _examples(base: Path):
+    from tuneforge.config import parse_hyperparameters
+    from tuneforge.data import read_channel
+
+    config = parse_hyperparameters({"instruction_tuned": "True"})
+    return read_channel(base / "input" / "data" / "train", config)
+
+
+def _timed_train(trainer, collator: CountingCollator) -> dict:
+    trainer.data_collator = collator
+    start = time.time()
+    output = trainer.train()
+    seconds = time.time() - start
+    return {"train_s": round(seconds, 2), "tokens": collator.real, "train_loss": output.training_loss,
+            "padding_share": round(1 - collator.real / collator.total, 4) if collator.total else 0.0}
+
+
+# ------------------------------------------------------------------ sides
+def run_tuneforge(base: Path, lora: bool) -> dict:
     from tuneforge.train.launcher import run
 
+    hyperparameters = {"instruction_tuned": "True", "peft_type": "lora" if lora else "none", "lora_r": "8",
+                       "epoch": "1", "per_device_train_batch_size": str(BATCH), "learning_rate": str(LR),
+                       "max_input_length": str(MAX_LEN), "validation_split_ratio": "0", "rouge_samples": "0",
+                       "knowledge_check": "False", "early_stopping_patience": "0", "seed": str(SEED),
+                       "logging_steps": "10"}
+    (base / "input" / "config" / "hyperparameters.json").write_text(json.dumps(hyperparameters))
     assert run(base) == 0, (base / "output" / "failure").read_text()
     metrics = json.loads((base / "output" / "data" / "metrics.json").read_text())
-    tokens = metrics["data"]["train"]["tokens"] * metrics["epochs"]
-    return {"train_s": metrics["train_runtime_s"], "tokens": tokens, "train_loss": metrics["train_loss"]}
+    return {"train_s": metrics["train_runtime_s"], "tokens": metrics["train_tokens"],
+            "train_loss": metrics["train_loss"], "padding_share": metrics["batching"]["padding_share"],
+            "rows_mean_tokens": round(metrics["data"]["train"]["tokens"] / metrics["data"]["train"]["rows"], 1)}
 
 
-def run_peer(base: Path) -> dict:
-    """The plain loop: AutoModel + (optional) LoRA + Trainer on the same token ids."""
+def _training_args(cls, out: Path, **extra):
+    import torch
+
+    return cls(output_dir=str(out), num_train_epochs=1, per_device_train_batch_size=BATCH, learning_rate=LR,
+               seed=SEED, data_seed=SEED, save_strategy="no", eval_strategy="no", logging_steps=10, report_to=[],
+               disable_tqdm=True, use_cpu=not torch.cuda.is_available(), bf16=False, fp16=False,
+               gradient_checkpointing=False, **extra)
+
+
+def run_trl(base: Path, lora: bool, packing: bool = False) -> dict:
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    model_dir = base / "input" / "data" / "model"
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    data = _examples(base)
+    dataset = Dataset.from_list([{"prompt": e.prompt, "completion": e.completion} for e in data.examples])
+    torch.manual_seed(SEED)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    args = _training_args(SFTConfig, base / "trl-out", max_length=MAX_LEN, packing=packing)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                         peft_config=_lora_config() if lora else None)
+    return _timed_train(trainer, CountingCollator(trainer.data_collator, tokenizer.pad_token_id))
+
+
+def run_trl_packed(base: Path, lora: bool) -> dict:
+    return run_trl(base, lora, packing=True)
+
+
+def run_hf_grouped(base: Path, lora: bool) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments
 
-    from tuneforge.config import parse_hyperparameters
-    from tuneforge.data import Collator, read_channel, select_and_split, tokenize_examples
+    from tuneforge.data import Collator, tokenize_examples
 
-    config = parse_hyperparameters(json.loads((base / "input" / "config" / "hyperparameters.json").read_text()))
     model_dir = base / "input" / "data" / "model"
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    data = read_channel(base / "input" / "data" / "train", config)
-    val = read_channel(base / "input" / "data" / "validation", config, prompt=data.prompt, fmt=data.format)
-    train, _ = select_and_split(data.examples, val.examples, config)
-    tokens = tokenize_examples(train, tokenizer, data.prompt, max_len=512, max_out=128, seq2seq=False, workers=None)
-    torch.manual_seed(config.seed)
+    data = _examples(base)
+    tokens = tokenize_examples(data.examples, tokenizer, data.prompt, max_len=MAX_LEN, max_out=128, seq2seq=False)
+    torch.manual_seed(SEED)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    if config.use_lora:
-        from peft import LoraConfig, get_peft_model
+    if lora:
+        from peft import get_peft_model
 
-        model = get_peft_model(model, LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha,
-                                                 lora_dropout=config.lora_dropout, target_modules=["q_proj", "v_proj"],
-                                                 task_type="CAUSAL_LM"))
-    args = TrainingArguments(output_dir=str(base / "peer-out"), num_train_epochs=config.epoch,
-                             per_device_train_batch_size=config.per_device_train_batch_size,
-                             learning_rate=config.learning_rate, seed=config.seed, data_seed=config.seed,
-                             save_strategy="no", eval_strategy="no", logging_steps=50, report_to=[],
-                             disable_tqdm=True, use_cpu=not torch.cuda.is_available(), remove_unused_columns=False)
-    trainer = Trainer(model=model, args=args, train_dataset=tokens.features,
-                      data_collator=Collator(tokenizer.pad_token_id))
-    start = time.time()
-    output = trainer.train()
-    return {"train_s": round(time.time() - start, 2), "tokens": tokens.tokens * config.epoch,
-            "train_loss": output.training_loss}
+        model = get_peft_model(model, _lora_config())
+    args = _training_args(TrainingArguments, base / "hf-out", remove_unused_columns=False,
+                          train_sampling_strategy="group_by_length")
+    trainer = Trainer(model=model, args=args, train_dataset=tokens.features, processing_class=tokenizer)
+    return _timed_train(trainer, CountingCollator(Collator(tokenizer.pad_token_id), tokenizer.pad_token_id))
 
 
-def _child(role: str, base: Path) -> dict:
-    """Run one side in a fresh process; its own peak RSS comes from wait4."""
-    start = time.time()
-    out = base.parent / f"{role}.json"
+# ------------------------------------------------------------------ driver
+def _child(side: str, base: Path, lora: bool) -> dict:
+    """One side in a fresh process; its own peak RSS comes from wait4."""
+    out = base.parent / f"{side}.json"
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    process = subprocess.Popen([sys.executable, __file__, "--role", role, "--base", str(base), "--out", str(out)],
-                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    command = [sys.executable, __file__, "--role", side, "--base", str(base), "--out", str(out)]
+    start = time.time()
+    process = subprocess.Popen(command + (["--lora"] if lora else []), env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE)
     _, status, usage = os.wait4(process.pid, 0)
     wall = time.time() - start
     if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"{role} failed:\n{process.stderr.read().decode()[-3000:]}")
+        raise SystemExit(f"{side} failed:\n{process.stderr.read().decode()[-3000:]}")
     result = json.loads(out.read_text())
-    result.update(wall_s=round(wall, 1), peak_rss_mib=round(usage.ru_maxrss / 1024, 1),
+    result.update(wall_s=round(wall, 1), peak_rss_gib=round(usage.ru_maxrss / 2**20, 2),
                   tokens_per_s=round(result["tokens"] / result["train_s"], 1))
     return result
 
 
+def _prepare(root: Path, model_dir: Path, rows_dir: Path, side: str) -> Path:
+    base = root / side / "opt" / "ml"
+    (base / "input" / "config").mkdir(parents=True)
+    shutil.copytree(model_dir, base / "input" / "data" / "model")
+    shutil.copytree(rows_dir, base / "input" / "data" / "train")
+    return base
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--family", default="llama")
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--rows", type=int, default=320)
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--lora", action="store_true", help="LoRA instead of full fine-tuning")
-    parser.add_argument("--role", choices=("tuneforge", "peer"), help=argparse.SUPPRESS)
+    parser.add_argument("--rows", type=int, default=480)
+    parser.add_argument("--lora", action="store_true", help="LoRA r=8 on q_proj,v_proj instead of full fine-tuning")
+    parser.add_argument("--sides", default=",".join(SIDES), help=f"comma list from {', '.join(SIDES)}")
+    parser.add_argument("--role", choices=SIDES, help=argparse.SUPPRESS)
     parser.add_argument("--base", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.role:
-        result = (run_tuneforge if args.role == "tuneforge" else run_peer)(Path(args.base))
+        result = globals()[f"run_{args.role}"](Path(args.base), args.lora)
         Path(args.out).write_text(json.dumps(result))
         return 0
+    sides = [s for s in args.sides.split(",") if s]
+    unknown = set(sides) - set(SIDES)
+    if unknown:
+        parser.error(f"unknown side(s) {', '.join(sorted(unknown))}; choose from {', '.join(SIDES)}")
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
-        results = {}
-        for role in ("tuneforge", "peer"):
-            base = _prepare(args, Path(tmp) / role)
-            results[role] = _child(role, base)
-    ours, peer = results["tuneforge"], results["peer"]
-    print(f"machine: {platform.machine()} {os.cpu_count()} CPUs, python {platform.python_version()}, "
-          f"{'GPU' if _has_cuda() else 'CPU only'}; {time.strftime('%Y-%m-%d')}")
-    print(f"model: tiny {args.family}, {'LoRA' if args.lora else 'full fine-tuning'}, {args.rows} rows x "
-          f"{args.epochs} epochs, batch {args.batch}")
-    print(f"{'':10} {'tokens/s':>10} {'train s':>8} {'wall s':>7} {'peak RSS MiB':>13} {'train loss':>11}")
-    for role, r in results.items():
-        print(f"{role:10} {r['tokens_per_s']:>10.1f} {r['train_s']:>8.2f} {r['wall_s']:>7.1f} {r['peak_rss_mib']:>13.1f} "
-              f"{r['train_loss']:>11.4f}")
-    print(f"ratio tuneforge/peer: tokens/s {ours['tokens_per_s'] / peer['tokens_per_s']:.2f}, "
-          f"peak RSS {ours['peak_rss_mib'] / peer['peak_rss_mib']:.2f}, wall {ours['wall_s'] / peer['wall_s']:.2f}")
+        root = Path(tmp)
+        model_dir = build_model(root / "model")
+        write_rows(model_dir, root / "rows", args.rows)
+        results = {side: _child(side, _prepare(root, model_dir, root / "rows", side), args.lora) for side in sides}
+    import torch
+
+    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, python "
+          f"{platform.python_version()}, {'GPU' if torch.cuda.is_available() else 'CPU only'}; {time.strftime('%Y-%m-%d')}")
+    mean = results.get("tuneforge", {}).get("rows_mean_tokens")
+    print(f"model: random Llama 512x8 (~26 M), {'LoRA r=8' if args.lora else 'full fine-tuning'}; {args.rows} rows"
+          f"{f' (mean {mean} tokens)' if mean else ''}, batch {BATCH}, max length {MAX_LEN}, 1 epoch, fp32")
+    print(f"| side | real tokens/s | train loop s | process wall s | peak RSS GiB | padding | final train loss |")
+    print("|---|---|---|---|---|---|---|")
+    for side, r in results.items():
+        print(f"| {side} | {r['tokens_per_s']:,.1f} | {r['train_s']:.1f} | {r['wall_s']:.1f} | {r['peak_rss_gib']:.2f} | "
+              f"{100 * r['padding_share']:.1f} % | {r['train_loss']:.4f} |")
+    ours = results.get("tuneforge")
+    for peer in ("trl", "trl_packed", "hf_grouped"):
+        if ours and peer in results:
+            print(f"tuneforge/{peer}: tokens/s x{ours['tokens_per_s'] / results[peer]['tokens_per_s']:.2f}, "
+                  f"peak RSS x{ours['peak_rss_gib'] / results[peer]['peak_rss_gib']:.2f}")
     return 0
-
-
-def _has_cuda() -> bool:
-    try:
-        import torch
-
-        return torch.cuda.is_available()
-    except ImportError:
-        return False
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 Padding a batch to its longest row wastes compute on every shorter row; on instruction data with
 prompts of 20-400 tokens, random batches are about half padding. The sampler here shuffles the
-rows, cuts them into mega-batches (up to 50 step-groups), sorts each mega-batch by length, cuts it
+rows, cuts them into mega-batches (up to 50 step-groups, at least two per epoch), sorts each mega-batch by length, cuts it
 into step-groups and shuffles the step-groups. Every row comes exactly once per epoch; which rows
 share a batch and the order of the batches stay random; only the padding goes.
 
@@ -47,8 +47,9 @@ class LengthGroupedSampler(Sampler[int]):
         """The step-groups of an epoch, in the order they are trained."""
         generator = torch.Generator().manual_seed(self.seed + (self.epoch if epoch is None else epoch))
         n, size = len(self.lengths), self.group_size
-        # at least 4 mega-batches where the data allows it, so their order is random too
-        mega = max(1, min(MEGA_BATCH_GROUPS, n // (size * 4))) * size
+        # at least 2 mega-batches, so which rows share a batch changes from epoch to epoch (the
+        # order of the batches is random anyway: they are shuffled below)
+        mega = max(1, min(MEGA_BATCH_GROUPS, -(-n // size) // 2)) * size
         order = torch.randperm(n, generator=generator).tolist()
         groups = []
         for start in range(0, n, mega):
