@@ -10,6 +10,8 @@ import string
 from dataclasses import asdict, dataclass, field
 
 DEMARCATION_KEY = "\n\n### Response:\n"
+# Kinds whose prompts are rendered from fields of a row (the others render conversations or nothing).
+TEMPLATE_KINDS = ("instruction", "table")
 
 # JumpStart's default for Llama/Mistral/Falcon instruction tuning (Dolly fields).
 DOLLY_TEMPLATE = {
@@ -60,6 +62,47 @@ class PromptFormat:
     def render_completion(self, row: dict) -> str:
         names = template_fields(self.completion_template)
         return self.completion_template.format(**{k: _text(row[k]) for k in names})
+
+    @property
+    def takes_fields(self) -> bool:
+        """Whether serving renders plain text and single chat turns through prompt_template: an
+        instruction or table fine-tune whose template has a field to put the text in."""
+        return self.kind in TEMPLATE_KINDS and bool(template_fields(self.prompt_template))
+
+    def render_text(self, text: str) -> str:
+        """A plain prompt as training rendered one: the text fills the template's first field,
+        the other fields are empty. Text that already is a rendered prompt (it holds the
+        demarcation or a piece of the template's own fixed text) is returned as it is."""
+        if not self.takes_fields or self.is_rendered(text):
+            return text
+        return self._render_first_field(text)
+
+    def is_rendered(self, text: str) -> bool:
+        """Whether a client already wrote the whole prompt (JumpStart's clients do)."""
+        pieces = [literal.strip() for literal, *_ in string.Formatter().parse(self.prompt_template)]
+        return any(piece and piece in text for piece in [self.demarcation.strip(), *pieces])
+
+    def render_messages(self, messages: list[dict]) -> str:
+        """One user turn, after at most one system turn, through the template training used.
+
+        The system content goes before the user content (a blank line between), so every
+        template takes it. Raises ValueError for anything else (an instruction fine-tune never
+        saw a conversation)."""
+        system = [m for m in messages[:1] if m["role"] == "system"]
+        rest = messages[len(system):]
+        if len(rest) != 1 or rest[0]["role"] != "user":
+            roles = ", ".join(m["role"] for m in messages)
+            raise ValueError(
+                f"this model was fine-tuned on single prompts ({self.kind} data), so it takes one user "
+                f"message, optionally after one system message; got the roles [{roles}]")
+        text = rest[0]["content"]
+        if system and system[0]["content"]:
+            text = system[0]["content"] + "\n\n" + text
+        return self._render_first_field(text)
+
+    def _render_first_field(self, text: str) -> str:
+        names = template_fields(self.prompt_template)
+        return self.render_prompt({name: text if i == 0 else "" for i, name in enumerate(names)})
 
     def to_dict(self) -> dict:
         return asdict(self)

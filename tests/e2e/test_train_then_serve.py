@@ -52,7 +52,10 @@ def test_adapter_only_output_is_served_on_its_base(job, tiny, tmp_path):
     base = job.base / "input" / "data" / "model"
     tokenizer = AutoTokenizer.from_pretrained(job.model_dir)
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), job.model_dir).merge_and_unload()
-    ids = encode_prompt(tokenizer, "What color is the lime?", seq2seq=False)
+    from tuneforge.prompt import PromptFormat
+
+    fmt = PromptFormat.from_dict(json.loads((job.model_dir / "tuneforge.json").read_text())["prompt"])
+    ids = encode_prompt(tokenizer, fmt.render_text("What color is the lime?"), seq2seq=False)  # as served
     out = model.generate(torch.tensor([ids]), max_new_tokens=8, min_new_tokens=8, do_sample=False)
     expected = tokenizer.decode(out[0, len(ids):], skip_special_tokens=True)
 

@@ -26,7 +26,9 @@ def reference_ids(adapter_dir, base_dir, tokens: int) -> list[int]:
 
     tokenizer = AutoTokenizer.from_pretrained(adapter_dir)
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), adapter_dir).merge_and_unload()
-    ids = torch.tensor([encode_prompt(tokenizer, PROMPT, seq2seq=False)])
+    from tests.serve.conftest import instruction_format  # the adapter is an instruction fine-tune
+
+    ids = torch.tensor([encode_prompt(tokenizer, instruction_format().render_text(PROMPT), seq2seq=False)])
     with torch.inference_mode():
         out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=tokens, do_sample=False,
                              pad_token_id=tokenizer.pad_token_id)

@@ -57,7 +57,7 @@ def test_generate_route_returns_the_bare_object(causal):
 def test_return_full_text_prepends_the_prompt(causal):
     plain = causal.generate(PROMPT, max_new_tokens=5)["generated_text"]
     full = causal.post(json={"inputs": PROMPT, "parameters": {"max_new_tokens": 5, "return_full_text": True}})
-    assert full.json()[0]["generated_text"] == PROMPT + plain
+    assert full.json()[0]["generated_text"] == instruction_format().render_text(PROMPT) + plain
 
 
 def test_structured_inputs_use_the_saved_template(causal):
@@ -84,7 +84,8 @@ def test_stop_sequences_cut_the_text(causal):
     assert answer["details"]["finish_reason"] == "stop_sequence"
     assert answer["details"]["generated_tokens"] < 20
     # OpenAI spelling: a single string
-    chat = causal.post("/v1/completions", json={"prompt": PROMPT, "max_tokens": 20, "temperature": 0, "stop": stop})
+    chat = causal.post("/v1/completions", json={"prompt": instruction_format().render_text(PROMPT), "max_tokens": 20,
+                                                "temperature": 0, "stop": stop})  # completions prompts are raw
     assert chat.json()["choices"][0]["text"] == cut
     assert chat.json()["choices"][0]["finish_reason"] == "stop"
 
@@ -224,7 +225,7 @@ def _ids(server, text):
     from tuneforge.prompt import encode_prompt
 
     tokenizer = AutoTokenizer.from_pretrained(server_model_dir(server))
-    return encode_prompt(tokenizer, text, seq2seq=False)
+    return encode_prompt(tokenizer, instruction_format().render_text(text), seq2seq=False)
 
 
 def server_model_dir(server):

@@ -8,7 +8,9 @@ Formats (docs/payloads.md has examples of each):
   completion  {"prompt": str | [str], "max_tokens": .., ...}                 (OpenAI completions)
   text        a bare prompt (text/plain, application/x-text)
 Every prompt goes through the saved PromptFormat / chat template and prompt.encode_prompt,
-the same path training used, so the model is asked the way it was taught.
+the same path training used, so the model is asked the way it was taught: on an instruction or
+table fine-tune, plain strings (except OpenAI `prompt`s) and a single chat turn are rendered
+through its template (PromptFormat.render_text / render_messages).
 """
 
 from __future__ import annotations
@@ -82,6 +84,7 @@ class Parser:
 
     # ------------------------------------------------------------------ formats
     def text(self, prompt: str) -> Invocation:
+        prompt = self.prompt_format.render_text(prompt)
         req = self._request(self._encode(prompt, "body"), "body", {}, self._tgi_sampling({}, ""))
         return Invocation("text", [req], [prompt])
 
@@ -194,8 +197,8 @@ class Parser:
 
     # ------------------------------------------------------------------ prompts
     def _render_input(self, item, where: str) -> str:
-        if isinstance(item, str):
-            return item
+        if isinstance(item, str):  # a question, or a prompt the client already wrote whole
+            return self.prompt_format.render_text(item)
         if isinstance(item, dict):
             return self._render_fields(item, where)
         raise invalid(f"`{where}` must be a string or an object of prompt fields")
@@ -229,6 +232,12 @@ class Parser:
             if role not in CHAT_ROLES:
                 raise invalid(f"`{where}[{i}].role` must be one of {list(CHAT_ROLES)}, got {role!r}")
             clean.append({"role": role, "content": _content(message.get("content"), f"{where}[{i}].content")})
+        if self.prompt_format.takes_fields:  # an instruction fine-tune: its template, not a chat one
+            try:
+                return self.prompt_format.render_messages(clean)
+            except ValueError as exc:
+                raise invalid(f"`{where}` does not fit this model: {exc}. Send the conversation as one user "
+                              "message, or the prompt fields as `inputs`") from None
         try:
             return render_chat(self.tokenizer, clean, add_generation_prompt=True,
                                chat_template=self.prompt_format.chat_template)
