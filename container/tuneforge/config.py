@@ -67,7 +67,7 @@ class TrainConfig:
     early_stopping_patience: int = hp(3, "Stop after this many evaluations without improvement; 0 = off.", lo=0)
     early_stopping_threshold: float = hp(0.0, "Smallest validation-loss drop that counts as improvement.", lo=0.0)
     dataloader_num_workers: int = hp(0, "DataLoader worker processes.", lo=0)
-    group_by_length: bool = hp(True, "Batch rows of similar length together (shuffled mega-batches sorted by length, batches in random order, every row once per epoch): far less padding, same per-token loss. False = plain random batches.")
+    group_by_length: bool = hp(True, "Batch rows of similar length together where random batches would be >= 15 % padding (shuffled mega-batches sorted by length, batches in random order, every row once per epoch): far less padding, same per-token loss. False = plain random batches.")
     # --- model ---
     model_id: str = hp("", "Local folder with the base model, used when there is no `model` channel.")
     train_from_scratch: bool = hp(False, "Initialize weights randomly from the base model's config.")

@@ -173,6 +173,13 @@ def test_describe_records_the_strategy_and_both_padding_shares():
     assert on["padding_share"] < 0.08 < 0.35 < on["padding_share_random_order"] == off["padding_share"]
 
 
+def test_rows_of_nearly_equal_length_are_not_grouped():
+    """Little padding to save: random batches (grouping would only make batches alike)."""
+    report = describe(_features(480, lo=90, hi=100), True, 8, 1, 10)
+    assert report["strategy"] == "random" and report["padding_share"] == report["padding_share_random_order"] < 0.15
+    assert "grouping starts at 15%" in report["why"]
+
+
 def test_group_by_length_and_eval_batch_size_hyperparameters():
     from tuneforge.config import parse_hyperparameters
     from tuneforge.errors import HyperparameterError

@@ -253,6 +253,7 @@ class Recipe:
 
         self.results["batching"] = describe(self.train_tokens.features, cfg.group_by_length,
                                             cfg.per_device_train_batch_size, _world_size(), self.args.data_seed)
+        self.args.train_sampling_strategy = self.results["batching"]["strategy"]  # "random" when not worth it
         trainer_class = with_length_grouping(Seq2SeqTrainer if self.loaded.seq2seq else Trainer)
         return trainer_class(model=self.model, args=self.args, train_dataset=self.train_tokens.features,
                              eval_dataset=self.val_tokens.features if has_val else None,
