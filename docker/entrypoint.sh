@@ -10,6 +10,9 @@ set -eu
 case "${1:-}" in
     train)
         command -v train >/dev/null || { echo "this image cannot train; use the tuneforge-train image" >&2; exit 2; }
+        # sagemaker-training reads hyperparameters.json before tuneforge runs: check the config
+        # files first, so a bad one fails with tuneforge's message in output/failure.
+        if command -v tuneforge >/dev/null; then tuneforge check-job || exit $?; fi
         exec train ;;
     serve)
         shift

@@ -1,4 +1,4 @@
-"""`tuneforge train|serve|convert|tiny-model|sample-data|hyperparameters`; `serve` console script."""
+"""`tuneforge train|serve|check-job|convert|tiny-model|sample-data|hyperparameters`; `serve` console script."""
 
 from __future__ import annotations
 
@@ -34,6 +34,25 @@ def _sample_data(args) -> int:
 
     for name, folder in write_sample_data(args.kind, Path(args.output), n_train=args.rows).items():
         print(f"{name}: {folder}")
+    return 0
+
+
+def _check_job(args) -> int:
+    """The job's config files, read as the job reads them; output/failure on a problem. The train
+    image's entrypoint runs this before sagemaker-training's `train`, which reads
+    hyperparameters.json itself and would fail on a non-object with an error of its own."""
+    from .contract import Paths, archive_failure, write_failure
+    from .errors import UserError
+
+    paths = Paths.from_env(args.base_dir)
+    try:
+        paths.read_hyperparameters()
+        paths.read_resource_config()
+    except UserError as exc:
+        archive_failure(paths)
+        write_failure(paths, f"{exc.__class__.__name__}: {exc}")
+        print(f"{exc.__class__.__name__}: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -75,6 +94,9 @@ def parser() -> argparse.ArgumentParser:
     sample.add_argument("--rows", type=int, default=320)
     sample.add_argument("--output", required=True)
     sample.set_defaults(func=_sample_data)
+    check = sub.add_parser("check-job", help="check the job's config files (hyperparameters.json, resourceconfig.json)")
+    check.add_argument("--base-dir", help="the /opt/ml tree (default: $SAGEMAKER_BASE_DIR or /opt/ml)")
+    check.set_defaults(func=_check_job)
     convert = sub.add_parser("convert", help="write a Hugging Face safetensors folder from a .gguf file")
     convert.add_argument("--gguf", required=True, help="the .gguf file (dequantized to float32)")
     convert.add_argument("--output", required=True, help="the folder to write")

@@ -59,6 +59,27 @@ def test_entry_train_execs_train_and_drops_arguments(fake_bin):
     assert out.strip() == f"train argc=0 args= ppid={os.getpid()}"
 
 
+def test_entry_train_checks_the_config_files_before_the_toolkit_reads_them(fake_bin, tmp_path):
+    """sagemaker-training reads hyperparameters.json itself (a list there is its own raw error):
+    the entrypoint runs `tuneforge check-job` first, which writes tuneforge's message."""
+    base = tmp_path / "opt" / "ml"
+    (base / "input" / "config").mkdir(parents=True)
+    (base / "input" / "config" / "hyperparameters.json").write_text("[]")
+    (base / "output").mkdir()
+    (base / "output" / "failure").write_text("an earlier run's failure\n")
+    env = dict(os.environ, PATH=f"{fake_bin}:{Path(sys.executable).parent}:/usr/bin:/bin", SAGEMAKER_BASE_DIR=str(base))
+    proc = subprocess.run(["sh", str(REPO / "docker/entrypoint.sh"), "train"], env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 1 and "train argc" not in proc.stdout  # the toolkit never started
+    first = (base / "output" / "failure").read_text().splitlines()[0]
+    assert first.startswith("HyperparameterError: ") and "hyperparameters.json" in first and "JSON object" in first
+    assert (base / "output" / "previous-failure.txt").read_text() == "an earlier run's failure\n"
+    (base / "input" / "config" / "hyperparameters.json").write_text('{"epoch": "1"}')
+    proc = subprocess.run(["sh", str(REPO / "docker/entrypoint.sh"), "train"], env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0 and proc.stdout.startswith("train argc=0")
+
+
 def test_entry_serve_passes_its_arguments(fake_bin):
     proc, out, _ = run_entry("serve", "--workers", "2", path=fake_bin)
     assert proc.returncode == 0
