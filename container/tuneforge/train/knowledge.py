@@ -36,9 +36,8 @@ def prompts(tokenizer, prompt_format, data_format: str) -> list[str] | None:
     if data_format == "chat":
         return [render_chat(tokenizer, [{"role": "user", "content": q}], add_generation_prompt=True,
                             chat_template=prompt_format.chat_template) for q, _ in QUESTIONS]
-    if data_format in ("instruction", "table") and prompt_format.fields:
-        first, *rest = prompt_format.fields
-        return [prompt_format.render_prompt({first: q, **{name: "" for name in rest}}) for q, _ in QUESTIONS]
+    if prompt_format.takes_fields:  # instruction or table data: as the server renders a plain question
+        return [prompt_format.render_messages([{"role": "user", "content": q}]) for q, _ in QUESTIONS]
     return None
 
 
