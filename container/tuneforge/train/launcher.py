@@ -173,6 +173,9 @@ def run(base_dir: str | os.PathLike | None = None, *, isolate: bool = False, fre
             code = launch_single(paths)
             if code != 0:
                 return code
+            if not model_files_present(paths.model_dir):
+                raise RuntimeError(f"training finished but {paths.model_dir} holds no complete model")
+            return 0  # the child said where the model went
         else:
             from .recipe import Recipe
 
