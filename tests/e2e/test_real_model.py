@@ -78,3 +78,37 @@ def test_fine_tuned_smollm2_learns_the_task_keeps_what_it_knew_and_serves(gguf, 
         assert "billing" in invocations.text
     finally:
         assert server.stop() == 0
+
+
+def test_an_instruction_fine_tune_answers_chat_through_its_template(gguf, job, tmp_path):
+    """The same task as instruction data (template.json): a chat request to the served model is
+    rendered through the template it was trained on, so chat and /invocations agree, token for token."""
+    from tuneforge.samples import ticket_rows
+
+    for name, rows in (("training", ticket_rows(64, 1, replay_share=0.25)), ("validation", ticket_rows(16, 2))):
+        folder = job.channel(name)
+        (folder / "tickets.jsonl").write_text("".join(json.dumps(
+            {"question": r["messages"][0]["content"], "answer": r["messages"][1]["content"]}) + "\n" for r in rows))
+    (job.channel("training") / "template.json").write_text(json.dumps(
+        {"prompt": "### Question:\n{question}", "completion": "{answer}"}))
+    (job.channel("model") / gguf.name).symlink_to(gguf)
+    hyperparameters = {k: v for k, v in TICKETS_HYPERPARAMETERS.items() if k != "chat_dataset"}
+    job.hyperparameters({**hyperparameters, "instruction_tuned": "True", "knowledge_check": "False"})
+    result = job.run_cli()
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert job.metrics()["exact_match"] >= 0.8, job.metrics()
+
+    server = Server(job.model_dir, tmp_path / "serve.log").wait_ready()
+    try:
+        for ticket, team in (("My new backpack never arrived and the tracking page is blank.", "shipping"),
+                             ("I was charged twice for the Pro plan this month.", "billing")):
+            question = f"{TICKET_INSTRUCTION}\n\nTicket: {ticket}"
+            chat = server.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": question}],
+                                                             "max_tokens": 6})
+            structured = server.post(json={"inputs": {"question": question}, "parameters": {"max_new_tokens": 6}})
+            assert chat.status_code == 200 and structured.status_code == 200, (chat.text, structured.text)
+            assert chat.json()["choices"][0]["message"]["content"].strip() == team
+            assert structured.json()[0]["generated_text"].strip() == team
+            assert chat.json()["usage"]["prompt_tokens"] == int(structured.headers["x-prompt-tokens"])
+    finally:
+        assert server.stop() == 0
