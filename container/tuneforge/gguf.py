@@ -32,7 +32,7 @@ def convert_gguf(gguf_file: Path, output: Path) -> Path:
     """Write `output` as a Hugging Face folder (config.json, model.safetensors, tokenizer, chat
     template, generation config) from `gguf_file`; returns `output`."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf_file = Path(gguf_file)
     if importlib.util.find_spec("gguf") is None:
@@ -40,7 +40,6 @@ def convert_gguf(gguf_file: Path, output: Path) -> Path:
                          fix="pip install 'tuneforge[train]' (it brings gguf), or convert the model to safetensors")
     folder, name = gguf_file.parent, gguf_file.name
     try:
-        config = AutoConfig.from_pretrained(folder, gguf_file=name, local_files_only=True)
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name, local_files_only=True)
         model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32,
                                                      local_files_only=True)
@@ -52,9 +51,8 @@ def convert_gguf(gguf_file: Path, output: Path) -> Path:
     # The weights are dequantized float tensors; only the marker says otherwise.
     model.hf_quantizer = None
     model.is_quantized = False
-    for holder in (model.config, config):
-        if hasattr(holder, "quantization_config"):
-            del holder.quantization_config
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
     if tokenizer.pad_token_id is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
         # pad must not be EOS (a model whose EOS is masked like padding never learns to stop)
         if tokenizer.unk_token is not None and tokenizer.unk_token_id != tokenizer.eos_token_id:
@@ -64,7 +62,7 @@ def convert_gguf(gguf_file: Path, output: Path) -> Path:
     output.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(output, safe_serialization=True)
     tokenizer.save_pretrained(output)
-    log.info("converted %s (%s, %.1f M parameters) to %s", gguf_file, config.model_type,
+    log.info("converted %s (%s, %.1f M parameters) to %s", gguf_file, model.config.model_type,
              sum(p.numel() for p in model.parameters()) / 1e6, output)
     return output
 

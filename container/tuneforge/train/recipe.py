@@ -20,7 +20,7 @@ import torch
 from .. import archives
 from ..contract import Paths
 from ..data import Collator, read_channel, select_and_split, tokenize_examples
-from ..errors import DataError
+from ..errors import DataError, ResourceError
 from ..modeling import (apply_lora, count_parameters, has_cuda, load_model, load_tokenizer, pick_dtype,
                         read_model_config, resolve_base_model)
 from . import distributed as D
@@ -55,8 +55,6 @@ def check_adapter_trained(model, steps: int) -> None:
     weights): fail instead of publishing the base model as if it were fine-tuned."""
     weights = [p for name, p in model.named_parameters() if "lora_B" in name and p.numel() > 0]
     if weights and all(not torch.any(p.detach() != 0) for p in weights):
-        from ..errors import ResourceError
-
         raise ResourceError(f"training ran {steps} steps but the LoRA adapter did not change (every lora_B weight is "
                             "still zero): no gradient reached it", where="the LoRA adapter",
                             fix="report this with the hardware and package versions; full fine-tuning (peft_type=none) "
@@ -379,11 +377,7 @@ class Recipe:
         pairs = M.generation_pairs(self.val_examples, self.tokenizer, self.data.prompt, self.config.rouge_samples)
         if not pairs:
             return
-        model = self.trainer.accelerator.unwrap_model(self.trainer.model) if hasattr(self, "trainer") else self.model
-        answers = M.generate(model, self.tokenizer, [p for p, _ in pairs], seq2seq=self.loaded.seq2seq,
-                             max_new_tokens=self.config.max_output_length, max_input_length=self.max_len,
-                             batch_size=max(self.config.eval_batch_size, 8))
-        model.train()
+        answers = self._greedy_answers([p for p, _ in pairs], self.config.max_output_length)
         if not is_main_process():
             return
         scores = M.rouge(answers, [ref for _, ref in pairs])
@@ -397,6 +391,15 @@ class Recipe:
             for sample, answer in zip(self.samples, answers):
                 sample["after"] = answer
 
+    def _greedy_answers(self, prompts: list[str], max_new_tokens: int) -> list[str]:
+        """Greedy answers of the model being trained; it is back in training mode afterwards."""
+        model = self.trainer.accelerator.unwrap_model(self.trainer.model) if hasattr(self, "trainer") else self.model
+        answers = M.generate(model, self.tokenizer, prompts, seq2seq=self.loaded.seq2seq,
+                             max_new_tokens=max_new_tokens, max_input_length=self.max_len,
+                             batch_size=max(self.config.eval_batch_size, 8))
+        model.train()
+        return answers
+
     def _check_knowledge(self, stage: str) -> None:
         """The general-knowledge questions (train/knowledge.py), before and after training."""
         from . import knowledge
@@ -408,11 +411,7 @@ class Recipe:
         prompts = knowledge.prompts(self.tokenizer, self.data.prompt, self.data.format)
         if prompts is None:
             return
-        model = self.trainer.accelerator.unwrap_model(self.trainer.model)
-        answers = M.generate(model, self.tokenizer, prompts, seq2seq=self.loaded.seq2seq,
-                             max_new_tokens=knowledge.MAX_NEW_TOKENS, max_input_length=self.max_len,
-                             batch_size=max(self.config.eval_batch_size, 8))
-        model.train()
+        answers = self._greedy_answers(prompts, knowledge.MAX_NEW_TOKENS)
         if is_main_process():
             result = knowledge.score(answers)
             self.results.setdefault("general_knowledge", {})[stage] = result
