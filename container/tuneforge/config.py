@@ -68,6 +68,10 @@ class TrainConfig:
     early_stopping_threshold: float = hp(0.0, "Smallest validation-loss drop that counts as improvement.", lo=0.0)
     dataloader_num_workers: int = hp(0, "DataLoader worker processes.", lo=0)
     group_by_length: bool = hp(True, "Batch rows of similar length together where random batches would be >= 15 % padding (shuffled mega-batches sorted by length, batches in random order, every row once per epoch): far less padding, same per-token loss. False = plain random batches.")
+    packing: str = hp("auto", "Pack rows into padding-free bins (position_ids restart per row; attention never crosses a row): auto = where the attention kernel makes it faster (FlashAttention varlen on GPUs), true = always, false = never. metrics.json records the choice.",
+                      choices=("auto", "true", "false"))
+    liger_kernel: str = hp("auto", "Liger's fused Triton kernels (RMSNorm, RoPE, SwiGLU, fused linear cross-entropy) on CUDA: auto = when installed and the family is supported, true = required, false = off.",
+                           choices=("auto", "true", "false"))
     # --- model ---
     model_id: str = hp("", "Local folder with the base model, used when there is no `model` channel.")
     train_from_scratch: bool = hp(False, "Initialize weights randomly from the base model's config.")
