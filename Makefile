@@ -5,7 +5,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.tuneforge-installed
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup demo demo-tiny test test-gpu images docs clean
+.PHONY: setup demo demo-tiny test test-fast test-gpu images docs clean
 
 setup: $(STAMP)
 
@@ -26,8 +26,14 @@ demo: setup
 demo-tiny: setup
 	$(PY) scripts/demo.py --model tiny
 
+# Everything (CI). tests/e2e and tests/distributed run real jobs and are marked slow (tests/conftest.py).
 test: setup
 	$(PY) -m pytest -q tests
+
+# The fast lane: every test that runs no training job. tests/e2e and tests/distributed hold slow
+# tests only (tests/conftest.py marks them), so they are not even collected here.
+test-fast: setup
+	$(PY) -m pytest -q -m 'not slow and not gpu and not images' --ignore=tests/e2e --ignore=tests/distributed tests
 
 test-gpu: setup
 	$(PY) -m pytest -q -m gpu tests

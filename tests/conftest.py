@@ -1,4 +1,7 @@
-"""Shared fixtures: tiny models (built once into .cache/tiny-models) and /opt/ml-shaped job trees."""
+"""Shared fixtures: tiny models (built once into .cache/tiny-models) and /opt/ml-shaped job trees.
+
+Test lanes: every test under tests/e2e and tests/distributed runs a job, so it is marked slow here;
+`make test-fast` runs the rest (-m 'not slow'), `make test` runs everything."""
 
 from __future__ import annotations
 
@@ -15,6 +18,17 @@ REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+
+SLOW_FOLDERS = ("e2e", "distributed")  # under tests/: every test there runs a training job or several
+
+
+def pytest_collection_modifyitems(config, items):
+    tests = REPO / "tests"
+    for item in items:
+        path = Path(str(item.path))
+        if path.is_relative_to(tests) and path.relative_to(tests).parts[0] in SLOW_FOLDERS:
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")

@@ -1,107 +1,251 @@
-"""Every training hyperparameter: type, default, range and meaning, in one typed schema.
+"""Every training hyperparameter: type, default, range, meaning and aliases, declared once.
 
 SageMaker hands hyperparameters over as strings in several encodings ("True", "true",
-"\"True\"", "5", "\"5\""); `parse_hyperparameters` accepts them all. JumpStart names are
-canonical; Autopilot and Flan-T5 names are aliases (Autopilot's with its own, narrower ranges).
+"\"True\"", "5", "\"5\""): one before-validator peels the JSON quoting and pydantic coerces the
+rest. JumpStart names are canonical; Autopilot, Flan-T5 and Trainer names are aliases
+(Autopilot's with its own, narrower ranges). A validation error becomes a HyperparameterError
+that names the field, its range or choices, and the closest valid name for a typo.
 docs/hyperparameters.md is generated from this file (`tuneforge hyperparameters --markdown`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
+import functools
 import json
+import logging
 import math
-from dataclasses import dataclass, field
-from typing import Any
+import types
+import typing
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+import annotated_types
+from pydantic import (AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError,
+                      model_validator)
+from pydantic_core import PydanticCustomError
 
 from .errors import HyperparameterError
 
+log = logging.getLogger(__name__)
 
-def hp(default, doc: str, *, lo=None, hi=None, choices=None, lo_open=False):
-    return field(default=default, metadata={"doc": doc, "lo": lo, "hi": hi, "choices": choices,
-                                            "lo_open": lo_open})
+# The words every true/false setting accepts, in any case: hyperparameters and environment variables.
+TRUE_WORDS = frozenset({"true", "1", "yes", "y", "on"})
+FALSE_WORDS = frozenset({"false", "0", "no", "n", "off"})
 
 
-@dataclass
-class TrainConfig:
+def parse_flag(value: Any) -> bool:
+    """A bool, 0/1 or one of TRUE_WORDS/FALSE_WORDS (JSON quoting peeled) as True/False; ValueError otherwise."""
+    value = _unwrap(value)
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in TRUE_WORDS:
+        return True
+    if text in FALSE_WORDS:
+        return False
+    raise ValueError(f"{value!r} is not true or false")
+
+
+def _unwrap(value: Any) -> Any:
+    """Peel JSON string quoting: '"\\"5\\""' -> '5'. Non-JSON strings come back unchanged."""
+    for _ in range(3):
+        if not isinstance(value, str):
+            return value
+        text = value.strip()
+        if len(text) >= 2 and text[0] == text[-1] == '"':
+            try:
+                value = json.loads(text)
+                continue
+            except json.JSONDecodeError:
+                return text
+        return text
+    return value
+
+
+def _flag(value: Any) -> bool:
+    try:
+        return parse_flag(value)
+    except ValueError:
+        raise PydanticCustomError("flag", "not true or false") from None
+
+
+def _not_a_flag(value: Any) -> Any:
+    if isinstance(value, bool):  # JSON true is no number, though Python counts it as 1
+        raise PydanticCustomError("number_type", "a boolean is not a number")
+    return value
+
+
+def _none_words(value: Any) -> Any:
+    return None if value is None or str(value).strip().lower() in ("none", "null", "") else value
+
+
+def _whole_number(value: Any) -> Any:
+    """'4' or '4.0' -> 4, so that an int Literal matches a string encoding."""
+    try:
+        number = float(value)
+        return int(number) if number.is_integer() and not isinstance(value, bool) else value
+    except (TypeError, ValueError):
+        return value
+
+
+def _tri_state(value: Any) -> Any:
+    """auto stays auto; a boolean in any encoding becomes "true"/"false"."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    try:
+        return "true" if parse_flag(value) else "false"
+    except ValueError:
+        return value  # the Literal reports it, with the choices
+
+
+def _as_text(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(v) for v in value)
+    return str(value) if isinstance(value, (int, float)) else value
+
+
+def _module_list(value: Any) -> Any:
+    """target_modules as a comma list; a JSON list ('["q_proj", "v_proj"]') is accepted too."""
+    if isinstance(value, str) and value.startswith("["):
+        try:
+            return ",".join(json.loads(value.replace("'", '"')))
+        except (json.JSONDecodeError, TypeError):
+            pass
+    return _as_text(value)
+
+
+Flag = Annotated[bool, BeforeValidator(_flag)]
+Int = Annotated[int, BeforeValidator(_not_a_flag)]
+Float = Annotated[float, BeforeValidator(_not_a_flag)]  # finite: the model sets allow_inf_nan=False
+OptionalInt = Annotated[int | None, BeforeValidator(_none_words), BeforeValidator(_not_a_flag)]
+Text = Annotated[str, BeforeValidator(_as_text)]
+ModuleList = Annotated[str, BeforeValidator(_module_list)]
+TriState = Annotated[Literal["auto", "true", "false"], BeforeValidator(_tri_state)]
+Bits = Annotated[Literal[4, 8, 16], BeforeValidator(_whole_number)]
+
+
+def hp(default, doc: str, *, aliases: dict[str, tuple | None] | None = None, **bounds):
+    """A field: default, meaning, bounds (ge/gt/le) and aliases, each alias with the (lo, hi)
+    range it imposes on top of the field's own, or None."""
+    return Field(default, description=doc, validation_alias=AliasChoices(*aliases) if aliases else None,
+                 json_schema_extra={"alias_ranges": aliases} if aliases else None, **bounds)
+
+
+class TrainConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, validate_by_name=True,
+                              validate_by_alias=True)
+
     # --- data ---
-    instruction_tuned: bool = hp(False, "Train on prompt/completion rows from *.jsonl files (+ template.json).")
-    chat_dataset: bool = hp(False, "Train on conversations (`dialog`, `messages` or `conversations`); loss on assistant turns.")
-    data_format: str = hp("auto", "Force the data format instead of detecting it.",
-                          choices=("auto", "instruction", "chat", "domain", "table"))
-    add_input_output_demarcation_key: bool = hp(True, "Insert '\\n\\n### Response:\\n' between prompt and completion.")
-    max_input_length: int = hp(-1, "Longest tokenized example; -1 = min(1024, the tokenizer's limit). Longer rows are truncated and counted.", lo=-1)
-    max_output_length: int = hp(128, "Longest target for seq2seq models; also the most tokens generated per ROUGE sample.", lo=1)
-    validation_split_ratio: float = hp(0.2, "Share of train rows held out when there is no validation channel.", lo=0.0, hi=0.9)
-    train_data_split_seed: int = hp(0, "Seed of the train/validation split.", lo=0)
-    max_train_samples: int = hp(-1, "Use at most this many training rows; -1 = all.", lo=-1)
-    max_val_samples: int = hp(-1, "Use at most this many validation rows; -1 = all.", lo=-1)
-    preprocessing_num_workers: int | None = hp(None, "Processes for tokenization; None = one.", lo=1)
-    rouge_samples: int = hp(32, "Validation rows generated for ROUGE (0 turns ROUGE off).", lo=0)
-    knowledge_check: bool = hp(True, "Ask 12 bundled general questions before and after training and report the share answered right (metrics.json general_knowledge): a drop means the fine-tune made the model forget.")
+    instruction_tuned: Flag = hp(False, "Train on prompt/completion rows from *.jsonl files (+ template.json).")
+    chat_dataset: Flag = hp(False, "Train on conversations (`dialog`, `messages` or `conversations`); loss on assistant turns.")
+    data_format: Literal["auto", "instruction", "chat", "domain", "table"] = hp("auto", "Force the data format instead of detecting it.")
+    add_input_output_demarcation_key: Flag = hp(True, "Insert '\\n\\n### Response:\\n' between prompt and completion.")
+    max_input_length: Int = hp(-1, "Longest tokenized example; -1 = min(1024, the tokenizer's limit). Longer rows are truncated and counted.", ge=-1)
+    max_output_length: Int = hp(128, "Longest target for seq2seq models; also the most tokens generated per ROUGE sample.", ge=1)
+    validation_split_ratio: Float = hp(0.2, "Share of train rows held out when there is no validation channel.", ge=0.0, le=0.9)
+    train_data_split_seed: Int = hp(0, "Seed of the train/validation split.", ge=0)
+    max_train_samples: Int = hp(-1, "Use at most this many training rows; -1 = all.", ge=-1)
+    max_val_samples: Int = hp(-1, "Use at most this many validation rows; -1 = all.", ge=-1)
+    preprocessing_num_workers: OptionalInt = hp(None, "Processes for tokenization; None = one.", ge=1)
+    rouge_samples: Int = hp(32, "Validation rows generated for ROUGE (0 turns ROUGE off).", ge=0)
+    knowledge_check: Flag = hp(True, "Ask 12 bundled general questions before and after training and report the share answered right (metrics.json general_knowledge): a drop means the fine-tune made the model forget.")
     # --- schedule ---
-    epoch: int = hp(5, "Passes over the training data.", lo=1, hi=1000)
-    max_steps: int = hp(-1, "Stop after this many optimizer steps; -1 = run all epochs.", lo=-1)
-    learning_rate: float = hp(1e-4, "Peak learning rate.", lo=0.0, hi=1.0, lo_open=True)
-    lr_scheduler_type: str = hp("linear", "Learning-rate schedule.",
-                                choices=("linear", "cosine", "constant", "constant_with_warmup",
-                                         "cosine_with_restarts", "polynomial", "inverse_sqrt"))
-    warmup_ratio: float = hp(0.0, "Share of steps spent warming up.", lo=0.0, hi=1.0)
-    warmup_steps: int = hp(0, "Warm-up steps (wins over warmup_ratio when > 0).", lo=0)
-    per_device_train_batch_size: int = hp(4, "Training rows per device per step.", lo=1, hi=1024)
-    per_device_eval_batch_size: int = hp(-1, "Validation rows per device per step; -1 = per_device_train_batch_size (evaluation needs less memory than training, so it never needs fewer).", lo=-1, hi=1024)
-    gradient_accumulation_steps: int = hp(1, "Micro-batches per optimizer step.", lo=1, hi=1024)
-    weight_decay: float = hp(0.0, "AdamW weight decay.", lo=0.0, hi=1.0)
-    adam_beta1: float = hp(0.9, "AdamW beta1.", lo=0.0, hi=1.0)
-    adam_beta2: float = hp(0.999, "AdamW beta2.", lo=0.0, hi=1.0)
-    adam_epsilon: float = hp(1e-8, "AdamW epsilon.", lo=0.0, hi=1.0, lo_open=True)
-    max_grad_norm: float = hp(1.0, "Gradient clipping norm (0 = off).", lo=0.0)
-    label_smoothing_factor: float = hp(0.0, "Label smoothing.", lo=0.0, hi=1.0)
-    seed: int = hp(10, "Random seed for initialization, dropout and data order.", lo=0)
-    logging_steps: int = hp(10, "Log the training loss every this many steps.", lo=1)
-    evaluation_strategy: str = hp("epoch", "When to evaluate: every epoch, every eval_steps, or never.",
-                                  choices=("epoch", "steps", "no"))
-    eval_steps: int = hp(20, "Steps between evaluations when evaluation_strategy=steps.", lo=1)
-    load_best_model_at_end: bool = hp(True, "Keep the weights with the lowest validation loss.")
-    early_stopping_patience: int = hp(3, "Stop after this many evaluations without improvement; 0 = off.", lo=0)
-    early_stopping_threshold: float = hp(0.0, "Smallest validation-loss drop that counts as improvement.", lo=0.0)
-    dataloader_num_workers: int = hp(0, "DataLoader worker processes.", lo=0)
-    group_by_length: bool = hp(True, "Batch rows of similar length together where random batches would be >= 15 % padding (shuffled mega-batches sorted by length, batches in random order, every row once per epoch): far less padding, same per-token loss. False = plain random batches.")
-    packing: str = hp("auto", "Pack rows into padding-free bins (position_ids restart per row; attention never crosses a row): auto = where the attention kernel makes it faster (FlashAttention varlen on GPUs), true = always, false = never. metrics.json records the choice.",
-                      choices=("auto", "true", "false"))
-    liger_kernel: str = hp("auto", "Liger's fused Triton kernels (RMSNorm, RoPE, SwiGLU, fused linear cross-entropy) on CUDA: auto = when installed and the family is supported, true = required, false = off.",
-                           choices=("auto", "true", "false"))
+    epoch: Int = hp(5, "Passes over the training data.", ge=1, le=1000,
+                    aliases={"epochCount": (1, 10), "epochs": None, "num_train_epochs": None})
+    max_steps: Int = hp(-1, "Stop after this many optimizer steps; -1 = run all epochs.", ge=-1)
+    learning_rate: Float = hp(1e-4, "Peak learning rate.", gt=0.0, le=1.0, aliases={"learningRate": (0.0, 1.0)})
+    lr_scheduler_type: Literal["linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts",
+                               "polynomial", "inverse_sqrt"] = hp("linear", "Learning-rate schedule.")
+    warmup_ratio: Float = hp(0.0, "Share of steps spent warming up.", ge=0.0, le=1.0)
+    warmup_steps: Int = hp(0, "Warm-up steps (wins over warmup_ratio when > 0).", ge=0,
+                           aliases={"learningRateWarmupSteps": (0, 250)})
+    per_device_train_batch_size: Int = hp(4, "Training rows per device per step.", ge=1, le=1024,
+                                          aliases={"batchSize": (1, 64), "batch_size": None})
+    per_device_eval_batch_size: Int = hp(-1, "Validation rows per device per step; -1 = per_device_train_batch_size (evaluation needs less memory than training, so it never needs fewer).", ge=-1, le=1024)
+    gradient_accumulation_steps: Int = hp(1, "Micro-batches per optimizer step.", ge=1, le=1024)
+    weight_decay: Float = hp(0.0, "AdamW weight decay.", ge=0.0, le=1.0)
+    adam_beta1: Float = hp(0.9, "AdamW beta1.", ge=0.0, le=1.0)
+    adam_beta2: Float = hp(0.999, "AdamW beta2.", ge=0.0, le=1.0)
+    adam_epsilon: Float = hp(1e-8, "AdamW epsilon.", gt=0.0, le=1.0)
+    max_grad_norm: Float = hp(1.0, "Gradient clipping norm (0 = off).", ge=0.0)
+    label_smoothing_factor: Float = hp(0.0, "Label smoothing.", ge=0.0, le=1.0)
+    seed: Int = hp(10, "Random seed for initialization, dropout and data order.", ge=0)
+    logging_steps: Int = hp(10, "Log the training loss every this many steps.", ge=1)
+    evaluation_strategy: Literal["epoch", "steps", "no"] = hp("epoch", "When to evaluate: every epoch, every eval_steps, or never.",
+                                                              aliases={"eval_strategy": None})
+    eval_steps: Int = hp(20, "Steps between evaluations when evaluation_strategy=steps.", ge=1)
+    load_best_model_at_end: Flag = hp(True, "Keep the weights with the lowest validation loss.")
+    early_stopping_patience: Int = hp(3, "Stop after this many evaluations without improvement; 0 = off.", ge=0)
+    early_stopping_threshold: Float = hp(0.0, "Smallest validation-loss drop that counts as improvement.", ge=0.0)
+    dataloader_num_workers: Int = hp(0, "DataLoader worker processes.", ge=0)
+    group_by_length: Flag = hp(True, "Batch rows of similar length together where random batches would be >= 15 % padding (shuffled mega-batches sorted by length, batches in random order, every row once per epoch): far less padding, same per-token loss. False = plain random batches.")
+    packing: TriState = hp("auto", "Pack rows into padding-free bins (position_ids restart per row; attention never crosses a row): auto = where the attention kernel makes it faster (FlashAttention varlen on GPUs), true = always, false = never. metrics.json records the choice.")
+    liger_kernel: TriState = hp("auto", "Liger's fused Triton kernels (RMSNorm, RoPE, SwiGLU, fused linear cross-entropy) on CUDA: auto = when installed and the family is supported, true = required, false = off.")
     # --- model ---
-    model_id: str = hp("", "Local folder with the base model, used when there is no `model` channel.")
-    train_from_scratch: bool = hp(False, "Initialize weights randomly from the base model's config.")
-    trust_remote_code: bool = hp(False, "Allow model code shipped with the weights to run (off: safer).")
-    chat_template: str = hp("", "Jinja chat template to use instead of the tokenizer's.")
-    gradient_checkpointing: bool = hp(False, "Recompute activations in backward to save memory.")
-    precision: str = hp("auto", "Training precision: auto = bf16 on GPUs that have it, else fp16 on GPUs, fp32 on CPU.",
-                        choices=("auto", "fp32", "bf16", "fp16"))
-    bf16: bool = hp(False, "Shortcut for precision=bf16 (JumpStart name).")
-    fp16: bool = hp(False, "Shortcut for precision=fp16 (JumpStart name).")
+    model_id: Text = hp("", "Local folder with the base model, used when there is no `model` channel.")
+    train_from_scratch: Flag = hp(False, "Initialize weights randomly from the base model's config.")
+    trust_remote_code: Flag = hp(False, "Allow model code shipped with the weights to run (off: safer).")
+    chat_template: Text = hp("", "Jinja chat template to use instead of the tokenizer's.")
+    gradient_checkpointing: Flag = hp(False, "Recompute activations in backward to save memory.")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = hp("auto", "Training precision: auto = bf16 on GPUs that have it, else fp16 on GPUs, fp32 on CPU.")
+    bf16: Flag = hp(False, "Shortcut for precision=bf16 (JumpStart name).")
+    fp16: Flag = hp(False, "Shortcut for precision=fp16 (JumpStart name).")
     # --- PEFT ---
-    peft_type: str = hp("lora", "Adapter method; none = full fine-tuning.", choices=("lora", "none"))
-    lora_r: int = hp(8, "LoRA rank.", lo=1, hi=1024)
-    lora_alpha: int = hp(32, "LoRA scaling numerator.", lo=1, hi=4096)
-    lora_dropout: float = hp(0.05, "Dropout on the LoRA input.", lo=0.0, hi=1.0)
-    target_modules: str = hp("", "Comma list of module names, or all-linear; empty = the family's default (Llama: q_proj,v_proj).")
-    merge_weights: bool = hp(True, "Merge the adapter into the base and save full weights; False saves the adapter only.")
+    peft_type: Literal["lora", "none"] = hp("lora", "Adapter method; none = full fine-tuning.")
+    lora_r: Int = hp(8, "LoRA rank.", ge=1, le=1024)
+    lora_alpha: Int = hp(32, "LoRA scaling numerator.", ge=1, le=4096)
+    lora_dropout: Float = hp(0.05, "Dropout on the LoRA input.", ge=0.0, le=1.0)
+    target_modules: ModuleList = hp("", "Comma list of module names, or all-linear; empty = the family's default (Llama: q_proj,v_proj).")
+    merge_weights: Flag = hp(True, "Merge the adapter into the base and save full weights; False saves the adapter only.")
     # --- quantization and scale ---
-    int8_quantization: bool = hp(False, "Load the base in 8 bits (bitsandbytes, GPU only).")
-    load_in_4bit: bool = hp(False, "QLoRA: load the base in 4 bits (GPU only).")
-    bits: int = hp(16, "JumpStart name: 4 = QLoRA, 8 = int8, 16 = no quantization.", choices=(4, 8, 16))
-    quant_type: str = hp("nf4", "4-bit quantization type.", choices=("nf4", "fp4"))
-    double_quant: bool = hp(True, "Quantize the 4-bit quantization constants too.")
-    enable_fsdp: bool = hp(False, "Shard the model with FSDP across GPUs (JumpStart default True on multi-GPU Llama; GPU only).")
-    deepspeed: str = hp("none", "DeepSpeed ZeRO preset (zero2, zero3, zero2_offload, zero3_offload), a JSON file name in the `config` channel, or none.")
-    checkpoint_steps: int = hp(0, "Save a resumable checkpoint to /opt/ml/checkpoints every this many steps; 0 = each epoch.", lo=0)
-    save_total_limit: int = hp(2, "Checkpoints to keep in /opt/ml/checkpoints.", lo=1)
+    int8_quantization: Flag = hp(False, "Load the base in 8 bits (bitsandbytes, GPU only).")
+    load_in_4bit: Flag = hp(False, "QLoRA: load the base in 4 bits (GPU only).")
+    bits: Bits = hp(16, "JumpStart name: 4 = QLoRA, 8 = int8, 16 = no quantization.")
+    quant_type: Literal["nf4", "fp4"] = hp("nf4", "4-bit quantization type.")
+    double_quant: Flag = hp(True, "Quantize the 4-bit quantization constants too.")
+    enable_fsdp: Flag = hp(False, "Shard the model with FSDP across GPUs (JumpStart default True on multi-GPU Llama; GPU only).")
+    deepspeed: Text = hp("none", "DeepSpeed ZeRO preset (zero2, zero3, zero2_offload, zero3_offload), a JSON file name in the `config` channel, or none.")
+    checkpoint_steps: Int = hp(0, "Save a resumable checkpoint to /opt/ml/checkpoints every this many steps; 0 = each epoch.", ge=0,
+                               aliases={"save_steps": None})
+    save_total_limit: Int = hp(2, "Checkpoints to keep in /opt/ml/checkpoints.", ge=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_sagemaker_strings(cls, raw: Any) -> Any:
+        """Peel SageMaker's string quoting and drop the keys it adds; catch what pydantic's alias
+        handling cannot: one setting given under two names, and Autopilot's narrower ranges."""
+        if not isinstance(raw, dict):
+            return raw
+        values: dict[str, Any] = {}
+        given_as: dict[str, str] = {}  # field -> the key it came under
+        for key, value in raw.items():
+            if str(key).startswith("sagemaker_") or key in IGNORED_KEYS:
+                continue
+            value = _unwrap(value)
+            name = ALIASES.get(key, (key, None))[0]
+            _check_alias_range(key, value)
+            if name in given_as:
+                _check_same_value(name, given_as[name], values[given_as[name]], key, value)
+                continue
+            given_as[name] = key
+            values[key] = value
+        return values
+
+    @model_validator(mode="after")
+    def _check_combinations(self) -> "TrainConfig":
+        for broken, message, where, fix in COMBINATION_RULES:
+            if broken(self):
+                raise _user_error(message.format_map(self.__dict__), where, fix)
+        return self
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return self.model_dump()
+
+    @property
+    def effective_precision(self) -> str:
+        """precision, with the JumpStart shortcuts bf16=True / fp16=True applied."""
+        return "bf16" if self.bf16 else "fp16" if self.fp16 else self.precision
 
     @property
     def quantization(self) -> str:
@@ -123,180 +267,239 @@ class TrainConfig:
         return self.per_device_train_batch_size if value == -1 else value
 
 
-FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
-
-# alias -> (canonical name, (lo, hi) range the alias imposes, or None)
-ALIASES: dict[str, tuple[str, tuple | None]] = {
-    "epochCount": ("epoch", (1, 10)),
-    "batchSize": ("per_device_train_batch_size", (1, 64)),
-    "learningRate": ("learning_rate", (0.0, 1.0)),
-    "learningRateWarmupSteps": ("warmup_steps", (0, 250)),
-    "epochs": ("epoch", None),
-    "batch_size": ("per_device_train_batch_size", None),
-    "num_train_epochs": ("epoch", None),
-    "save_steps": ("checkpoint_steps", None),
-    "eval_strategy": ("evaluation_strategy", None),
-}
+# Combinations no field can check alone: (broken?, message, where, fix); the message may name fields.
+COMBINATION_RULES = [
+    (lambda c: c.instruction_tuned and c.chat_dataset, "instruction_tuned and chat_dataset are both true",
+     "hyperparameters instruction_tuned/chat_dataset", "set at most one of them to True"),
+    (lambda c: c.bf16 and c.fp16, "bf16 and fp16 are both true", "hyperparameters bf16/fp16", "set at most one of them"),
+    (lambda c: c.quantization != "none" and not c.use_lora, "quantized base weights can only be trained with LoRA",
+     "hyperparameter peft_type", "set peft_type=lora or turn quantization off"),
+    (lambda c: c.quantization != "none" and c.enable_fsdp, "int8/4-bit quantization is not supported together with FSDP",
+     "hyperparameters enable_fsdp/int8_quantization", "set exactly one of them to True"),
+    (lambda c: c.enable_fsdp and c.deepspeed != "none", "FSDP and DeepSpeed were both asked for",
+     "hyperparameters enable_fsdp/deepspeed", "choose one"),
+    (lambda c: c.per_device_eval_batch_size == 0, "0 is out of range", "hyperparameter per_device_eval_batch_size",
+     "use -1 (the training batch size) or a value >= 1"),
+    (lambda c: c.max_input_length != -1 and c.max_input_length < 8, "{max_input_length} is too short",
+     "hyperparameter max_input_length", "use -1 (automatic) or a value >= 8"),
+]
 
 # Keys SageMaker and its SDKs add that are not ours to interpret.
 IGNORED_KEYS = {"_tuning_objective_metric", "accept_eula"}
 
 
-def _unwrap(value: Any) -> Any:
-    """Peel JSON string quoting: '"\\"5\\""' -> '5'. Non-JSON strings come back unchanged."""
-    for _ in range(3):
-        if not isinstance(value, str):
+@dataclass(frozen=True)
+class FieldSpec:
+    """One hyperparameter as the docs and error messages show it."""
+
+    name: str
+    type: str  # "bool", "int", "float", "str", "int | None"
+    default: Any
+    doc: str
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    choices: tuple | None = None
+
+    @property
+    def span(self) -> str:
+        """'>= 0.0 and <= 1.0', or the choices."""
+        if self.choices:
+            return ", ".join(map(str, self.choices))
+        low = "" if self.lo is None else f"{'>' if self.lo_open else '>='} {self.lo}"
+        high = "" if self.hi is None else f"<= {self.hi}"
+        return " and ".join(p for p in (low, high) if p)
+
+
+def _field_spec(name: str, info) -> FieldSpec:
+    annotation = info.annotation
+    choices = typing.get_args(annotation) if typing.get_origin(annotation) is Literal else None
+    if choices:
+        kind = type(choices[0]).__name__
+    elif typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        kind = " | ".join("None" if a is type(None) else a.__name__ for a in typing.get_args(annotation))
+    else:
+        kind = annotation.__name__
+    bounds: dict[str, Any] = {}
+    for item in info.metadata:
+        if isinstance(item, (annotated_types.Ge, annotated_types.Gt)):
+            bounds.update(lo=getattr(item, "ge", getattr(item, "gt", None)), lo_open=isinstance(item, annotated_types.Gt))
+        elif isinstance(item, annotated_types.Le):
+            bounds["hi"] = item.le
+    return FieldSpec(name, kind, info.default, info.description or "", choices=choices, **bounds)
+
+
+FIELDS: dict[str, FieldSpec] = {name: _field_spec(name, info) for name, info in TrainConfig.model_fields.items()}
+
+# alias -> (canonical name, (lo, hi) range the alias imposes, or None)
+ALIASES: dict[str, tuple[str, tuple | None]] = {
+    alias: (name, span)
+    for name, info in TrainConfig.model_fields.items()
+    for alias, span in ((info.json_schema_extra or {}).get("alias_ranges") or {}).items()
+}
+
+
+def _user_error(message: str, where: str, fix: str) -> PydanticCustomError:
+    """A validation error that already reads as a HyperparameterError."""
+    return PydanticCustomError("tuneforge", "{message}", {"message": message, "where": where, "fix": fix})
+
+
+def _shown(value: Any) -> str:
+    """A number as written ('1.5' -> 1.5), anything else quoted."""
+    if isinstance(value, str):
+        try:
+            float(value)
             return value
-        text = value.strip()
-        if len(text) >= 2 and text[0] == text[-1] == '"':
-            try:
-                value = json.loads(text)
-                continue
-            except json.JSONDecodeError:
-                return text
-        return text
-    return value
+        except ValueError:
+            pass
+    return repr(value)
 
 
-_TRUE = {"true", "1", "yes", "y", "on"}
-_FALSE = {"false", "0", "no", "n", "off"}
-
-
-def _coerce(name: str, value: Any, kind: str) -> Any:
-    """`kind` is the field's annotation as text ("bool", "int", "float", "str", "int | None")."""
-    value = _unwrap(value)
-    base = kind.replace(" | None", "")
-    if kind.endswith("| None") and (value is None or str(value).strip().lower() in ("none", "null", "")):
-        return None
+def _check_alias_range(key: str, value: Any) -> None:
+    span = ALIASES.get(key, (None, None))[1]
     try:
-        if base == "bool":
-            if isinstance(value, bool):
-                return value
-            text = str(value).strip().lower()
-            if text in _TRUE:
-                return True
-            if text in _FALSE:
-                return False
-            raise ValueError
-        if base == "int":
-            if isinstance(value, bool):
-                raise ValueError
-            number = float(value)
-            if not number.is_integer():
-                raise ValueError
-            return int(number)
-        if base == "float":
-            if isinstance(value, bool):
-                raise ValueError
-            number = float(value)
-            if not math.isfinite(number):  # NaN slips through every range comparison
-                raise ValueError
-            return number
-        if isinstance(value, (list, tuple)):
-            return ",".join(str(v) for v in value)
-        text = str(value)
-        if name == "target_modules" and text.startswith("["):
-            try:
-                return ",".join(json.loads(text.replace("'", '"')))
-            except json.JSONDecodeError:
-                pass
-        return text
+        number = float(value)
     except (TypeError, ValueError):
-        expected = {"bool": "true or false", "float": "a finite number"}.get(base, f"a{'n' if base == 'int' else ''} {base}")
-        raise HyperparameterError(f"{value!r} is not {expected}", where=f"hyperparameter {name}",
-                                  fix=f"set {name} to {expected}") from None
+        return  # the field reports a value that is no number
+    if span is not None and math.isfinite(number) and not span[0] <= number <= span[1]:
+        raise _user_error(f"{_shown(value)} is out of range", f"hyperparameter {key}",
+                          f"use a value >= {span[0]} and <= {span[1]}")
 
 
-def _check_range(name: str, value: Any, lo, hi, choices, lo_open=False, via: str | None = None) -> None:
-    label = f"hyperparameter {via or name}"
-    if value is None:
-        return
-    if choices is not None and value not in choices:
-        raise HyperparameterError(f"{value!r} is not allowed", where=label,
-                                  fix=f"use one of {', '.join(map(str, choices))}")
-    too_low = lo is not None and (value <= lo if lo_open else value < lo)
-    if too_low or (hi is not None and value > hi):
-        low = "" if lo is None else f"{'>' if lo_open else '>='} {lo}"
-        high = "" if hi is None else f"<= {hi}"
-        span = " and ".join(p for p in (low, high) if p)
-        raise HyperparameterError(f"{value!r} is out of range", where=label, fix=f"use a value {span}")
+def _same(a: Any, b: Any) -> bool:
+    try:
+        return float(a) == float(b)  # "1e-4" and "0.0001" name the same number
+    except (TypeError, ValueError):
+        return str(a).strip().lower() == str(b).strip().lower()
+
+
+def _check_same_value(name: str, first_key: str, first: Any, key: str, value: Any) -> None:
+    if not _same(first, value):
+        raise _user_error(f"set twice, as {first_key}={first!r} and {key}={value!r}", f"hyperparameter {name}",
+                          "keep one of the two names")
+
+
+EXPECTED = {"bool": "true or false", "int": "an integer", "float": "a finite number", "str": "a string",
+            "int | None": "an integer or None", "float | None": "a finite number or None", "str | None": "a string"}
+RANGE_ERRORS = {"greater_than", "greater_than_equal", "less_than", "less_than_equal"}
+
+
+def _hyperparameter_error(error: dict) -> HyperparameterError:
+    """One pydantic error as the message a user reads: what, which hyperparameter, how to fix it."""
+    if error["type"] == "tuneforge":
+        return HyperparameterError(**error["ctx"])
+    key = str(error["loc"][0]) if error["loc"] else "?"
+    where, value = f"hyperparameter {key}", error.get("input")
+    if error["type"] == "extra_forbidden":
+        close = difflib.get_close_matches(key, list(FIELDS) + list(ALIASES), n=1, cutoff=0.6)
+        fix = f"did you mean {close[0]!r}?" if close else "see docs/hyperparameters.md for the valid names"
+        return HyperparameterError("unknown hyperparameter", where=where, fix=fix)
+    spec = FIELDS[ALIASES.get(key, (key, None))[0]]
+    if error["type"] == "literal_error":
+        return HyperparameterError(f"{value!r} is not allowed", where=where, fix=f"use one of {spec.span}")
+    if error["type"] in RANGE_ERRORS:
+        return HyperparameterError(f"{_shown(value)} is out of range", where=where, fix=f"use a value {spec.span}")
+    expected = EXPECTED.get(spec.type, f"a valid {spec.type}")
+    return HyperparameterError(f"{value!r} is not {expected}", where=where, fix=f"set {key} to {expected}")
 
 
 def parse_hyperparameters(raw: dict[str, Any]) -> TrainConfig:
-    """Turn SageMaker's string map into a validated TrainConfig."""
-    values: dict[str, Any] = {}
-    source: dict[str, str] = {}
-    for key, raw_value in raw.items():
-        if key.startswith("sagemaker_") or key in IGNORED_KEYS:
-            continue
-        alias_range = None
-        name = key
-        if key in ALIASES:
-            name, alias_range = ALIASES[key]
-        elif key not in FIELDS:
-            close = difflib.get_close_matches(key, list(FIELDS) + list(ALIASES), n=1, cutoff=0.6)
-            fix = f"did you mean {close[0]!r}?" if close else "see docs/hyperparameters.md for the valid names"
-            raise HyperparameterError("unknown hyperparameter", where=f"hyperparameter {key}", fix=fix)
-        spec = FIELDS[name]
-        value = _coerce(key, raw_value, spec.type)
-        meta = spec.metadata
-        if alias_range:
-            _check_range(name, value, alias_range[0], alias_range[1], None, via=key)
-        _check_range(name, value, meta["lo"], meta["hi"], meta["choices"], meta["lo_open"], via=key)
-        if name in values and values[name] != value:
-            raise HyperparameterError(f"set twice, as {source[name]}={values[name]!r} and {key}={value!r}",
-                                      where=f"hyperparameter {name}", fix="keep one of the two names")
-        values[name] = value
-        source[name] = key
-    config = TrainConfig(**values)
-    _check_combinations(config)
-    return config
+    """Turn SageMaker's string map into a validated TrainConfig; the first problem (in the order
+    the keys were given) as a HyperparameterError."""
+    try:
+        return TrainConfig.model_validate(raw)
+    except ValidationError as exc:
+        order = {key: index for index, key in enumerate(raw)}
+        first = min(exc.errors(), key=lambda e: order.get(e["loc"][0], -1) if e["loc"] else -1)
+        raise _hyperparameter_error(first) from None
 
 
-def _check_combinations(config: TrainConfig) -> None:
-    if config.instruction_tuned and config.chat_dataset:
-        raise HyperparameterError("instruction_tuned and chat_dataset are both true",
-                                  where="hyperparameters instruction_tuned/chat_dataset",
-                                  fix="set at most one of them to True")
-    if config.bf16 and config.fp16:
-        raise HyperparameterError("bf16 and fp16 are both true", where="hyperparameters bf16/fp16",
-                                  fix="set at most one of them")
-    if config.bf16:
-        config.precision = "bf16"
-    elif config.fp16:
-        config.precision = "fp16"
-    if config.quantization != "none" and not config.use_lora:
-        raise HyperparameterError("quantized base weights can only be trained with LoRA",
-                                  where="hyperparameter peft_type", fix="set peft_type=lora or turn quantization off")
-    if config.quantization != "none" and config.enable_fsdp:
-        raise HyperparameterError("int8/4-bit quantization is not supported together with FSDP",
-                                  where="hyperparameters enable_fsdp/int8_quantization",
-                                  fix="set exactly one of them to True")
-    if config.enable_fsdp and config.deepspeed != "none":
-        raise HyperparameterError("FSDP and DeepSpeed were both asked for",
-                                  where="hyperparameters enable_fsdp/deepspeed", fix="choose one")
-    if config.per_device_eval_batch_size == 0:
-        raise HyperparameterError("0 is out of range", where="hyperparameter per_device_eval_batch_size",
-                                  fix="use -1 (the training batch size) or a value >= 1")
-    if config.max_input_length != -1 and config.max_input_length < 8:
-        raise HyperparameterError(f"{config.max_input_length} is too short", where="hyperparameter max_input_length",
-                                  fix="use -1 (automatic) or a value >= 8")
+_KIND_TYPES = {"bool": Flag, "int": Int, "float": Float, "str": Text}
+
+
+@functools.lru_cache(maxsize=None)
+def _adapter(kind: str, modules: bool) -> TypeAdapter:
+    """The type of a field written as `kind`; "X | None" also takes none/null/empty as None."""
+    base = kind.removesuffix(" | None")
+    target = ModuleList if modules else _KIND_TYPES.get(base, Text)
+    if base != kind:
+        target = Annotated[target | None, BeforeValidator(_none_words)]
+    return TypeAdapter(target, config=ConfigDict(allow_inf_nan=False))
+
+
+def _coerce(name: str, value: Any, kind: str) -> Any:
+    """One value as a field of `kind` ("bool", "int", "float", "str", "int | None") would take it;
+    HyperparameterError naming `name` otherwise. For other schemas that read SageMaker strings."""
+    value = _unwrap(value)
+    try:
+        return _adapter(kind, name == "target_modules").validate_python(value)
+    except ValidationError:
+        expected = EXPECTED.get(kind, f"a valid {kind}")
+        raise HyperparameterError(f"{value!r} is not {expected}", where=f"hyperparameter {name}",
+                                  fix=f"set {name} to {expected}") from None
 
 
 def markdown_table() -> str:
     """The hyperparameter reference written to docs/hyperparameters.md."""
     lines = ["| name | type | default | range / choices | meaning |", "|---|---|---|---|---|"]
     for name, spec in FIELDS.items():
-        meta = spec.metadata
-        if meta["choices"]:
-            span = ", ".join(map(str, meta["choices"]))
-        else:
-            lo = "" if meta["lo"] is None else (f"> {meta['lo']}" if meta["lo_open"] else f">= {meta['lo']}")
-            hi = "" if meta["hi"] is None else f"<= {meta['hi']}"
-            span = " and ".join(p for p in (lo, hi) if p)
-        lines.append(f"| `{name}` | {spec.type} | `{spec.default!r}` | {span} | {meta['doc']} |")
+        lines.append(f"| `{name}` | {spec.type} | `{spec.default!r}` | {spec.span} | {spec.doc} |")
     lines += ["", "Aliases (Autopilot, Flan-T5 and Trainer names):", "",
               "| alias | means | range the alias imposes |", "|---|---|---|"]
     for alias, (name, span) in ALIASES.items():
         lines.append(f"| `{alias}` | `{name}` | {'' if span is None else f'{span[0]}-{span[1]}'} |")
     return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------- TrainingArguments
+# hyperparameter -> the TrainingArguments argument it sets unchanged.
+TRAINING_ARGUMENTS = {
+    "epoch": "num_train_epochs", "max_steps": "max_steps",
+    "per_device_train_batch_size": "per_device_train_batch_size",
+    "gradient_accumulation_steps": "gradient_accumulation_steps",
+    "learning_rate": "learning_rate", "lr_scheduler_type": "lr_scheduler_type", "weight_decay": "weight_decay",
+    "adam_beta1": "adam_beta1", "adam_beta2": "adam_beta2", "adam_epsilon": "adam_epsilon",
+    "max_grad_norm": "max_grad_norm", "label_smoothing_factor": "label_smoothing_factor",
+    "save_total_limit": "save_total_limit", "logging_steps": "logging_steps", "seed": "seed",
+    "dataloader_num_workers": "dataloader_num_workers",
+}
+
+
+def training_arguments(config: TrainConfig, *, has_validation: bool) -> dict[str, Any]:
+    """The TrainingArguments the hyperparameters decide: the table above, then the derived ones.
+    Where a value differs from what a hyperparameter asked for, the log says so and why."""
+    args = {argument: getattr(config, name) for name, argument in TRAINING_ARGUMENTS.items()}
+    if config.warmup_steps > 0 and config.warmup_ratio > 0:
+        _override("warmup_steps", config.warmup_steps, f"warmup_ratio={config.warmup_ratio}",
+                  "warmup_steps > 0 wins over warmup_ratio")
+    args.update(per_device_eval_batch_size=config.eval_batch_size, data_seed=config.seed,
+                warmup_steps=config.warmup_steps if config.warmup_steps > 0 else config.warmup_ratio,
+                train_sampling_strategy="group_by_length" if config.group_by_length else "random")
+    args.update(_evaluation_and_saving(config, has_validation))
+    return args
+
+
+def _evaluation_and_saving(config: TrainConfig, has_validation: bool) -> dict[str, Any]:
+    """Checkpoints every checkpoint_steps or each epoch; evaluation follows them where it must."""
+    save = "steps" if config.checkpoint_steps > 0 else "epoch"
+    evaluate = config.evaluation_strategy
+    if evaluate != "no" and not has_validation:
+        _override("eval_strategy", "no", f"evaluation_strategy={evaluate}", "there is no validation data")
+        evaluate = "no"
+    if evaluate not in ("no", save) and config.load_best_model_at_end:
+        _override("eval_strategy", save, f"evaluation_strategy={evaluate}",
+                  "load_best_model_at_end needs evaluations where checkpoints are saved")
+        evaluate = save
+    steps = config.checkpoint_steps or config.eval_steps
+    if evaluate == "steps" and steps != config.eval_steps:
+        _override("eval_steps", steps, f"eval_steps={config.eval_steps}",
+                  "evaluation runs at checkpoint_steps, where checkpoints are saved")
+    load_best = config.load_best_model_at_end and evaluate != "no"
+    if config.load_best_model_at_end and not load_best:
+        _override("load_best_model_at_end", False, "load_best_model_at_end=True", "nothing is evaluated")
+    return dict(eval_strategy=evaluate, eval_steps=steps, save_strategy=save, save_steps=steps,
+                load_best_model_at_end=load_best, metric_for_best_model="eval_loss", greater_is_better=False)
+
+
+def _override(argument: str, value: Any, asked: str, reason: str) -> None:
+    log.info("TrainingArguments %s=%s instead of %s: %s", argument, value, asked, reason)

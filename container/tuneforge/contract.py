@@ -1,4 +1,5 @@
-"""The SageMaker container contract: the only module that knows /opt/ml paths and SM_* names.
+"""The SageMaker container contract: the only module that knows /opt/ml paths and SM_* names,
+and the one place the training side reads its environment variables (`TrainEnv`).
 
 Every path is derived from SAGEMAKER_BASE_DIR (default /opt/ml), which is also what the
 sagemaker-training toolkit honours, so `train` and `tuneforge train --base-dir` see one tree.
@@ -13,13 +14,69 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .config import Flag
+
 DEFAULT_BASE_DIR = "/opt/ml"
 BASE_DIR_ENV = "SAGEMAKER_BASE_DIR"
 TRAIN_CHANNELS = ("train", "training")
 VALIDATION_CHANNEL = "validation"
 MODEL_CHANNEL = "model"
 CONFIG_CHANNEL = "config"
-METADATA_FILE = "tuneforge.json"
+
+
+def env(name: str, default=None, doc: str = ""):
+    return Field(default, validation_alias=name, description=doc)
+
+
+class TrainEnv(BaseSettings):
+    """Every environment variable the training side reads: name, type, default and meaning.
+
+    Read afresh by `train_env()` at each use (the launcher sets some for its children). Unset or
+    empty means the default; true/false ones take config.TRUE_WORDS / FALSE_WORDS."""
+
+    model_config = SettingsConfigDict(case_sensitive=True, env_ignore_empty=True, extra="ignore", frozen=True)
+
+    base_dir: Path = env(BASE_DIR_ENV, Path(DEFAULT_BASE_DIR), "Root of the /opt/ml tree.")
+    # torchrun's, set for each rank
+    rank: int = env("RANK", 0, "Global rank of this process.")
+    local_rank: int = env("LOCAL_RANK", 0, "Rank of this process on its host.")
+    world_size: int = env("WORLD_SIZE", 1, "Processes in the job.")
+    local_world_size: int | None = env("LOCAL_WORLD_SIZE", None, "Processes on this host (unset: WORLD_SIZE).")
+    # the launcher's
+    nproc_per_node: int | None = env("TUNEFORGE_NPROC_PER_NODE", None, "Processes per host; unset: one per GPU.")
+    master_addr: str | None = env("TUNEFORGE_MASTER_ADDR", None, "Rendezvous address; unset: the first host.")
+    master_port: int | None = env("TUNEFORGE_MASTER_PORT", None, "Rendezvous port; unset: the launcher's default.")
+    dns_timeout_s: float = env("TUNEFORGE_DNS_TIMEOUT", 300.0, "How long to wait for the other hosts' names.")
+    shutdown_timeout_s: int | None = env("TUNEFORGE_SHUTDOWN_TIMEOUT", None,
+                                         "Seconds ranks get to stop after SIGTERM; unset: the launcher's default.")
+    log_level: str = env("TUNEFORGE_LOG_LEVEL", "INFO", "Python logging level.")
+    agent_pid: int | None = env("TUNEFORGE_AGENT_PID", None, "The torchrun agent a rank dies with.")
+    rank_failures: str | None = env("TUNEFORGE_RANK_FAILURES", None, "File torchrun's per-rank failures go to.")
+    # limits and switches
+    peak_tflops: float | None = env("TUNEFORGE_PEAK_TFLOPS", None, "Dense peak of one GPU for MFU; unset: known GPUs.")
+    max_archive_gb: float | None = env("TUNEFORGE_MAX_ARCHIVE_GB", None, "Largest unpacked model archive.")
+    allow_cpu_quantization: Flag = env("TUNEFORGE_ALLOW_CPU_QUANTIZATION", False,
+                                       "Run int8/4-bit bases on CPU (slow; for tests).")
+    skip_preflight: Flag = env("TUNEFORGE_SKIP_PREFLIGHT", False, "Skip the GPU memory estimate before loading.")
+    tiny_cache: Path | None = env("TUNEFORGE_TINY_CACHE", None, "Where the tiny test models are built.")
+
+
+def train_env(environ: dict | None = None) -> TrainEnv:
+    """The training environment now (os.environ, or `environ`); a UserError names a bad variable."""
+    from .errors import UserError
+
+    try:
+        if environ is None:
+            return TrainEnv()
+        return TrainEnv.model_validate({k: v for k, v in environ.items() if v != ""})
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        name = error["loc"][0] if error["loc"] else "?"
+        raise UserError(f"{error.get('input')!r} is not valid ({error['msg']})", where=f"environment variable {name}",
+                        fix=f"set {name} to a valid value or unset it") from None
 
 
 @dataclass(frozen=True)
@@ -28,7 +85,7 @@ class Paths:
 
     @classmethod
     def from_env(cls, base_dir: str | os.PathLike | None = None) -> "Paths":
-        return cls(Path(base_dir or os.environ.get(BASE_DIR_ENV) or DEFAULT_BASE_DIR))
+        return cls(Path(base_dir) if base_dir else train_env().base_dir)
 
     # input/config
     @property

@@ -5,18 +5,15 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from .errors import ModelError, ResourceError
+from .model_folder import check_weights, choose_dtype, has_tokenizer
 
 log = logging.getLogger(__name__)
-
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
-PICKLE_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
 
 
 @dataclass
@@ -79,20 +76,12 @@ def has_cuda() -> bool:
 
 
 def pick_dtype(config) -> torch.dtype:
-    """Weights dtype. Precision 'auto': bf16 where the GPU has it, else fp16 on GPU, fp32 on CPU."""
-    precision = config.precision
-    if precision == "auto":
-        if not has_cuda():
-            return torch.float32
-        precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    """Weights dtype (model_folder.choose_dtype); bf16/fp16 training needs a GPU."""
+    precision = config.effective_precision
     if precision in ("bf16", "fp16") and not has_cuda():
         raise ResourceError(f"precision {precision} needs a GPU and none is visible", where="hyperparameter precision",
                             fix="use precision=auto or fp32 on CPU")
-    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-
-
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.model", "sentencepiece.bpe.model",
-                   "vocab.txt")
+    return choose_dtype(precision, "cuda" if has_cuda() else "cpu")
 
 
 def read_model_config(path: Path, config):
@@ -121,7 +110,7 @@ def load_tokenizer(path: Path, config):
     from transformers import AutoTokenizer
 
     path = Path(path)
-    if not any((path / name).exists() for name in TOKENIZER_FILES):
+    if not has_tokenizer(path):
         raise ModelError("no tokenizer files found (tokenizer.json, tokenizer.model, vocab.json, ...)", where=str(path),
                          fix="save the tokenizer beside the weights (tokenizer.save_pretrained(folder))")
     try:
@@ -145,25 +134,15 @@ def load_tokenizer(path: Path, config):
     return tokenizer
 
 
-def _check_weights(path: Path, config) -> None:
-    if config.train_from_scratch:
-        return
-    if any((path / name).exists() for name in WEIGHT_FILES) or list(path.glob("*.safetensors")):
-        return
-    if any((path / name).exists() for name in PICKLE_FILES):
-        raise ModelError("the base model has only pickle (.bin) weights, which can run code when loaded",
-                         where=str(path), fix="convert the weights to safetensors (save_pretrained(..., safe_serialization=True))")
-    raise ModelError("no *.safetensors weights found", where=str(path),
-                     fix="put the model's safetensors files beside config.json")
-
-
 def quantization_config(config, dtype):
     """bitsandbytes settings for int8/4-bit bases. GPU only: bitsandbytes' CPU kernels run, but far
     slower than fp32 there, so a CPU job with quantization on is almost surely a mistake.
     TUNEFORGE_ALLOW_CPU_QUANTIZATION=1 runs it anyway (the tests use it to exercise this path)."""
+    from .contract import train_env
+
     if config.quantization == "none":
         return None
-    if not has_cuda() and os.environ.get("TUNEFORGE_ALLOW_CPU_QUANTIZATION") != "1":
+    if not has_cuda() and not train_env().allow_cpu_quantization:
         raise ResourceError(f"{config.quantization} quantization needs an NVIDIA GPU (bitsandbytes) and none is visible",
                             where="hyperparameters int8_quantization/load_in_4bit/bits",
                             fix="run on a GPU instance, or turn quantization off for CPU runs")
@@ -187,7 +166,8 @@ def load_model(path: Path, config, *, tokenizer=None, dtype: torch.dtype | None 
     tokenizer = tokenizer or load_tokenizer(path, config)
     dtype = dtype or pick_dtype(config)
     model_config = model_config or read_model_config(path, config)
-    _check_weights(path, config)
+    if not config.train_from_scratch:
+        check_weights(path)  # safetensors only: training never loads pickles
     seq2seq = bool(getattr(model_config, "is_encoder_decoder", False))
     auto = AutoModelForSeq2SeqLM if seq2seq else AutoModelForCausalLM
     # LoRA trains a frozen base: keep it in the compute dtype. Full fine-tuning keeps fp32 master

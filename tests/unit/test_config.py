@@ -1,6 +1,9 @@
+import logging
+
 import pytest
 
-from tuneforge.config import TrainConfig, markdown_table, parse_hyperparameters
+from tuneforge.config import (FIELDS, TrainConfig, _coerce, _unwrap, markdown_table, parse_hyperparameters,
+                              training_arguments)
 from tuneforge.errors import HyperparameterError
 
 
@@ -55,7 +58,7 @@ def test_out_of_range_names_field_and_range():
     assert "lora_dropout" in str(err.value) and "<= 1.0" in str(err.value)
 
 
-FLOAT_FIELDS = [name for name, spec in __import__("tuneforge.config").config.FIELDS.items() if spec.type == "float"]
+FLOAT_FIELDS = [name for name, spec in FIELDS.items() if spec.type == "float"]
 
 
 @pytest.mark.parametrize("name", FLOAT_FIELDS)
@@ -112,3 +115,101 @@ def test_markdown_lists_every_field():
     table = markdown_table()
     for name in ("epoch", "lora_r", "enable_fsdp", "int8_quantization", "epochCount", "deepspeed"):
         assert f"`{name}`" in table
+
+
+@pytest.mark.parametrize("name", ["packing", "liger_kernel"])
+@pytest.mark.parametrize("encoded,expected", [("auto", "auto"), ('"auto"', "auto"), ("True", "true"), ('"true"', "true"),
+                                              (True, "true"), (1, "true"), ("1", "true"), ("False", "false"),
+                                              (False, "false"), ("0", "false"), ('"FALSE"', "false")])
+def test_tri_state_fields_take_booleans_in_every_encoding(name, encoded, expected):
+    assert getattr(parse_hyperparameters({name: encoded}), name) == expected
+
+
+def test_tri_state_rejects_other_words_naming_the_choices():
+    with pytest.raises(HyperparameterError) as err:
+        parse_hyperparameters({"packing": "sometimes"})
+    assert str(err.value) == ("hyperparameter packing: 'sometimes' is not allowed. Fix: use one of auto, true, false")
+
+
+def test_choices_and_types_read_clearly():
+    with pytest.raises(HyperparameterError) as err:
+        parse_hyperparameters({"bits": '"5"'})
+    assert str(err.value) == "hyperparameter bits: 5 is not allowed. Fix: use one of 4, 8, 16"
+    assert parse_hyperparameters({"bits": '"8"'}).quantization == "int8"
+    with pytest.raises(HyperparameterError) as err:
+        parse_hyperparameters({"merge_weights": "maybe"})
+    assert str(err.value) == ("hyperparameter merge_weights: 'maybe' is not true or false. "
+                              "Fix: set merge_weights to true or false")
+    with pytest.raises(HyperparameterError, match="hyperparameter epoch: True is not an integer"):
+        parse_hyperparameters({"epoch": True})  # JSON true is not the number 1
+
+
+def test_an_alias_error_names_the_alias_given():
+    with pytest.raises(HyperparameterError) as err:
+        parse_hyperparameters({"batch_size": "many"})
+    assert str(err.value).startswith("hyperparameter batch_size: 'many' is not an integer")
+    assert parse_hyperparameters({"epoch": "3", "epochCount": '"3"'}).epoch == 3  # the same value twice is fine
+    assert parse_hyperparameters({"learning_rate": "0.0001", "learningRate": "1e-4"}).learning_rate == 1e-4
+
+
+def test_first_problem_in_the_order_given_is_reported():
+    with pytest.raises(HyperparameterError, match="hyperparameter epoch:"):
+        parse_hyperparameters({"epoch": "0", "lora_rank": "8"})
+    with pytest.raises(HyperparameterError, match="hyperparameter lora_rank:"):
+        parse_hyperparameters({"lora_rank": "8", "epoch": "0"})
+
+
+def test_config_is_immutable_and_shortcuts_do_not_rewrite_it():
+    cfg = parse_hyperparameters({"bf16": "True"})
+    assert cfg.precision == "auto" and cfg.effective_precision == "bf16"
+    assert parse_hyperparameters({"fp16": "true"}).effective_precision == "fp16"
+    assert parse_hyperparameters({"precision": "fp32"}).effective_precision == "fp32"
+    with pytest.raises(Exception):
+        cfg.epoch = 3
+    assert cfg.to_dict()["bf16"] is True and set(cfg.to_dict()) == set(FIELDS)
+
+
+def test_helpers_for_other_schemas_keep_their_behaviour():
+    assert _unwrap('"\\"5\\""') == "5" and _unwrap("plain") == "plain" and _unwrap(5) == 5
+    assert _coerce("steps", '"5"', "int") == 5 and _coerce("steps", "5.0", "int") == 5
+    assert _coerce("flag", "yes", "bool") is True and _coerce("flag", '"False"', "bool") is False
+    assert _coerce("size", "None", "int | None") is None and _coerce("size", "3", "int | None") == 3
+    assert _coerce("scale", "2e-4", "float") == pytest.approx(2e-4)
+    assert _coerce("name", ["a", "b"], "str") == "a,b" and _coerce("name", 5, "str") == "5"
+    for value, kind, expected in (("nan", "float", "a finite number"), ("x", "int", "an integer"),
+                                  ("maybe", "bool", "true or false"), (True, "int", "an integer")):
+        with pytest.raises(HyperparameterError) as err:
+            _coerce("steps", value, kind)
+        assert str(err.value).startswith(f"hyperparameter steps: {value!r} is not {expected}")
+
+
+def _arguments(caplog, has_validation=True, **values):
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="tuneforge.config"):
+        args = training_arguments(parse_hyperparameters({k: str(v) for k, v in values.items()}),
+                                  has_validation=has_validation)
+    return args, caplog.text
+
+
+def test_training_arguments_follow_the_table(caplog):
+    args, logged = _arguments(caplog, epoch=2, learning_rate=0.001, per_device_train_batch_size=3, seed=7,
+                              load_best_model_at_end=False)
+    assert (args["num_train_epochs"], args["learning_rate"], args["per_device_train_batch_size"]) == (2, 0.001, 3)
+    assert (args["seed"], args["data_seed"], args["per_device_eval_batch_size"]) == (7, 7, 3)
+    assert (args["eval_strategy"], args["save_strategy"], args["load_best_model_at_end"]) == ("epoch", "epoch", False)
+    assert logged == ""  # nothing asked for was changed
+
+
+def test_every_override_is_logged(caplog):
+    args, logged = _arguments(caplog, evaluation_strategy="steps", eval_steps=5)
+    assert (args["eval_strategy"], args["save_strategy"]) == ("epoch", "epoch")
+    assert "eval_strategy=epoch instead of evaluation_strategy=steps: load_best_model_at_end" in logged
+    args, logged = _arguments(caplog, has_validation=False)
+    assert args["eval_strategy"] == "no" and args["load_best_model_at_end"] is False
+    assert "instead of evaluation_strategy=epoch: there is no validation data" in logged
+    assert "load_best_model_at_end=False instead of load_best_model_at_end=True" in logged
+    args, logged = _arguments(caplog, evaluation_strategy="steps", eval_steps=5, checkpoint_steps=8)
+    assert (args["eval_strategy"], args["eval_steps"], args["save_steps"]) == ("steps", 8, 8)
+    assert "eval_steps=8 instead of eval_steps=5" in logged
+    args, logged = _arguments(caplog, warmup_steps=3, warmup_ratio=0.1)
+    assert args["warmup_steps"] == 3 and "instead of warmup_ratio=0.1" in logged

@@ -133,3 +133,27 @@ def test_an_earlier_failure_is_moved_aside_once_per_run(tmp_path):
     # within the next run, the first failure written still wins
     assert write_failure(paths, "second run's reason") and not write_failure(paths, "a later rank's reason")
     assert paths.failure_file.read_text() == "second run's reason\n"
+
+
+def test_training_environment_is_one_typed_object(monkeypatch, tmp_path):
+    from tuneforge.contract import train_env
+
+    env = train_env({})
+    assert (env.rank, env.world_size, env.dns_timeout_s, env.allow_cpu_quantization) == (0, 1, 300.0, False)
+    env = train_env({"RANK": "3", "TUNEFORGE_SKIP_PREFLIGHT": "yes", "TUNEFORGE_ALLOW_CPU_QUANTIZATION": '"1"',
+                     "TUNEFORGE_MASTER_PORT": "", "UNRELATED": "x"})
+    assert (env.rank, env.skip_preflight, env.allow_cpu_quantization, env.master_port) == (3, True, True, None)
+    monkeypatch.setenv("SAGEMAKER_BASE_DIR", str(tmp_path))
+    monkeypatch.setenv("TUNEFORGE_ALLOW_CPU_QUANTIZATION", "Off")
+    assert train_env().base_dir == tmp_path and train_env().allow_cpu_quantization is False
+    assert Paths.from_env().base == tmp_path and Paths.from_env("/elsewhere").base.as_posix() == "/elsewhere"
+
+
+@pytest.mark.parametrize("name,value", [("RANK", "first"), ("TUNEFORGE_SKIP_PREFLIGHT", "maybe")])
+def test_a_bad_environment_variable_is_named(name, value):
+    from tuneforge.contract import train_env
+
+    with pytest.raises(UserError) as err:
+        train_env({name: value})
+    assert str(err.value).startswith(f"environment variable {name}: {value!r} is not valid")
+    assert f"Fix: set {name} to a valid value or unset it" in str(err.value)

@@ -151,3 +151,51 @@ def test_training_prompt_equals_serving_prompt_for_plain_text(tok):
     n_prompt = feature["labels"].index(next(label for label in feature["labels"] if label != X))
     assert feature["input_ids"][:n_prompt] == [BOS] + ids(tok, "Already has a BOS" + RESPONSE)
     assert served(tok, fmt, {"inputs": example.prompt}) == feature["input_ids"][:n_prompt]
+
+
+def test_instruction_prompt_completion_rows_without_a_template(tmp_path, tok):
+    (tmp_path / "rows.jsonl").write_text(json.dumps({"prompt": "Color of lime?", "completion": "Green."}) + "\n")
+    data = read_channel(tmp_path, cfg(instruction_tuned=True))
+    feature = trained(tok, data)[0]
+    prompt, answer = ids(tok, "Color of lime?" + RESPONSE), ids(tok, "Green.")
+    assert feature["input_ids"] == [BOS] + prompt + answer + [EOS]
+    assert feature["labels"] == [X] * (1 + len(prompt)) + answer + [EOS]
+    assert served(tok, data.prompt, {"inputs": "Color of lime?"}) == [BOS] + prompt
+
+
+def test_instruction_without_the_demarcation_key(tmp_path, tok):
+    (tmp_path / "rows.jsonl").write_text(json.dumps({"prompt": "Color of lime?", "completion": " Green."}) + "\n")
+    data = read_channel(tmp_path, cfg(instruction_tuned=True, add_input_output_demarcation_key=False))
+    feature = trained(tok, data)[0]
+    prompt, answer = ids(tok, "Color of lime?"), ids(tok, " Green.")
+    assert feature["input_ids"] == [BOS] + prompt + answer + [EOS]
+    assert feature["labels"] == [X] * (1 + len(prompt)) + answer + [EOS]
+
+
+def test_sharegpt_conversations_equal_messages(tmp_path, tok):
+    sharegpt = [{"from": "human", "value": "Color of lime?"}, {"from": "gpt", "value": "Green."}]
+    (tmp_path / "c.jsonl").write_text(json.dumps({"conversations": sharegpt}) + "\n")
+    data = read_channel(tmp_path, cfg(chat_dataset=True))
+    feature = trained(tok, data)[0]
+    context, answer = ids(tok, "<|user|>\nColor of lime?</s>\n<|assistant|>\n"), ids(tok, "Green.</s>\n")
+    assert feature["input_ids"] == [BOS] + context + answer
+    assert feature["labels"] == [X] * (1 + len(context)) + answer
+
+
+@pytest.mark.parametrize("name,content", [
+    ("d.csv", 'id,text\n1,"The lime is green, the lemon yellow."\n2,Snow is white.\n'),
+    ("d.jsonl", json.dumps({"text": "The lime is green, the lemon yellow."}) + "\n"
+     + json.dumps({"text": "Snow is white."}) + "\n"),
+    ("d.json", json.dumps([{"text": "The lime is green, the lemon yellow."}, {"text": "Snow is white."}])),
+])
+def test_domain_text_from_csv_and_json(tmp_path, tok, name, content):
+    (tmp_path / name).write_text(content)
+    data = read_channel(tmp_path, cfg())
+    assert data.format == "domain"
+    features = trained(tok, data, max_len=8)
+    stream = ids(tok, "The lime is green, the lemon yellow.") + [EOS] + ids(tok, "Snow is white.") + [EOS]
+    blocks = [stream[i:i + 8] for i in range(0, len(stream), 8)]
+    if len(blocks[-1]) < 2:
+        blocks.pop()
+    assert [f["input_ids"] for f in features] == blocks
+    assert [f["labels"] for f in features] == blocks

@@ -6,23 +6,19 @@ without importing torch; `load_model` runs in each worker, where CUDA may be tou
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..contract import METADATA_FILE
 from ..errors import ModelError
+from ..model_folder import (ADAPTER_WEIGHTS, CONFIG_FILE, ModelMetadata, check_weights, choose_dtype, context_length, has_tokenizer,
+                            is_adapter_only)
 from ..prompt import PromptFormat
 from .settings import ServeSettings
 
 log = logging.getLogger(__name__)
 
-ADAPTER_CONFIG = "adapter_config.json"
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
-PICKLE_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
-FALLBACK_CONTEXT = 2048  # models whose config names no context length (bloom, alibi)
+__all__ = ["ModelInfo", "LoadedModel", "check_model_dir", "load_model", "context_length"]
 
 
 @dataclass
@@ -30,7 +26,7 @@ class ModelInfo:
     """What the directory says about itself, read without torch."""
 
     model_dir: Path
-    metadata: dict
+    metadata: ModelMetadata  # tuneforge.json; all defaults for a plain Hugging Face folder
     adapter_only: bool
     base_dir: Path | None  # weights the adapter goes on; None for full models
     prompt: PromptFormat
@@ -52,49 +48,37 @@ class LoadedModel:
     special_ids: frozenset = frozenset()
 
 
-def read_metadata(model_dir: Path) -> dict:
-    path = model_dir / METADATA_FILE
-    if not path.exists():
-        return {}
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ModelError(f"not valid JSON (line {exc.lineno}: {exc.msg})", where=str(path),
-                         fix="rewrite the file or remove it to serve the folder as a plain HF model") from None
-
-
 def check_model_dir(settings: ServeSettings) -> ModelInfo:
     """Validate the model directory (and an adapter's base) with file reads only."""
     model_dir = Path(settings.model_dir)
     if not model_dir.is_dir():
         raise ModelError(f"model directory {model_dir} does not exist",
                          fix="set SM_MODEL_DIR / TUNEFORGE_MODEL_DIR or pass --model-dir")
-    metadata = read_metadata(model_dir)
-    adapter_only = bool(metadata.get("adapter_only")) or (
-        (model_dir / ADAPTER_CONFIG).exists() and not (model_dir / "config.json").exists())
+    metadata = ModelMetadata.read(model_dir) or ModelMetadata()
+    adapter_only = is_adapter_only(model_dir, metadata)
     base_dir = _resolve_base(model_dir, metadata, settings) if adapter_only else None
     weights_dir = base_dir if adapter_only else model_dir
-    _check_weights(weights_dir, settings.allow_pickle)
-    if adapter_only and not (model_dir / "adapter_model.safetensors").exists():
-        raise ModelError(f"{model_dir} is marked adapter-only but holds no adapter_model.safetensors",
+    if not (weights_dir / CONFIG_FILE).exists():
+        raise ModelError(f"{weights_dir} has no config.json", fix="point the server at a save_pretrained folder")
+    check_weights(weights_dir, allow_pickle=settings.allow_pickle, allow_pickle_hint="TUNEFORGE_ALLOW_PICKLE=true")
+    if adapter_only and not (model_dir / ADAPTER_WEIGHTS).exists():
+        raise ModelError(f"{model_dir} is marked adapter-only but holds no {ADAPTER_WEIGHTS}",
                          fix="copy the training job's complete model/ folder")
-    prompt = PromptFormat.from_dict(metadata["prompt"]) if metadata.get("prompt") else \
-        PromptFormat(kind="domain", prompt_template="", completion_template="")
-    name = metadata.get("base_model") or model_dir.name
-    return ModelInfo(model_dir, metadata, adapter_only, base_dir, prompt, str(name))
+    name = metadata.base_model or model_dir.name
+    return ModelInfo(model_dir, metadata, adapter_only, base_dir, metadata.prompt_format(), str(name))
 
 
-def _resolve_base(model_dir: Path, metadata: dict, settings: ServeSettings) -> Path:
+def _resolve_base(model_dir: Path, metadata: ModelMetadata, settings: ServeSettings) -> Path:
     """TUNEFORGE_BASE_MODEL_DIR, else tuneforge.json base_model_path, else <model_dir>/base."""
     candidates = [("TUNEFORGE_BASE_MODEL_DIR", settings.base_model_dir),
-                  ("tuneforge.json base_model_path", metadata.get("base_model_path")),
+                  ("tuneforge.json base_model_path", metadata.base_model_path),
                   ("<model_dir>/base", model_dir / "base")]
     tried = []
     for label, path in candidates:
         if not path:
             continue
         path = Path(path)
-        if (path / "config.json").exists():
+        if (path / CONFIG_FILE).exists():
             return path
         tried.append(f"{label} = {path}")
     raise ModelError(
@@ -103,45 +87,12 @@ def _resolve_base(model_dir: Path, metadata: dict, settings: ServeSettings) -> P
         fix="set TUNEFORGE_BASE_MODEL_DIR to the base model folder, or put it at <model_dir>/base")
 
 
-def _check_weights(folder: Path, allow_pickle: bool) -> None:
-    if not (folder / "config.json").exists():
-        raise ModelError(f"{folder} has no config.json", fix="point the server at a save_pretrained folder")
-    if any((folder / n).exists() for n in WEIGHT_FILES) or any(folder.glob("model-*.safetensors")):
-        return
-    if any((folder / n).exists() for n in PICKLE_FILES):
-        if allow_pickle:
-            return
-        raise ModelError(f"{folder} holds only pickle (*.bin) weights",
-                         fix="convert them to safetensors or set TUNEFORGE_ALLOW_PICKLE=true if you trust them")
-    raise ModelError(f"{folder} holds no model weights (model.safetensors)",
-                     fix="copy the complete model folder")
-
-
 def _pick_device(settings: ServeSettings) -> str:
     import torch
 
     if settings.device != "auto":
         return settings.device
     return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def _pick_dtype(settings: ServeSettings, device: str):
-    import torch
-
-    if settings.dtype != "auto":
-        return getattr(torch, settings.dtype)
-    if device.startswith("cuda"):
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.float32
-
-
-def context_length(config, tokenizer) -> int:
-    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
-        value = getattr(config, name, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    limit = getattr(tokenizer, "model_max_length", None)
-    return limit if isinstance(limit, int) and 0 < limit < 1_000_000 else FALLBACK_CONTEXT
 
 
 def load_model(settings: ServeSettings, info: ModelInfo | None = None) -> LoadedModel:
@@ -153,14 +104,14 @@ def load_model(settings: ServeSettings, info: ModelInfo | None = None) -> Loaded
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
     device = _pick_device(settings)
-    dtype = _pick_dtype(settings, device)
+    dtype = choose_dtype(settings.dtype, device)
     weights_dir = info.base_dir if info.adapter_only else info.model_dir
     common = dict(trust_remote_code=settings.trust_remote_code, local_files_only=True)
     # The adapter folder carries the tokenizer training saved (it may have added a pad token).
-    has_tokenizer = any((info.model_dir / n).exists() for n in TOKENIZER_FILES)
-    tokenizer = AutoTokenizer.from_pretrained(info.model_dir if has_tokenizer else weights_dir, **common)
+    tokenizer_dir = info.model_dir if has_tokenizer(info.model_dir) else weights_dir
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, **common)
     config = AutoConfig.from_pretrained(weights_dir, **common)
-    arch = info.metadata.get("architecture")
+    arch = info.metadata.architecture
     seq2seq = arch == "seq2seq" if arch else bool(getattr(config, "is_encoder_decoder", False))
     auto = AutoModelForSeq2SeqLM if seq2seq else AutoModelForCausalLM
     model = auto.from_pretrained(weights_dir, dtype=dtype, use_safetensors=not settings.allow_pickle or None,

@@ -11,16 +11,12 @@ model/ and puts back what was there before.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import time
 from pathlib import Path
 
-from .. import __version__
-from ..contract import METADATA_FILE
+from ..model_folder import ModelMetadata, is_complete
 
-FORMAT_VERSION = 1
 STAGING_NAME = ".tuneforge-staging"
 
 
@@ -53,10 +49,11 @@ class ModelWriter:
         self.staging.mkdir(parents=True)
         return self.staging
 
-    def write_metadata(self, metadata: dict) -> None:
-        metadata = {"format_version": FORMAT_VERSION, "tuneforge_version": __version__,
-                    "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **metadata}
-        (self.staging / METADATA_FILE).write_text(json.dumps(metadata, indent=2, default=str) + "\n")
+    def write_metadata(self, metadata: ModelMetadata | dict) -> None:
+        """tuneforge.json into staging; a dict is checked against ModelMetadata's declared fields."""
+        if isinstance(metadata, dict):
+            metadata = ModelMetadata.from_values(metadata)
+        metadata.write(self.staging)
 
     def publish(self) -> list[Path]:
         """Swap the staged model into model/ file by file, renames only; all or nothing."""
@@ -106,8 +103,4 @@ def is_disk_full(exc: BaseException) -> bool:
 
 def model_files_present(model_dir: Path) -> bool:
     """Exit 0 only when these exist: weights (or an adapter), a config and our metadata."""
-    model_dir = Path(model_dir)
-    has_meta = (model_dir / METADATA_FILE).exists()
-    full = (model_dir / "config.json").exists() and any(model_dir.glob("*.safetensors"))
-    adapter = (model_dir / "adapter_config.json").exists() and (model_dir / "adapter_model.safetensors").exists()
-    return has_meta and (full or adapter)
+    return is_complete(Path(model_dir))
