@@ -49,6 +49,7 @@ class Server:
 
     def __init__(self, model_dir: Path, log_path: Path, env: dict | None = None, args: tuple = ()):
         self.port = free_port()
+        self.model_dir = model_dir
         self.url = f"http://{HOST}:{self.port}"
         self.log_path = log_path
         self.ping_statuses: list[int] = []
@@ -68,7 +69,7 @@ class Server:
             raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.log()[-3000:]}")
         try:
             status = requests.get(self.url + "/ping", timeout=2).status_code
-        except requests.ConnectionError:
+        except (requests.ConnectionError, requests.Timeout):  # not listening yet, or busy loading on a small machine
             return False
         self.ping_statuses.append(status)
         return status == 200
@@ -150,6 +151,39 @@ def make_adapter(folder: Path, base: Path) -> Path:
     AutoTokenizer.from_pretrained(base).save_pretrained(folder)
     write_metadata(folder, adapter_only=True, base_model_path=str(base))
     return folder
+
+
+# A chat template that renders tools and tool calls (the Hermes / Qwen 2.5 convention).
+TOOLS_CHAT_TEMPLATE = (
+    "{%- if tools %}<|system|>\nYou may call these tools:\n{% for tool in tools %}{{ tool | tojson }}\n{% endfor %}"
+    "Answer a call as <tool_call>{\"name\": ..., \"arguments\": ...}</tool_call>{{ eos_token }}\n{% endif %}"
+    "{%- for message in messages %}"
+    "{%- if message.role == 'assistant' and message.tool_calls %}<|assistant|>\n"
+    "{% for call in message.tool_calls %}<tool_call>{\"name\": \"{{ call.function.name }}\", \"arguments\": "
+    "{{ call.function.arguments | tojson }}}</tool_call>{% endfor %}{{ eos_token }}\n"
+    "{%- elif message.role == 'tool' %}<|tool|>\n<tool_response>{{ message.content }}</tool_response>{{ eos_token }}\n"
+    "{%- else %}<|{{ message.role }}|>\n{{ message.content }}{{ eos_token }}\n{% endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+
+
+@pytest.fixture(scope="session")
+def chat_server(tiny, tmp_path_factory):
+    """A plain HF folder (no tuneforge.json) whose tokenizer carries a tools-aware chat template."""
+    folder = tmp_path_factory.mktemp("serve-chat") / "chat"
+    shutil.copytree(tiny("llama"), folder)
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config["chat_template"] = TOOLS_CHAT_TEMPLATE
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    model_config = json.loads((folder / "config.json").read_text())
+    model_config["max_position_embeddings"] = 2048  # tool lists take many tokens of the tiny vocabulary
+    (folder / "config.json").write_text(json.dumps(model_config))
+    server = Server(folder, tmp_path_factory.mktemp("serve-chat-log") / "chat.log")
+    try:
+        yield server.wait_ready()
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="session")

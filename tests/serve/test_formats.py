@@ -160,7 +160,7 @@ def test_models_and_info(causal):
 
 def test_plain_text_bodies_are_bare_prompts(causal):
     expected = causal.generate(PROMPT)["generated_text"]  # default max_new_tokens, greedy
-    for content_type in ("text/plain", "application/x-text", "text/plain; charset=utf-8"):
+    for content_type in ("text/plain", "text/plain; charset=utf-8"):
         response = causal.post(data=PROMPT.encode(), headers={"Content-Type": content_type})
         assert response.status_code == 200, response.text
         assert response.json() == {"generated_text": expected}

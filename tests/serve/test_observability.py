@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import time
 
+import pytest
 import requests
 
 
@@ -28,8 +29,8 @@ def test_metrics_count_requests_statuses_and_tokens(causal):
     bad = causal.post(json={"inputs": "x", "parameters": {"top_p": 7}})
     assert bad.status_code == 422
     after = scrape(causal)
-    ok_series = 'tuneforge_request_count{route="/invocations",status="200"}'
-    bad_series = 'tuneforge_request_count{route="/invocations",status="422"}'
+    ok_series = 'tuneforge_request_count_total{route="/invocations",status="200"}'
+    bad_series = 'tuneforge_request_count_total{route="/invocations",status="422"}'
     assert value(after, ok_series) - value(before, ok_series) == 1
     assert value(after, bad_series) - value(before, bad_series) == 1
     generated = "tuneforge_request_generated_tokens_total"
@@ -38,7 +39,7 @@ def test_metrics_count_requests_statuses_and_tokens(causal):
     assert value(after, "tuneforge_model_ready") == 1
     assert value(after, "tuneforge_queue_size") == 0
     assert "# TYPE tuneforge_request_duration_seconds histogram" in after
-    assert re.search(r'tuneforge_request_duration_seconds_bucket\{route="/invocations",le="\+Inf"\} \d+', after)
+    assert re.search(r'tuneforge_request_duration_seconds_bucket\{le="\+Inf",route="/invocations"\} \d+', after)
 
 
 def test_access_log_has_one_line_per_request_with_timings(causal):
@@ -53,3 +54,28 @@ def test_access_log_has_one_line_per_request_with_timings(causal):
              and f"prompt_tokens={prompt_tokens} generated_tokens=3" in line]
     assert lines, log[-2000:]
     assert re.search(r"200 \d+ \d+ms queue=\d+ms inference=\d+ms prompt_tokens=\d+ generated_tokens=3$", lines[-1])
+
+
+@pytest.mark.slow  # starts its own two-worker server
+def test_a_scrape_adds_up_every_worker(tmp_path, model_dirs):
+    """Two gunicorn workers: whichever answers the scrape, it counts the requests both answered."""
+    from .conftest import Server
+
+    server = Server(model_dirs["instruct"], tmp_path / "two-workers.log", args=("--workers", "2"))
+    try:
+        server.wait_ready()
+        time.sleep(2)  # the second worker may still be loading; /ping reached the first
+        server.wait_ready()
+        with requests.Session() as one, requests.Session() as other:  # two connections: both workers answer
+            for session in (one, other) * 4:
+                response = session.post(server.url + "/invocations", timeout=60,
+                                        json={"inputs": "hi", "parameters": {"max_new_tokens": 2}})
+                assert response.status_code == 200
+        series = 'tuneforge_request_count_total{route="/invocations",status="200"}'
+        scrapes = [scrape(server) for _ in range(6)]
+        assert [value(text, series) for text in scrapes] == [8] * 6
+        workers = re.findall(r'tuneforge_worker_info\{pid="(\d+)"\} 1', scrapes[-1])
+        assert len(set(workers)) == 2
+        assert all(value(text, "tuneforge_model_ready") == 1 for text in scrapes)
+    finally:
+        server.stop()

@@ -195,6 +195,8 @@ def test_a_trained_instruction_model_answers_chat_as_it_answers_its_instruction_
             {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"},
             {"role": "user", "content": "What color is the lime?"}], "max_tokens": 4})
         assert multi.status_code == 422
-        assert "takes one user message, optionally after one system message" in multi.json()["error"]
+        error = multi.json()["error"]  # OpenAI's error shape on /v1 routes
+        assert error["type"] == "validation" and error["code"] == 422
+        assert "takes one user message, optionally after one system message" in error["message"]
     finally:
         assert server.stop() == 0

@@ -48,11 +48,12 @@ def test_metrics_render_prometheus_text():
     metrics.duration.observe(0.02, route="/invocations")
     metrics.duration.observe(7, route="/invocations")
     text = metrics.render()
-    assert 'tuneforge_request_count{route="/invocations",status="200"} 2' in text
-    assert 'tuneforge_request_duration_seconds_bucket{route="/invocations",le="0.025"} 1' in text
-    assert 'tuneforge_request_duration_seconds_bucket{route="/invocations",le="10"} 2' in text
-    assert 'tuneforge_request_duration_seconds_count{route="/invocations"} 2' in text
-    assert "tuneforge_queue_size 3" in text and "tuneforge_model_ready 1" in text
+    assert 'tuneforge_request_count_total{route="/invocations",status="200"} 2.0' in text
+    assert 'tuneforge_request_duration_seconds_bucket{le="0.025",route="/invocations"} 1.0' in text
+    assert 'tuneforge_request_duration_seconds_bucket{le="10.0",route="/invocations"} 2.0' in text
+    assert 'tuneforge_request_duration_seconds_count{route="/invocations"} 2.0' in text
+    assert "tuneforge_queue_size 3.0" in text and "tuneforge_model_ready 1.0" in text
+    assert ServeMetrics().render().count("tuneforge_request_count_total{") == 0  # each keeps its own registry
 
 
 def test_seeded_sampling_never_shares_a_batch():

@@ -17,21 +17,13 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from .errors import DeadlineExceeded, GenerationFailed, Overloaded
 from .metrics import ServeMetrics
 
+__all__ = ["DeadlineExceeded", "Engine", "GenerationFailed", "GenerationRequest", "Overloaded", "Sampling"]
+
 log = logging.getLogger(__name__)
-
-
-class Overloaded(Exception):
-    """The wait queue is full (answered 429)."""
-
-
-class DeadlineExceeded(Exception):
-    """A non-streaming request ran past the server deadline (answered 503)."""
-
-
-class GenerationFailed(Exception):
-    """generate raised; the message is short and safe to return (answered 500)."""
+SCORE_CHUNK = 512  # prompt positions turned into float32 log-probabilities at a time
 
 
 @dataclass(frozen=True)
@@ -66,14 +58,18 @@ class GenerationRequest:
     n: int = 1
     stream: bool = False
     deadline: float | None = None  # time.monotonic() value; non-streaming requests only
+    top_logprobs: int = 0  # alternatives recorded for each generated token
+    prompt_logprobs: int | None = None  # score the prompt tokens too, with this many alternatives
+    guide: object | None = None  # a guided.Plan: the output must match its pattern
 
 
 @dataclass
 class Token:
     id: int
     text: str
-    logprob: float
+    logprob: float | None  # None for a prompt's first token (nothing comes before it)
     special: bool
+    top: list[tuple[int, str, float]] | None = None  # most likely alternatives: (id, text, logprob)
 
 
 @dataclass
@@ -91,6 +87,7 @@ class Result:
     seed: int | None
     queue_time: float
     inference_time: float
+    prompt_scores: list[Token] | None = None  # the prompt's tokens with their log-probabilities
 
     @property
     def generated_tokens(self) -> int:
@@ -182,6 +179,7 @@ class Engine:
             self._waiting.append(job)
             self._cond.notify()
         self.metrics.input_tokens.inc(len(request.prompt_ids))
+        self.metrics.queue_depth.refresh()
         return job
 
     def withdraw(self, jobs) -> None:
@@ -192,6 +190,7 @@ class Engine:
                 job.cancelled = True
                 if job in self._waiting:
                     self._waiting.remove(job)
+        self.metrics.queue_depth.refresh()
 
     def queue_depth(self) -> int:
         return len(self._waiting)
@@ -234,7 +233,8 @@ class Engine:
                 self._cond.wait(until - now)
             for job in batch:
                 self._waiting.remove(job)
-            return batch
+        self.metrics.queue_depth.refresh()
+        return batch
 
     def _compatible(self, first: Job) -> list[Job]:
         batch, rows, longest, most_new = [], 0, 0, 0
@@ -254,9 +254,33 @@ class Engine:
 
     # ------------------------------------------------------------------ generation
     def _run_batch(self, jobs: list[Job]) -> None:
-        import torch
-        from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
+        live = self._admit(jobs)
+        if not live:
+            return
+        started = time.monotonic()
+        scores = {job.id: self._score_prompt(job) for job in live if job.request.prompt_logprobs is not None}
+        rows = [_Row(job, i, self.tokenizer, self.loaded) for job in live if job.request.max_new_tokens > 0
+                for i in range(job.rows())]
+        seed = self._seed(live)
+        if rows:
+            self._generate(rows, live[0].request.sampling)
+        elapsed = time.monotonic() - started
+        self.metrics.batch_duration.observe(elapsed)
+        for job in live:
+            own = [row for row in rows if row.job is job]
+            if job.request.deadline is not None and any(r.finish_reason == "deadline" for r in own):
+                job._finish(error=DeadlineExceeded("generation ran past the server deadline"))
+                continue
+            # max_new_tokens 0 (an echoed prompt scored, nothing generated): empty sequences
+            sequences = [row.sequence() for row in own] or [Sequence(i, "", [], "length") for i in range(job.rows())]
+            result = Result(sequences=sequences, prompt_tokens=len(job.request.prompt_ids), seed=seed,
+                            queue_time=job.started - job.created, inference_time=elapsed,
+                            prompt_scores=scores.get(job.id))
+            self.metrics.generated_tokens.inc(result.generated_tokens)
+            job._finish(result)
 
+    def _admit(self, jobs: list[Job]) -> list[Job]:
+        """The jobs still wanted: neither cancelled nor past their deadline."""
         now = time.monotonic()
         live = []
         for job in jobs:
@@ -268,10 +292,11 @@ class Engine:
                 job._finish(error=DeadlineExceeded("the request waited in the queue past the server deadline"))
             else:
                 live.append(job)
-        if not live:
-            return
-        rows = [_Row(job, i, self.tokenizer, self.loaded) for job in live for i in range(job.rows())]
-        input_ids, attention_mask = self._pad([row.job.request.prompt_ids for row in rows])
+        return live
+
+    def _seed(self, live: list[Job]) -> int | None:
+        import torch
+
         sampling = live[0].request.sampling
         seed = None
         if sampling.do_sample:
@@ -279,9 +304,19 @@ class Engine:
             torch.manual_seed(seed)
         for job in live:
             job.seed = seed
+        return seed
+
+    def _generate(self, rows: list["_Row"], sampling: Sampling) -> None:
+        import torch
+        from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
+
+        from .guided import GuidedLogits
+
+        input_ids, attention_mask = self._pad([row.job.request.prompt_ids for row in rows])
         recorder = _LogprobRecorder()
-        tracker = _RowTracker(rows, recorder)
-        processors = LogitsProcessorList(_warpers(sampling) + [recorder])
+        tracker = _RowTracker(rows, recorder, self.tokenizer)
+        guided = [GuidedLogits(rows)] if any(row.guide is not None for row in rows) else []
+        processors = LogitsProcessorList(guided + _warpers(sampling) + [recorder])
         loaded = self.loaded
         config = GenerationConfig(
             max_new_tokens=max(row.max_new_tokens for row in rows), do_sample=sampling.do_sample,
@@ -290,26 +325,33 @@ class Engine:
             bos_token_id=loaded.model.generation_config.bos_token_id,
             decoder_start_token_id=loaded.model.generation_config.decoder_start_token_id)
         self.metrics.batch_size.observe(len(rows))
-        started = time.monotonic()
         with torch.inference_mode():
             self.model.generate(input_ids=input_ids.to(loaded.device),
                                 attention_mask=attention_mask.to(loaded.device),
                                 generation_config=config, logits_processor=processors,
                                 stopping_criteria=StoppingCriteriaList([tracker]))
-        elapsed = time.monotonic() - started
-        self.metrics.batch_duration.observe(elapsed)
         for row in rows:
             if not row.finished:  # generate ended without our tracker seeing the last token
                 row.finish("length")
-        for job in live:
-            own = [row for row in rows if row.job is job]
-            if job.request.deadline is not None and any(r.finish_reason == "deadline" for r in own):
-                job._finish(error=DeadlineExceeded("generation ran past the server deadline"))
-                continue
-            result = Result(sequences=[row.sequence() for row in own], prompt_tokens=len(job.request.prompt_ids),
-                            seed=seed, queue_time=job.started - job.created, inference_time=elapsed)
-            self.metrics.generated_tokens.inc(result.generated_tokens)
-            job._finish(result)
+
+    def _score_prompt(self, job: Job) -> list[Token]:
+        """Each prompt token's log-probability given the tokens before it (the prompt alone, no
+        padding: the numbers equal a direct forward pass of the model over the same ids)."""
+        import torch
+
+        ids = job.request.prompt_ids
+        with torch.inference_mode():
+            logits = self.model(input_ids=torch.tensor([ids], device=self.loaded.device)).logits[0, :-1]
+        special = self.loaded.special_ids
+        tokens = [Token(ids[0], self.tokenizer.decode([ids[0]]), None, ids[0] in special, [])]
+        for start in range(0, len(ids) - 1, SCORE_CHUNK):  # bounded float32 copies of the logits
+            logprobs = torch.log_softmax(logits[start:start + SCORE_CHUNK].float(), dim=-1)
+            chosen = torch.tensor(ids[start + 1:start + 1 + len(logprobs)], device=logprobs.device)
+            values = logprobs.gather(1, chosen[:, None]).squeeze(1).tolist()
+            tops = _top_tokens(logprobs, job.request.prompt_logprobs, self.tokenizer)
+            for token_id, value, top in zip(chosen.tolist(), values, tops):
+                tokens.append(Token(token_id, self.tokenizer.decode([token_id]), value, token_id in special, top))
+        return tokens
 
     def _pad(self, prompts: list[list[int]]):
         """Left padding for causal models (new tokens line up at the right); right for seq2seq."""
@@ -362,20 +404,31 @@ class _LogprobRecorder:
         return scores
 
 
+def _top_tokens(logprobs, k: int, tokenizer) -> list[list[tuple[int, str, float]]]:
+    """The k most likely tokens of each row of `logprobs`: [(id, text, logprob), ...] per row."""
+    if k <= 0:
+        return [[] for _ in range(len(logprobs))]
+    values, indices = logprobs.topk(min(k, logprobs.shape[-1]), dim=-1)
+    return [[(i, tokenizer.decode([i]), v) for i, v in zip(row_ids, row_values)]
+            for row_ids, row_values in zip(indices.tolist(), values.tolist())]
+
+
 class _RowTracker:
     """A StoppingCriteria that does each sequence's bookkeeping after every step."""
 
-    def __init__(self, rows: list["_Row"], recorder: _LogprobRecorder):
-        self.rows, self.recorder = rows, recorder
+    def __init__(self, rows: list["_Row"], recorder: _LogprobRecorder, tokenizer):
+        self.rows, self.recorder, self.tokenizer = rows, recorder, tokenizer
+        self.top = max(row.job.request.top_logprobs for row in rows)
 
     def __call__(self, input_ids, scores, **kwargs):
         import torch
 
         new = input_ids[:, -1]
         logprobs = self.recorder.last.gather(1, new[:, None]).squeeze(1).tolist()
+        tops = _top_tokens(self.recorder.last, self.top, self.tokenizer)
         now = time.monotonic()
         done = []
-        for row, token_id, logprob in zip(self.rows, new.tolist(), logprobs):
+        for row, token_id, logprob, top in zip(self.rows, new.tolist(), logprobs, tops):
             if not row.finished:
                 deadline = row.job.request.deadline
                 if row.job.cancelled:
@@ -383,7 +436,7 @@ class _RowTracker:
                 elif deadline is not None and now >= deadline:
                     row.finish("deadline")
                 else:
-                    row.add(token_id, logprob)
+                    row.add(token_id, logprob, top[:row.job.request.top_logprobs])
             done.append(row.finished)
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
@@ -403,15 +456,23 @@ class _Row:
         self.released = 0  # characters of text already sent to a streaming client
         self.prefix_offset = self.read_offset = 0
         self.finish_reason: str | None = None
+        self.plan = job.request.guide
+        self.guide = None
+        if self.plan is not None:
+            from outlines_core import Guide
+
+            self.guide = Guide(self.plan.index)
 
     @property
     def finished(self) -> bool:
         return self.finish_reason is not None
 
-    def add(self, token_id: int, logprob: float) -> None:
+    def add(self, token_id: int, logprob: float, top: list | None = None) -> None:
         self.ids.append(token_id)
+        if self.guide is not None and token_id not in self.eos:
+            self.guide.advance(token_id, return_tokens=False)
         delta = self._decode_delta()
-        token = Token(token_id, delta, logprob, token_id in self.special)
+        token = Token(token_id, delta, logprob, token_id in self.special, top)
         self.tokens.append(token)
         before = len(self.text)
         self.text += delta

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 
+from .metrics import prepare_multiprocess_dir, remove_multiprocess_dir, worker_gone
 from .settings import ServeSettings
 from .worker import worker_class
 
@@ -69,6 +70,10 @@ def config(settings: ServeSettings) -> dict:
         "control_socket_disable": True,
         "post_worker_init": post_worker_init,
         "worker_exit": worker_exit,
+        # /metrics adds up every worker's numbers (prometheus_client multiprocess mode)
+        "on_starting": prepare_multiprocess_dir,
+        "child_exit": worker_gone,
+        "on_exit": remove_multiprocess_dir,
     }
     if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK):
         options["worker_tmp_dir"] = "/dev/shm"  # heartbeat file off a possibly slow overlay disk

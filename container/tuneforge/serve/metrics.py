@@ -1,134 +1,134 @@
-"""Prometheus text-format metrics for GET /metrics, without a client library.
+"""Prometheus metrics for GET /metrics, through prometheus_client.
 
-Each gunicorn worker keeps its own numbers (there is no shared memory between them); with
-more than one worker a scrape sees the worker that answered it, labelled by `pid`.
+Under gunicorn every worker writes its numbers to files in PROMETHEUS_MULTIPROC_DIR (set by
+gunicorn_conf before the workers start), and a scrape answered by any worker adds up all of
+them: counters and histograms sum over workers, `tuneforge_queue_size` sums the live workers'
+queues, `tuneforge_model_ready` is 1 only when every live worker is ready, and
+`tuneforge_worker_info{pid}` lists the live workers. Without that variable (the app outside
+gunicorn, tests) each ServeMetrics keeps its own registry.
 """
 
 from __future__ import annotations
 
 import os
-import threading
-from bisect import bisect_left
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
 
 
-def _labels(pairs: tuple) -> str:
-    if not pairs:
-        return ""
-    escaped = (f'{k}="{str(v).replace(chr(92), chr(92) * 2).replace(chr(34), chr(92) + chr(34))}"'
-               for k, v in pairs)
-    return "{" + ",".join(escaped) + "}"
+def multiprocess() -> bool:
+    return bool(os.environ.get(MULTIPROCESS_DIR))
 
 
-class _Metric:
-    kind = ""
+class _Labelled:
+    """`inc(amount, **labels)` / `observe(value, **labels)` over a prometheus_client metric."""
 
-    def __init__(self, name: str, help_text: str):
-        self.name, self.help = name, help_text
-        self._lock = threading.Lock()
+    def __init__(self, metric, labelnames: tuple):
+        self.metric, self.labelnames = metric, labelnames
 
-    def header(self) -> list[str]:
-        return [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} {self.kind}"]
-
-
-class Counter(_Metric):
-    kind = "counter"
-
-    def __init__(self, name, help_text):
-        super().__init__(name, help_text)
-        self._values: dict[tuple, float] = {}
+    def _child(self, labels: dict):
+        return self.metric.labels(**labels) if self.labelnames else self.metric
 
     def inc(self, amount: float = 1, **labels) -> None:
-        key = tuple(sorted(labels.items()))
-        with self._lock:
-            self._values[key] = self._values.get(key, 0) + amount
-
-    def value(self, **labels) -> float:
-        return self._values.get(tuple(sorted(labels.items())), 0)
-
-    def render(self) -> list[str]:
-        with self._lock:
-            items = sorted(self._values.items())
-        return self.header() + [f"{self.name}{_labels(k)} {_num(v)}" for k, v in items]
-
-
-class Gauge(_Metric):
-    """A value read at scrape time from a callable (queue depth, model readiness)."""
-
-    kind = "gauge"
-
-    def __init__(self, name, help_text, read):
-        super().__init__(name, help_text)
-        self._read = read
-
-    def render(self) -> list[str]:
-        return self.header() + [f"{self.name} {_num(self._read())}"]
-
-
-class Histogram(_Metric):
-    kind = "histogram"
-
-    def __init__(self, name, help_text, buckets):
-        super().__init__(name, help_text)
-        self.buckets = tuple(buckets)
-        self._series: dict[tuple, list] = {}  # labels -> [bucket counts..., sum, count]
+        self._child(labels).inc(amount)
 
     def observe(self, value: float, **labels) -> None:
-        key = tuple(sorted(labels.items()))
-        with self._lock:
-            series = self._series.setdefault(key, [0] * len(self.buckets) + [0.0, 0])
-            index = bisect_left(self.buckets, value)
-            if index < len(self.buckets):
-                series[index] += 1
-            series[-2] += value
-            series[-1] += 1
+        self._child(labels).observe(value)
 
-    def render(self) -> list[str]:
-        lines = self.header()
-        with self._lock:
-            items = sorted((k, list(v)) for k, v in self._series.items())
-        for key, series in items:
-            running = 0
-            for bound, count in zip(self.buckets, series):
-                running += count
-                lines.append(f"{self.name}_bucket{_labels(key + (('le', _num(bound)),))} {running}")
-            lines.append(f"{self.name}_bucket{_labels(key + (('le', '+Inf'),))} {series[-1]}")
-            lines.append(f"{self.name}_sum{_labels(key)} {_num(series[-2])}")
-            lines.append(f"{self.name}_count{_labels(key)} {series[-1]}")
-        return lines
+    def value(self, **labels) -> float:
+        return self._child(labels)._value.get()
 
 
-def _num(value: float) -> str:
-    return str(int(value)) if float(value).is_integer() else repr(float(value))
+class _Reading:
+    """A gauge whose value is read from a callable: when the owner calls `refresh()` (on every
+    change, so other workers' scrapes see it) and before each scrape of this worker."""
+
+    def __init__(self, gauge, read):
+        self.gauge, self.read = gauge, read
+
+    def refresh(self) -> None:
+        self.gauge.set(float(self.read()))
 
 
 class ServeMetrics:
-    """The metrics one worker exports; names follow TGI's where one exists (tgi_* -> tuneforge_*)."""
+    """The metrics a server exports; names follow TGI's where one exists (tgi_* -> tuneforge_*)."""
 
     def __init__(self, queue_depth=lambda: 0, ready=lambda: False):
-        self.requests = Counter("tuneforge_request_count", "Requests answered, by route and HTTP status.")
-        self.duration = Histogram("tuneforge_request_duration_seconds", "Time from request to last byte.",
-                                  LATENCY_BUCKETS)
-        self.queue_time = Histogram("tuneforge_request_queue_duration_seconds",
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+
+        disable_created_metrics()  # no *_created series: multiprocess mode has none either
+        shared = multiprocess()
+        self.registry = None if shared else CollectorRegistry()
+        reg = {"registry": self.registry}
+
+        def counter(name, text, labels=()):
+            return _Labelled(Counter(name, text, labels, **reg), labels)
+
+        def histogram(name, text, buckets, labels=()):
+            return _Labelled(Histogram(name, text, labels, buckets=buckets, **reg), labels)
+
+        self.requests = counter("tuneforge_request_count", "Requests answered, by route and HTTP status.",
+                                ("route", "status"))
+        self.duration = histogram("tuneforge_request_duration_seconds", "Time from request to last byte.",
+                                  LATENCY_BUCKETS, ("route",))
+        self.queue_time = histogram("tuneforge_request_queue_duration_seconds",
                                     "Time a generation waited for a batch.", LATENCY_BUCKETS)
-        self.input_tokens = Counter("tuneforge_request_input_tokens_total", "Prompt tokens received.")
-        self.generated_tokens = Counter("tuneforge_request_generated_tokens_total", "Tokens generated.")
-        self.batch_size = Histogram("tuneforge_batch_size", "Sequences per generate call.", BATCH_BUCKETS)
-        self.batch_duration = Histogram("tuneforge_batch_forward_duration_seconds",
+        self.input_tokens = counter("tuneforge_request_input_tokens", "Prompt tokens received.")
+        self.generated_tokens = counter("tuneforge_request_generated_tokens", "Tokens generated.")
+        self.batch_size = histogram("tuneforge_batch_size", "Sequences per generate call.", BATCH_BUCKETS)
+        self.batch_duration = histogram("tuneforge_batch_forward_duration_seconds",
                                         "Wall time of one batched generate call.", LATENCY_BUCKETS)
-        self.queue_depth = Gauge("tuneforge_queue_size", "Requests waiting for a batch.", queue_depth)
-        self.ready = Gauge("tuneforge_model_ready", "1 once the model is loaded.", lambda: int(ready()))
-        self._all = [self.requests, self.duration, self.queue_time, self.input_tokens,
-                     self.generated_tokens, self.batch_size, self.batch_duration, self.queue_depth,
-                     self.ready]
+        self.queue_depth = _Reading(Gauge("tuneforge_queue_size", "Requests waiting for a batch.",
+                                          multiprocess_mode="livesum", **reg), queue_depth)
+        self.ready = _Reading(Gauge("tuneforge_model_ready", "1 once the model is loaded (in every worker).",
+                                    multiprocess_mode="livemin", **reg), lambda: int(ready()))
+        worker = Gauge("tuneforge_worker_info", "The live worker processes.", () if shared else ("pid",),
+                       multiprocess_mode="liveall", **reg)
+        (worker if shared else worker.labels(pid=str(os.getpid()))).set(1)
 
     def render(self) -> str:
-        lines = []
-        for metric in self._all:
-            lines.extend(metric.render())
-        lines.append("# HELP tuneforge_worker_info The worker process that answered this scrape.")
-        lines.append("# TYPE tuneforge_worker_info gauge")
-        lines.append(f'tuneforge_worker_info{{pid="{os.getpid()}"}} 1')
-        return "\n".join(lines) + "\n"
+        from prometheus_client import CollectorRegistry, generate_latest
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        self.queue_depth.refresh()
+        self.ready.refresh()
+        registry = self.registry
+        if registry is None:
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry)
+        return generate_latest(registry).decode()
+
+
+# ---------------------------------------------------------------------- gunicorn master hooks
+def prepare_multiprocess_dir(server=None) -> None:
+    """on_starting: one empty folder for the workers' metric files, before any worker starts.
+    PROMETHEUS_MULTIPROC_DIR when set (its old files are removed), else a new temporary folder."""
+    import tempfile
+    from pathlib import Path
+
+    folder = os.environ.get(MULTIPROCESS_DIR)
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        for stale in Path(folder).glob("*.db"):
+            stale.unlink()
+    else:
+        shm = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+        os.environ[MULTIPROCESS_DIR] = tempfile.mkdtemp(prefix="tuneforge-metrics-", dir=shm)
+        os.environ["TUNEFORGE_METRICS_DIR_OWNED"] = "1"
+
+
+def worker_gone(server, worker) -> None:
+    """child_exit: the worker's live gauges leave the sums; its counters stay counted."""
+    if multiprocess():
+        from prometheus_client import multiprocess as prometheus_multiprocess
+
+        prometheus_multiprocess.mark_process_dead(worker.pid)
+
+
+def remove_multiprocess_dir(server=None) -> None:
+    """on_exit: remove the folder if prepare_multiprocess_dir made it."""
+    import shutil
+
+    if os.environ.pop("TUNEFORGE_METRICS_DIR_OWNED", None) and multiprocess():
+        shutil.rmtree(os.environ[MULTIPROCESS_DIR], ignore_errors=True)

@@ -12,7 +12,8 @@ import time
 import uuid
 
 from .engine import Result, Sequence, StreamEvent
-from .payloads import Invocation
+from .errors import error_type_of
+from .invocation import Invocation
 
 
 def sse(obj) -> str:
@@ -66,18 +67,51 @@ def _usage(prompt: int, completion: int) -> dict:
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
-def _chat_logprobs(seq: Sequence) -> dict:
-    return {"content": [{"token": t.text, "logprob": t.logprob, "bytes": list(t.text.encode()),
-                         "top_logprobs": []} for t in seq.tokens]}
+def fingerprint() -> str:
+    """OpenAI's system_fingerprint: a string (TGI always sends one; some clients require it)."""
+    from .. import __version__
+
+    return f"tuneforge-{__version__}"
+
+
+def _chat_token(t) -> dict:
+    entry = {"token": t.text, "logprob": t.logprob, "bytes": list(t.text.encode())}
+    top = [{"token": text, "logprob": logprob, "bytes": list(text.encode())} for _, text, logprob in t.top or []]
+    return dict(entry, top_logprobs=top)
+
+
+def _chat_message(inv: Invocation, s: Sequence) -> tuple[dict, str]:
+    """The assistant message and finish reason; a tool call when the request's tool choice made one."""
+    from .structured import tool_calls
+
+    calls = tool_calls(inv.options["tools"], s.text) if inv.options.get("tools") else None
+    if calls and s.finish_reason != "length":
+        return {"role": "assistant", "content": None, "tool_calls": calls}, "tool_calls"
+    return {"role": "assistant", "content": s.text}, openai_reason(s.finish_reason)
 
 
 def _chat(inv: Invocation, result: Result) -> dict:
-    choices = [{"index": s.index, "message": {"role": "assistant", "content": s.text},
-                "logprobs": _chat_logprobs(s) if inv.options.get("logprobs") else None,
-                "finish_reason": openai_reason(s.finish_reason)} for s in result.sequences]
+    choices = []
+    for s in result.sequences:
+        message, reason = _chat_message(inv, s)
+        logprobs = {"content": [_chat_token(t) for t in s.tokens]} if inv.options.get("logprobs") else None
+        choices.append({"index": s.index, "message": message, "logprobs": logprobs, "finish_reason": reason})
     return {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
-            "model": inv.options["model"], "system_fingerprint": None, "choices": choices,
+            "model": inv.options["model"], "system_fingerprint": fingerprint(), "choices": choices,
             "usage": _usage(result.prompt_tokens, result.generated_tokens)}
+
+
+def _completion_logprobs(tokens: list, start: int) -> dict:
+    """The legacy completions shape; each top_logprobs dict holds the alternatives and the
+    chosen token itself (as vLLM), None where a token has no log-probability (a prompt's first)."""
+    offsets, at = [], start
+    for t in tokens:
+        offsets.append(at)
+        at += 0 if t.special else len(t.text)
+    tops = [None if t.logprob is None else {**{text: lp for _, text, lp in t.top or []}, t.text: t.logprob}
+            for t in tokens]
+    return {"tokens": [t.text for t in tokens], "token_logprobs": [t.logprob for t in tokens],
+            "top_logprobs": tops, "text_offset": offsets}
 
 
 def _completion(inv: Invocation, results: list[Result]) -> dict:
@@ -86,17 +120,13 @@ def _completion(inv: Invocation, results: list[Result]) -> dict:
         echo = inv.prompt_texts[p] if inv.options.get("echo") else ""
         for s in result.sequences:
             logprobs = None
-            if inv.options.get("logprobs"):
-                offsets, at = [], len(echo)
-                for t in s.tokens:
-                    offsets.append(at)
-                    at += len(t.text)
-                logprobs = {"tokens": [t.text for t in s.tokens], "token_logprobs": [t.logprob for t in s.tokens],
-                            "top_logprobs": None, "text_offset": offsets}
+            if inv.options.get("logprobs") is not None:
+                prompt = result.prompt_scores or []
+                logprobs = _completion_logprobs(prompt + s.tokens, 0 if prompt else len(echo))
             choices.append({"index": len(choices), "text": echo + s.text, "logprobs": logprobs,
                             "finish_reason": openai_reason(s.finish_reason)})
     return {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
-            "model": inv.options["model"], "system_fingerprint": None, "choices": choices,
+            "model": inv.options["model"], "system_fingerprint": fingerprint(), "choices": choices,
             "usage": _usage(sum(r.prompt_tokens for r in results), sum(r.generated_tokens for r in results))}
 
 
@@ -111,8 +141,6 @@ def stream(inv: Invocation, job):
         else:
             yield from _openai_stream(inv, job, chat=False)
     except Exception as exc:  # noqa: BLE001 - the status line is long gone; tell the client in-band
-        from .app import error_type_of
-
         yield sse({"error": str(exc)[:500], "error_type": error_type_of(exc)})
 
 
@@ -136,19 +164,22 @@ def _tgi_stream(inv: Invocation, job):
 def _openai_stream(inv: Invocation, job, *, chat: bool):
     ident = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
     head = {"id": ident, "object": "chat.completion.chunk" if chat else "text_completion",
-            "created": int(time.time()), "model": inv.options["model"], "system_fingerprint": None}
+            "created": int(time.time()), "model": inv.options["model"], "system_fingerprint": fingerprint()}
 
     def chunk(index: int, text: str | None, reason: str | None, token=None) -> str:
         if chat:
             delta = {} if text is None else {"content": text}
             choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": reason}
             if token is not None and inv.options.get("logprobs"):
-                choice["logprobs"] = {"content": [{"token": token.text, "logprob": token.logprob,
-                                                   "bytes": list(token.text.encode()), "top_logprobs": []}]}
+                choice["logprobs"] = {"content": [_chat_token(token)]}
         else:
             choice = {"index": index, "text": text or "", "logprobs": None, "finish_reason": reason}
+            if token is not None and inv.options.get("logprobs") is not None:
+                choice["logprobs"] = _completion_logprobs([token], 0)
         return sse({**head, "choices": [choice]})
 
+    tools = inv.options.get("tools")
+    held = chat and tools is not None and tools.mode in ("named", "required")
     if chat:
         for i in range(job.request.n):
             yield sse({**head, "choices": [{"index": i, "delta": {"role": "assistant", "content": ""},
@@ -162,8 +193,15 @@ def _openai_stream(inv: Invocation, job, *, chat: bool):
                 yield sse({**head, "choices": [], "usage": _usage(item.prompt_tokens, item.generated_tokens)})
             break
         event: StreamEvent = item
-        if event.text:
+        if not held and (event.text or inv.options.get("logprobs") not in (None, False)):  # logprobs: every token
             yield chunk(event.index, event.text, None, event.token)
         if event.sequence is not None:
-            yield chunk(event.index, None, openai_reason(event.sequence.finish_reason))
+            if held:  # a forced tool call goes out whole, as one tool_calls delta
+                message, reason = _chat_message(inv, event.sequence)
+                calls = [dict(c, index=k) for k, c in enumerate(message.get("tool_calls") or [])]
+                delta = {"tool_calls": calls} if calls else {"content": event.sequence.text}
+                yield sse({**head, "choices": [{"index": event.index, "delta": delta, "logprobs": None,
+                                                "finish_reason": reason}]})
+            else:
+                yield chunk(event.index, None, openai_reason(event.sequence.finish_reason))
     yield "data: [DONE]\n\n"

@@ -12,6 +12,7 @@ import logging
 import sys
 from pathlib import Path
 
+from ..diffusion import is_pipeline_dir
 from ..errors import UserError
 from .settings import ServeSettings
 
@@ -52,6 +53,13 @@ def main(argv: list[str] | None = None) -> int:
         argv = argv[1:]
     try:
         settings, args = resolve_settings(argv)
+        if is_pipeline_dir(settings.model_dir):  # a text-to-image (diffusers) pipeline: diffusion/serve.py
+            from ..diffusion.serve import check_pipeline_dir
+
+            check_pipeline_dir(settings.model_dir)
+            print(f"serve: text-to-image pipeline {settings.model_dir} on {settings.host}:{settings.port}",
+                  file=sys.stderr, flush=True)
+            return 0 if args.check else run_gunicorn(settings)
         info = check_model_dir(settings)
     except UserError as exc:
         print(f"serve: {exc}", file=sys.stderr)
@@ -75,6 +83,10 @@ def run_gunicorn(settings: ServeSettings) -> int:
                 self.cfg.set(key, value)
 
         def load(self):  # runs in each worker, after fork
+            if is_pipeline_dir(settings.model_dir):
+                from ..diffusion.serve import create_app as create_image_app
+
+                return create_image_app(settings)
             from .app import create_app
 
             return create_app(settings)

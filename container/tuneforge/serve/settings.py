@@ -1,88 +1,125 @@
-"""Every serving setting: its environment variable, default and meaning, in one dataclass.
+"""Every serving setting: its environment variables, default, bounds and meaning, declared once.
 
 SageMaker configures model servers through SAGEMAKER_* variables; the rest are ours
-(TUNEFORGE_*). `serve --port/--host/...` options override the environment for local runs.
-docs/serving.md lists the same table; keep the two in step.
+(TUNEFORGE_*). Each field lists the variables read for it, first set one wins; empty ones are
+ignored. `serve --port/--host/...` options override the environment for local runs
+(`with_overrides`). A bad value stops `serve` at start with a UserError naming the variable, the
+value and what is allowed. docs/serving.md lists the same table; keep the two in step.
 """
 
 from __future__ import annotations
 
-import math
 import os
-from dataclasses import dataclass, field, fields, replace
+from contextvars import ContextVar
 from pathlib import Path
+from typing import Literal
 
-from ..contract import bind_port, serving_model_dir
+from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
+
+from ..config import parse_flag
+from ..contract import serving_model_dir
 from ..errors import UserError
 
+BATCH_DEADLINE_S = 590.0  # Batch Transform's default InvocationsTimeoutInSeconds is 600
+DTYPES = {"auto": "auto", "float32": "float32", "bfloat16": "bfloat16", "float16": "float16",
+          "fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+LOG_LEVELS = {"debug": "debug", "info": "info", "warning": "warning", "warn": "warning", "error": "error",
+              "critical": "critical", "10": "debug", "20": "info", "30": "warning", "40": "error", "50": "critical"}
+_environ: ContextVar[dict | None] = ContextVar("serve_environ", default=None)
 
-@dataclass(frozen=True)
-class ServeSettings:
-    # Where the model is: TUNEFORGE_MODEL_DIR, else SM_MODEL_DIR, else <SAGEMAKER_BASE_DIR>/model.
-    model_dir: Path = field(default_factory=serving_model_dir)
-    # Bind address; SageMaker needs 0.0.0.0 inside the container, tests use 127.0.0.1.
-    host: str = "0.0.0.0"
-    # SAGEMAKER_BIND_TO_PORT (inference pipelines), else 8080.
-    port: int = field(default_factory=bind_port)
-    # SAGEMAKER_MODEL_SERVER_WORKERS: processes, each holding a full copy of the model.
-    workers: int = 1
-    # TUNEFORGE_THREADS: request threads per worker (the most requests one worker holds at once).
-    threads: int = 64
-    # SAGEMAKER_MODEL_SERVER_TIMEOUT: gunicorn kills a worker silent this long (s). The
-    # heartbeat runs on the worker's main thread, so long generations do not trip it.
-    timeout: int = 60
-    # TUNEFORGE_GRACEFUL_TIMEOUT: on SIGTERM, in-flight requests get this long (s) to finish.
-    # SageMaker sends SIGKILL 30 s after SIGTERM, so it stays below 30.
-    graceful_timeout: int = 25
-    # TUNEFORGE_REQUEST_DEADLINE: a non-streaming request that has not finished after this
-    # many seconds (queue time included) gets 503, before SageMaker's 60 s cut-off does it.
-    # Under Batch Transform (SAGEMAKER_BATCH=true), which waits 600 s, the default is 590.
-    request_deadline: float = 55.0
-    # TUNEFORGE_MAX_BATCH_SIZE: most sequences in one generate call; 1 turns batching off.
-    max_batch_size: int = 16
-    # TUNEFORGE_MAX_BATCH_WAIT_MS: how long the first request of a batch waits for company.
-    max_batch_wait_ms: float = 5.0
-    # TUNEFORGE_MAX_BATCH_TOKENS: bound on sequences x (longest prompt + most new tokens).
-    max_batch_tokens: int = 65536
-    # TUNEFORGE_MAX_QUEUE: waiting requests per worker before new ones get 429.
-    max_queue: int = 128
-    # SAGEMAKER_MAX_PAYLOAD_IN_MB or TUNEFORGE_MAX_BODY_MB: larger bodies get 413.
-    max_body_mb: float = 6.0
-    # TUNEFORGE_REQUEST_READ_TIMEOUT: a request (headers and body) must arrive within this many
-    # seconds of its first byte, else 408; also bounds a stalled write to a client.
-    request_read_timeout: float = 30.0
-    # TUNEFORGE_MAX_INPUT_TOKENS: longest prompt accepted; default the model's context - 1.
-    max_input_tokens: int | None = None
-    # TUNEFORGE_MAX_NEW_TOKENS: largest max_new_tokens a request may ask for.
-    max_new_tokens: int = 4096
-    # TUNEFORGE_DEFAULT_MAX_NEW_TOKENS: when the request names none; default the model's
-    # generation_config.max_new_tokens, else 256.
-    default_max_new_tokens: int | None = None
-    # TUNEFORGE_MAX_STOP_SEQUENCES: as TGI's MAX_STOP_SEQUENCES.
-    max_stop_sequences: int = 4
-    # TUNEFORGE_MAX_STOP_SEQUENCE_CHARS: longest stop sequence (each is matched after every token).
-    max_stop_sequence_chars: int = 256
-    # TUNEFORGE_MAX_RETURN_SEQUENCES: bound on n / num_return_sequences.
-    max_return_sequences: int = 8
-    # TUNEFORGE_MAX_CLIENT_BATCH: most prompts in one JSON request's list (JSON lines bodies,
-    # Batch Transform's MULTI_RECORD, are not bounded: they run in waves).
-    max_client_batch: int = 64
-    # TUNEFORGE_TORCH_THREADS: intra-op CPU threads of each worker (unset: torch's default).
-    torch_threads: int | None = None
-    # TUNEFORGE_DEVICE: auto (cuda when present), cpu or cuda.
-    device: str = "auto"
-    # TUNEFORGE_DTYPE: auto (bf16/fp16 on GPU, fp32 on CPU), float32, bfloat16 or float16.
-    dtype: str = "auto"
-    # TUNEFORGE_BASE_MODEL_DIR: base weights for an adapter-only model directory.
-    base_model_dir: Path | None = None
-    # TUNEFORGE_TRUST_REMOTE_CODE: allow model code shipped with the weights (off by default).
-    trust_remote_code: bool = False
-    # TUNEFORGE_ALLOW_PICKLE: load *.bin (pickle) weights when no safetensors exist.
-    allow_pickle: bool = False
-    # SAGEMAKER_CONTAINER_LOG_LEVEL / TUNEFORGE_LOG_LEVEL: gunicorn and tuneforge log level.
-    log_level: str = "info"
-    # TUNEFORGE_ACCESS_LOG: where the one-line-per-request access log goes ("-" = stdout, "off").
-    access_log: str = "-"
+
+def env(default, *variables: str, doc: str, **bounds):
+    """A field read from `variables` (first set wins); `default` may be a factory."""
+    factory = {"default_factory": default} if callable(default) else {"default": default}
+    return Field(**factory, validation_alias=AliasChoices(*variables), description=doc,
+                 json_schema_extra={"env": list(variables)}, **bounds)
+
+
+POSITIVE = {"gt": 0, "allow_inf_nan": False}
+POSITIVE_INT = {"gt": 0}
+
+
+class ServeSettings(BaseSettings):
+    model_config = SettingsConfigDict(frozen=True, case_sensitive=True, env_ignore_empty=True, extra="ignore",
+                                      populate_by_name=True, protected_namespaces=())
+
+    model_dir: Path = env(serving_model_dir, "TUNEFORGE_MODEL_DIR", doc="the model folder; else SM_MODEL_DIR, "
+                          "else <SAGEMAKER_BASE_DIR>/model")
+    host: str = env("0.0.0.0", "TUNEFORGE_HOST", doc="bind address; SageMaker needs 0.0.0.0", min_length=1)
+    port: int = env(8080, "SAGEMAKER_BIND_TO_PORT", "TUNEFORGE_PORT", doc="port", ge=1, le=65535)
+    workers: int = env(1, "SAGEMAKER_MODEL_SERVER_WORKERS", "TUNEFORGE_WORKERS",
+                       doc="processes, each holding a full copy of the model", **POSITIVE_INT)
+    threads: int = env(64, "TUNEFORGE_THREADS", doc="request threads per worker", **POSITIVE_INT)
+    timeout: int = env(60, "SAGEMAKER_MODEL_SERVER_TIMEOUT", "TUNEFORGE_TIMEOUT",
+                       doc="gunicorn kills a worker silent this long (s)", **POSITIVE_INT)
+    graceful_timeout: int = env(25, "TUNEFORGE_GRACEFUL_TIMEOUT", doc="on SIGTERM, in-flight requests get "
+                                "this long (s); SageMaker sends SIGKILL 30 s after SIGTERM", **POSITIVE_INT)
+    request_deadline: float = env(55.0, "TUNEFORGE_REQUEST_DEADLINE", doc="a non-streaming request not done "
+                                  f"after this many s gets 503 ({BATCH_DEADLINE_S:g} under Batch Transform)",
+                                  **POSITIVE)
+    batch_transform: bool = env(False, "SAGEMAKER_BATCH", doc="set by SageMaker Batch Transform")
+    max_batch_size: int = env(16, "TUNEFORGE_MAX_BATCH_SIZE", doc="sequences per generate call; 1 = no "
+                              "batching", **POSITIVE_INT)
+    max_batch_wait_ms: float = env(5.0, "TUNEFORGE_MAX_BATCH_WAIT_MS", doc="how long a batch's first request "
+                                   "waits for company", ge=0, le=60_000, allow_inf_nan=False)
+    max_batch_tokens: int = env(65536, "TUNEFORGE_MAX_BATCH_TOKENS", doc="bound on sequences x (longest prompt "
+                                "+ most new tokens)", **POSITIVE_INT)
+    max_queue: int = env(128, "TUNEFORGE_MAX_QUEUE", doc="waiting requests per worker before 429", **POSITIVE_INT)
+    max_body_mb: float = env(6.0, "SAGEMAKER_MAX_PAYLOAD_IN_MB", "TUNEFORGE_MAX_BODY_MB",
+                             doc="larger bodies get 413", **POSITIVE)
+    request_read_timeout: float = env(30.0, "TUNEFORGE_REQUEST_READ_TIMEOUT", doc="seconds a request may take "
+                                      "to arrive (else 408)", **POSITIVE)
+    max_input_tokens: int | None = env(None, "TUNEFORGE_MAX_INPUT_TOKENS", doc="longest prompt; default the "
+                                       "model's context - 1", **POSITIVE_INT)
+    max_new_tokens: int = env(4096, "TUNEFORGE_MAX_NEW_TOKENS", doc="largest max_new_tokens a request may ask",
+                              **POSITIVE_INT)
+    default_max_new_tokens: int | None = env(None, "TUNEFORGE_DEFAULT_MAX_NEW_TOKENS", doc="when a request "
+                                             "names none; default generation_config's, else 256", **POSITIVE_INT)
+    max_stop_sequences: int = env(32, "TUNEFORGE_MAX_STOP_SEQUENCES", doc="stop sequences per request (TGI "
+                                  "allows 4; evaluation harnesses send 5 or more)", **POSITIVE_INT)
+    max_stop_sequence_chars: int = env(256, "TUNEFORGE_MAX_STOP_SEQUENCE_CHARS", doc="longest stop sequence",
+                                       **POSITIVE_INT)
+    max_return_sequences: int = env(8, "TUNEFORGE_MAX_RETURN_SEQUENCES", doc="bound on n / "
+                                    "num_return_sequences", **POSITIVE_INT)
+    max_client_batch: int = env(64, "TUNEFORGE_MAX_CLIENT_BATCH", doc="prompts in one JSON request's list",
+                                **POSITIVE_INT)
+    torch_threads: int | None = env(None, "TUNEFORGE_TORCH_THREADS", doc="intra-op CPU threads per worker",
+                                    **POSITIVE_INT)
+    device: str = env("auto", "TUNEFORGE_DEVICE", doc="auto (cuda when present), cpu, cuda or cuda:N",
+                      pattern=r"^(auto|cpu|cuda|cuda:\d+)$")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = env("auto", "TUNEFORGE_DTYPE", doc="weights' "
+                                                                   "dtype; auto: bf16/fp16 on GPU, fp32 on CPU")
+    base_model_dir: Path | None = env(None, "TUNEFORGE_BASE_MODEL_DIR", doc="base weights for an adapter-only "
+                                      "folder")
+    trust_remote_code: bool = env(False, "TUNEFORGE_TRUST_REMOTE_CODE", doc="run model code shipped with the "
+                                  "weights")
+    allow_pickle: bool = env(False, "TUNEFORGE_ALLOW_PICKLE", doc="load *.bin weights when no safetensors exist")
+    log_level: Literal["debug", "info", "warning", "error", "critical"] = env(
+        "info", "TUNEFORGE_LOG_LEVEL", "SAGEMAKER_CONTAINER_LOG_LEVEL", doc="gunicorn and tuneforge log level")
+    access_log: str = env("-", "TUNEFORGE_ACCESS_LOG", doc='access log destination ("-" = stdout, "off")',
+                          min_length=1)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _unquote(cls, value):
+        """Environment values may arrive JSON-quoted ('"5"'), as SageMaker writes them."""
+        return value.strip().strip('"').strip() if isinstance(value, str) else value
+
+    @field_validator("trust_remote_code", "allow_pickle", "batch_transform", mode="before")
+    @classmethod
+    def _flag(cls, value):
+        return parse_flag(value)
+
+    @field_validator("dtype", mode="before")
+    @classmethod
+    def _dtype(cls, value):
+        return DTYPES.get(value.lower(), value) if isinstance(value, str) else value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _log_level(cls, value):
+        return LOG_LEVELS.get(value.lower(), value) if isinstance(value, str) else value
 
     @property
     def max_body_bytes(self) -> int:
@@ -94,122 +131,74 @@ class ServeSettings:
                 "(SAGEMAKER_MAX_PAYLOAD_IN_MB / TUNEFORGE_MAX_BODY_MB)")
 
     @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
+                                   file_secret_settings):
+        """Keyword arguments, then the environment only when read through `from_env`."""
+        environ = _environ.get()
+        return (init_settings,) if environ is None else (init_settings, _MappingSource(settings_cls, environ))
+
+    @classmethod
     def from_env(cls, environ: dict | None = None) -> "ServeSettings":
-        env = os.environ if environ is None else environ
-        values: dict = {}
-        for name, var in ENV_NAMES.items():
-            for key in var:
-                if env.get(key, "") != "":
-                    values[name] = _coerce(name, env[key], key)
-                    break
-        if "model_dir" not in values:
-            values["model_dir"] = serving_model_dir()
-        values.setdefault("port", 8080)  # SAGEMAKER_BIND_TO_PORT is read above, from `env`
-        batch = env.get("SAGEMAKER_BATCH", "")
-        if batch.strip() and _bool(batch.strip().strip('"'), "SAGEMAKER_BATCH", batch):
-            values.setdefault("request_deadline", BATCH_DEADLINE_S)
-        return cls(**values)
+        environ = dict(os.environ if environ is None else environ)
+        token = _environ.set(environ)
+        try:
+            settings = cls()
+        except ValidationError as exc:
+            raise _user_error(exc, environ) from None
+        finally:
+            _environ.reset(token)
+        if settings.batch_transform and "request_deadline" not in settings.model_fields_set:
+            settings = settings.model_copy(update={"request_deadline": BATCH_DEADLINE_S})
+        return settings
 
     def with_overrides(self, **overrides) -> "ServeSettings":
-        return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+        return self.model_copy(update={k: v for k, v in overrides.items() if v is not None})
 
 
-# Setting name -> environment variables read for it, first set one wins.
-ENV_NAMES: dict[str, tuple[str, ...]] = {
-    "model_dir": ("TUNEFORGE_MODEL_DIR",),
-    "host": ("TUNEFORGE_HOST",),
-    "port": ("SAGEMAKER_BIND_TO_PORT", "TUNEFORGE_PORT"),
-    "workers": ("SAGEMAKER_MODEL_SERVER_WORKERS", "TUNEFORGE_WORKERS"),
-    "threads": ("TUNEFORGE_THREADS",),
-    "timeout": ("SAGEMAKER_MODEL_SERVER_TIMEOUT", "TUNEFORGE_TIMEOUT"),
-    "graceful_timeout": ("TUNEFORGE_GRACEFUL_TIMEOUT",),
-    "request_deadline": ("TUNEFORGE_REQUEST_DEADLINE",),
-    "max_batch_size": ("TUNEFORGE_MAX_BATCH_SIZE",),
-    "max_batch_wait_ms": ("TUNEFORGE_MAX_BATCH_WAIT_MS",),
-    "max_batch_tokens": ("TUNEFORGE_MAX_BATCH_TOKENS",),
-    "max_queue": ("TUNEFORGE_MAX_QUEUE",),
-    "max_body_mb": ("SAGEMAKER_MAX_PAYLOAD_IN_MB", "TUNEFORGE_MAX_BODY_MB"),
-    "request_read_timeout": ("TUNEFORGE_REQUEST_READ_TIMEOUT",),
-    "max_input_tokens": ("TUNEFORGE_MAX_INPUT_TOKENS",),
-    "max_new_tokens": ("TUNEFORGE_MAX_NEW_TOKENS",),
-    "default_max_new_tokens": ("TUNEFORGE_DEFAULT_MAX_NEW_TOKENS",),
-    "max_stop_sequences": ("TUNEFORGE_MAX_STOP_SEQUENCES",),
-    "max_stop_sequence_chars": ("TUNEFORGE_MAX_STOP_SEQUENCE_CHARS",),
-    "max_return_sequences": ("TUNEFORGE_MAX_RETURN_SEQUENCES",),
-    "max_client_batch": ("TUNEFORGE_MAX_CLIENT_BATCH",),
-    "torch_threads": ("TUNEFORGE_TORCH_THREADS",),
-    "device": ("TUNEFORGE_DEVICE",),
-    "dtype": ("TUNEFORGE_DTYPE",),
-    "base_model_dir": ("TUNEFORGE_BASE_MODEL_DIR",),
-    "trust_remote_code": ("TUNEFORGE_TRUST_REMOTE_CODE",),
-    "allow_pickle": ("TUNEFORGE_ALLOW_PICKLE",),
-    "log_level": ("TUNEFORGE_LOG_LEVEL", "SAGEMAKER_CONTAINER_LOG_LEVEL"),
-    "access_log": ("TUNEFORGE_ACCESS_LOG",),
-}
+class _MappingSource(EnvSettingsSource):
+    """pydantic-settings' environment source over a given mapping instead of os.environ."""
 
-BATCH_DEADLINE_S = 590.0  # Batch Transform's default InvocationsTimeoutInSeconds is 600
-_TYPES = {f.name: str(f.type) for f in fields(ServeSettings)}
-_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
-# Settings with a fixed set of values: accepted spelling -> value.
-_CHOICES = {
-    "dtype": {"auto": "auto", "float32": "float32", "bfloat16": "bfloat16", "float16": "float16",
-              "fp32": "float32", "bf16": "bfloat16", "fp16": "float16"},
-    "log_level": {"debug": "debug", "info": "info", "warning": "warning", "warn": "warning", "error": "error",
-                  "critical": "critical", "10": "debug", "20": "info", "30": "warning", "40": "error",
-                  "50": "critical"},
-}
-# Numbers whose range is not "positive": (lowest, highest), both inclusive.
-_RANGES = {"port": (1, 65535), "max_batch_wait_ms": (0, 60_000)}
+    def __init__(self, settings_cls, environ: dict):
+        self._mapping = environ
+        super().__init__(settings_cls, case_sensitive=True, env_ignore_empty=True)
+
+    def _load_env_vars(self):
+        return {k: v for k, v in self._mapping.items() if v != ""}
 
 
-def _coerce(name: str, raw: str, var: str):
-    """One environment value -> the setting's type; a UserError naming the variable, the value and
-    what is allowed otherwise, so `serve` stops at start instead of a worker failing later."""
-    kind = _TYPES[name]
-    text = raw.strip().strip('"').strip()
-    if "Path" in kind:
-        return Path(text)
-    if kind.startswith("bool"):
-        return _bool(text, var, raw)
-    if kind.startswith(("int", "float")):
-        return _number(name, text, int if kind.startswith("int") else float, var, raw)
-    if name in _CHOICES:
-        value = _CHOICES[name].get(text.lower())
-        if value is None:
-            raise _invalid(var, raw, "one of " + ", ".join(dict.fromkeys(_CHOICES[name])))
-        return value
+def variables(name: str) -> list[str]:
+    return ServeSettings.model_fields[name].json_schema_extra["env"]
+
+
+def _user_error(exc: ValidationError, environ: dict) -> UserError:
+    """The first problem as `VAR='value' is not a valid value. Fix: set VAR to <allowed>`."""
+    error = exc.errors()[0]
+    name = next((n for n, f in ServeSettings.model_fields.items()
+                 if error["loc"] and (error["loc"][0] == n or error["loc"][0] in variables(n))), None)
+    if name is None:
+        return UserError(f"a serving setting is not valid: {error['msg']}", fix="check the TUNEFORGE_* variables")
+    var = next((v for v in variables(name) if environ.get(v, "") != ""), variables(name)[0])
+    raw = environ.get(var, "")
+    return UserError(f"{var}={raw!r} is not a valid value", fix=f"set {var} to {_allowed(name)}")
+
+
+def _allowed(name: str) -> str:
+    """What a setting takes, in words, from its declaration."""
+    if name == "dtype":
+        return "one of " + ", ".join(DTYPES)
+    if name == "log_level":
+        return "one of " + ", ".join(LOG_LEVELS)
     if name == "device":
-        if text in ("auto", "cpu", "cuda") or (text.startswith("cuda:") and text[5:].isdigit()):
-            return text
-        raise _invalid(var, raw, "auto, cpu, cuda or cuda:N (a GPU index)")
-    if not text:
-        raise _invalid(var, raw, "a non-empty value")
-    return text
-
-
-def _invalid(var: str, raw: str, allowed: str) -> UserError:
-    return UserError(f"{var}={raw!r} is not a valid value", fix=f"set {var} to {allowed}")
-
-
-def _bool(text: str, var: str, raw: str) -> bool:
-    if text.lower() in _TRUE:
-        return True
-    if text.lower() in _FALSE:
-        return False
-    raise _invalid(var, raw, "true or false")
-
-
-def _number(name: str, text: str, kind, var: str, raw: str):
-    low, high = _RANGES.get(name, (None, None))
-    if kind is int:
-        span = f"an integer from {low} to {high}" if low is not None else "a positive integer"
-    else:
-        span = f"a number from {low:g} to {high:g}" if low is not None else "a positive number"
-    try:
-        value = kind(text)
-    except ValueError:
-        raise _invalid(var, raw, span) from None
-    if not math.isfinite(value) or (low is None and value <= 0) or \
-            (low is not None and not low <= value <= high):
-        raise _invalid(var, raw, span)
-    return value
+        return "auto, cpu, cuda or cuda:N (a GPU index)"
+    field = ServeSettings.model_fields[name]
+    kind = field.annotation
+    if kind is bool:
+        return "true or false"
+    if kind in (str, Path):
+        return "a non-empty value"
+    low = next((getattr(m, "ge", None) for m in field.metadata if getattr(m, "ge", None) is not None), None)
+    high = next((getattr(m, "le", None) for m in field.metadata if getattr(m, "le", None) is not None), None)
+    integer = kind in (int, int | None)
+    if low is not None and high is not None:
+        return f"an integer from {low} to {high}" if integer else f"a number from {low:g} to {high:g}"
+    return "a positive integer" if integer else "a positive number"
