@@ -1,0 +1,89 @@
+"""DreamBooth jobs through the real launcher: the loss falls, the pipeline saves and reloads, LoRA,
+prior preservation, and the before/after report."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from tests.diffusion.conftest import FAST, INSTANCE_PROMPT, dreambooth_job, subject_images
+
+
+def _reloaded(model_dir):
+    from diffusers import StableDiffusionPipeline
+
+    pipeline = StableDiffusionPipeline.from_pretrained(model_dir, local_files_only=True, use_safetensors=True)
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+def _image(pipeline, seed=0, steps=2):
+    generator = torch.Generator().manual_seed(seed)
+    return np.asarray(pipeline(INSTANCE_PROMPT, height=64, width=64, num_inference_steps=steps, generator=generator,
+                               output_type="pil").images[0])
+
+
+def _same_picture(a, b) -> bool:
+    """Equal up to a rounding step: the job draws with the modules it trained, the test with ones
+    read back from disk, and float sums may round a pixel the other way."""
+    return int(np.abs(a.astype(int) - b.astype(int)).max()) <= 1
+
+
+def _weights(folder):
+    from safetensors.torch import load_file
+
+    return load_file(str(next(folder.glob("*.safetensors"))))
+
+
+@pytest.mark.slow
+def test_full_unet_job_learns_and_writes_a_pipeline_that_reloads(trained_job, sd_base):
+    from PIL import Image
+
+    metrics = trained_job.metrics()
+    assert metrics["task"] == "text-to-image" and metrics["method"] == "full" and metrics["steps"] == 12
+    # the same fixed-noise denoising loss on the five images, before and after
+    assert metrics["final_loss"] < 0.8 * metrics["initial_loss"], metrics
+    model = trained_job.model_dir
+    assert {"model_index.json", "unet", "vae", "text_encoder", "tokenizer", "scheduler", "tuneforge.json"} <= \
+        {p.name for p in model.iterdir()}
+    assert not list(model.rglob("*.bin")) and not list(model.rglob("checkpoint-*"))
+    assert json.loads((model / "tuneforge.json").read_text())["task"] == "text-to-image"
+    # the reloaded pipeline draws exactly the "after" image the job drew in memory (same seed)
+    out = trained_job.base / "output" / "data"
+    after = np.asarray(Image.open(out / metrics["images"]["after"][0]))
+    before = np.asarray(Image.open(out / metrics["images"]["before"][0]))
+    reloaded = _reloaded(model)
+    assert _same_picture(_image(reloaded), after)
+    assert np.array_equal(_image(reloaded), _image(reloaded))  # same seed, same image
+    assert not np.array_equal(before, after)
+    assert _same_picture(_image(_reloaded(sd_base)), before)
+    with Image.open(out / "image_grid.png") as grid:
+        assert grid.size == (2 * 64, 2 * (64 + 14))
+    assert (out / "report.html").exists() and "text-to-image" in (out / "report.md").read_text()  # the run report
+
+
+@pytest.mark.slow
+def test_lora_text_encoder_and_prior_preservation(job, sd_base):
+    hyperparameters = {**FAST, "peft_type": "lora", "train_text_encoder": "True", "learning_rate": "0.01",
+                       "lora_r": "8", "lora_alpha": "8", "with_prior_preservation": "True", "num_class_images": "4",
+                       "sample_batch_size": "2", "max_steps": "12", "num_report_images": "0"}
+    dreambooth_job(job, sd_base, hyperparameters)
+    channel = job.channel("training")
+    subject_images(channel / "class_data_dir", count=1, seed=5)
+    given = sorted(p.relative_to(channel) for p in channel.rglob("*"))
+    assert job.run_in_process() == 0, job.failure.read_text() if job.failure.exists() else ""
+    metrics = job.metrics()
+    assert (metrics["method"], metrics["class_images"], metrics["class_images_generated"]) == ("lora", 4, 3)
+    assert metrics["final_loss"] < metrics["initial_loss"], metrics
+    # missing class images are made outside the input channel, which is left as it was
+    assert sorted(p.relative_to(channel) for p in channel.rglob("*")) == given
+    assert len(list((job.base / "checkpoints" / "class-images").glob("class-*.png"))) == 3
+    # LoRA is merged: plain weights, changed from the base, in both trained parts
+    for part in ("unet", "text_encoder"):
+        trained, base = _weights(job.model_dir / part), _weights(sd_base / part)
+        assert set(trained) == set(base) and not any("lora" in key for key in trained)
+        assert any(not torch.equal(trained[key], base[key]) for key in base), part
+    assert "images" not in metrics and not (job.base / "output" / "data" / "image_grid.png").exists()
