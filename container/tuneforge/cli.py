@@ -1,4 +1,4 @@
-"""`tuneforge train|serve|check-job|convert|tiny-model|sample-data|hyperparameters`; `serve` console script."""
+"""`tuneforge train|serve|check-job|convert|tiny-model|sample-data|report|hyperparameters`; `serve` console script."""
 
 from __future__ import annotations
 
@@ -24,7 +24,12 @@ def _tiny_model(args) -> int:
 
     for family in args.family:
         out = Path(args.output) / family if len(args.family) > 1 else Path(args.output)
-        build_tiny_model(family, out)
+        if family == "stable-diffusion":  # a diffusers pipeline, not a language model
+            from .diffusion.tiny import build_tiny_pipeline
+
+            build_tiny_pipeline(out)
+        else:
+            build_tiny_model(family, out)
         print(out)
     return 0
 
@@ -63,6 +68,27 @@ def _convert(args) -> int:
     return 0
 
 
+def _report(args) -> int:
+    """report.html + report.md for one job, or compare.html + compare.md for several."""
+    from .errors import UserError
+    from .report import write_comparison, write_report
+
+    try:
+        if args.compare:
+            written = write_comparison(args.jobs, args.out or ".")
+        else:  # each job's own report; with --out and several jobs, one subfolder per job
+            written = []
+            for number, job in enumerate(args.jobs, 1):
+                out = Path(args.out) / f"job-{number}" if args.out and len(args.jobs) > 1 else args.out
+                written += write_report(job, out)
+    except UserError as exc:
+        print(f"{exc.__class__.__name__}: {exc}", file=sys.stderr)
+        return 2
+    for path in written:
+        print(path)
+    return 0
+
+
 def _hyperparameters(args) -> int:
     from .config import markdown_table
 
@@ -70,7 +96,10 @@ def _hyperparameters(args) -> int:
               "`tuneforge hyperparameters --markdown`. Values may arrive in any SageMaker encoding "
               "(\"True\", \"true\", \"\\\"True\\\"\", \"5\", \"\\\"5\\\"\"); names starting with `sagemaker_` "
               "are ignored; an unknown name fails with the closest valid one.\n\n")
-    print(header + markdown_table() if args.markdown else markdown_table(), end="")
+    from .diffusion.config import markdown_table as diffusion_table
+
+    table = markdown_table() + "\n" + diffusion_table()
+    print(header + table if args.markdown else table, end="")
     return 0
 
 
@@ -86,7 +115,7 @@ def parser() -> argparse.ArgumentParser:
                            add_help=False)
     serve.set_defaults(func=None)
     tiny = sub.add_parser("tiny-model", help="write a tiny random model with an offline tokenizer")
-    tiny.add_argument("--family", nargs="+", default=["llama"], choices=FAMILIES)
+    tiny.add_argument("--family", nargs="+", default=["llama"], choices=(*FAMILIES, "stable-diffusion"))
     tiny.add_argument("--output", required=True)
     tiny.set_defaults(func=_tiny_model)
     sample = sub.add_parser("sample-data", help="write sample train/validation channels")
@@ -101,6 +130,13 @@ def parser() -> argparse.ArgumentParser:
     convert.add_argument("--gguf", required=True, help="the .gguf file (dequantized to float32)")
     convert.add_argument("--output", required=True, help="the folder to write")
     convert.set_defaults(func=_convert)
+    report = sub.add_parser("report", help="write a job's run report (report.html, report.md), or compare jobs")
+    report.add_argument("jobs", nargs="+", metavar="JOB_DIR",
+                        help="a job folder (/opt/ml), its output/data folder, or model.tar.gz / output.tar.gz")
+    report.add_argument("--compare", action="store_true",
+                        help="put two or more jobs side by side (compare.html, compare.md)")
+    report.add_argument("--out", help="folder to write to (default: the job's output/data, or . for --compare)")
+    report.set_defaults(func=_report)
     hps = sub.add_parser("hyperparameters", help="print the hyperparameter reference")
     hps.add_argument("--markdown", action="store_true", help="with a document header")
     hps.set_defaults(func=_hyperparameters)

@@ -1,5 +1,5 @@
-"""Trainer callbacks: metric lines SageMaker metric definitions can parse, stopping on SIGTERM,
-failing on a non-finite loss, committing checkpoints atomically."""
+"""Trainer callbacks: progress and metric lines that people and SageMaker metric definitions read,
+stopping on SIGTERM, failing on a non-finite loss, committing checkpoints atomically."""
 
 from __future__ import annotations
 
@@ -12,26 +12,85 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from ..errors import UserError
+from ..logs import format_duration, format_eta
 from . import stopping
 from .checkpoints import commit, relocate, rotate
 from .distributed import barrier
-from .metrics import perplexity, print_metric
+from .metrics import perplexity
 
 log = logging.getLogger(__name__)
 
 
 class MetricLines(TrainerCallback):
-    """Print `[metric] train_loss=...` and `[metric] eval_loss=...` lines from rank 0."""
+    """One line per logging step and one per evaluation, from rank 0, each a sentence for people
+    that ends in the `[metric] name=value` fields SageMaker metric definitions read:
+
+        step 40/160 (25%) epoch 2.00 | loss 1.2107 | lr 2.27e-03 | 48,560 tokens/s | ETA 0:00:03 [metric] train_loss=...
+        evaluation at step 40/160: loss 1.0612, perplexity 2.89 (0.02 s) [metric] eval_loss=... [metric] eval_perplexity=...
+
+    The baseline evaluation before training and the final one after it are summed up without
+    `[metric]` fields: the first is not a training-curve point, the second repeats the last
+    evaluation (or the kept best checkpoint's), which the final_* lines report."""
+
+    def __init__(self):
+        self.started: float | None = None
+        self.first_step = 0
+        self.last: tuple[float, int] | None = None  # (time, tokens seen) at the previous logging step
+        self.training_over = False
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.started, self.first_step = time.monotonic(), state.global_step
+        self.last = (self.started, state.num_input_tokens_seen)
+        self.training_over = False
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.training_over = True
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs:
             return
-        context = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 3)}
         if "loss" in logs:
-            print_metric("train_loss", logs["loss"], **context)
+            print(self.progress_line(state, logs), flush=True)
         if "eval_loss" in logs:
-            print_metric("eval_loss", logs["eval_loss"], **context)
-            print_metric("eval_perplexity", perplexity(logs["eval_loss"]), **context)
+            print(self.evaluation_line(state, logs["eval_loss"], logs.get("eval_runtime")), flush=True)
+        if "eval_before_loss" in logs:
+            loss = logs["eval_before_loss"]
+            print(f"baseline evaluation (before training): loss {loss:.4f}, perplexity {perplexity(loss):.4g}"
+                  f"{_seconds(logs.get('eval_before_runtime'))}", flush=True)
+
+    def progress_line(self, state, logs: dict) -> str:
+        now, tokens = time.monotonic(), state.num_input_tokens_seen
+        step, total = state.global_step, state.max_steps
+        rate = (tokens - self.last[1]) / (now - self.last[0]) if self.last and now > self.last[0] else 0.0
+        self.last = (now, tokens)
+        done = step - self.first_step
+        eta = (now - self.started) / done * (total - step) if self.started is not None and done > 0 else None
+        share = f" ({step / total:.0%})" if total else ""
+        parts = [f"step {step}/{total}{share} epoch {state.epoch or 0:.2f}", f"loss {logs['loss']:.4f}"]
+        if "learning_rate" in logs:
+            parts.append(f"lr {logs['learning_rate']:.3g}")
+        if rate:
+            parts.append(f"{rate:,.0f} tokens/s")
+        parts.append(f"ETA {format_eta(eta)}")
+        fields = metric_fields("train_loss", logs["loss"], step=step, epoch=round(state.epoch or 0.0, 3))
+        return " | ".join(parts) + " " + fields
+
+    def evaluation_line(self, state, loss: float, runtime) -> str:
+        summary = f"loss {loss:.4f}, perplexity {perplexity(loss):.4g}{_seconds(runtime)}"
+        if self.training_over:
+            return f"final evaluation (the model that is saved): {summary}"
+        context = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 3)}
+        fields = metric_fields("eval_loss", loss) + " " + metric_fields("eval_perplexity", perplexity(loss), **context)
+        return f"evaluation at step {state.global_step}/{state.max_steps}: {summary} {fields}"
+
+
+def metric_fields(name: str, value: float, **context) -> str:
+    """`[metric] name=value k=v`, as train/metrics.print_metric prints it (README.md lists the regexes)."""
+    return f"[metric] {name}={value:.6f}" + "".join(f" {k}={v}" for k, v in context.items())
+
+
+def _seconds(runtime) -> str:
+    return f" ({format_duration(runtime)})" if isinstance(runtime, (int, float)) else ""
 
 
 class NonFiniteError(UserError):
@@ -121,9 +180,6 @@ class CommitCheckpoints(TrainerCallback):
         return control
 
 
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors")
-
-
 def save_weights_on_this_host(model, staged: Path) -> None:
     """transformers 5's save_pretrained writes weights on global rank 0 alone once torch.distributed
     is up, yet with several hosts each resumes from its own disk (save_on_each_node): a checkpoint
@@ -131,7 +187,9 @@ def save_weights_on_this_host(model, staged: Path) -> None:
     weights, so this host's writer saves them itself. DeepSpeed keeps its own per-host states
     (global_step*), and peft adapters are written on every host already. Not for FSDP: its
     weights are sharded, and gathering them is a collective the other hosts would not join."""
-    if model is None or any((staged / name).exists() for name in WEIGHT_FILES):
+    from ..model_folder import holds_weights
+
+    if model is None or holds_weights(staged):
         return
     # an instance attribute shadows the rank-0 check of this one call
     model.should_save_on_this_rank = lambda is_main_process: is_main_process

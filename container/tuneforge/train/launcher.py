@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 from ..contract import Paths, archive_failure, write_failure
 from ..errors import UserError
+from ..logs import quiet_known_noise
+from ..report import write_job_report
 from . import ranks, stopping
 from .stopping import Stopped
 
@@ -120,6 +122,7 @@ def configure_logging() -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
     for noisy in ("httpx", "urllib3", "DeepSpeed"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    quiet_known_noise()  # logs.py: third-party messages that never concern a job, matched exactly
     # per-shard progress bars on load/save flood job logs (CloudWatch) and hide the metric lines
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     from transformers.utils import logging as hf_logging
@@ -159,6 +162,12 @@ def run(base_dir: str | os.PathLike | None = None, *, isolate: bool = False, fre
             archive_previous_failure(paths)
         paths.ensure_output_dirs()
         raw = paths.read_hyperparameters()
+        from ..diffusion import is_text_to_image_job
+
+        if is_text_to_image_job(paths, raw):  # Stable Diffusion DreamBooth: its own hyperparameters and loop
+            from ..diffusion.job import run_job
+
+            return run_job(paths, raw, isolate=isolate)
         config = parse_hyperparameters(raw)
         paths.train_channel()  # two training channels fail here, before any process starts
         world = discover_world(paths)
@@ -195,6 +204,7 @@ def run(base_dir: str | os.PathLike | None = None, *, isolate: bool = False, fre
         if not isinstance(exc, (UserError, Stopped)):
             log.error("%s", "".join(traceback.format_exception(exc)))
         write_failure(paths, failure_text(exc))
+        write_job_report(paths.base)  # as far as the job got; never raises
         return 143 if isinstance(exc, Stopped) else 1
 
 
@@ -249,6 +259,7 @@ def launch_torchrun(world: World, paths: Paths, config) -> int:
     if code != 0:
         stopped = marker.exists()
         write_failure(paths, ranks.collect(paths, code, stopping=stopped))
+        write_job_report(paths.base)
         return 143 if stopped else (code if code > 0 else 1)
     return 0
 
@@ -264,6 +275,7 @@ def launch_single(paths: Paths) -> int:
     code = supervise([sys.executable, "-c", _SINGLE, str(paths.base)], dict(os.environ))
     if code < 0:
         write_failure(paths, ranks.killed_line("the training process", -code) + "\n")
+        write_job_report(paths.base)
         return 128 - code
     return code
 

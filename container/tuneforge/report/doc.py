@@ -1,0 +1,88 @@
+"""The report as plain data: sections of tables, text, images and a marked-up example. One builder
+(sections.py, compare.py) makes it; two renderers (html.py, markdown.py) write it, so the page and
+the markdown show the same tables."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Cell:
+    text: str
+    key: str | None = None  # the metrics.json key this number comes from (html: data-key)
+    value: float | None = None  # its exact value (html: data-value), so a test can compare it
+    css: str = ""  # better | worse | muted | strong
+
+
+@dataclass
+class Table:
+    headers: list[str]
+    rows: list[list[Cell]]
+    caption: str | None = None
+    wide_text: bool = False  # long text cells (answers): top-aligned, wrapped
+
+
+@dataclass
+class Text:
+    text: str
+    css: str = ""  # note | ok | failed
+
+
+@dataclass
+class Pre:
+    text: str
+    caption: str | None = None
+
+
+@dataclass
+class Marked:
+    """Text runs, some highlighted (the tokens the loss learns from)."""
+    runs: list[tuple[str, bool]]
+    caption: str | None = None
+
+
+@dataclass
+class Image:
+    png: bytes
+    alt: str
+    caption: str | None = None
+    name: str = "chart"  # html id: chart-loss, chart-lr, image-grid
+
+
+@dataclass
+class Section:
+    title: str
+    blocks: list = field(default_factory=list)
+
+
+@dataclass
+class Document:
+    title: str
+    subtitle: str
+    sections: list[Section]
+
+
+def fmt(value, digits: int = 4) -> str:
+    """Numbers for people: 4 significant decimals, thousands separated, no float noise."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        if math.isnan(value) or math.isinf(value):
+            return str(value)
+        if value != 0 and (abs(value) < 1e-3 or abs(value) >= 1e6):
+            return f"{value:.3e}"
+        if abs(value) >= 1000:
+            return f"{value:,.1f}"
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def number(value, key: str | None = None, digits: int = 4, css: str = "") -> Cell:
+    exact = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    return Cell(fmt(value, digits), key=key if exact is not None else None, value=exact, css=css)
