@@ -15,6 +15,7 @@ import shutil
 import tarfile
 from pathlib import Path, PurePosixPath
 
+from .contract import train_env
 from .errors import ModelError
 
 DISK_HEADROOM = 1 << 30  # leave 1 GiB free for checkpoints and the model the job writes
@@ -40,8 +41,8 @@ def _check_members(archive: tarfile.TarFile, path: Path, target: Path) -> int:
             raise ModelError(f"archive member {member.name!r} is refused: {problem}", where=str(path),
                              fix="pack the model folder's plain files only (tar -czf model.tar.gz -C folder .)")
         total += member.size
-    limit_gb = os.environ.get("TUNEFORGE_MAX_ARCHIVE_GB")
-    if limit_gb and total > float(limit_gb) * 2**30:
+    limit_gb = train_env().max_archive_gb
+    if limit_gb and total > limit_gb * 2**30:
         raise ModelError(f"the archive unpacks to {total / 2**30:.2f} GiB, over TUNEFORGE_MAX_ARCHIVE_GB={limit_gb}",
                          where=str(path), fix="raise TUNEFORGE_MAX_ARCHIVE_GB or ship a smaller model")
     free = shutil.disk_usage(target).free

@@ -11,7 +11,6 @@ it and the start of its text; every other warning still shows.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from typing import Callable
 
@@ -89,7 +88,9 @@ class Phases:
         self.clock = clock
         self.current: str | None = None
         self.started = 0.0
-        self.quiet = os.environ.get("RANK", "0") != "0"  # every rank times its phases; rank 0 tells them
+        from .contract import train_env
+
+        self.quiet = train_env().rank != 0  # every rank times its phases; rank 0 tells them
 
     def begin(self, name: str) -> None:
         self.end()

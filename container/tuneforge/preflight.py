@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 from dataclasses import dataclass
 
+from .contract import train_env
 from .errors import ResourceError
 
 log = logging.getLogger(__name__)
@@ -197,7 +197,7 @@ def preflight(recipe, model_config, seq_len: int, ds_config: dict | None) -> Mem
 
     if not torch.cuda.is_available() or model_config is None:
         return None
-    if os.environ.get("TUNEFORGE_SKIP_PREFLIGHT", "").lower() in ("1", "true", "yes"):
+    if train_env().skip_preflight:
         log.warning("memory preflight skipped (TUNEFORGE_SKIP_PREFLIGHT)")
         return None
     plan = plan_for(recipe, model_config, seq_len, ds_config)

@@ -7,8 +7,9 @@ byte-level BPE tokenizer trained here by the `tokenizers` library on the sample 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
+
+from .contract import train_env
 
 PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
 VOCAB_SIZE = 1000
@@ -17,9 +18,9 @@ FAMILIES = ("llama", "mistral", "mixtral", "falcon", "bloom", "gpt2", "gptj", "g
 
 
 def default_cache_dir() -> Path:
-    env = os.environ.get("TUNEFORGE_TINY_CACHE")
-    if env:
-        return Path(env)
+    cache = train_env().tiny_cache
+    if cache:
+        return cache
     return Path(__file__).resolve().parents[2] / ".cache" / "tiny-models"
 
 

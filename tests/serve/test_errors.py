@@ -63,6 +63,19 @@ CASES = [
      ["`width`", "text-to-image", "serves a language model", "Stable Diffusion"]),
     ({"text_inputs": "x", "num_beams": 4}, None, 422, "validation", ["num_beams", "beam search"]),
     ({"text_inputs": "x", "max_length": 1}, None, 422, "validation", ["max_length", "no room"]),
+    # a field the format does not take: named, with the format and the closest known name
+    (tgi(max_new_token=4), None, 422, "validation",
+     ["`parameters.max_new_token` is not a field of TGI requests", "did you mean `parameters.max_new_tokens`?"]),
+    ({"inputs": "x", "paramters": {}}, None, 422, "validation", ["`paramters`", "TGI", "`parameters`?"]),
+    ({"inputs": [[{"role": "user", "content": "x"}]], "parameters": {"details": True}}, None, 422, "validation",
+     ["`parameters.details` is not a field of Llama-2 dialog requests"]),
+    ({"text_inputs": "x", "num_beam": 1}, None, 422, "validation",
+     ["`num_beam` is not a field of JumpStart text_inputs requests", "`num_beams`?"]),
+    ({"messages": [{"role": "user", "content": "x"}], "max_token": 3}, None, 422, "validation",
+     ["`max_token` is not a field of OpenAI chat requests", "`max_tokens`?"]),
+    ({"prompt": "x", "guided_json": {}}, None, 422, "validation",
+     ["`guided_json` is not a field of OpenAI completions requests", "remove it"]),
+    ({"prompt": "x", "logit_bias": {"5": 100}}, None, 422, "validation", ["logit_bias", "not supported"]),
 ]
 
 

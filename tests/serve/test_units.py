@@ -160,3 +160,51 @@ def test_dtype_aliases_and_zero_batch_wait_are_accepted():
         ("bfloat16", 0.0, "warning", "cuda:1")
     worker = config(settings)["worker_class"]
     assert (worker.max_body, worker.read_timeout) == (settings.max_body_bytes, 30.0)
+
+
+def test_server_and_training_take_the_same_true_and_false_words():
+    from tuneforge.config import FALSE_WORDS, TRUE_WORDS
+    from tuneforge.contract import train_env
+
+    for word, expected in [*((w, True) for w in TRUE_WORDS), *((w, False) for w in FALSE_WORDS)]:
+        for spelled in (word, word.upper(), f'"{word}"'):
+            assert ServeSettings.from_env({"TUNEFORGE_ALLOW_PICKLE": spelled}).allow_pickle is expected, spelled
+            assert train_env({"TUNEFORGE_SKIP_PREFLIGHT": spelled}).skip_preflight is expected, spelled
+
+
+# Bodies as real clients send them (besides those the server tests send through the clients themselves).
+CLIENT_BODIES = [
+    ("ChatRequest", {"model": "gpt-3.5-turbo", "stream": False, "n": 1, "temperature": 0.7, "logprobs": None,
+                     "seed": None, "messages": [{"role": "user", "content": "hi"}]}),  # LangChain ChatOpenAI
+    ("ChatRequest", {"model": "m", "messages": [], "stream": True, "stream_options": {"include_usage": True},
+                     "parallel_tool_calls": False, "user": "u-1", "metadata": {}, "store": False}),
+    ("CompletionRequest", {"model": "m", "prompt": [[1, 2]], "temperature": 0, "max_tokens": 1, "logprobs": 1,
+                           "seed": 1234, "echo": True}),  # lm-evaluation-harness local-completions
+    ("CompletionRequest", {"model": "m", "prompt": "x", "temperature": 0.7, "top_p": 1, "frequency_penalty": 0,
+                           "presence_penalty": 0, "n": 1, "logit_bias": {}, "max_tokens": 256}),  # LangChain OpenAI
+    ("TGIRequest", {"inputs": "x", "stream": False, "parameters": {"details": True, "max_new_tokens": 3,
+                    "stop": [], "decoder_input_details": False, "return_full_text": False}}),
+    ("DialogRequest", {"inputs": [[{"role": "user", "content": "x"}]],
+                       "parameters": {"max_new_tokens": 64, "top_p": 0.9, "temperature": 0.6}}),  # JumpStart Llama-2
+    ("FlanRequest", {"text_inputs": "x", "max_length": 50, "num_return_sequences": 3, "top_k": 50, "top_p": 0.95,
+                     "do_sample": True, "num_beams": 1, "early_stopping": True, "no_repeat_ngram_size": 2}),
+]
+
+
+@pytest.mark.parametrize("kind,body", CLIENT_BODIES, ids=[f"{k}-{i}" for i, (k, _) in enumerate(CLIENT_BODIES)])
+def test_bodies_real_clients_send_are_read(kind, body):
+    from tuneforge.serve import bodies
+
+    assert getattr(bodies, kind).read(body).raw is body
+
+
+def test_an_unknown_field_names_itself_and_its_format():
+    from tuneforge.serve.bodies import ChatRequest, TGIRequest
+    from tuneforge.serve.errors import PayloadError
+
+    with pytest.raises(PayloadError) as caught:
+        TGIRequest.read({"inputs": "x", "parameters": {"max_length": 9}})
+    assert "`parameters.max_length` is not a field of TGI requests" in str(caught.value)
+    with pytest.raises(PayloadError) as caught:
+        ChatRequest.read({"messages": [], "min_p": 0.1})
+    assert str(caught.value).startswith("`min_p` is not a field of OpenAI chat requests; remove it (known: model,")

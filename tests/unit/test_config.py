@@ -2,8 +2,8 @@ import logging
 
 import pytest
 
-from tuneforge.config import (FIELDS, TrainConfig, _coerce, _unwrap, markdown_table, parse_hyperparameters,
-                              training_arguments)
+from tuneforge.config import FIELDS, TrainConfig, _coerce, _unwrap, markdown_table, parse_hyperparameters
+from tuneforge.train.arguments import TRAINING_ARGUMENTS, training_arguments
 from tuneforge.errors import HyperparameterError
 
 
@@ -185,7 +185,7 @@ def test_helpers_for_other_schemas_keep_their_behaviour():
 
 def _arguments(caplog, has_validation=True, **values):
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="tuneforge.config"):
+    with caplog.at_level(logging.INFO, logger="tuneforge.train.arguments"):
         args = training_arguments(parse_hyperparameters({k: str(v) for k, v in values.items()}),
                                   has_validation=has_validation)
     return args, caplog.text
@@ -198,6 +198,16 @@ def test_training_arguments_follow_the_table(caplog):
     assert (args["seed"], args["data_seed"], args["per_device_eval_batch_size"]) == (7, 7, 3)
     assert (args["eval_strategy"], args["save_strategy"], args["load_best_model_at_end"]) == ("epoch", "epoch", False)
     assert logged == ""  # nothing asked for was changed
+
+
+def test_the_table_joins_real_names_on_both_sides():
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    arguments = {f.name for f in dataclasses.fields(TrainingArguments)}
+    assert set(TRAINING_ARGUMENTS) <= set(FIELDS)
+    assert set(TRAINING_ARGUMENTS.values()) <= arguments
 
 
 def test_every_override_is_logged(caplog):
@@ -213,3 +223,12 @@ def test_every_override_is_logged(caplog):
     assert "eval_steps=8 instead of eval_steps=5" in logged
     args, logged = _arguments(caplog, warmup_steps=3, warmup_ratio=0.1)
     assert args["warmup_steps"] == 3 and "instead of warmup_ratio=0.1" in logged
+
+
+def test_markdown_table_cells_never_split():
+    import re
+
+    rows = [line for line in markdown_table().splitlines() if line.startswith("| `")]
+    widths = {len(re.findall(r"(?<!\\)\|", row)) for row in rows[:len(FIELDS)]}
+    assert widths == {6}, "a bare | inside a cell (e.g. `int | None`) splits the row"
+    assert "int \\| None" in markdown_table()

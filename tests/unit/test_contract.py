@@ -157,3 +157,30 @@ def test_a_bad_environment_variable_is_named(name, value):
         train_env({name: value})
     assert str(err.value).startswith(f"environment variable {name}: {value!r} is not valid")
     assert f"Fix: set {name} to a valid value or unset it" in str(err.value)
+
+
+def test_placement_is_read_from_torchrun_variables(monkeypatch):
+    from tuneforge.train import distributed as D
+
+    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    assert (D.rank(), D.local_rank(), D.world_size(), D.nnodes(), D.placement().device) == (0, 0, 1, 1, "cpu")
+    monkeypatch.setenv("RANK", "5")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    assert (D.rank(), D.local_rank(), D.world_size(), D.nnodes()) == (5, 1, 8, 1)  # LOCAL_WORLD_SIZE unset: 1 host
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert D.placement().nnodes == 2 and not D.placement().is_main
+
+
+def test_launcher_settings_come_from_the_environment(monkeypatch):
+    from tuneforge.train.launcher import SHUTDOWN_TIMEOUT_S, World, torchrun_command
+
+    world = World(["algo-1"], "algo-1", 2, 29500, None)
+    monkeypatch.delenv("TUNEFORGE_SHUTDOWN_TIMEOUT", raising=False)
+    assert f"--shutdown_timeout={SHUTDOWN_TIMEOUT_S}" in torchrun_command(world)
+    monkeypatch.setenv("TUNEFORGE_SHUTDOWN_TIMEOUT", "7")
+    assert "--shutdown_timeout=7" in torchrun_command(world)
+    monkeypatch.setenv("TUNEFORGE_SHUTDOWN_TIMEOUT", "soon")
+    with pytest.raises(UserError, match="environment variable TUNEFORGE_SHUTDOWN_TIMEOUT"):
+        torchrun_command(world)

@@ -47,7 +47,9 @@ def training_method(config) -> str:
 def hardware() -> str:
     import torch
 
-    processes = int(os.environ.get("WORLD_SIZE", "1"))
+    from ..train.distributed import world_size
+
+    processes = world_size()
     if torch.cuda.is_available():
         device = f"{torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}"
     else:

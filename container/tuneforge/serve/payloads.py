@@ -7,6 +7,7 @@ Formats (docs/payloads.md has examples of each):
   chat        {"messages": [...], "max_tokens": .., ...}      (OpenAI chat; openai_requests.py)
   completion  {"prompt": str | [str] | [ids] | [[ids]], ...}   (OpenAI completions; openai_requests.py)
   text        a bare prompt (text/plain)
+Each JSON format is first read into its model (bodies.py), which reports fields it does not take.
 Every prompt goes through the saved PromptFormat / chat template and prompt.encode_prompt,
 the same path training used, so the model is asked the way it was taught: on an instruction or
 table fine-tune, plain strings (except OpenAI `prompt`s) and a single chat turn are rendered
@@ -19,6 +20,7 @@ import json
 import time
 
 from ..prompt import chat_template_for, encode_prompt, template_fields
+from .bodies import ChatRequest, CompletionRequest, DialogRequest, FlanRequest, TGIRequest
 from .engine import GenerationRequest, Sampling
 from .errors import PayloadError, invalid  # noqa: F401 - PayloadError is part of this module's interface
 from .fields import lone_surrogate, read_bool, read_float, read_int, read_stop, show, text_content  # noqa: F401
@@ -46,16 +48,15 @@ class Parser:
         if not isinstance(body, dict):
             raise invalid("the request body must be a JSON object (or a JSON string holding a prompt)")
         if route == "chat" or (route == "invocations" and "messages" in body):
-            return self.chat(body)
+            return ChatRequest.read(body).invocation(self)
         if route == "completion" or (route == "invocations" and "prompt" in body and "inputs" not in body):
-            return self.completion(body)
+            return CompletionRequest.read(body).invocation(self)
         if route == "invocations" and "text_inputs" in body:
-            return self.flan(body)
+            return FlanRequest.read(body).invocation(self)
         if "inputs" in body:
-            inputs = body["inputs"]
-            if _is_dialog_list(inputs):
-                return self.dialogs(body)
-            return self.tgi(body, force_stream=route == "generate_stream")
+            if _is_dialog_list(body["inputs"]):
+                return DialogRequest.read(body).invocation(self)
+            return TGIRequest.read(body).invocation(self, force_stream=route == "generate_stream")
         raise invalid("the request names no input: send `inputs` (TGI/JumpStart), `text_inputs` (Flan-T5), "
                       "`messages` (OpenAI chat) or `prompt` (OpenAI completions)")
 

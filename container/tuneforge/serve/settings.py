@@ -17,7 +17,7 @@ from typing import Literal
 from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 
-from ..config import parse_flag
+from ..config import FALSE_WORDS, TRUE_WORDS, Flag
 from ..contract import serving_model_dir
 from ..errors import UserError
 
@@ -58,7 +58,7 @@ class ServeSettings(BaseSettings):
     request_deadline: float = env(55.0, "TUNEFORGE_REQUEST_DEADLINE", doc="a non-streaming request not done "
                                   f"after this many s gets 503 ({BATCH_DEADLINE_S:g} under Batch Transform)",
                                   **POSITIVE)
-    batch_transform: bool = env(False, "SAGEMAKER_BATCH", doc="set by SageMaker Batch Transform")
+    batch_transform: Flag = env(False, "SAGEMAKER_BATCH", doc="set by SageMaker Batch Transform")
     max_batch_size: int = env(16, "TUNEFORGE_MAX_BATCH_SIZE", doc="sequences per generate call; 1 = no "
                               "batching", **POSITIVE_INT)
     max_batch_wait_ms: float = env(5.0, "TUNEFORGE_MAX_BATCH_WAIT_MS", doc="how long a batch's first request "
@@ -92,9 +92,9 @@ class ServeSettings(BaseSettings):
                                                                    "dtype; auto: bf16/fp16 on GPU, fp32 on CPU")
     base_model_dir: Path | None = env(None, "TUNEFORGE_BASE_MODEL_DIR", doc="base weights for an adapter-only "
                                       "folder")
-    trust_remote_code: bool = env(False, "TUNEFORGE_TRUST_REMOTE_CODE", doc="run model code shipped with the "
+    trust_remote_code: Flag = env(False, "TUNEFORGE_TRUST_REMOTE_CODE", doc="run model code shipped with the "
                                   "weights")
-    allow_pickle: bool = env(False, "TUNEFORGE_ALLOW_PICKLE", doc="load *.bin weights when no safetensors exist")
+    allow_pickle: Flag = env(False, "TUNEFORGE_ALLOW_PICKLE", doc="load *.bin weights when no safetensors exist")
     log_level: Literal["debug", "info", "warning", "error", "critical"] = env(
         "info", "TUNEFORGE_LOG_LEVEL", "SAGEMAKER_CONTAINER_LOG_LEVEL", doc="gunicorn and tuneforge log level")
     access_log: str = env("-", "TUNEFORGE_ACCESS_LOG", doc='access log destination ("-" = stdout, "off")',
@@ -105,11 +105,6 @@ class ServeSettings(BaseSettings):
     def _unquote(cls, value):
         """Environment values may arrive JSON-quoted ('"5"'), as SageMaker writes them."""
         return value.strip().strip('"').strip() if isinstance(value, str) else value
-
-    @field_validator("trust_remote_code", "allow_pickle", "batch_transform", mode="before")
-    @classmethod
-    def _flag(cls, value):
-        return parse_flag(value)
 
     @field_validator("dtype", mode="before")
     @classmethod
@@ -192,8 +187,8 @@ def _allowed(name: str) -> str:
         return "auto, cpu, cuda or cuda:N (a GPU index)"
     field = ServeSettings.model_fields[name]
     kind = field.annotation
-    if kind is bool:
-        return "true or false"
+    if kind is bool:  # the words training's true/false hyperparameters and variables take
+        return f"true or false ({', '.join(sorted(TRUE_WORDS))} / {', '.join(sorted(FALSE_WORDS))})"
     if kind in (str, Path):
         return "a non-empty value"
     low = next((getattr(m, "ge", None) for m in field.metadata if getattr(m, "ge", None) is not None), None)

@@ -13,8 +13,9 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
+from dataclasses import dataclass
 
+from ..contract import train_env
 from ..errors import HyperparameterError
 
 log = logging.getLogger(__name__)
@@ -22,21 +23,51 @@ log = logging.getLogger(__name__)
 PRESETS = ("zero2", "zero3", "zero2_offload", "zero3_offload")
 
 
+@dataclass(frozen=True)
+class Placement:
+    """Where this process sits in the job: torchrun's RANK/LOCAL_RANK/WORLD_SIZE (1 process without
+    torchrun) and the device it trains on. The one reading of these variables for the training side."""
+
+    rank: int
+    local_rank: int
+    world_size: int
+    local_world_size: int
+
+    @property
+    def nnodes(self) -> int:
+        return max(1, self.world_size // max(1, self.local_world_size))
+
+    @property
+    def device(self) -> str:
+        """The torch device: cuda:<local rank> (torchrun gives each rank on a host its own GPU) or cpu."""
+        return f"cuda:{self.local_rank}" if has_cuda() else "cpu"
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def placement() -> Placement:
+    """This process's place, read afresh (the launcher and torchrun set the variables for children)."""
+    settings = train_env()
+    local = settings.local_world_size or settings.world_size
+    return Placement(settings.rank, settings.local_rank, settings.world_size, local)
+
+
 def world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
+    return placement().world_size
 
 
 def rank() -> int:
-    return int(os.environ.get("RANK", "0"))
+    return placement().rank
 
 
 def local_rank() -> int:
-    return int(os.environ.get("LOCAL_RANK", "0"))
+    return placement().local_rank
 
 
 def nnodes() -> int:
-    local = int(os.environ.get("LOCAL_WORLD_SIZE", world_size()))
-    return max(1, world_size() // max(1, local))
+    return placement().nnodes
 
 
 def has_cuda() -> bool:

@@ -21,7 +21,7 @@ import time
 import traceback
 from dataclasses import dataclass
 
-from ..contract import Paths, archive_failure, write_failure
+from ..contract import Paths, archive_failure, train_env, write_failure
 from ..errors import UserError
 from ..logs import quiet_known_noise
 from ..report import write_job_report
@@ -92,19 +92,20 @@ def discover_world(paths: Paths) -> World:
     if current not in hosts:
         raise UserError(f"current_host {current!r} is not among hosts {hosts}", where=str(paths.resource_config_file),
                         fix="list the current host in `hosts`")
-    nproc = int(os.environ.get("TUNEFORGE_NPROC_PER_NODE") or max(1, device_count()))
-    port = int(os.environ.get("TUNEFORGE_MASTER_PORT", DEFAULT_MASTER_PORT))
+    settings = train_env()
+    nproc = settings.nproc_per_node or max(1, device_count())
+    port = settings.master_port if settings.master_port is not None else DEFAULT_MASTER_PORT
     if resources.get("network_interface_name"):
         os.environ.setdefault("NCCL_SOCKET_IFNAME", resources["network_interface_name"])
         os.environ.setdefault("GLOO_SOCKET_IFNAME", resources["network_interface_name"])
-    return World(hosts, current, nproc, port, os.environ.get("TUNEFORGE_MASTER_ADDR") or None)
+    return World(hosts, current, nproc, port, settings.master_addr)
 
 
 def wait_for_host(host: str, timeout: float | None = None) -> None:
     """SageMaker hosts' DNS names can resolve a little after the job starts: retry, then fail clearly."""
     import socket
 
-    timeout = float(os.environ.get("TUNEFORGE_DNS_TIMEOUT", "300")) if timeout is None else timeout
+    timeout = train_env().dns_timeout_s if timeout is None else timeout
     deadline = time.time() + timeout
     while True:
         try:
@@ -118,7 +119,7 @@ def wait_for_host(host: str, timeout: float | None = None) -> None:
 
 
 def configure_logging() -> None:
-    logging.basicConfig(level=os.environ.get("TUNEFORGE_LOG_LEVEL", "INFO"),
+    logging.basicConfig(level=train_env().log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
     for noisy in ("httpx", "urllib3", "DeepSpeed"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -224,7 +225,8 @@ def needs_torchrun(world: World, config) -> bool:
 
 
 def torchrun_command(world: World) -> list[str]:
-    timeout = int(os.environ.get("TUNEFORGE_SHUTDOWN_TIMEOUT", SHUTDOWN_TIMEOUT_S))
+    timeout = train_env().shutdown_timeout_s
+    timeout = SHUTDOWN_TIMEOUT_S if timeout is None else timeout
     return [sys.executable, "-m", "tuneforge.train.rankrun", f"--nnodes={world.nnodes}",
             f"--nproc_per_node={world.nproc_per_node}", f"--node_rank={world.node_rank}",
             f"--master_addr={world.master_addr}", f"--master_port={world.master_port}",

@@ -12,6 +12,8 @@ import json
 import os
 import sys
 
+from ..contract import train_env
+
 
 def _dump(failures: dict, path: str) -> None:
     rows = [{"rank": int(rank), "local_rank": f.local_rank, "exitcode": f.exitcode, "pid": f.pid,
@@ -28,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     from torch.distributed.run import parse_args, run
 
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    target = os.environ.get("TUNEFORGE_RANK_FAILURES")
+    target = train_env().rank_failures
     # the ranks die with this process (worker.py), and this one with the launcher (launcher.supervise)
     os.environ["TUNEFORGE_AGENT_PID"] = str(os.getpid())
     try:

@@ -10,9 +10,9 @@ is work the model did not need, which is the point of MFU.
 
 from __future__ import annotations
 
-import os
-
 from transformers import TrainerCallback
+
+from ..contract import train_env
 
 # Dense (no sparsity) bf16/fp16 tensor-core peak per GPU, TFLOP/s, from NVIDIA's data sheets.
 # Checked in order: the first name found in torch.cuda.get_device_name() wins.
@@ -29,9 +29,9 @@ def flops_per_token(total_params: int, trainable_params: int, layers: int, hidde
 
 def peak_flops(device_name: str) -> float | None:
     """Dense peak of one GPU in FLOP/s; TUNEFORGE_PEAK_TFLOPS overrides; None when unknown."""
-    override = os.environ.get("TUNEFORGE_PEAK_TFLOPS")
+    override = train_env().peak_tflops
     if override:
-        return float(override) * 1e12
+        return override * 1e12
     for name, tflops in PEAK_TFLOPS:
         if name in device_name:
             return tflops * 1e12

@@ -6,7 +6,7 @@ import os
 import sys
 import traceback
 
-from ..contract import Paths
+from ..contract import Paths, train_env
 from . import ranks, stopping
 
 
@@ -14,14 +14,14 @@ def main() -> int:
     from .launcher import configure_logging, die_with_parent, failure_text
 
     # torchrun starts ranks in sessions of their own and does not stop them if it is killed itself
-    die_with_parent(int(os.environ.get("TUNEFORGE_AGENT_PID") or 0) or None)
+    die_with_parent(train_env().agent_pid or None)
     from ..config import parse_hyperparameters
-    from .distributed import teardown
+    from .distributed import placement, teardown
     from .recipe import Recipe
 
     configure_logging()
     paths = Paths.from_env()
-    rank = int(os.environ.get("RANK", "0"))
+    rank = placement().rank
     stopping.install(marker=stopping.stop_marker(paths))
     ok = False
     try:
