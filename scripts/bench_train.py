@@ -11,6 +11,9 @@ no gradient checkpointing (TRL's default turns it on; here every side runs witho
 Each side runs in its own process, one after the other, so its peak RSS (wait4) is its own:
 - tuneforge: the real job (`tuneforge.train.launcher.run` on a temporary /opt/ml tree), which also
   writes its end-of-epoch resumable checkpoint inside the timed loop and the model afterwards;
+  its defaults: length-grouped batches, the chunked loss, packing=auto (off without a varlen kernel);
+- tuneforge_packed: the same job with packing=true (best-fit bins of max length, block-diagonal
+  attention: what packing costs where no varlen kernel exists, e.g. SDPA on CPU);
 - trl: SFTTrainer on a prompt/completion dataset of the same rendered prompts and answers;
 - trl_packed: the same with packing=True (TRL's default "bfd" packing, padding-free);
 - hf_grouped: transformers.Trainer with train_sampling_strategy="group_by_length" on tuneforge's
@@ -18,7 +21,13 @@ Each side runs in its own process, one after the other, so its peak RSS (wait4) 
 Real tokens/s = non-padding input tokens trained / time inside trainer.train(); padding share =
 padding positions / all positions fed to the model.
 
+--loss-memory instead measures what the chunked loss saves: one forward and backward of a Llama
+with a 128k vocabulary (Llama 3's 128,256; hidden 256, 2 layers), batch 4 x 1024, labels on the
+last 35 % of each row, through the Trainer's compute_loss with the standard and the chunked loss,
+each in its own process; the peak RSS above the loaded model is the step's memory.
+
     .venv/bin/python scripts/bench_train.py [--lora] [--rows 480] [--sides tuneforge,trl,...]
+    .venv/bin/python scripts/bench_train.py --loss-memory
 """
 
 from __future__ import annotations
@@ -38,7 +47,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "container"))
 
-SIDES = ("tuneforge", "trl", "trl_packed", "hf_grouped")
+SIDES = ("tuneforge", "tuneforge_packed", "trl", "trl_packed", "hf_grouped")
 BATCH, MAX_LEN, LR, SEED = 8, 1024, 1e-4, 10
 TEMPLATE = {"prompt": "{instruction}", "completion": "{response}"}
 
@@ -127,20 +136,26 @@ def _timed_train(trainer, collator: CountingCollator) -> dict:
 
 
 # ------------------------------------------------------------------ sides
-def run_tuneforge(base: Path, lora: bool) -> dict:
+def run_tuneforge(base: Path, lora: bool, packing: str = "auto") -> dict:
     from tuneforge.train.launcher import run
 
     hyperparameters = {"instruction_tuned": "True", "peft_type": "lora" if lora else "none", "lora_r": "8",
                        "epoch": "1", "per_device_train_batch_size": str(BATCH), "learning_rate": str(LR),
                        "max_input_length": str(MAX_LEN), "validation_split_ratio": "0", "rouge_samples": "0",
                        "knowledge_check": "False", "early_stopping_patience": "0", "seed": str(SEED),
-                       "logging_steps": "10"}
+                       "logging_steps": "10", "packing": packing}
     (base / "input" / "config" / "hyperparameters.json").write_text(json.dumps(hyperparameters))
     assert run(base) == 0, (base / "output" / "failure").read_text()
     metrics = json.loads((base / "output" / "data" / "metrics.json").read_text())
+    packing = metrics["packing"]
     return {"train_s": metrics["train_runtime_s"], "tokens": metrics["train_tokens"],
-            "train_loss": metrics["train_loss"], "padding_share": metrics["batching"]["padding_share"],
+            "train_loss": metrics["train_loss"], "loss": metrics["loss"]["kind"],
+            "padding_share": packing["padding_share"] if packing["enabled"] else metrics["batching"]["padding_share"],
             "rows_mean_tokens": round(metrics["data"]["train"]["tokens"] / metrics["data"]["train"]["rows"], 1)}
+
+
+def run_tuneforge_packed(base: Path, lora: bool) -> dict:
+    return run_tuneforge(base, lora, packing="true")
 
 
 def _training_args(cls, out: Path, **extra):
@@ -196,6 +211,56 @@ def run_hf_grouped(base: Path, lora: bool) -> dict:
     return _timed_train(trainer, CountingCollator(Collator(tokenizer.pad_token_id), tokenizer.pad_token_id))
 
 
+# ------------------------------------------------------------------ loss memory
+LOSS_ROLES = ("loss_standard", "loss_chunked")
+LOSS_VOCAB, LOSS_BATCH, LOSS_LEN, LOSS_LABEL_SHARE = 128_256, 4, 1024, 0.35
+
+
+def run_loss_memory(chunked: bool, out: Path) -> None:
+    import resource
+
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainingArguments
+
+    from tuneforge.train.loss import with_chunked_loss
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=LOSS_VOCAB, hidden_size=256, intermediate_size=688, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=4, tie_word_embeddings=False)
+    model = LlamaForCausalLM(config)
+    args = TrainingArguments(output_dir=str(out.parent / "trainer"), use_cpu=True, report_to=[])
+    trainer = with_chunked_loss(Trainer)(model=model, args=args)
+    trainer.use_chunked_loss = chunked
+    ids = torch.randint(3, LOSS_VOCAB, (LOSS_BATCH, LOSS_LEN))
+    labels = ids.clone()
+    labels[:, :int(LOSS_LEN * (1 - LOSS_LABEL_SHARE))] = -100
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.time()
+    loss = trainer.compute_loss(model, {"input_ids": ids, "labels": labels},
+                                num_items_in_batch=labels[:, 1:].ne(-100).sum())
+    loss.backward()
+    seconds = time.time() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    out.write_text(json.dumps({"loss": loss.item(), "step_gib": round((peak - before) / 2**20, 2),
+                               "step_s": round(seconds, 2)}))
+
+
+def loss_memory() -> None:
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="bench-loss-") as tmp:
+        for role in LOSS_ROLES:
+            out = Path(tmp) / f"{role}.json"
+            subprocess.run([sys.executable, __file__, "--role", role, "--out", str(out)], check=True,
+                           env=dict(os.environ, TOKENIZERS_PARALLELISM="false"), stdout=subprocess.DEVNULL)
+            results[role] = json.loads(out.read_text())
+    print(f"Llama, vocabulary {LOSS_VOCAB:,}, hidden 256, 2 layers; batch {LOSS_BATCH} x {LOSS_LEN}, "
+          f"{LOSS_LABEL_SHARE:.0%} label positions; one forward + backward, fp32, CPU")
+    print("| loss | step memory above the model (peak RSS) GiB | step s | loss value |")
+    print("|---|---|---|---|")
+    for role, r in results.items():
+        print(f"| {role.removeprefix('loss_')} | {r['step_gib']:.2f} | {r['step_s']:.1f} | {r['loss']:.6f} |")
+
+
 # ------------------------------------------------------------------ driver
 def _child(side: str, base: Path, lora: bool) -> dict:
     """One side in a fresh process; its own peak RSS comes from wait4."""
@@ -228,10 +293,17 @@ def main() -> int:
     parser.add_argument("--rows", type=int, default=480)
     parser.add_argument("--lora", action="store_true", help="LoRA r=8 on q_proj,v_proj instead of full fine-tuning")
     parser.add_argument("--sides", default=",".join(SIDES), help=f"comma list from {', '.join(SIDES)}")
-    parser.add_argument("--role", choices=SIDES, help=argparse.SUPPRESS)
+    parser.add_argument("--loss-memory", action="store_true", help="measure the chunked loss's memory instead")
+    parser.add_argument("--role", choices=SIDES + LOSS_ROLES, help=argparse.SUPPRESS)
     parser.add_argument("--base", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.role in LOSS_ROLES:
+        run_loss_memory(args.role == "loss_chunked", Path(args.out))
+        return 0
+    if args.loss_memory:
+        loss_memory()
+        return 0
     if args.role:
         result = globals()[f"run_{args.role}"](Path(args.base), args.lora)
         Path(args.out).write_text(json.dumps(result))
@@ -252,13 +324,15 @@ def main() -> int:
     mean = results.get("tuneforge", {}).get("rows_mean_tokens")
     print(f"model: random Llama 512x8 (~26 M), {'LoRA r=8' if args.lora else 'full fine-tuning'}; {args.rows} rows"
           f"{f' (mean {mean} tokens)' if mean else ''}, batch {BATCH}, max length {MAX_LEN}, 1 epoch, fp32")
+    ours = results.get("tuneforge")
+    if ours:
+        print(f"tuneforge loss: {ours['loss']}")
     print(f"| side | real tokens/s | train loop s | process wall s | peak RSS GiB | padding | final train loss |")
     print("|---|---|---|---|---|---|---|")
     for side, r in results.items():
         print(f"| {side} | {r['tokens_per_s']:,.1f} | {r['train_s']:.1f} | {r['wall_s']:.1f} | {r['peak_rss_gib']:.2f} | "
               f"{100 * r['padding_share']:.1f} % | {r['train_loss']:.4f} |")
-    ours = results.get("tuneforge")
-    for peer in ("trl", "trl_packed", "hf_grouped"):
+    for peer in ("tuneforge_packed", "trl", "trl_packed", "hf_grouped"):
         if ours and peer in results:
             print(f"tuneforge/{peer}: tokens/s x{ours['tokens_per_s'] / results[peer]['tokens_per_s']:.2f}, "
                   f"peak RSS x{ours['peak_rss_gib'] / results[peer]['peak_rss_gib']:.2f}")

@@ -1,5 +1,6 @@
-"""Length-grouped batching through a real job: on by default, recorded in metrics.json, every row
-trained once per epoch, in one process and in a 2-process DDP job."""
+"""Length-grouped batching, packing and the chunked loss through a real job: on by default (packing
+where it pays), recorded in metrics.json, every row trained once per epoch, in one process and in a
+2-process DDP job."""
 
 from __future__ import annotations
 
@@ -50,6 +51,53 @@ def test_a_job_groups_by_length_by_default_and_records_it(job, tiny):
     assert losses[-1] < losses[0] - 1.0  # it trained
     saved = json.loads((job.model_dir / "tuneforge.json").read_text())["hyperparameters"]
     assert saved["group_by_length"] is True and saved["per_device_eval_batch_size"] == -1
+    # on CPU (SDPA) packing=auto leaves the batches padded, and the loss skips the full logits
+    assert metrics["packing"]["enabled"] is False and "slower" in metrics["packing"]["why"]
+    assert metrics["loss"] == {"kind": "chunked", "chunk": 1024}
+    assert metrics["liger_kernel"]["enabled"] is False
+
+
+@pytest.mark.slow
+def test_packing_true_trains_the_same_rows_as_the_padded_job(job, tiny, tmp_path_factory):
+    """packing=true on CPU: bins of max_input_length, the same steps and real tokens, and a final
+    training loss within 2 % of the padded run with the same seed and batches."""
+    _prepare(job, tiny, 96, {"packing": "true"})
+    assert job.run_in_process() == 0
+    packed = job.metrics()
+    assert packed["packing"]["enabled"] is True and packed["packing"]["layout"] == "best-fit bins of up to 256 tokens"
+    assert 0 <= packed["packing"]["padding_share"] < 0.5
+    assert packed["steps"] == EPOCHS * 96 // 8
+    _check_every_row_once_per_epoch(packed)
+    from tests.conftest import Job
+
+    padded_job = Job(tmp_path_factory.mktemp("padded") / "opt" / "ml")
+    _prepare(padded_job, tiny, 96, {"packing": "false"})
+    assert padded_job.run_in_process() == 0
+    padded = padded_job.metrics()
+    assert padded["packing"]["enabled"] is False
+    assert packed["train_loss"] == pytest.approx(padded["train_loss"], rel=0.02)
+    assert packed["eval_loss"] == pytest.approx(padded["eval_loss"], rel=0.02)  # evaluation stays padded
+
+
+def test_packed_domain_adaptation_job(job, tiny):
+    """Domain text with packing=true: the documents of a block become rows of their own."""
+    job.add_model(tiny("llama"))
+    job.add_sample_data("domain")
+    job.hyperparameters({"epoch": "1", "per_device_train_batch_size": "4", "max_input_length": "64",
+                         "packing": "true", "peft_type": "none", "early_stopping_patience": "0"})
+    assert job.run_in_process() == 0
+    metrics = job.metrics()
+    assert metrics["data"]["format"] == "domain" and metrics["packing"]["enabled"] is True
+    assert metrics["train_tokens"] == metrics["data"]["train"]["tokens"]
+
+
+def test_packing_true_on_an_architecture_that_cannot_keep_rows_apart_fails_clearly(job, tiny):
+    job.add_model(tiny("bloom"))
+    job.add_sample_data("instruction", n_train=8, n_val=4)
+    job.hyperparameters({"instruction_tuned": "True", "packing": "true", "epoch": "1"})
+    assert job.run_in_process() != 0
+    first = job.failure_first_line()
+    assert "packing=true is not possible here" in first and "bloom" in first and "packing=auto" in first
 
 
 def test_group_by_length_false_is_plain_random_batches(job, tiny):

@@ -1,7 +1,8 @@
 """Examples -> token ids and labels, with the trainable part marked by explicit segment masks.
 
 Labels never come from pad_token_id: prompt tokens and padding get -100 by position, the
-completion and its EOS stay trainable. Domain text is concatenated and cut into blocks.
+completion and its EOS stay trainable. Domain text is concatenated and cut into blocks that
+record where their documents start (packing keeps documents apart by it).
 Prompts are encoded by prompt.encode_prompt / encode_chat, the functions the server uses, so
 training and serving see the same ids (one BOS, whatever the chat template renders).
 """
@@ -9,6 +10,7 @@ training and serving see the same ids (one BOS, whatever the chat template rende
 from __future__ import annotations
 
 import logging
+from bisect import bisect_left, bisect_right
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
@@ -190,19 +192,32 @@ def _pieces(text: str, size: int):
         start = end
 
 
+def _segment_lengths(doc_starts: list[int], start: int, end: int) -> list[int]:
+    """Lengths of the document pieces in stream[start:end], given where each document starts."""
+    cuts = [start] + doc_starts[bisect_right(doc_starts, start):bisect_left(doc_starts, end)] + [end]
+    return [b - a for a, b in zip(cuts, cuts[1:])]
+
+
 def _domain_blocks(examples, tokenizer, block: int) -> tuple[list[dict], int]:
+    """Documents concatenated (each ends with EOS) and cut into blocks of `block` tokens. Each
+    block records the lengths of the document pieces it holds (`segment_lengths`): packing
+    (train/packing.py) makes them rows of their own, so no document attends to another."""
     stream: list[int] = []
+    doc_starts: list[int] = []
     for example in examples:
+        doc_starts.append(len(stream))
         for piece in _pieces(example.text, DOMAIN_PIECE_CHARS):
             stream += token_ids(tokenizer, piece)
         stream.append(tokenizer.eos_token_id)
-    blocks = [stream[i:i + block] for i in range(0, len(stream), block)]
+    spans = [(i, min(i + block, len(stream))) for i in range(0, len(stream), block)]
     dropped = 0
-    if len(blocks) > 1 and len(blocks[-1]) < block // 4:
-        dropped = len(blocks.pop())  # a short tail adds noise, not signal (counted in the report)
-    kept = [b for b in blocks if len(b) > 1]
-    dropped += sum(len(b) for b in blocks if len(b) <= 1)
-    return [{"input_ids": b, "labels": list(b)} for b in kept], dropped
+    if len(spans) > 1 and spans[-1][1] - spans[-1][0] < block // 4:
+        start, end = spans.pop()
+        dropped = end - start  # a short tail adds noise, not signal (counted in the report)
+    kept = [(a, b) for a, b in spans if b - a > 1]
+    dropped += sum(b - a for a, b in spans if b - a <= 1)
+    return [{"input_ids": stream[a:b], "labels": stream[a:b], "segment_lengths": _segment_lengths(doc_starts, a, b)}
+            for a, b in kept], dropped
 
 
 def _domain(examples, tokenizer, lim: _Limits) -> TokenizedData:
@@ -278,7 +293,8 @@ def _check_truncation(data: TokenizedData, lim: _Limits) -> None:
 
 
 class Collator:
-    """Pads a batch: input ids with the pad id, labels with -100, attention mask 0 on padding."""
+    """Pads a batch: input ids with the pad id, labels with -100, attention mask 0 on padding.
+    (A domain block's documents attend to each other here; train/packing.py keeps them apart.)"""
 
     def __init__(self, pad_id: int):
         self.pad_id = pad_id

@@ -100,12 +100,15 @@ def describe(features: list[dict], group_by_length: bool, per_device: int, world
         report.update(strategy="random", why=f"random batches waste only {random_padding:.1%} on padding "
                                                f"(grouping starts at {MIN_PADDING_TO_GROUP:.0%})")
     if report["strategy"] == "group_by_length":
-        sampler = LengthGroupedSampler(row_lengths(features), size, seed)
-        order = [i for group in sampler.groups(0) for i in group]
-        report["padding_share"] = round(padding_share(features, order, per_device), 4)
+        report["padding_share"] = round(padding_share(features, first_epoch_order(features, size, seed), per_device), 4)
     else:
         report["padding_share"] = report["padding_share_random_order"]
     return report
+
+
+def first_epoch_order(features: list[dict], group_size: int, seed: int) -> list[int]:
+    """The rows in the order LengthGroupedSampler trains them in the first epoch."""
+    return [i for group in LengthGroupedSampler(row_lengths(features), group_size, seed).groups(0) for i in group]
 
 
 def with_length_grouping(trainer_class):

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import random
 import time
 from pathlib import Path
@@ -18,7 +17,8 @@ import numpy as np
 import torch
 
 from .. import archives
-from ..contract import Paths
+from ..contract import Paths, train_env
+from ..logs import Phases, never_fail
 from ..data import Collator, read_channel, select_and_split, tokenize_examples
 from ..errors import DataError, ResourceError
 from ..modeling import (apply_lora, count_parameters, has_cuda, load_model, load_tokenizer, pick_dtype,
@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 
 def is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
+    return train_env().rank == 0
 
 
 def _world_size() -> int:
@@ -69,13 +69,9 @@ def seed_everything(seed: int) -> None:
 
 def resolve_max_length(config, tokenizer, model_config) -> int:
     """max_input_length=-1 means min(1024, what the tokenizer and the model allow)."""
-    limits = [1024]
-    if 0 < getattr(tokenizer, "model_max_length", 0) < 10**9:
-        limits.append(tokenizer.model_max_length)
-    for name in ("max_position_embeddings", "n_positions"):
-        value = getattr(model_config, name, None)
-        if isinstance(value, int) and value > 0:
-            limits.append(value)
+    from ..model_folder import config_context_length, tokenizer_limit
+
+    limits = [1024] + [n for n in (tokenizer_limit(tokenizer), config_context_length(model_config)) if n]
     auto = min(limits)
     if config.max_input_length == -1:
         return auto
@@ -90,11 +86,16 @@ class Recipe:
         self.results: dict = {}
         self.samples: list[dict] = []
         self.writer = ModelWriter(paths)
+        self.phases = Phases(self.results.setdefault("phases", {}))  # logs.py: "<phase>: done in N s"
+        from ..report.jobfacts import hyperparameter_facts
+
+        self.results["hyperparameters"] = hyperparameter_facts(config, self.raw_hyperparameters)
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
         cfg = self.config
         seed_everything(cfg.seed)
+        self.phases.begin("loading data")
         self.base_path = resolve_base_model(self.paths, cfg)
         train_channel = self.paths.train_channel()
         if train_channel is None:
@@ -107,6 +108,7 @@ class Recipe:
         self.train_examples, self.val_examples = select_and_split(
             self.data.examples, self.val_data.examples if self.val_data else None, cfg)
 
+        self.phases.begin("loading the tokenizer and setting up training")
         tokenizer = load_tokenizer(self.base_path, cfg)
         self.tokenizer = tokenizer
         model_config = read_model_config(self.base_path, cfg)
@@ -127,6 +129,7 @@ class Recipe:
         self._prepare_checkpoint_staging()
 
         self.max_len = resolve_max_length(cfg, tokenizer, model_config)
+        self.phases.begin(f"tokenizing {len(self.train_examples) + len(self.val_examples or [])} rows")
         self._tokenize()
         from ..preflight import preflight
 
@@ -134,6 +137,7 @@ class Recipe:
         need = preflight(self, model_config, min(self.max_len, longest), self.ds_config)
         if need is not None:
             self.results["memory_estimate_gib"] = round(need.total / 2**30, 2)
+        self.phases.begin("loading model")
         self.loaded = load_model(self.base_path, cfg, tokenizer=tokenizer, dtype=self.dtype, model_config=model_config)
         if self.data.format == "chat" and self.loaded.seq2seq:
             raise DataError("chat data needs a decoder-only model and the base model is seq2seq",
@@ -158,6 +162,9 @@ class Recipe:
         if cfg.quantization != "none":  # what bitsandbytes actually replaced, not just what was asked
             self.results["quantized_layers"] = sum(type(m).__module__.startswith("bitsandbytes")
                                                    for m in self.loaded.model.modules())
+        from ..report.jobfacts import describe_job
+
+        self.results["job"] = describe_job(self)  # what the run report shows about the model and data
 
     def _tokenize(self) -> None:
         cfg = self.config
@@ -193,46 +200,28 @@ class Recipe:
     def _training_args(self, *, has_val: bool):
         from transformers import Seq2SeqTrainingArguments, TrainingArguments
 
+        from .arguments import training_arguments
+
         cfg = self.config
-        eval_strategy = cfg.evaluation_strategy if has_val else "no"
-        save_strategy = "steps" if cfg.checkpoint_steps > 0 else "epoch"
-        if eval_strategy != "no" and cfg.load_best_model_at_end:
-            eval_strategy = save_strategy  # the Trainer needs them equal to pick the best checkpoint
-        steps = cfg.checkpoint_steps or cfg.eval_steps
         args_class = Seq2SeqTrainingArguments if self.seq2seq else TrainingArguments
         dtype = self.dtype
         fsdp, fsdp_config = self.fsdp or (None, None)
         return args_class(
+            **training_arguments(cfg, has_validation=has_val),  # the hyperparameters' part, overrides logged
             # the Trainer writes checkpoints to staging; CommitCheckpoints moves them, complete, into
             # /opt/ml/checkpoints
-            output_dir=str(self.checkpoint_staging),
-            num_train_epochs=cfg.epoch, max_steps=cfg.max_steps,
-            per_device_train_batch_size=cfg.per_device_train_batch_size,
-            per_device_eval_batch_size=cfg.eval_batch_size,
-            gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-            train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",  # train/batching.py
-            learning_rate=cfg.learning_rate, lr_scheduler_type=cfg.lr_scheduler_type,
-            warmup_steps=cfg.warmup_steps if cfg.warmup_steps > 0 else cfg.warmup_ratio,
-            weight_decay=cfg.weight_decay, adam_beta1=cfg.adam_beta1, adam_beta2=cfg.adam_beta2,
-            adam_epsilon=cfg.adam_epsilon, max_grad_norm=cfg.max_grad_norm,
-            label_smoothing_factor=cfg.label_smoothing_factor,
-            eval_strategy=eval_strategy, eval_steps=steps, save_strategy=save_strategy, save_steps=steps,
-            save_total_limit=cfg.save_total_limit, save_only_model=False,
+            output_dir=str(self.checkpoint_staging), save_only_model=False,
             # several hosts have several disks: each keeps a full checkpoint (its ranks' RNG and shards)
-            save_on_each_node=D.nnodes() > 1,
-            load_best_model_at_end=cfg.load_best_model_at_end and eval_strategy != "no",
-            metric_for_best_model="eval_loss", greater_is_better=False,
-            logging_steps=cfg.logging_steps, logging_first_step=True, seed=cfg.seed, data_seed=cfg.seed,
+            save_on_each_node=D.nnodes() > 1, logging_first_step=True,
             bf16=has_cuda() and dtype == torch.bfloat16, fp16=has_cuda() and dtype == torch.float16,
             use_cpu=not has_cuda(), ddp_backend="gloo" if not has_cuda() and _world_size() > 1 else None,
-            dataloader_num_workers=cfg.dataloader_num_workers, remove_unused_columns=False,
-            report_to=[], disable_tqdm=True, include_num_input_tokens_seen="non_padding",
+            remove_unused_columns=False, report_to=[], disable_tqdm=True, include_num_input_tokens_seen="non_padding",
             logging_nan_inf_filter=False,  # a NaN loss must show (FailOnNonFinite), not be averaged away
             deepspeed=self.ds_config, fsdp=fsdp, fsdp_config=fsdp_config,
         )
 
     def _trainer(self):
-        from transformers import EarlyStoppingCallback, Seq2SeqTrainer, Trainer
+        from transformers import EarlyStoppingCallback, PrinterCallback, Seq2SeqTrainer, Trainer
 
         from .callbacks import CommitCheckpoints, FailOnNonFinite, MetricLines, StopOnSignal
         from .throughput import TokensSeen
@@ -253,10 +242,36 @@ class Recipe:
                                             cfg.per_device_train_batch_size, _world_size(), self.args.data_seed)
         self.args.train_sampling_strategy = self.results["batching"]["strategy"]  # "random" when not worth it
         trainer_class = with_length_grouping(Seq2SeqTrainer if self.loaded.seq2seq else Trainer)
-        return trainer_class(model=self.model, args=self.args, train_dataset=self.train_tokens.features,
-                             eval_dataset=self.val_tokens.features if has_val else None,
-                             data_collator=Collator(self.tokenizer.pad_token_id),
-                             processing_class=self.tokenizer, callbacks=callbacks)
+        collator, trainer_class = self._speedups(trainer_class)  # packing, Liger, chunked loss
+        trainer = trainer_class(model=self.model, args=self.args, train_dataset=self.train_tokens.features,
+                                eval_dataset=self.val_tokens.features if has_val else None, data_collator=collator,
+                                processing_class=self.tokenizer, callbacks=callbacks)
+        trainer.use_chunked_loss = self.results["loss"]["kind"] == "chunked"
+        trainer.remove_callback(PrinterCallback)  # MetricLines prints each log once, readably
+        return trainer
+
+    def _speedups(self, trainer_class):
+        """The collator and Trainer class for the `packing` and `liger_kernel` hyperparameters and
+        the chunked loss (train/packing.py, liger.py, loss.py); each choice goes to metrics.json."""
+        from .liger import plan_liger
+        from .loss import plan_loss, with_chunked_loss
+        from .packing import packed_padding_share, plan_packing, with_unpacked_evaluation
+
+        padded = Collator(self.tokenizer.pad_token_id)
+        packing = plan_packing(self.config.packing, self.loaded.model, seq2seq=self.loaded.seq2seq,
+                               pad_id=self.tokenizer.pad_token_id, max_len=self.max_len)
+        liger = plan_liger(self.config.liger_kernel, self.loaded.model.config.model_type, cuda=has_cuda(),
+                           seq2seq=self.loaded.seq2seq)
+        self.args.use_liger_kernel = liger["enabled"]
+        self.results.update(packing=packing.report, liger_kernel=liger, loss=plan_loss(
+            self.model, seq2seq=self.loaded.seq2seq, sharded=self.sharded,
+            label_smoothing=self.config.label_smoothing_factor, liger_fused=liger["enabled"]))
+        if packing.enabled:
+            packing.report["padding_share"] = packed_padding_share(
+                self.train_tokens.features, packing.collator.capacity, self.results["batching"]["strategy"],
+                self.config.per_device_train_batch_size, _world_size(), self.args.data_seed)
+            return packing.collator, with_unpacked_evaluation(with_chunked_loss(trainer_class), padded)
+        return padded, with_chunked_loss(trainer_class)
 
     def deepspeed_config(self):
         from .distributed import deepspeed_config
@@ -280,6 +295,7 @@ class Recipe:
             log.warning("the baseline evaluation before training is skipped under %s", self.results["parallelism"])
             self.results["eval_before_skipped"] = "DeepSpeed/FSDP engines are built once per Trainer"
         elif self.trainer.eval_dataset is not None:
+            self.phases.begin("baseline evaluation")
             before = self.trainer.evaluate(metric_key_prefix="eval_before")
             self.results["eval_loss_before"] = before["eval_before_loss"]
             self._generate_samples("before")
@@ -289,6 +305,7 @@ class Recipe:
         if plan.finished:
             self._restore_finished(plan)
             return
+        self.phases.begin("training")
         start = time.time()
         output = self.trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         runtime = time.time() - start
@@ -339,6 +356,7 @@ class Recipe:
     def evaluate(self) -> dict:
         r = self.results
         if self.trainer.eval_dataset is not None:
+            self.phases.begin("final evaluation")
             r["eval_loss"] = self.trainer.evaluate()["eval_loss"]
             r["perplexity_before"] = M.perplexity(r.get("eval_loss_before"))
             r["perplexity"] = M.perplexity(r["eval_loss"])
@@ -422,6 +440,7 @@ class Recipe:
         """Rank 0 writes model/ (through staging) and output/data/."""
         from .saving import save_model
 
+        self.phases.begin("saving")
         staging = self.writer.start() if is_main_process() else None
         adapter_only = save_model(self, staging)
         if not is_main_process():
@@ -435,7 +454,11 @@ class Recipe:
             "hyperparameters": self.config.to_dict(), "metrics": _metric_summary(self.results),
         })
         self.writer.publish()
+        self.phases.end()
         self.write_reports()
+        from ..report import write_job_report
+
+        write_job_report(self.paths.base)  # never raises: a report error is logged, the model stands
 
     def write_reports(self) -> None:
         out = self.paths.output_data_dir
@@ -471,6 +494,9 @@ class Recipe:
             self.save()
         except BaseException:
             self.writer.discard()
+            self.phases.end()
+            if is_main_process():  # what the job got to, for output/data and the report after the failure
+                never_fail(self.write_reports, "writing metrics.json so far")
             raise
         return self.results
 
