@@ -3,6 +3,7 @@ prior preservation, and the before/after report."""
 
 from __future__ import annotations
 
+import base64
 import json
 
 import numpy as np
@@ -62,7 +63,10 @@ def test_full_unet_job_learns_and_writes_a_pipeline_that_reloads(trained_job, sd
     assert _same_picture(_image(_reloaded(sd_base)), before)
     with Image.open(out / "image_grid.png") as grid:
         assert grid.size == (2 * 64, 2 * (64 + 14))
-    assert (out / "report.html").exists() and "text-to-image" in (out / "report.md").read_text()  # the run report
+    assert "text-to-image" in (out / "report.md").read_text()  # the run report embeds the grid itself
+    grid_png = base64.b64encode((out / "image_grid.png").read_bytes()).decode("ascii")
+    assert f'id="image-grid" alt="generated images before and after fine-tuning" src="data:image/png;base64,{grid_png}"' \
+        in (out / "report.html").read_text()
 
 
 @pytest.mark.slow
