@@ -186,6 +186,7 @@ class TrainConfig(BaseModel):
     trust_remote_code: Flag = hp(False, "Allow model code shipped with the weights to run (off: safer).")
     chat_template: Text = hp("", "Jinja chat template to use instead of the tokenizer's.")
     gradient_checkpointing: Flag = hp(False, "Recompute activations in backward to save memory.")
+    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2", "flash_attention_3"] = hp("auto", "Attention kernel: auto = flash_attention_2 on CUDA when the flash_attn package is installed, else sdpa; flash_attention_* need an NVIDIA GPU and their package (flash_attention_3: flash_attn_interface, Hopper); eager is the slow reference. With FlashAttention, packing=auto packs rows padding-free.")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = hp("auto", "Training precision: auto = bf16 on GPUs that have it, else fp16 on GPUs, fp32 on CPU.")
     bf16: Flag = hp(False, "Shortcut for precision=bf16 (JumpStart name).")
     fp16: Flag = hp(False, "Shortcut for precision=fp16 (JumpStart name).")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import json
 import logging
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import ModelError, ResourceError
+from .errors import HyperparameterError, ModelError, ResourceError
 from .model_folder import check_weights, choose_dtype, has_tokenizer
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,37 @@ def resolve_base_model(paths, config) -> Path:
 
 def has_cuda() -> bool:
     return torch.cuda.is_available()
+
+
+# The package each FlashAttention kernel comes in, as transformers imports it.
+FLASH_PACKAGES = {"flash_attention_2": ("flash_attn", "pip install flash-attn --no-build-isolation"),
+                  "flash_attention_3": ("flash_attn_interface", "build flash-attn's hopper/ package (FlashAttention 3)")}
+
+
+def pick_attention(config) -> str:
+    """The attn_implementation handed to from_pretrained: auto = FlashAttention 2 where it runs
+    (CUDA and the flash_attn package), else SDPA. An explicit FlashAttention kernel that cannot run
+    here fails now rather than deep inside transformers."""
+    choice = config.attn_implementation
+    if choice == "auto":
+        return "flash_attention_2" if has_cuda() and _imports("flash_attn") else "sdpa"
+    if choice in FLASH_PACKAGES:
+        package, install = FLASH_PACKAGES[choice]
+        missing = "no GPU is visible" if not has_cuda() else (
+            None if _imports(package) else f"the {package} package is not installed")
+        if missing:
+            raise HyperparameterError(f"{choice} needs an NVIDIA GPU and the {package} package, and {missing}",
+                                      where="hyperparameter attn_implementation",
+                                      fix=f"set attn_implementation=auto (or sdpa), or run on a GPU after: {install}")
+    return choice
+
+
+def _imports(package: str) -> bool:
+    try:
+        importlib.import_module(package)
+    except Exception:  # noqa: BLE001 - a broken build (CUDA/ABI mismatch) fails with many kinds of error
+        return False
+    return True
 
 
 def pick_dtype(config) -> torch.dtype:
@@ -173,15 +205,17 @@ def load_model(path: Path, config, *, tokenizer=None, dtype: torch.dtype | None 
     # LoRA trains a frozen base: keep it in the compute dtype. Full fine-tuning keeps fp32 master
     # weights and gets bf16/fp16 through autocast instead.
     load_dtype = dtype if (config.use_lora or not has_cuda()) else torch.float32
+    attention, auto_attention = pick_attention(config), config.attn_implementation == "auto"
     kwargs = dict(local_files_only=True, trust_remote_code=config.trust_remote_code, dtype=load_dtype)
     quant = quantization_config(config, dtype) if quantize else None
     if quant is not None:
         kwargs["quantization_config"] = quant
     if config.train_from_scratch:
-        model = auto.from_config(model_config, dtype=load_dtype)
+        model = _with_attention(lambda **extra: auto.from_config(model_config, dtype=load_dtype, **extra), attention,
+                                chosen_by_auto=auto_attention)
     else:
-        # transformers picks SDPA attention by default where the architecture supports it.
-        model = _from_pretrained(auto, path, kwargs)
+        model = _with_attention(lambda **extra: _from_pretrained(auto, path, {**kwargs, **extra}), attention,
+                                chosen_by_auto=auto_attention)
     if quant is not None:
         keep_4bit_weights_trainable(model)
     embeddings = model.get_input_embeddings()
@@ -194,6 +228,21 @@ def load_model(path: Path, config, *, tokenizer=None, dtype: torch.dtype | None 
         if model.generation_config.eos_token_id is None:
             model.generation_config.eos_token_id = tokenizer.eos_token_id
     return Loaded(model, tokenizer, path, seq2seq, dtype)
+
+
+def _with_attention(load, attention: str, *, chosen_by_auto: bool):
+    """load(attn_implementation=...). Where auto chose SDPA and the architecture lacks it, transformers'
+    own default instead (eager); an explicit choice the architecture lacks is the user's to change."""
+    try:
+        return load(attn_implementation=attention)
+    except ValueError as exc:
+        if "attn" not in str(exc).lower() and "attention" not in str(exc).lower():
+            raise
+        if chosen_by_auto and attention == "sdpa":
+            log.info("this architecture has no SDPA attention: using transformers' default")
+            return load()
+        raise ModelError(f"attn_implementation={attention} is not supported by this model ({str(exc).splitlines()[0]})",
+                         where="hyperparameter attn_implementation", fix="set attn_implementation=auto or eager") from None
 
 
 def keep_4bit_weights_trainable(model) -> int:

@@ -134,13 +134,18 @@ class SkipTraining(TrainerCallback):
 
 
 class StopOnSignal(TrainerCallback):
-    """At each optimizer step's end: if any rank got SIGTERM, all save this step and stop."""
+    """At an optimizer step's end: if any rank got SIGTERM, all save this step and stop. Ranks agree
+    every few steps and at each step that saves, evaluates or is the last (stopping.StopSchedule);
+    the Trainer's DefaultFlowCallback has set those flags alike on every rank before this runs."""
 
     def __init__(self):
         self.stopped_at: int | None = None
+        self.schedule = stopping.StopSchedule()
 
     def on_step_end(self, args, state, control, **kwargs):
-        if stopping.agreed():
+        due_anyway = (control.should_save or control.should_evaluate or control.should_training_stop
+                      or state.global_step >= state.max_steps)
+        if self.schedule.stop(state.global_step, due_anyway=bool(due_anyway)):
             stopping.STATE.signal_name = stopping.STATE.signal_name or "SIGTERM"
             self.stopped_at = state.global_step
             control.should_save = True

@@ -5,7 +5,10 @@ Single process: the handler only sets a flag; a callback sees it at the end of t
 Under torchrun, the launcher first writes a stop marker and then forwards SIGTERM to torchrun,
 which forwards it to every rank. A rank that finds the marker (waiting up to MARKER_GRACE_S for
 it, since a process-group signal reaches the ranks and the launcher together) asks for a graceful
-stop; the ranks agree (an all-reduce at every step end) so they all save the same step together.
+stop; the ranks agree (an all-reduce) so they all save the same step together. That all-reduce
+is not run at every step end, which would sync the ranks once a step for a rare event:
+StopSchedule runs it every few steps (at most STOP_CHECK_STEPS, and about STOP_CHECK_SECONDS of
+training apart) and at every step that saves, evaluates or ends training anyway.
 A SIGTERM without the marker is torchrun tearing the group down after another rank failed: that
 rank leaves and writes no error of its own, so the failure file names the rank that really failed.
 """
@@ -18,9 +21,14 @@ import threading
 import time
 from pathlib import Path
 
-from .distributed import any_rank
+from .distributed import any_rank, dist_ready
 
 log = logging.getLogger(__name__)
+
+# Most steps between two stop agreements of a multi-process job, and about the most seconds: SIGKILL
+# follows SIGTERM by 120 s, and the agreed step still has to finish and write its checkpoint.
+STOP_CHECK_STEPS = 10
+STOP_CHECK_SECONDS = 15.0
 
 # Slurm's scancel (and `kill -- -PGID`) signals the launcher and every rank at the same moment: a
 # rank may get SIGTERM a little before the launcher has written the marker, so it waits this long.
@@ -70,7 +78,8 @@ def _handler(signum, frame):  # noqa: ARG001
         raise TornDown(name)
     if STATE.signal_name is None:
         STATE.signal_name = name
-        log.warning("%s received: a checkpoint will be saved at the end of this step", name)
+        log.warning("%s received: a checkpoint will be saved at the end of this step (with several ranks: of the "
+                    "next step they agree on, at most %d steps on)", name, STOP_CHECK_STEPS)
 
 
 def install(*, marker: Path | None = None):
@@ -99,3 +108,41 @@ def stopped_message(when: str, checkpoint: Path | None) -> str:
     if checkpoint is not None:
         return f"stopped by {name} {when}; checkpoint saved to {checkpoint}; rerun to resume"
     return f"stopped by {name} {when}; no checkpoint was written; rerun to start again"
+
+
+class StopSchedule:
+    """When the ranks next agree on a stop (see the module doc). Every rank must decide alike, so
+    the interval travels in the agreeing all-reduce itself: each rank proposes how many steps fit
+    in STOP_CHECK_SECONDS at its own pace, and all take the shortest proposal."""
+
+    def __init__(self):
+        self.next_step: int | None = None  # None: agree at the first step end
+        self.last: tuple[float, int] | None = None  # (monotonic time, step) of the previous agreement
+
+    def stop(self, step: int, *, due_anyway: bool = False) -> bool:
+        """Whether to stop at the end of `step`. `due_anyway`: this step saves, evaluates or ends
+        training (the same on every rank). One process decides alone at every step."""
+        if not dist_ready():
+            return requested() is not None
+        if not due_anyway and self.next_step is not None and step < self.next_step:
+            return False
+        stop, interval = self._agree(step)
+        self.next_step = step + interval
+        return stop
+
+    def _agree(self, step: int) -> tuple[bool, int]:
+        import torch
+        import torch.distributed as dist
+
+        from .distributed import _device
+
+        now = time.monotonic()
+        proposal = STOP_CHECK_STEPS
+        if self.last is not None and step > self.last[1]:
+            step_s = (now - self.last[0]) / (step - self.last[1])
+            proposal = max(1, min(STOP_CHECK_STEPS, int(STOP_CHECK_SECONDS / max(step_s, 1e-9))))
+        self.last = (now, step)
+        # one all-reduce: MAX of the flags, and MAX of the negated intervals = the shortest interval
+        value = torch.tensor([1.0 if requested() is not None else 0.0, -float(proposal)], device=_device())
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        return bool(value[0].item() > 0), int(-value[1].item())
