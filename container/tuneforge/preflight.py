@@ -16,7 +16,7 @@ The estimate (per GPU, bytes) follows the usual accounting for mixed-precision A
 It is an estimate, not a bound: TUNEFORGE_SKIP_PREFLIGHT=1 trains anyway.
 
 `estimate` and `check` are pure functions (unit-tested with made-up device sizes);
-`preflight` gathers the inputs from a recipe on a GPU machine.
+`preflight` takes a job's inputs (`PlanInputs`) on a GPU machine.
 """
 
 from __future__ import annotations
@@ -171,18 +171,27 @@ def config_dim(model_config, *names, default=0) -> int:
     return default
 
 
-def plan_for(recipe, model_config, seq_len: int, ds_config: dict | None) -> MemoryPlan:
+@dataclass(frozen=True)
+class PlanInputs:
+    """What a job's plan needs besides the model config: the hyperparameters, the training dtype
+    and whether FSDP shards the weights."""
+    config: object
+    dtype: object
+    fsdp_active: bool
+
+
+def plan_for(job: PlanInputs, model_config, seq_len: int, ds_config: dict | None) -> MemoryPlan:
     from .train.distributed import offloads, world_size, zero_stage
 
-    cfg = recipe.config
+    cfg = job.config
     seq2seq = bool(getattr(model_config, "is_encoder_decoder", False))
     total, lora = count_parameters(model_config, cfg, seq2seq=seq2seq)
     layers = config_dim(model_config, "num_hidden_layers", "n_layer", "num_layers")
     layers += config_dim(model_config, "num_decoder_layers") if seq2seq else 0
     stage = zero_stage(ds_config)
-    sharding = {2: "zero2", 3: "zero3"}.get(stage, "fsdp" if recipe.fsdp_active else "none")
+    sharding = {2: "zero2", 3: "zero3"}.get(stage, "fsdp" if job.fsdp_active else "none")
     fmt = cfg.quantization if cfg.quantization != "none" else \
-        {"torch.bfloat16": "bf16", "torch.float16": "fp16"}.get(str(recipe.dtype), "fp32")
+        {"torch.bfloat16": "bf16", "torch.float16": "fp16"}.get(str(job.dtype), "fp32")
     return MemoryPlan(
         total_params=total, trainable_params=lora if cfg.use_lora else total,
         hidden_size=config_dim(model_config, "hidden_size", "n_embd", "d_model"), num_layers=layers,
@@ -191,7 +200,7 @@ def plan_for(recipe, model_config, seq_len: int, ds_config: dict | None) -> Memo
         gradient_checkpointing=cfg.gradient_checkpointing, lora_trainable_params=lora)
 
 
-def preflight(recipe, model_config, seq_len: int, ds_config: dict | None) -> MemoryEstimate | None:
+def preflight(job: PlanInputs, model_config, seq_len: int, ds_config: dict | None) -> MemoryEstimate | None:
     """On GPUs: estimate and compare with the smallest visible GPU; None where it does not apply."""
     import torch
 
@@ -200,7 +209,7 @@ def preflight(recipe, model_config, seq_len: int, ds_config: dict | None) -> Mem
     if train_env().skip_preflight:
         log.warning("memory preflight skipped (TUNEFORGE_SKIP_PREFLIGHT)")
         return None
-    plan = plan_for(recipe, model_config, seq_len, ds_config)
+    plan = plan_for(job, model_config, seq_len, ds_config)
     device_bytes = min(torch.cuda.get_device_properties(i).total_memory for i in range(torch.cuda.device_count()))
     need = check(plan, device_bytes)
     log.info("memory preflight: about %s per GPU of %.1f GiB", need.describe(), device_bytes / GiB)

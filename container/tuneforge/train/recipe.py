@@ -1,7 +1,9 @@
 """The fine-tuning recipe: setup -> train -> evaluate -> save, on the Hugging Face Trainer.
 
-One explicit object with one method per stage. Data, modeling, metrics and artifacts live in
-their own modules; this file only wires them together.
+Read it top to bottom: `run` calls the four stages in order. `setup` builds three explicit,
+frozen values (what the data is, how the run is spread and which model trains) instead of
+setting attributes as it goes; the later stages read them. Data, modeling, metrics and
+artifacts live in their own modules; this file only wires them together.
 """
 
 from __future__ import annotations
@@ -11,7 +13,10 @@ import logging
 import math
 import random
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,21 +28,79 @@ from ..data import Collator, read_channel, select_and_split, tokenize_examples
 from ..errors import DataError, ResourceError
 from ..modeling import (apply_lora, count_parameters, has_cuda, load_model, load_tokenizer, pick_dtype,
                         read_model_config, resolve_base_model)
-from . import distributed as D
-from . import metrics as M
+from . import distributed
+from . import metrics
 from . import stopping
 from .artifacts import ModelWriter
 from .checkpoints import common_latest_checkpoint, staging_dir
 
 log = logging.getLogger(__name__)
 
+# ROUGE generation starts no new batch after this many seconds: the prompts answered by then are
+# scored (a slow model or long max_output_length must not hold the job for hours)
+ROUGE_TIME_BUDGET_S = 300.0
+
+
+@dataclass(frozen=True)
+class DataBundle:
+    """The training data, read, split and tokenized, with how it was read."""
+    tokenizer: Any
+    prompt: Any                       # data.PromptFormat: how rows become prompts and answers
+    format: str                       # instruction, chat or domain
+    files: list
+    validation_source: str            # "channel" or "split <ratio>"
+    max_len: int
+    train_examples: list
+    val_examples: list | None
+    train_tokens: Any                 # data.Tokenized (features + report())
+    val_tokens: Any | None
+
+
+@dataclass(frozen=True)
+class EngineBundle:
+    """How the run is spread and stored: precision, DeepSpeed/FSDP, and the TrainingArguments."""
+    seq2seq: bool                     # from the model's config, before the weights are loaded
+    dtype: Any
+    ds_config: dict | None
+    fsdp: tuple | None                # (fsdp, fsdp_config) for TrainingArguments, or None
+    sharded: bool                     # FSDP or ZeRO-3: no rank holds every weight whole
+    args: Any                         # (Seq2Seq)TrainingArguments; the Trainer setup adds two choices
+    checkpoint_staging: Path
+
+    @property
+    def fsdp_active(self) -> bool:
+        return self.fsdp is not None
+
+
+@dataclass(frozen=True)
+class ModelBundle:
+    """The loaded base (`loaded`: model, family, seq2seq) and the module that trains (LoRA-wrapped or not)."""
+    base_path: Path
+    loaded: Any                       # modeling.LoadedModel
+    module: Any
+    total_params: int
+    trainable_params: int
+
+
+@dataclass(frozen=True)
+class Prepared:
+    data: DataBundle
+    engine: EngineBundle
+    model: ModelBundle
+
+
+@dataclass(frozen=True)
+class _Source:
+    """What `setup` read before tokenizing."""
+    channel: Path
+    data: Any
+    val_data: Any
+    train_examples: list
+    val_examples: list | None
+
 
 def is_main_process() -> bool:
     return train_env().rank == 0
-
-
-def _world_size() -> int:
-    return D.world_size()
 
 
 def peak_memory_gib() -> dict:
@@ -80,226 +143,215 @@ def resolve_max_length(config, tokenizer, model_config) -> int:
 
 class Recipe:
     def __init__(self, paths: Paths, config, raw_hyperparameters: dict | None = None):
+        from ..report.jobfacts import hyperparameter_facts
+
         self.paths = paths
         self.config = config
-        self.raw_hyperparameters = raw_hyperparameters or {}
         self.results: dict = {}
         self.samples: list[dict] = []
         self.writer = ModelWriter(paths)
         self.phases = Phases(self.results.setdefault("phases", {}))  # logs.py: "<phase>: done in N s"
-        from ..report.jobfacts import hyperparameter_facts
+        self.prepared: Prepared | None = None  # set once, by run(), from setup()
+        self.trainer = None                    # set once, by train()
+        self.results["hyperparameters"] = hyperparameter_facts(config, raw_hyperparameters or {})
 
-        self.results["hyperparameters"] = hyperparameter_facts(config, self.raw_hyperparameters)
+    # ------------------------------------------------------------------ run: the stages in order
+    def run(self) -> dict:
+        from .resume import weights_only_loads
+
+        try:
+            with weights_only_loads():  # checkpoints come from S3: no torch.load may run code (resume.py)
+                return self._run()
+        finally:
+            archives.cleanup()
+
+    def _run(self) -> dict:
+        try:
+            self.prepared = self.setup()
+            if stopping.agreed():
+                latest = common_latest_checkpoint(self.paths.checkpoint_dir)
+                raise stopping.Stopped(stopping.stopped_message("before training started", latest))
+            self.train()
+            if stopping.agreed():  # training finished; its last step is checkpointed
+                latest = common_latest_checkpoint(self.paths.checkpoint_dir)
+                raise stopping.Stopped(stopping.stopped_message(
+                    f"after training finished (step {self.results.get('steps')}), before the model was saved", latest))
+            self.evaluate()
+            self.save()
+        except BaseException:
+            self.writer.discard()
+            self.phases.end()
+            if is_main_process():  # what the job got to, for output/data and the report after the failure
+                never_fail(self.write_reports, "writing metrics.json so far")
+            raise
+        return self.results
 
     # ------------------------------------------------------------------ setup
-    def setup(self) -> None:
+    def setup(self) -> Prepared:
+        """Data read and tokenized, the engine settings, the model loaded (and LoRA applied)."""
+        from ..report.jobfacts import describe_job
+
         cfg = self.config
         seed_everything(cfg.seed)
         self.phases.begin("loading data")
-        self.base_path = resolve_base_model(self.paths, cfg)
-        train_channel = self.paths.train_channel()
-        if train_channel is None:
+        base_path = resolve_base_model(self.paths, cfg)
+        source = self._read_data()
+        self.phases.begin("loading the tokenizer and setting up training")
+        tokenizer = load_tokenizer(base_path, cfg)
+        model_config = read_model_config(base_path, cfg)
+        engine = self._setup_engine(model_config, has_val=bool(source.val_examples))
+        data = self._tokenize(source, tokenizer, resolve_max_length(cfg, tokenizer, model_config), engine.seq2seq)
+        self._preflight(data, engine, model_config)
+        self.phases.begin("loading model")
+        loaded = load_model(base_path, cfg, tokenizer=tokenizer, dtype=engine.dtype, model_config=model_config)
+        if data.format == "chat" and loaded.seq2seq:
+            raise DataError("chat data needs a decoder-only model and the base model is seq2seq",
+                            where=str(source.channel), fix="use instruction data for Flan-T5-style models")
+        self._report_data(data, source.channel)
+        model = self._setup_model(base_path, loaded, engine)
+        prepared = Prepared(data=data, engine=engine, model=model)
+        self.results["job"] = describe_job(self._flat_view(prepared))  # what the run report shows
+        return prepared
+
+    def _read_data(self) -> _Source:
+        """The train channel (and a validation channel if any), split into train and validation rows."""
+        cfg = self.config
+        channel = self.paths.train_channel()
+        if channel is None:
             raise DataError("no training data channel", where=str(self.paths.data_dir),
                             fix="provide the data in a channel named `train` or `training`")
-        self.data = read_channel(train_channel, cfg)
+        data = read_channel(channel, cfg)
         val_channel = self.paths.validation_channel()
-        self.val_data = (read_channel(val_channel, cfg, prompt=self.data.prompt, fmt=self.data.format)
-                         if val_channel else None)
-        self.train_examples, self.val_examples = select_and_split(
-            self.data.examples, self.val_data.examples if self.val_data else None, cfg)
+        val_data = read_channel(val_channel, cfg, prompt=data.prompt, fmt=data.format) if val_channel else None
+        train_examples, val_examples = select_and_split(data.examples, val_data.examples if val_data else None, cfg)
+        return _Source(channel, data, val_data, train_examples, val_examples)
 
-        self.phases.begin("loading the tokenizer and setting up training")
-        tokenizer = load_tokenizer(self.base_path, cfg)
-        self.tokenizer = tokenizer
-        model_config = read_model_config(self.base_path, cfg)
-        self.seq2seq = bool(getattr(model_config, "is_encoder_decoder", False))
-        self.dtype = pick_dtype(cfg)
-        self.ds_config = self.deepspeed_config()
-        self.fsdp = D.fsdp_settings(cfg, model_config)
-        self.fsdp_active = self.fsdp is not None
-        self.sharded = self.fsdp_active or D.zero_stage(self.ds_config) == 3
-        self.checkpoint_staging = staging_dir(self.paths)
-        # TrainingArguments before the model: it starts the process group (so ranks can agree on
-        # stops and checkpoints from here on) and, under ZeRO-3, makes from_pretrained load the
-        # weights already partitioned (zero.Init) instead of whole on every rank.
-        self.args = self._training_args(has_val=bool(self.val_examples))
-        _ = self.args.device
-        self.results["parallelism"] = D.parallelism(cfg, self.ds_config)
-        log.info("parallelism: %s over %d process(es)", self.results["parallelism"], _world_size())
-        self._prepare_checkpoint_staging()
-
-        self.max_len = resolve_max_length(cfg, tokenizer, model_config)
-        self.phases.begin(f"tokenizing {len(self.train_examples) + len(self.val_examples or [])} rows")
-        self._tokenize()
-        from ..preflight import preflight
-
-        longest = max((len(f["input_ids"]) for f in self.train_tokens.features), default=self.max_len)
-        need = preflight(self, model_config, min(self.max_len, longest), self.ds_config)
-        if need is not None:
-            self.results["memory_estimate_gib"] = round(need.total / 2**30, 2)
-        self.phases.begin("loading model")
-        self.loaded = load_model(self.base_path, cfg, tokenizer=tokenizer, dtype=self.dtype, model_config=model_config)
-        if self.data.format == "chat" and self.loaded.seq2seq:
-            raise DataError("chat data needs a decoder-only model and the base model is seq2seq",
-                            where=str(train_channel), fix="use instruction data for Flan-T5-style models")
-        self._report_data(train_channel)
-
-        self.model = apply_lora(self.loaded, cfg) if cfg.use_lora else self.loaded.model
-        if cfg.gradient_checkpointing and not self.fsdp_active:  # FSDP checkpoints per wrapped layer itself
-            # transformers 5 renamed it (the old name warns); older versions have only the old one
-            enable = getattr(self.model, "activation_checkpointing_enable", None) or self.model.gradient_checkpointing_enable
-            enable()
-            if cfg.use_lora:
-                self.model.enable_input_require_grads()
-        trainable, total = count_parameters(self.model)
-        if self.sharded and D.zero_stage(self.ds_config) == 3:
-            total = sum(getattr(p, "ds_numel", p.numel()) for p in self.model.parameters())
-            trainable = sum(getattr(p, "ds_numel", p.numel()) for p in self.model.parameters() if p.requires_grad)
-        log.info("model %s (%s): %d parameters, %d trainable (%.2f%%)", self.base_path,
-                 "seq2seq" if self.loaded.seq2seq else "causal", total, trainable, 100 * trainable / max(1, total))
-        self.results["parameters"] = {"total": total, "trainable": trainable}
-        self.results["quantization"] = cfg.quantization
-        if cfg.quantization != "none":  # what bitsandbytes actually replaced, not just what was asked
-            self.results["quantized_layers"] = sum(type(m).__module__.startswith("bitsandbytes")
-                                                   for m in self.loaded.model.modules())
-        from ..report.jobfacts import describe_job
-
-        self.results["job"] = describe_job(self)  # what the run report shows about the model and data
-
-    def _tokenize(self) -> None:
+    def _setup_engine(self, model_config, *, has_val: bool) -> EngineBundle:
+        """Precision, DeepSpeed/FSDP and the TrainingArguments. They come before the model: they
+        start the process group (so ranks can agree on stops and checkpoints from here on) and,
+        under ZeRO-3, make from_pretrained load the weights already partitioned (zero.Init)
+        instead of whole on every rank."""
         cfg = self.config
-        tok = dict(max_len=self.max_len, max_out=cfg.max_output_length, seq2seq=self.seq2seq,
-                   workers=cfg.preprocessing_num_workers)
-        self.train_tokens = tokenize_examples(self.train_examples, self.tokenizer, self.data.prompt, **tok)
-        self.val_tokens = tokenize_examples(self.val_examples, self.tokenizer, self.data.prompt, **tok) \
-            if self.val_examples else None
+        seq2seq = bool(getattr(model_config, "is_encoder_decoder", False))
+        dtype = pick_dtype(cfg)
+        ds_config = distributed.deepspeed_config(cfg, self.paths)
+        fsdp = distributed.fsdp_settings(cfg, model_config)
+        staging = staging_dir(self.paths)
+        args = self._training_args(seq2seq=seq2seq, dtype=dtype, ds_config=ds_config, fsdp=fsdp,
+                                   staging=staging, has_val=has_val)
+        _ = args.device
+        self.results["parallelism"] = distributed.parallelism(cfg, ds_config)
+        log.info("parallelism: %s over %d process(es)", self.results["parallelism"], distributed.world_size())
+        _prepare_checkpoint_staging(staging)
+        return EngineBundle(seq2seq=seq2seq, dtype=dtype, ds_config=ds_config, fsdp=fsdp,
+                            sharded=fsdp is not None or distributed.zero_stage(ds_config) == 3, args=args,
+                            checkpoint_staging=staging)
 
-    def _prepare_checkpoint_staging(self) -> None:
-        """This node's local rank 0 empties the checkpoint staging folder; the others wait."""
-        if D.local_rank() == 0:
-            import shutil
-
-            shutil.rmtree(self.checkpoint_staging, ignore_errors=True)
-            self.checkpoint_staging.mkdir(parents=True, exist_ok=True)
-        D.barrier()
-
-    def _report_data(self, channel: Path) -> None:
-        train, val = self.train_tokens.report(), self.val_tokens.report() if self.val_tokens else None
-        report = {"format": self.data.format, "files": self.data.files, "max_input_length": self.max_len,
-                  "validation_source": "channel" if self.val_data else f"split {self.config.validation_split_ratio}",
-                  "train": train, "validation": val, "prompt": self.data.prompt.to_dict()}
-        self.results["data"] = report
-        log.info("data: format=%s from %s; train rows=%d sequences=%d truncated=%d trainable share=%.1f%%; "
-                 "validation rows=%s", self.data.format, channel, train["rows"], train["sequences"],
-                 train["rows_truncated"], 100 * train["trainable_share"], val["rows"] if val else 0)
-        if train["rows_truncated"]:
-            log.warning("%d training rows were longer than max_input_length=%d and were truncated (first: %s)",
-                        train["rows_truncated"], self.max_len, ", ".join(train["truncated_examples"][:3]))
-
-    # ------------------------------------------------------------------ train
-    def _training_args(self, *, has_val: bool):
+    def _training_args(self, *, seq2seq: bool, dtype, ds_config, fsdp, staging: Path, has_val: bool):
         from transformers import Seq2SeqTrainingArguments, TrainingArguments
 
         from .arguments import training_arguments
 
-        cfg = self.config
-        args_class = Seq2SeqTrainingArguments if self.seq2seq else TrainingArguments
-        dtype = self.dtype
-        fsdp, fsdp_config = self.fsdp or (None, None)
+        args_class = Seq2SeqTrainingArguments if seq2seq else TrainingArguments
+        fsdp, fsdp_config = fsdp or (None, None)
         return args_class(
-            **training_arguments(cfg, has_validation=has_val),  # the hyperparameters' part, overrides logged
+            **training_arguments(self.config, has_validation=has_val),  # the hyperparameters' part, overrides logged
             # the Trainer writes checkpoints to staging; CommitCheckpoints moves them, complete, into
             # /opt/ml/checkpoints
-            output_dir=str(self.checkpoint_staging), save_only_model=False,
+            output_dir=str(staging), save_only_model=False,
             # several hosts have several disks: each keeps a full checkpoint (its ranks' RNG and shards)
-            save_on_each_node=D.nnodes() > 1, logging_first_step=True,
+            save_on_each_node=distributed.nnodes() > 1, logging_first_step=True,
             bf16=has_cuda() and dtype == torch.bfloat16, fp16=has_cuda() and dtype == torch.float16,
-            use_cpu=not has_cuda(), ddp_backend="gloo" if not has_cuda() and _world_size() > 1 else None,
+            use_cpu=not has_cuda(), ddp_backend="gloo" if not has_cuda() and distributed.world_size() > 1 else None,
             remove_unused_columns=False, report_to=[], disable_tqdm=True, include_num_input_tokens_seen="non_padding",
             logging_nan_inf_filter=False,  # a NaN loss must show (FailOnNonFinite), not be averaged away
-            deepspeed=self.ds_config, fsdp=fsdp, fsdp_config=fsdp_config,
+            deepspeed=ds_config, fsdp=fsdp, fsdp_config=fsdp_config,
         )
 
-    def _trainer(self):
-        from transformers import EarlyStoppingCallback, PrinterCallback, Seq2SeqTrainer, Trainer
-
-        from .callbacks import CommitCheckpoints, FailOnNonFinite, MetricLines, StopOnSignal
-        from .throughput import TokensSeen
-
+    def _tokenize(self, source: _Source, tokenizer, max_len: int, seq2seq: bool) -> DataBundle:
         cfg = self.config
-        has_val = bool(self.val_tokens and self.val_tokens.features)
-        self.stop_callback = StopOnSignal()
-        self.commit_callback = CommitCheckpoints(self.checkpoint_staging, self.paths.checkpoint_dir,
-                                                 cfg.save_total_limit)
-        self.tokens_seen = TokensSeen()
-        callbacks = [MetricLines(), FailOnNonFinite(cfg.learning_rate), self.stop_callback, self.commit_callback,
-                     self.tokens_seen]
-        if self.args.load_best_model_at_end and cfg.early_stopping_patience > 0:
-            callbacks.append(EarlyStoppingCallback(cfg.early_stopping_patience, cfg.early_stopping_threshold))
-        from .batching import describe, with_length_grouping
+        self.phases.begin(f"tokenizing {len(source.train_examples) + len(source.val_examples or [])} rows")
+        options = dict(max_len=max_len, max_out=cfg.max_output_length, seq2seq=seq2seq,
+                       workers=cfg.preprocessing_num_workers)
+        prompt = source.data.prompt
+        train_tokens = tokenize_examples(source.train_examples, tokenizer, prompt, **options)
+        val_tokens = tokenize_examples(source.val_examples, tokenizer, prompt, **options) \
+            if source.val_examples else None
+        return DataBundle(
+            tokenizer=tokenizer, prompt=prompt, format=source.data.format, files=source.data.files,
+            validation_source="channel" if source.val_data else f"split {cfg.validation_split_ratio}",
+            max_len=max_len, train_examples=source.train_examples, val_examples=source.val_examples,
+            train_tokens=train_tokens, val_tokens=val_tokens)
 
-        self.results["batching"] = describe(self.train_tokens.features, cfg.group_by_length,
-                                            cfg.per_device_train_batch_size, _world_size(), self.args.data_seed)
-        self.args.train_sampling_strategy = self.results["batching"]["strategy"]  # "random" when not worth it
-        trainer_class = with_length_grouping(Seq2SeqTrainer if self.loaded.seq2seq else Trainer)
-        collator, trainer_class = self._speedups(trainer_class)  # packing, Liger, chunked loss
-        trainer = trainer_class(model=self.model, args=self.args, train_dataset=self.train_tokens.features,
-                                eval_dataset=self.val_tokens.features if has_val else None, data_collator=collator,
-                                processing_class=self.tokenizer, callbacks=callbacks)
-        trainer.use_chunked_loss = self.results["loss"]["kind"] == "chunked"
-        trainer.remove_callback(PrinterCallback)  # MetricLines prints each log once, readably
-        return trainer
+    def _preflight(self, data: DataBundle, engine: EngineBundle, model_config) -> None:
+        """On GPUs, the memory estimate before loading the weights (preflight.py)."""
+        from ..preflight import PlanInputs, preflight
 
-    def _speedups(self, trainer_class):
-        """The collator and Trainer class for the `packing` and `liger_kernel` hyperparameters and
-        the chunked loss (train/packing.py, liger.py, loss.py); each choice goes to metrics.json."""
-        from .liger import plan_liger
-        from .loss import plan_loss, with_chunked_loss
-        from .packing import packed_padding_share, plan_packing, with_unpacked_evaluation
+        longest = max((len(f["input_ids"]) for f in data.train_tokens.features), default=data.max_len)
+        inputs = PlanInputs(config=self.config, dtype=engine.dtype, fsdp_active=engine.fsdp_active)
+        need = preflight(inputs, model_config, min(data.max_len, longest), engine.ds_config)
+        if need is not None:
+            self.results["memory_estimate_gib"] = round(need.total / 2**30, 2)
 
-        padded = Collator(self.tokenizer.pad_token_id)
-        packing = plan_packing(self.config.packing, self.loaded.model, seq2seq=self.loaded.seq2seq,
-                               pad_id=self.tokenizer.pad_token_id, max_len=self.max_len)
-        liger = plan_liger(self.config.liger_kernel, self.loaded.model.config.model_type, cuda=has_cuda(),
-                           seq2seq=self.loaded.seq2seq)
-        self.args.use_liger_kernel = liger["enabled"]
-        self.results.update(packing=packing.report, liger_kernel=liger, loss=plan_loss(
-            self.model, seq2seq=self.loaded.seq2seq, sharded=self.sharded,
-            label_smoothing=self.config.label_smoothing_factor, liger_fused=liger["enabled"]))
-        if packing.enabled:
-            packing.report["padding_share"] = packed_padding_share(
-                self.train_tokens.features, packing.collator.capacity, self.results["batching"]["strategy"],
-                self.config.per_device_train_batch_size, _world_size(), self.args.data_seed)
-            return packing.collator, with_unpacked_evaluation(with_chunked_loss(trainer_class), padded)
-        return padded, with_chunked_loss(trainer_class)
+    def _report_data(self, data: DataBundle, channel: Path) -> None:
+        train, val = data.train_tokens.report(), data.val_tokens.report() if data.val_tokens else None
+        self.results["data"] = {"format": data.format, "files": data.files, "max_input_length": data.max_len,
+                                "validation_source": data.validation_source,
+                                "train": train, "validation": val, "prompt": data.prompt.to_dict()}
+        log.info("data: format=%s from %s; train rows=%d sequences=%d truncated=%d trainable share=%.1f%%; "
+                 "validation rows=%s", data.format, channel, train["rows"], train["sequences"],
+                 train["rows_truncated"], 100 * train["trainable_share"], val["rows"] if val else 0)
+        if train["rows_truncated"]:
+            log.warning("%d training rows were longer than max_input_length=%d and were truncated (first: %s)",
+                        train["rows_truncated"], data.max_len, ", ".join(train["truncated_examples"][:3]))
 
-    def deepspeed_config(self):
-        from .distributed import deepspeed_config
+    def _setup_model(self, base_path: Path, loaded, engine: EngineBundle) -> ModelBundle:
+        """LoRA (if asked) and gradient checkpointing on the loaded base; its parameter counts."""
+        cfg = self.config
+        module = apply_lora(loaded, cfg) if cfg.use_lora else loaded.model
+        if cfg.gradient_checkpointing and not engine.fsdp_active:  # FSDP checkpoints per wrapped layer itself
+            # transformers 5 renamed it (the old name warns); older versions have only the old one
+            enable = getattr(module, "activation_checkpointing_enable", None) or module.gradient_checkpointing_enable
+            enable()
+            if cfg.use_lora:
+                module.enable_input_require_grads()
+        trainable, total = count_parameters(module)
+        if engine.sharded and distributed.zero_stage(engine.ds_config) == 3:
+            total = sum(getattr(p, "ds_numel", p.numel()) for p in module.parameters())
+            trainable = sum(getattr(p, "ds_numel", p.numel()) for p in module.parameters() if p.requires_grad)
+        log.info("model %s (%s): %d parameters, %d trainable (%.2f%%)", base_path,
+                 "seq2seq" if loaded.seq2seq else "causal", total, trainable, 100 * trainable / max(1, total))
+        self.results["parameters"] = {"total": total, "trainable": trainable}
+        self.results["quantization"] = cfg.quantization
+        if cfg.quantization != "none":  # what bitsandbytes actually replaced, not just what was asked
+            self.results["quantized_layers"] = sum(type(m).__module__.startswith("bitsandbytes")
+                                                   for m in loaded.model.modules())
+        return ModelBundle(base_path=base_path, loaded=loaded, module=module, total_params=total,
+                           trainable_params=trainable)
 
-        return deepspeed_config(self.config, self.paths)
+    def _flat_view(self, prepared: Prepared) -> SimpleNamespace:
+        """The flat names report/jobfacts.py and train/resume.py read about this run."""
+        data, engine, model = prepared.data, prepared.engine, prepared.model
+        return SimpleNamespace(config=self.config, paths=self.paths, results=self.results, args=engine.args,
+                               dtype=engine.dtype, ds_config=engine.ds_config, fsdp_active=engine.fsdp_active,
+                               base_path=model.base_path, loaded=model.loaded, tokenizer=data.tokenizer,
+                               train_tokens=data.train_tokens)
 
+    # ------------------------------------------------------------------ train
     def train(self) -> None:
-        self.trainer = self._trainer()
-        # what accelerate actually set up (NO, MULTI_CPU, MULTI_GPU, DEEPSPEED, FSDP), beside the plan
-        self.results["distributed_type"] = self.trainer.accelerator.distributed_type.value
         from .resume import plan_resume, run_identity
 
-        self.commit_callback.identity = run_identity(self)  # recorded in each checkpoint's manifest
-        plan = plan_resume(self, self.commit_callback.identity)  # train/resume.py: compatible, weights-only
+        prepared = self.prepared
+        self.trainer, callbacks = self._trainer(prepared)
+        # what accelerate actually set up (NO, MULTI_CPU, MULTI_GPU, DEEPSPEED, FSDP), beside the plan
+        self.results["distributed_type"] = self.trainer.accelerator.distributed_type.value
+        view = self._flat_view(prepared)
+        callbacks.commit.identity = run_identity(view)  # recorded in each checkpoint's manifest
+        plan = plan_resume(view, callbacks.commit.identity)  # train/resume.py: compatible, weights-only
         resume = plan.checkpoint
         if plan.superseded:
             self.results["checkpoints_superseded"] = plan.superseded
-        if self.trainer.eval_dataset is not None and (self.ds_config or self.fsdp_active):
-            # evaluate() before train() makes the Trainer build an inference engine that train()
-            # then fails to turn into a training one (DeepSpeed) or wraps twice (FSDP)
-            log.warning("the baseline evaluation before training is skipped under %s", self.results["parallelism"])
-            self.results["eval_before_skipped"] = "DeepSpeed/FSDP engines are built once per Trainer"
-        elif self.trainer.eval_dataset is not None:
-            self.phases.begin("baseline evaluation")
-            before = self.trainer.evaluate(metric_key_prefix="eval_before")
-            self.results["eval_loss_before"] = before["eval_before_loss"]
-            self._generate_samples("before")
-            self._check_knowledge("before")
+        self._baseline_evaluation(prepared.engine)
         if resume:
             log.info("resuming from %s", resume)
         if plan.finished:
@@ -309,14 +361,84 @@ class Recipe:
         start = time.time()
         output = self.trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         runtime = time.time() - start
-        if self.stop_callback.stopped_at is not None:
-            step = self.stop_callback.stopped_at
+        if callbacks.stop.stopped_at is not None:
+            step = callbacks.stop.stopped_at
             saved = self.paths.checkpoint_dir / f"checkpoint-{step}"
             raise stopping.Stopped(stopping.stopped_message(f"at step {step}", saved))
+        self._record_training(output, runtime, resume, callbacks.tokens_seen.total)
+
+    def _trainer(self, prepared: Prepared):
+        """The Trainer and the callbacks the recipe reads back (stop, commit, tokens seen)."""
+        from transformers import EarlyStoppingCallback, PrinterCallback, Seq2SeqTrainer, Trainer
+
+        from .batching import describe, with_length_grouping
+        from .callbacks import CommitCheckpoints, FailOnNonFinite, MetricLines, StopOnSignal
+        from .throughput import TokensSeen
+
+        cfg, data, engine, args = self.config, prepared.data, prepared.engine, prepared.engine.args
+        has_val = bool(data.val_tokens and data.val_tokens.features)
+        kept = SimpleNamespace(stop=StopOnSignal(), tokens_seen=TokensSeen(), commit=CommitCheckpoints(
+            engine.checkpoint_staging, self.paths.checkpoint_dir, cfg.save_total_limit))
+        callbacks = [MetricLines(), FailOnNonFinite(cfg.learning_rate), kept.stop, kept.commit, kept.tokens_seen]
+        if args.load_best_model_at_end and cfg.early_stopping_patience > 0:
+            callbacks.append(EarlyStoppingCallback(cfg.early_stopping_patience, cfg.early_stopping_threshold))
+        self.results["batching"] = describe(data.train_tokens.features, cfg.group_by_length,
+                                            cfg.per_device_train_batch_size, distributed.world_size(), args.data_seed)
+        args.train_sampling_strategy = self.results["batching"]["strategy"]  # "random" when not worth it
+        trainer_class = with_length_grouping(Seq2SeqTrainer if prepared.model.loaded.seq2seq else Trainer)
+        collator, trainer_class = self._speedups(prepared, trainer_class)  # packing, Liger, chunked loss
+        trainer = trainer_class(model=prepared.model.module, args=args, train_dataset=data.train_tokens.features,
+                                eval_dataset=data.val_tokens.features if has_val else None, data_collator=collator,
+                                processing_class=data.tokenizer, callbacks=callbacks)
+        trainer.use_chunked_loss = self.results["loss"]["kind"] == "chunked"
+        trainer.remove_callback(PrinterCallback)  # MetricLines prints each log once, readably
+        return trainer, kept
+
+    def _speedups(self, prepared: Prepared, trainer_class):
+        """The collator and Trainer class for the `packing` and `liger_kernel` hyperparameters and
+        the chunked loss (train/packing.py, liger.py, loss.py); each choice goes to metrics.json."""
+        from .liger import plan_liger
+        from .loss import plan_loss, with_chunked_loss
+        from .packing import packed_padding_share, plan_packing, with_unpacked_evaluation
+
+        data, engine, loaded = prepared.data, prepared.engine, prepared.model.loaded
+        padded = Collator(data.tokenizer.pad_token_id)
+        packing = plan_packing(self.config.packing, loaded.model, seq2seq=loaded.seq2seq,
+                               pad_id=data.tokenizer.pad_token_id, max_len=data.max_len)
+        liger = plan_liger(self.config.liger_kernel, loaded.model.config.model_type, cuda=has_cuda(),
+                           seq2seq=loaded.seq2seq)
+        engine.args.use_liger_kernel = liger["enabled"]
+        self.results.update(packing=packing.report, liger_kernel=liger, loss=plan_loss(
+            prepared.model.module, seq2seq=loaded.seq2seq, sharded=engine.sharded,
+            label_smoothing=self.config.label_smoothing_factor, liger_fused=liger["enabled"]))
+        if packing.enabled:
+            packing.report["padding_share"] = packed_padding_share(
+                data.train_tokens.features, packing.collator.capacity, self.results["batching"]["strategy"],
+                self.config.per_device_train_batch_size, distributed.world_size(), engine.args.data_seed)
+            return packing.collator, with_unpacked_evaluation(with_chunked_loss(trainer_class), padded)
+        return padded, with_chunked_loss(trainer_class)
+
+    def _baseline_evaluation(self, engine: EngineBundle) -> None:
+        """Validation loss, ROUGE and general knowledge of the untouched model."""
+        if self.trainer.eval_dataset is None:
+            return
+        if engine.ds_config or engine.fsdp_active:
+            # evaluate() before train() makes the Trainer build an inference engine that train()
+            # then fails to turn into a training one (DeepSpeed) or wraps twice (FSDP)
+            log.warning("the baseline evaluation before training is skipped under %s", self.results["parallelism"])
+            self.results["eval_before_skipped"] = "DeepSpeed/FSDP engines are built once per Trainer"
+            return
+        self.phases.begin("baseline evaluation")
+        before = self.trainer.evaluate(metric_key_prefix="eval_before")
+        self.results["eval_loss_before"] = before["eval_before_loss"]
+        self._generate_samples("before")
+        self._check_knowledge("before")
+
+    def _record_training(self, output, runtime: float, resume, tokens: int) -> None:
+        """Loss, steps, throughput and memory of the finished training into the results."""
         self.results["peak_memory_gib"] = peak_memory_gib()
-        if self.config.use_lora and not self.sharded and output.global_step > 0:
+        if self.config.use_lora and not self.prepared.engine.sharded and output.global_step > 0:
             check_adapter_trained(self.trainer.accelerator.unwrap_model(self.trainer.model), output.global_step)
-        tokens = self.tokens_seen.total
         self.results.update(train_loss=output.training_loss, train_runtime_s=round(runtime, 2),
                             steps=output.global_step, epochs=output.metrics.get("epoch"),
                             train_tokens=tokens, train_tokens_per_second=round(tokens / runtime, 1) if runtime else None,
@@ -344,44 +466,48 @@ class Recipe:
         from ..preflight import config_dim
         from .throughput import flops_per_token, mfu
 
-        model_config, params = self.loaded.model.config, self.results["parameters"]
-        mean_len = self.train_tokens.tokens / max(1, len(self.train_tokens.features))
-        per_token = flops_per_token(params["total"], params["trainable"],
+        model, train_tokens = self.prepared.model, self.prepared.data.train_tokens
+        model_config = model.loaded.model.config
+        mean_len = train_tokens.tokens / max(1, len(train_tokens.features))
+        per_token = flops_per_token(model.total_params, model.trainable_params,
                                     config_dim(model_config, "num_hidden_layers", "n_layer", "num_layers"),
                                     config_dim(model_config, "hidden_size", "n_embd", "d_model"), mean_len)
-        value = mfu(tokens_per_second, per_token, torch.cuda.get_device_name(0), _world_size())
+        value = mfu(tokens_per_second, per_token, torch.cuda.get_device_name(0), distributed.world_size())
         return round(value, 4) if value is not None else None
 
     # ------------------------------------------------------------------ evaluate
     def evaluate(self) -> dict:
-        r = self.results
+        results = self.results
         if self.trainer.eval_dataset is not None:
             self.phases.begin("final evaluation")
-            r["eval_loss"] = self.trainer.evaluate()["eval_loss"]
-            r["perplexity_before"] = M.perplexity(r.get("eval_loss_before"))
-            r["perplexity"] = M.perplexity(r["eval_loss"])
+            results["eval_loss"] = self.trainer.evaluate()["eval_loss"]
+            results["perplexity_before"] = metrics.perplexity(results.get("eval_loss_before"))
+            results["perplexity"] = metrics.perplexity(results["eval_loss"])
             self._generate_samples("after")
             self._check_knowledge("after")
-        r["train_perplexity"] = M.perplexity(r.get("train_loss"))
+        results["train_perplexity"] = metrics.perplexity(results.get("train_loss"))
         if is_main_process():
-            for name in ("train_loss", "train_perplexity", "eval_loss", "perplexity", *M.SCORE_KEYS):
-                if isinstance(r.get(name), (int, float)):
-                    M.print_metric(f"final_{name}", r[name])
-            if "eval_loss" in r:  # the line JumpStart's Llama metric definitions match
-                print(f" eval_ppl=tensor({r['perplexity']:.4f}) eval_epoch_loss=tensor({r['eval_loss']:.4f})",
-                      flush=True)
-        return r
+            for name in ("train_loss", "train_perplexity", "eval_loss", "perplexity", *metrics.SCORE_KEYS):
+                if isinstance(results.get(name), (int, float)):
+                    metrics.print_metric(f"final_{name}", results[name])
+            if "eval_loss" in results:  # the line JumpStart's Llama metric definitions match
+                print(f" eval_ppl=tensor({results['perplexity']:.4f}) "
+                      f"eval_epoch_loss=tensor({results['eval_loss']:.4f})", flush=True)
+        return results
 
     def _generation_ranks(self) -> str:
         """main: rank 0 generates alone (whole weights on every rank); all: every rank generates in
         lockstep (ZeRO-3 gathers each layer's shards collectively); skip: not supported here."""
-        if self.fsdp_active:
+        engine = self.prepared.engine
+        if engine.fsdp_active:
             return "skip"
-        return "all" if self.sharded and _world_size() > 1 else "main"
+        return "all" if engine.sharded and distributed.world_size() > 1 else "main"
 
     def _generate_samples(self, stage: str) -> None:
-        """Greedy answers on capped validation prompts; ROUGE against the references."""
-        if self.config.rouge_samples == 0 or self.data.format == "domain":
+        """Greedy answers on capped validation prompts, within ROUGE_TIME_BUDGET_S; ROUGE of the
+        answered ones against their references."""
+        data = self.prepared.data
+        if self.config.rouge_samples == 0 or data.format == "domain":
             return
         ranks = self._generation_ranks()
         if ranks == "skip":
@@ -392,29 +518,46 @@ class Recipe:
             return
         if ranks == "main" and not is_main_process():
             return
-        pairs = M.generation_pairs(self.val_examples, self.tokenizer, self.data.prompt, self.config.rouge_samples)
+        pairs = metrics.generation_pairs(data.val_examples, data.tokenizer, data.prompt, self.config.rouge_samples)
         if not pairs:
             return
-        answers = self._greedy_answers([p for p, _ in pairs], self.config.max_output_length)
+        answers = self._greedy_answers([p for p, _ in pairs], self.config.max_output_length,
+                                       deadline=time.monotonic() + ROUGE_TIME_BUDGET_S)
         if not is_main_process():
             return
-        scores = M.rouge(answers, [ref for _, ref in pairs])
+        log.info("ROUGE %s training: scored %d of %d prompts%s", stage, len(answers), len(pairs),
+                 "" if len(answers) == len(pairs) else f" (the {ROUGE_TIME_BUDGET_S:.0f} s budget ran out)")
+        self._record_samples(stage, pairs[:len(answers)], answers)
+
+    def _record_samples(self, stage: str, pairs: list[tuple[str, str]], answers: list[str]) -> None:
+        scores = metrics.rouge(answers, [ref for _, ref in pairs])
         if stage == "before":
             self.results["rouge_before"] = scores
             self.samples = [{"prompt": p, "reference": ref, "before": a} for (p, ref), a in zip(pairs, answers)]
-        else:
-            self.results.update(scores)
-            if not self.samples:  # no "before" pass (DeepSpeed/FSDP: see eval_before_skipped)
-                self.samples = [{"prompt": p, "reference": ref, "before": None} for p, ref in pairs]
-            for sample, answer in zip(self.samples, answers):
-                sample["after"] = answer
+            return
+        self.results.update(scores)
+        if not self.samples:  # no "before" pass (DeepSpeed/FSDP: see eval_before_skipped)
+            self.samples = [{"prompt": p, "reference": ref, "before": None} for p, ref in pairs]
+        for sample, answer in zip(self.samples, answers):
+            sample["after"] = answer
 
-    def _greedy_answers(self, prompts: list[str], max_new_tokens: int) -> list[str]:
-        """Greedy answers of the model being trained; it is back in training mode afterwards."""
-        model = self.trainer.accelerator.unwrap_model(self.trainer.model) if hasattr(self, "trainer") else self.model
-        answers = M.generate(model, self.tokenizer, prompts, seq2seq=self.loaded.seq2seq,
-                             max_new_tokens=max_new_tokens, max_input_length=self.max_len,
-                             batch_size=max(self.config.eval_batch_size, 8))
+    def _greedy_answers(self, prompts: list[str], max_new_tokens: int, *, deadline: float | None = None) -> list[str]:
+        """Greedy answers of the model being trained, batch by batch; no batch starts after
+        `deadline` (time.monotonic), so the answers may cover only the first prompts. Under
+        lockstep generation the ranks agree on stopping. The model is back in training mode after."""
+        data, loaded = self.prepared.data, self.prepared.model.loaded
+        trainer = self.trainer
+        model = trainer.accelerator.unwrap_model(trainer.model) if trainer else self.prepared.model.module
+        batch_size = max(self.config.eval_batch_size, 8)
+        lockstep = self._generation_ranks() == "all"
+        answers: list[str] = []
+        for start in range(0, len(prompts), batch_size):
+            late = deadline is not None and time.monotonic() > deadline
+            if distributed.any_rank(late) if lockstep else late:
+                break
+            answers += metrics.generate(model, data.tokenizer, prompts[start:start + batch_size],
+                                        seq2seq=loaded.seq2seq, max_new_tokens=max_new_tokens,
+                                        max_input_length=data.max_len, batch_size=batch_size)
         model.train()
         return answers
 
@@ -426,7 +569,8 @@ class Recipe:
             return
         if self._generation_ranks() == "main" and not is_main_process():
             return
-        prompts = knowledge.prompts(self.tokenizer, self.data.prompt, self.data.format)
+        data = self.prepared.data
+        prompts = knowledge.prompts(data.tokenizer, data.prompt, data.format)
         if prompts is None:
             return
         answers = self._greedy_answers(prompts, knowledge.MAX_NEW_TOKENS)
@@ -438,26 +582,28 @@ class Recipe:
     # ------------------------------------------------------------------ save
     def save(self) -> None:
         """Rank 0 writes model/ (through staging) and output/data/."""
+        from ..report import write_job_report
         from .saving import save_model
 
+        data, model = self.prepared.data, self.prepared.model
         self.phases.begin("saving")
         staging = self.writer.start() if is_main_process() else None
-        adapter_only = save_model(self, staging)
+        adapter_only = save_model(self.trainer, staging, config=self.config, tokenizer=data.tokenizer,
+                                  base_path=model.base_path, sharded=self.prepared.engine.sharded,
+                                  model_dir=self.paths.model_dir)
         if not is_main_process():
             return
         self.writer.write_metadata({
-            "architecture": "seq2seq" if self.loaded.seq2seq else "causal",
-            "model_type": self.loaded.model.config.model_type,
-            "base_model": self.base_path.name, "base_model_path": str(self.base_path) if adapter_only else None,
-            "adapter_only": adapter_only, "data_format": self.data.format,
-            "prompt": self.data.prompt.to_dict(), "max_input_length": self.max_len,
+            "architecture": "seq2seq" if model.loaded.seq2seq else "causal",
+            "model_type": model.loaded.model.config.model_type,
+            "base_model": model.base_path.name, "base_model_path": str(model.base_path) if adapter_only else None,
+            "adapter_only": adapter_only, "data_format": data.format,
+            "prompt": data.prompt.to_dict(), "max_input_length": data.max_len,
             "hyperparameters": self.config.to_dict(), "metrics": _metric_summary(self.results),
         })
         self.writer.publish()
         self.phases.end()
         self.write_reports()
-        from ..report import write_job_report
-
         write_job_report(self.paths.base)  # never raises: a report error is logged, the model stands
 
     def write_reports(self) -> None:
@@ -466,43 +612,23 @@ class Recipe:
         (out / "metrics.json").write_text(json.dumps(self.results, indent=2, default=str) + "\n")
         if self.samples:
             (out / "samples.jsonl").write_text("".join(json.dumps(s) + "\n" for s in self.samples))
-        history = getattr(getattr(self, "trainer", None), "state", None)
+        history = getattr(self.trainer, "state", None)
         if history is not None:
             (out / "log_history.json").write_text(json.dumps(history.log_history, indent=2) + "\n")
 
-    def run(self) -> dict:
-        from .resume import weights_only_loads
 
-        try:
-            with weights_only_loads():  # checkpoints come from S3: no torch.load may run code (resume.py)
-                return self._run()
-        finally:
-            archives.cleanup()
+def _prepare_checkpoint_staging(staging: Path) -> None:
+    """This node's local rank 0 empties the checkpoint staging folder; the others wait."""
+    if distributed.local_rank() == 0:
+        import shutil
 
-    def _run(self) -> dict:
-        try:
-            self.setup()
-            if stopping.agreed():
-                latest = common_latest_checkpoint(self.paths.checkpoint_dir)
-                raise stopping.Stopped(stopping.stopped_message("before training started", latest))
-            self.train()
-            if stopping.agreed():  # training finished; its last step is checkpointed
-                latest = common_latest_checkpoint(self.paths.checkpoint_dir)
-                raise stopping.Stopped(stopping.stopped_message(
-                    f"after training finished (step {self.results.get('steps')}), before the model was saved", latest))
-            self.evaluate()
-            self.save()
-        except BaseException:
-            self.writer.discard()
-            self.phases.end()
-            if is_main_process():  # what the job got to, for output/data and the report after the failure
-                never_fail(self.write_reports, "writing metrics.json so far")
-            raise
-        return self.results
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True, exist_ok=True)
+    distributed.barrier()
 
 
 def _metric_summary(results: dict) -> dict:
-    keys = ("train_loss", "eval_loss_before", "eval_loss", "perplexity_before", "perplexity", *M.SCORE_KEYS,
+    keys = ("train_loss", "eval_loss_before", "eval_loss", "perplexity_before", "perplexity", *metrics.SCORE_KEYS,
             "steps", "epochs")
     summary = {k: results[k] for k in keys if k in results and not (isinstance(results[k], float) and math.isnan(results[k]))}
     knowledge = {stage: r["score"] for stage, r in results.get("general_knowledge", {}).items()}

@@ -43,56 +43,60 @@ def check_finite(named_tensors, what: str = "model") -> None:
                     "and make sure the base model's own weights are finite")
 
 
-def save_model(recipe, staging: Path | None) -> bool:
-    """Write weights and tokenizer to `staging` (rank 0 passes it, others None); True when only an
-    adapter is saved. A full disk becomes a ResourceError naming the folder."""
+def save_model(trainer, staging: Path | None, *, config, tokenizer, base_path: Path, sharded: bool,
+               model_dir: Path) -> bool:
+    """Write the trainer's weights and `tokenizer` to `staging` (rank 0 passes it, others None);
+    True when only an adapter is saved. `sharded` (ZeRO-3, FSDP) makes gathering the weights a
+    collective; `base_path` is the base merged onto afresh. A full disk becomes a ResourceError
+    naming `model_dir`."""
     try:
-        return _save_model(recipe, staging)
+        return _save_model(trainer, staging, config=config, tokenizer=tokenizer, base_path=base_path,
+                           sharded=sharded)
     except Exception as exc:
         if staging is None or not is_disk_full(exc):
             raise
         raise ResourceError(f"no space left while writing the trained model ({str(exc).splitlines()[0]}); "
-                            "model/ was left as it was", where=str(recipe.paths.model_dir),
+                            "model/ was left as it was", where=str(model_dir),
                             fix="give the job more disk (VolumeSizeInGB on SageMaker) or free space there") from exc
 
 
-def _save_model(recipe, staging: Path | None) -> bool:
-    cfg = recipe.config
-    trainer = recipe.trainer
+def _save_model(trainer, staging: Path | None, *, config, tokenizer, base_path: Path, sharded: bool) -> bool:
     model = trainer.accelerator.unwrap_model(trainer.model)
-    adapter_only = cfg.use_lora and not cfg.merge_weights
+    adapter_only = config.use_lora and not config.merge_weights
     state_dict = None
-    if recipe.sharded:
+    if sharded:
         engine = trainer.deepspeed if trainer.is_deepspeed_enabled else trainer.model
         state_dict = trainer.accelerator.get_state_dict(engine)  # collective
     if staging is None:
         return adapter_only
+    fresh_base = dict(base_path=base_path, config=config, tokenizer=tokenizer)
     if state_dict is not None:
         state_dict = {k: v for k, v in state_dict.items()}
         check_finite(state_dict.items())
-        if not cfg.use_lora or adapter_only:
+        if not config.use_lora or adapter_only:
             model.save_pretrained(staging, state_dict=state_dict, safe_serialization=True)
         else:
-            _merge_onto_fresh_base(recipe, model, staging, state_dict=state_dict)
-    elif not cfg.use_lora or adapter_only:
+            _merge_onto_fresh_base(model, staging, state_dict=state_dict, **fresh_base)
+    elif not config.use_lora or adapter_only:
         check_finite(model.state_dict().items())
         model.save_pretrained(staging, safe_serialization=True)
-    elif cfg.quantization != "none":
-        _merge_onto_fresh_base(recipe, model, staging)
+    elif config.quantization != "none":
+        _merge_onto_fresh_base(model, staging, **fresh_base)
     else:
         merged = model.merge_and_unload()
         check_finite(merged.state_dict().items(), "merged model")
         merged.save_pretrained(staging, safe_serialization=True)
-    recipe.tokenizer.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
     generation = getattr(model, "generation_config", None)
     if generation is not None:
-        generation.pad_token_id = recipe.tokenizer.pad_token_id
-        generation.eos_token_id = generation.eos_token_id or recipe.tokenizer.eos_token_id
+        generation.pad_token_id = tokenizer.pad_token_id
+        generation.eos_token_id = generation.eos_token_id or tokenizer.eos_token_id
         generation.save_pretrained(staging)
     return adapter_only
 
 
-def _merge_onto_fresh_base(recipe, model, staging: Path, state_dict: dict | None = None) -> None:
+def _merge_onto_fresh_base(model, staging: Path, *, base_path: Path, config, tokenizer,
+                           state_dict: dict | None = None) -> None:
     """Save the adapter, load the base again unquantized and unsharded, merge, save."""
     from peft import PeftModel
 
@@ -103,7 +107,7 @@ def _merge_onto_fresh_base(recipe, model, staging: Path, state_dict: dict | None
         kwargs = {"state_dict": state_dict} if state_dict is not None else {}
         model.save_pretrained(adapter_dir, safe_serialization=True, **kwargs)
         with without_zero_init():
-            base = load_model(recipe.base_path, recipe.config, tokenizer=recipe.tokenizer, quantize=False).model
+            base = load_model(base_path, config, tokenizer=tokenizer, quantize=False).model
         peft_model = PeftModel.from_pretrained(base, adapter_dir)
         if state_dict is not None:
             # the gathered weights are exactly what was trained (new token rows, from-scratch bases)
