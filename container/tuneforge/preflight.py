@@ -11,7 +11,8 @@ The estimate (per GPU, bytes) follows the usual accounting for mixed-precision A
 - activations: ~34 bytes x tokens x hidden per decoder layer (16-bit, memory-efficient
   attention; Korthikanti et al. 2022), or 2 bytes x tokens x hidden per layer plus one layer's
   worth with gradient checkpointing; plus the logits (16-bit, their fp32 copy for the loss and its
-  gradient: 10 bytes x tokens x vocabulary);
+  gradient: 10 bytes x tokens x vocabulary; with the chunked loss, train/loss.py, only CHUNK
+  tokens' worth);
 - 1 GiB for the CUDA context and allocator slack.
 It is an estimate, not a bound: TUNEFORGE_SKIP_PREFLIGHT=1 trains anyway.
 
@@ -49,6 +50,7 @@ class MemoryPlan:
     sharding: str = "none"         # none | zero2 | zero3 | fsdp
     offload: bool = False          # DeepSpeed offload (optimizer; weights too under ZeRO-3)
     gradient_checkpointing: bool = False
+    chunked_loss: bool = False     # train/loss.py: full-vocabulary logits for CHUNK positions at a time
     lora_trainable_params: int | None = None  # what LoRA would train, for the suggestions
 
 
@@ -90,7 +92,10 @@ def estimate(plan: MemoryPlan) -> MemoryEstimate:
         activations = 2.0 * tokens * plan.hidden_size * plan.num_layers + layer
     else:
         activations = layer * plan.num_layers
-    activations += 10.0 * tokens * plan.vocab_size
+    from .train.loss import CHUNK
+
+    logit_tokens = min(tokens, CHUNK) if plan.chunked_loss else tokens
+    activations += 10.0 * logit_tokens * plan.vocab_size
     return MemoryEstimate(weights, gradients, optimizer, activations)
 
 
@@ -197,7 +202,18 @@ def plan_for(job: PlanInputs, model_config, seq_len: int, ds_config: dict | None
         hidden_size=config_dim(model_config, "hidden_size", "n_embd", "d_model"), num_layers=layers,
         vocab_size=config_dim(model_config, "vocab_size"), batch_size=cfg.per_device_train_batch_size, seq_len=seq_len,
         devices=world_size(), weight_format=fmt, sharding=sharding, offload=offloads(ds_config),
-        gradient_checkpointing=cfg.gradient_checkpointing, lora_trainable_params=lora)
+        gradient_checkpointing=cfg.gradient_checkpointing, lora_trainable_params=lora,
+        chunked_loss=uses_chunked_loss(model_config, cfg, seq2seq=seq2seq, sharding=sharding))
+
+
+def uses_chunked_loss(model_config, cfg, *, seq2seq: bool, sharding: str) -> bool:
+    """Whether train/loss.plan_loss will skip the full logits, decided from the config before loading
+    (Liger's fused loss builds no full logits either, so it counts too)."""
+    from .train.loss import CHUNKED_LOSS_FAMILIES
+
+    return (not seq2seq and sharding not in ("zero3", "fsdp") and not cfg.label_smoothing_factor
+            and getattr(model_config, "model_type", "") in CHUNKED_LOSS_FAMILIES
+            and not getattr(model_config, "output_router_logits", False))
 
 
 def preflight(job: PlanInputs, model_config, seq_len: int, ds_config: dict | None) -> MemoryEstimate | None:

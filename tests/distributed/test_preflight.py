@@ -96,3 +96,25 @@ def test_a_jobs_plan_reads_the_model_config_and_the_settings(tiny):
                                  dtype=torch.bfloat16)
     plan = plan_for(full, model_config, 64, None)
     assert plan.weight_format == "bf16" and plan.sharding == "fsdp" and plan.trainable_params == plan.total_params
+
+
+def test_the_chunked_loss_counts_one_chunk_of_logits():
+    from tuneforge.train.loss import CHUNK
+
+    plan = dataclasses.replace(LLAMA7B, batch_size=8, seq_len=1024, vocab_size=128_256)
+    full, chunked = estimate(plan), estimate(dataclasses.replace(plan, chunked_loss=True))
+    assert full.activations - chunked.activations == 10 * (8 * 1024 - CHUNK) * 128_256  # about 8.6 GiB
+
+
+def test_which_jobs_use_the_chunked_loss(tiny):
+    from transformers import AutoConfig
+
+    from tuneforge.config import parse_hyperparameters
+    from tuneforge.preflight import uses_chunked_loss
+
+    llama = AutoConfig.from_pretrained(tiny("llama"))
+    cfg = parse_hyperparameters({})
+    assert uses_chunked_loss(llama, cfg, seq2seq=False, sharding="none")
+    assert not uses_chunked_loss(llama, cfg, seq2seq=False, sharding="zero3")
+    assert not uses_chunked_loss(llama, parse_hyperparameters({"label_smoothing_factor": "0.1"}),
+                                 seq2seq=False, sharding="none")

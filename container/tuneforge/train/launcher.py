@@ -10,7 +10,6 @@ SIGKILL) is still reported in output/failure.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import signal
@@ -23,15 +22,14 @@ from dataclasses import dataclass
 
 from ..contract import Paths, archive_failure, train_env, write_failure
 from ..errors import UserError
-from ..logs import quiet_known_noise
 from ..report import write_job_report
 from . import ranks, stopping
+from .process import _pdeathsig_setter, configure_logging, failure_text
 from .stopping import Stopped
 
 log = logging.getLogger("tuneforge")
 DEFAULT_MASTER_PORT = 7777
 LOOPBACK = "127.0.0.1"
-PR_SET_PDEATHSIG = 1
 # SageMaker sends SIGKILL 120 s after SIGTERM: leave the ranks most of that to save a checkpoint
 SHUTDOWN_TIMEOUT_S = 100
 
@@ -116,33 +114,6 @@ def wait_for_host(host: str, timeout: float | None = None) -> None:
                 raise RuntimeError(f"the master host {host!r} did not resolve within {timeout:.0f} s ({exc}). "
                                    "Fix: check the hosts in resourceconfig.json and the cluster's DNS") from None
             time.sleep(2)
-
-
-def configure_logging() -> None:
-    logging.basicConfig(level=train_env().log_level,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
-    for noisy in ("httpx", "urllib3", "DeepSpeed"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    quiet_known_noise()  # logs.py: third-party messages that never concern a job, matched exactly
-    # per-shard progress bars on load/save flood job logs (CloudWatch) and hide the metric lines
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-
-
-def failure_text(exc: BaseException) -> str:
-    """One actionable line first (it becomes FailureReason), details after."""
-    if isinstance(exc, Stopped):
-        return f"{exc}\n"
-    if isinstance(exc, UserError):
-        return f"{type(exc).__name__}: {exc}\n"
-    tail = "".join(traceback.format_exception(exc))[-3000:]
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    hint = ""
-    if isinstance(exc, MemoryError) or "out of memory" in str(exc).lower():
-        hint = " Fix: lower per_device_train_batch_size or max_input_length, or use LoRA/QLoRA/ZeRO-3."
-    return f"{type(exc).__name__}: {first}{hint}\n\n{tail}"
 
 
 def run(base_dir: str | os.PathLike | None = None, *, isolate: bool = False, fresh: bool = True) -> int:
@@ -280,25 +251,6 @@ def launch_single(paths: Paths) -> int:
         write_job_report(paths.base)
         return 128 - code
     return code
-
-
-def _pdeathsig_setter():
-    """A callable that makes the kernel SIGKILL the calling process when its parent exits (even by
-    SIGKILL), or None off Linux. Resolved before fork: a preexec_fn should not load libraries."""
-    if not sys.platform.startswith("linux"):
-        return None
-    prctl = ctypes.CDLL(None, use_errno=True).prctl
-    return lambda: prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
-
-
-def die_with_parent(expected_parent: int | None = None) -> None:
-    """For a process started by another: die when it dies; exit now if it already has (the window
-    between fork and this call)."""
-    setter = _pdeathsig_setter()
-    if setter is not None:
-        setter()
-    if expected_parent and os.getppid() != expected_parent:
-        os._exit(137)
 
 
 def supervise(command: list[str], env: dict, before_forward=None) -> int:

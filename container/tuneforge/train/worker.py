@@ -11,7 +11,7 @@ from . import ranks, stopping
 
 
 def main() -> int:
-    from .launcher import configure_logging, die_with_parent, failure_text
+    from .process import configure_logging, die_with_parent, failure_text
 
     # torchrun starts ranks in sessions of their own and does not stop them if it is killed itself
     die_with_parent(train_env().agent_pid or None)
