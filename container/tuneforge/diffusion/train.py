@@ -16,7 +16,7 @@ import time
 from contextlib import nullcontext
 
 import torch
-import torch.nn.functional as F
+from torch.nn import functional
 
 from ..contract import Paths
 from ..model_folder import ModelMetadata
@@ -136,11 +136,11 @@ class DreamBooth:
         else:
             target = noise
         if not prior:
-            return F.mse_loss(prediction, target.float())
+            return functional.mse_loss(prediction, target.float())
         prediction, prior_prediction = prediction.chunk(2)
         target, prior_target = target.float().chunk(2)
-        prior_loss = F.mse_loss(prior_prediction, prior_target)
-        return F.mse_loss(prediction, target) + self.config.prior_loss_weight * prior_loss
+        prior_loss = functional.mse_loss(prior_prediction, prior_target)
+        return functional.mse_loss(prediction, target) + self.config.prior_loss_weight * prior_loss
 
     @torch.no_grad()
     def fixed_loss(self) -> float:

@@ -158,13 +158,7 @@ def run(base_dir: str | os.PathLike | None = None, *, isolate: bool = False, fre
                 raise RuntimeError(f"training finished but {paths.model_dir} holds no complete model")
             return 0  # the child said where the model went
         else:
-            from .recipe import Recipe
-
-            previous = stopping.install()
-            try:
-                Recipe(paths, config, raw).run()
-            finally:
-                stopping.restore(previous)
+            run_in_process(paths, config, raw)
         if not model_files_present(paths.model_dir):
             raise RuntimeError(f"training finished but {paths.model_dir} holds no complete model")
         log.info("model written to %s", paths.model_dir)
@@ -178,6 +172,17 @@ def run(base_dir: str | os.PathLike | None = None, *, isolate: bool = False, fre
         write_failure(paths, failure_text(exc))
         write_job_report(paths.base)  # as far as the job got; never raises
         return 143 if isinstance(exc, Stopped) else 1
+
+
+def run_in_process(paths: Paths, config, raw: dict) -> None:
+    """The recipe in this process, with SIGTERM handled as a checkpoint-and-stop request."""
+    from .recipe import Recipe
+
+    previous = stopping.install()
+    try:
+        Recipe(paths, config, raw).run()
+    finally:
+        stopping.restore(previous)
 
 
 def archive_previous_failure(paths: Paths) -> None:

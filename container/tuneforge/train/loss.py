@@ -23,7 +23,7 @@ import inspect
 from contextlib import contextmanager
 
 import torch
-import torch.nn.functional as F
+from torch.nn import functional
 from torch.utils.checkpoint import checkpoint
 
 from ..data.tokenize import IGNORE
@@ -37,7 +37,7 @@ CHUNKED_LOSS_FAMILIES = frozenset({"llama", "mistral", "mixtral", "gemma", "qwen
 
 def _head_chunk(lm_head, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     logits = lm_head(hidden).float()
-    return F.cross_entropy(logits, targets, reduction="sum")
+    return functional.cross_entropy(logits, targets, reduction="sum")
 
 
 def chunked_causal_lm_loss(hidden: torch.Tensor, lm_head, labels: torch.Tensor,

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import UserError
-from . import distributed as D
+from . import distributed
 from .checkpoints import common_latest_checkpoint, complete_checkpoints, read_manifest, step_of
 
 log = logging.getLogger(__name__)
@@ -142,7 +142,7 @@ def run_identity(recipe) -> dict:
         "engine": recipe.results.get("parallelism") if recipe.ds_config or recipe.fsdp_active else "plain",
     }
     if recipe.ds_config or recipe.fsdp_active:
-        identity["world_size"] = D.world_size()
+        identity["world_size"] = distributed.world_size()
     return identity
 
 
@@ -169,12 +169,12 @@ def _trainer_state(folder: Path) -> dict:
 def _supersede(folder: Path, reasons: list[str]) -> Path:
     """Move every checkpoint of the earlier run aside (this node's local rank 0; others wait)."""
     target = folder / f"superseded-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
-    if D.local_rank() == 0:
+    if distributed.local_rank() == 0:
         target.mkdir(parents=True, exist_ok=True)
         for path in sorted(folder.iterdir()):
             if path.is_dir() and step_of(path) is not None:
                 os.replace(path, target / path.name)
-    D.barrier()
+    distributed.barrier()
     log.warning("the checkpoints in %s were made with other settings (%s): this run starts fresh; they were moved "
                 "to %s (delete them when no longer needed)", folder, "; ".join(reasons), target)
     return target
