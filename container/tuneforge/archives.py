@@ -43,7 +43,8 @@ def _check_members(archive: tarfile.TarFile, path: Path, target: Path) -> int:
         total += member.size
     limit_gb = train_env().max_archive_gb
     if limit_gb and total > limit_gb * 2**30:
-        raise ModelError(f"the archive unpacks to {total / 2**30:.2f} GiB, over TUNEFORGE_MAX_ARCHIVE_GB={limit_gb}",
+        limit = f"{limit_gb:f}".rstrip("0").rstrip(".")  # as written: 0.00001, not 1e-05
+        raise ModelError(f"the archive unpacks to {total / 2**30:.2f} GiB, over TUNEFORGE_MAX_ARCHIVE_GB={limit}",
                          where=str(path), fix="raise TUNEFORGE_MAX_ARCHIVE_GB or ship a smaller model")
     free = shutil.disk_usage(target).free
     if total + DISK_HEADROOM > free:
