@@ -12,25 +12,13 @@ import json
 import os
 from pathlib import Path
 
+from ..byte_level import bytes_to_unicode
+
 START, END = "<|startoftext|>", "<|endoftext|>"
 # Words whose merges the tokenizer holds, so that typical prompts become a few tokens each.
 WORDS = ("a", "an", "the", "of", "in", "on", "with", "and", "photo", "picture", "painting", "dog", "cat",
          "doppler", "sks", "person", "red", "blue", "green", "beach", "park", "snow", "city", "style")
 TEXT_MAX_LENGTH = 77  # as Stable Diffusion's CLIP tokenizer
-
-
-def bytes_to_unicode() -> dict[int, str]:
-    """CLIP's (and GPT-2's) reversible map from bytes to printable characters."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + \
-        list(range(ord("®"), ord("ÿ") + 1))
-    chars = printable[:]
-    extra = 0
-    for byte in range(256):
-        if byte not in printable:
-            printable.append(byte)
-            chars.append(256 + extra)
-            extra += 1
-    return dict(zip(printable, map(chr, chars)))
 
 
 def vocab_and_merges(words=WORDS) -> tuple[dict[str, int], list[str]]:

@@ -18,6 +18,8 @@ import threading
 from collections import OrderedDict, deque
 from dataclasses import dataclass
 
+from ..byte_level import bytes_to_unicode
+
 WHITESPACE = r"[ ]?"  # at most one space between JSON tokens: no budget spent on layout
 CACHE_SIZE = 32
 _vocabularies: dict[int, object] = {}
@@ -115,7 +117,7 @@ def _token_bytes_function(tokenizer):
     backend = getattr(tokenizer, "backend_tokenizer", None)
     decoder = repr(getattr(backend, "decoder", "")) if backend is not None else ""
     if "ByteLevel" in decoder:
-        table = {char: byte for byte, char in _bytes_to_unicode().items()}
+        table = {char: byte for byte, char in bytes_to_unicode().items()}
         return lambda token: bytes(table[c] for c in token) if all(c in table for c in token) else token.encode()
 
     def sentencepiece(token: str) -> bytes:
@@ -126,17 +128,6 @@ def _token_bytes_function(tokenizer):
     return sentencepiece
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's reversible byte -> printable character table."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    chars = printable[:]
-    extra = 0
-    for byte in range(256):
-        if byte not in printable:
-            printable.append(byte)
-            chars.append(256 + extra)
-            extra += 1
-    return dict(zip(printable, map(chr, chars)))
 
 
 class GuidedLogits:
