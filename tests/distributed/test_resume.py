@@ -63,6 +63,11 @@ def test_ddp_two_processes_train_and_save_once(uninterrupted):
     assert len(generated) == 6
     assert [p.name for p in complete_checkpoints(job.base / "checkpoints")] == [f"checkpoint-{STEPS - 5}",
                                                                                   f"checkpoint-{STEPS}"]
+    # how long training waited for its checkpoints, and how big the last one was
+    written = metrics["checkpoints"]
+    assert written["written"] == STEPS // 5 and 0 < written["pause_s_max"] <= written["pause_s_total"]
+    last = job.base / "checkpoints" / f"checkpoint-{STEPS}"
+    assert written["last_mib"] == round(sum(f.stat().st_size for f in last.rglob("*") if f.is_file()) / 2**20, 1)
 
 
 def test_sigterm_saves_a_checkpoint_and_a_rerun_resumes_to_the_same_result(job, tiny, uninterrupted):

@@ -131,6 +131,7 @@ METRICS = {
     "general_knowledge": {"before": {"score": 0.5, "right": 6, "asked": 12}, "after": {"score": 0.4167, "right": 5, "asked": 12}},
     "train_loss": 1.6, "train_perplexity": 4.953, "train_runtime_s": 3.2, "steps": 10, "epochs": 2.0,
     "train_tokens": 1000, "train_tokens_per_second": 312.5, "peak_memory_gib": {"host_rss": 0.65},
+    "checkpoints": {"written": 2, "pause_s_total": 0.73, "pause_s_max": 0.41, "last_mib": 12.5},
 }
 SAMPLES = [
     {"prompt": "Q: What colour is the sky?\n\n### Response:\n", "reference": "Blue.", "before": "ell c\x7f x", "after": "Blue."},
@@ -167,7 +168,8 @@ def test_report_is_self_contained_with_drawn_charts_and_the_numbers_of_metrics_j
     assert check_numbers_match(page, METRICS) >= 25
     keys = {key for key, _, _ in page.numbers}
     assert {"eval_loss_before", "eval_loss", "rouge_before.rougeL", "rougeL", "general_knowledge.after.score",
-            "phases.loading model", "train_tokens_per_second", "data.train.rows_truncated"} <= keys
+            "phases.loading model", "train_tokens_per_second", "data.train.rows_truncated",
+            "checkpoints.pause_s_total"} <= keys
     # before/after answers, the template and the marked example, the defaults marked
     assert "Blue." in html and "Red." in html and "ell c\\x7f x" in html
     assert "<mark>Blue.&lt;/s&gt;</mark>" in html

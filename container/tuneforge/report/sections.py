@@ -245,6 +245,9 @@ def speed_section(job: JobOutput) -> Section | None:
             ("peak GPU memory", peak.get("gpu"), "peak_memory_gib.gpu", "GiB", 2),
             ("peak host memory (RSS)", peak.get("host_rss"), "peak_memory_gib.host_rss", "GiB", 2),
             ("MFU (model FLOPs utilization)", m.get("mfu"), "mfu", "", 4),
+            ("checkpoints written", (m.get("checkpoints") or {}).get("written"), "checkpoints.written", "", 0),
+            ("training paused for checkpoints", (m.get("checkpoints") or {}).get("pause_s_total"),
+             "checkpoints.pause_s_total", "s", 2),
             ("memory estimate before loading", m.get("memory_estimate_gib"), "memory_estimate_gib", "GiB", 2)]
     table = [[Cell(label, css="strong"), number(value, key, digits), Cell(unit)]
              for label, value, key, unit, digits in rows if value is not None]

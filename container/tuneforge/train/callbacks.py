@@ -162,6 +162,26 @@ class CommitCheckpoints(TrainerCallback):
         self.keep = keep
         self.identity = identity  # what the checkpoints are made with (resume.run_identity), in each manifest
         self.committed: list[Path] = []
+        self.pauses: list[float] = []  # seconds training waited for each checkpoint
+        self.bytes_written = 0  # size of the last checkpoint
+        self._since = time.time()  # the last moment before the Trainer began writing
+
+    # The Trainer logs, evaluates, then writes a checkpoint after a step: the write starts after
+    # whichever of these came last.
+    def on_step_end(self, args, state, control, **kwargs):
+        self._since = time.time()
+
+    def on_log(self, args, state, control, **kwargs):
+        self._since = time.time()
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        self._since = time.time()
+
+    def summary(self) -> dict:
+        """metrics.json `checkpoints`: how many were written and how long training waited for them."""
+        return {"written": len(self.pauses), "pause_s_total": round(sum(self.pauses), 3),
+                "pause_s_max": round(max(self.pauses, default=0.0), 3),
+                "last_mib": round(self.bytes_written / 2**20, 1)}
 
     def on_save(self, args, state, control, **kwargs):
         barrier()  # every rank has written its RNG state and shards
@@ -176,11 +196,14 @@ class CommitCheckpoints(TrainerCallback):
                 data = json.loads(trainer_state.read_text())
                 data["best_model_checkpoint"] = relocate(data.get("best_model_checkpoint"), self.staging, self.final_dir)
                 trainer_state.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-            start = time.time()
             commit(staged, self.final_dir, identity=self.identity)
             rotate(self.final_dir, self.keep, protect=state.best_model_checkpoint and Path(state.best_model_checkpoint))
-            log.info("checkpoint %s committed in %.2f s", final, time.time() - start)
+            self.bytes_written = sum(p.stat().st_size for p in final.rglob("*") if p.is_file())
         barrier()
+        self.pauses.append(time.time() - self._since)
+        if args.should_save:
+            log.info("checkpoint %s written: training paused %.2f s for %.1f MiB", final, self.pauses[-1],
+                     self.bytes_written / 2**20)
         self.committed.append(final)
         return control
 

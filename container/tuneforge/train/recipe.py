@@ -366,6 +366,7 @@ class Recipe:
             saved = self.paths.checkpoint_dir / f"checkpoint-{step}"
             raise stopping.Stopped(stopping.stopped_message(f"at step {step}", saved))
         self._record_training(output, runtime, resume, callbacks.tokens_seen.total)
+        self.results["checkpoints"] = callbacks.commit.summary()
 
     def _trainer(self, prepared: Prepared):
         """The Trainer and the callbacks the recipe reads back (stop, commit, tokens seen)."""
