@@ -92,7 +92,7 @@ def _report(args) -> int:
 def _hyperparameters(args) -> int:
     from .config import markdown_table
 
-    header = ("# Hyperparameters\n\nGenerated from container/tuneforge/config.py by "
+    header = ("# Hyperparameters\n\nGenerated from container/tuneforge/config.py and diffusion/config.py by "
               "`tuneforge hyperparameters --markdown`. Values may arrive in any SageMaker encoding "
               "(\"True\", \"true\", \"\\\"True\\\"\", \"5\", \"\\\"5\\\"\"); names starting with `sagemaker_` "
               "are ignored; an unknown name fails with the closest valid one.\n\n")

@@ -1,139 +1,24 @@
 """Every training hyperparameter: type, default, range, meaning and aliases, declared once.
 
-SageMaker hands hyperparameters over as strings in several encodings ("True", "true",
-"\"True\"", "5", "\"5\""): one before-validator peels the JSON quoting and pydantic coerces the
-rest. JumpStart names are canonical; Autopilot, Flan-T5 and Trainer names are aliases
-(Autopilot's with its own, narrower ranges). A validation error becomes a HyperparameterError
-that names the field, its range or choices, and the closest valid name for a typo.
-docs/hyperparameters.md is generated from this file (`tuneforge hyperparameters --markdown`).
+JumpStart names are canonical; Autopilot, Flan-T5 and Trainer names are aliases (Autopilot's with
+its own, narrower ranges). Reading SageMaker's string encodings, alias ranges and the error messages
+live in tuneforge.hyperparameters; this file holds the declarations and the combinations no single
+field can check. docs/hyperparameters.md is generated from it (`tuneforge hyperparameters --markdown`).
 """
 
 from __future__ import annotations
 
-import difflib
-import functools
-import json
-import math
-import types
-import typing
-from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-import annotated_types
-from pydantic import (AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError,
-                      model_validator)
-from pydantic_core import PydanticCustomError
+from .hyperparameters import (FALSE_WORDS, IGNORED_KEYS, TRUE_WORDS, Bits, FieldSpec, Flag, Float, Int, ModuleList,
+                              OptionalInt, Rule, SageMakerHyperparameters, Text, TriState, hp, markdown_cell,
+                              parse_flag)
 
-from .errors import HyperparameterError
+__all__ = ["ALIASES", "FALSE_WORDS", "FIELDS", "IGNORED_KEYS", "TRUE_WORDS", "FieldSpec", "Flag", "Float", "Int",
+           "OptionalInt", "Text", "TrainConfig", "markdown_table", "parse_flag", "parse_hyperparameters"]
 
 
-# The words every true/false setting accepts, in any case: hyperparameters and environment variables.
-TRUE_WORDS = frozenset({"true", "1", "yes", "y", "on"})
-FALSE_WORDS = frozenset({"false", "0", "no", "n", "off"})
-
-
-def parse_flag(value: Any) -> bool:
-    """A bool, 0/1 or one of TRUE_WORDS/FALSE_WORDS (JSON quoting peeled) as True/False; ValueError otherwise."""
-    value = _unwrap(value)
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in TRUE_WORDS:
-        return True
-    if text in FALSE_WORDS:
-        return False
-    raise ValueError(f"{value!r} is not true or false")
-
-
-def _unwrap(value: Any) -> Any:
-    """Peel JSON string quoting: '"\\"5\\""' -> '5'. Non-JSON strings come back unchanged."""
-    for _ in range(3):
-        if not isinstance(value, str):
-            return value
-        text = value.strip()
-        if len(text) >= 2 and text[0] == text[-1] == '"':
-            try:
-                value = json.loads(text)
-                continue
-            except json.JSONDecodeError:
-                return text
-        return text
-    return value
-
-
-def _flag(value: Any) -> bool:
-    try:
-        return parse_flag(value)
-    except ValueError:
-        raise PydanticCustomError("flag", "not true or false") from None
-
-
-def _not_a_flag(value: Any) -> Any:
-    if isinstance(value, bool):  # JSON true is no number, though Python counts it as 1
-        raise PydanticCustomError("number_type", "a boolean is not a number")
-    return value
-
-
-def _none_words(value: Any) -> Any:
-    return None if value is None or str(value).strip().lower() in ("none", "null", "") else value
-
-
-def _whole_number(value: Any) -> Any:
-    """'4' or '4.0' -> 4, so that an int Literal matches a string encoding."""
-    try:
-        number = float(value)
-        return int(number) if number.is_integer() and not isinstance(value, bool) else value
-    except (TypeError, ValueError):
-        return value
-
-
-def _tri_state(value: Any) -> Any:
-    """auto stays auto; a boolean in any encoding becomes "true"/"false"."""
-    if isinstance(value, str) and value.strip().lower() == "auto":
-        return "auto"
-    try:
-        return "true" if parse_flag(value) else "false"
-    except ValueError:
-        return value  # the Literal reports it, with the choices
-
-
-def _as_text(value: Any) -> Any:
-    if isinstance(value, (list, tuple)):
-        return ",".join(str(v) for v in value)
-    return str(value) if isinstance(value, (int, float)) else value
-
-
-def _module_list(value: Any) -> Any:
-    """target_modules as a comma list; a JSON list ('["q_proj", "v_proj"]') is accepted too."""
-    if isinstance(value, str) and value.startswith("["):
-        try:
-            return ",".join(json.loads(value.replace("'", '"')))
-        except (json.JSONDecodeError, TypeError):
-            pass
-    return _as_text(value)
-
-
-Flag = Annotated[bool, BeforeValidator(_flag)]
-Int = Annotated[int, BeforeValidator(_not_a_flag)]
-Float = Annotated[float, BeforeValidator(_not_a_flag)]  # finite: the model sets allow_inf_nan=False
-OptionalInt = Annotated[int | None, BeforeValidator(_none_words), BeforeValidator(_not_a_flag)]
-Text = Annotated[str, BeforeValidator(_as_text)]
-ModuleList = Annotated[str, BeforeValidator(_module_list)]
-TriState = Annotated[Literal["auto", "true", "false"], BeforeValidator(_tri_state)]
-Bits = Annotated[Literal[4, 8, 16], BeforeValidator(_whole_number)]
-
-
-def hp(default, doc: str, *, aliases: dict[str, tuple | None] | None = None, **bounds):
-    """A field: default, meaning, bounds (ge/gt/le) and aliases, each alias with the (lo, hi)
-    range it imposes on top of the field's own, or None."""
-    return Field(default, description=doc, validation_alias=AliasChoices(*aliases) if aliases else None,
-                 json_schema_extra={"alias_ranges": aliases} if aliases else None, **bounds)
-
-
-class TrainConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, validate_by_name=True,
-                              validate_by_alias=True)
-
+class TrainConfig(SageMakerHyperparameters):
     # --- data ---
     instruction_tuned: Flag = hp(False, "Train on prompt/completion rows from *.jsonl files (+ template.json).")
     chat_dataset: Flag = hp(False, "Train on conversations (`dialog`, `messages` or `conversations`); loss on assistant turns.")
@@ -209,37 +94,24 @@ class TrainConfig(BaseModel):
                                aliases={"save_steps": None})
     save_total_limit: Int = hp(2, "Checkpoints to keep in /opt/ml/checkpoints.", ge=1)
 
-    @model_validator(mode="before")
-    @classmethod
-    def _from_sagemaker_strings(cls, raw: Any) -> Any:
-        """Peel SageMaker's string quoting and drop the keys it adds; catch what pydantic's alias
-        handling cannot: one setting given under two names, and Autopilot's narrower ranges."""
-        if not isinstance(raw, dict):
-            return raw
-        values: dict[str, Any] = {}
-        given_as: dict[str, str] = {}  # field -> the key it came under
-        for key, value in raw.items():
-            if str(key).startswith("sagemaker_") or key in IGNORED_KEYS:
-                continue
-            value = _unwrap(value)
-            name = ALIASES.get(key, (key, None))[0]
-            _check_alias_range(key, value)
-            if name in given_as:
-                _check_same_value(name, given_as[name], values[given_as[name]], key, value)
-                continue
-            given_as[name] = key
-            values[key] = value
-        return values
-
-    @model_validator(mode="after")
-    def _check_combinations(self) -> "TrainConfig":
-        for broken, message, where, fix in COMBINATION_RULES:
-            if broken(self):
-                raise _user_error(message.format_map(self.__dict__), where, fix)
-        return self
-
-    def to_dict(self) -> dict[str, Any]:
-        return self.model_dump()
+    # Combinations no field can check alone; the message may name fields.
+    COMBINATION_RULES = (
+        Rule(lambda c: c.instruction_tuned and c.chat_dataset, "instruction_tuned and chat_dataset are both true",
+             "hyperparameters instruction_tuned/chat_dataset", "set at most one of them to True"),
+        Rule(lambda c: c.bf16 and c.fp16, "bf16 and fp16 are both true", "hyperparameters bf16/fp16",
+             "set at most one of them"),
+        Rule(lambda c: c.quantization != "none" and not c.use_lora, "quantized base weights can only be trained with LoRA",
+             "hyperparameter peft_type", "set peft_type=lora or turn quantization off"),
+        Rule(lambda c: c.quantization != "none" and c.enable_fsdp,
+             "int8/4-bit quantization is not supported together with FSDP",
+             "hyperparameters enable_fsdp/int8_quantization", "set exactly one of them to True"),
+        Rule(lambda c: c.enable_fsdp and c.deepspeed != "none", "FSDP and DeepSpeed were both asked for",
+             "hyperparameters enable_fsdp/deepspeed", "choose one"),
+        Rule(lambda c: c.per_device_eval_batch_size == 0, "0 is out of range", "hyperparameter per_device_eval_batch_size",
+             "use -1 (the training batch size) or a value >= 1"),
+        Rule(lambda c: c.max_input_length != -1 and c.max_input_length < 8, "{max_input_length} is too short",
+             "hyperparameter max_input_length", "use -1 (automatic) or a value >= 8"),
+    )
 
     @property
     def effective_precision(self) -> str:
@@ -266,191 +138,23 @@ class TrainConfig(BaseModel):
         return self.per_device_train_batch_size if value == -1 else value
 
 
-# Combinations no field can check alone: (broken?, message, where, fix); the message may name fields.
-COMBINATION_RULES = [
-    (lambda c: c.instruction_tuned and c.chat_dataset, "instruction_tuned and chat_dataset are both true",
-     "hyperparameters instruction_tuned/chat_dataset", "set at most one of them to True"),
-    (lambda c: c.bf16 and c.fp16, "bf16 and fp16 are both true", "hyperparameters bf16/fp16", "set at most one of them"),
-    (lambda c: c.quantization != "none" and not c.use_lora, "quantized base weights can only be trained with LoRA",
-     "hyperparameter peft_type", "set peft_type=lora or turn quantization off"),
-    (lambda c: c.quantization != "none" and c.enable_fsdp, "int8/4-bit quantization is not supported together with FSDP",
-     "hyperparameters enable_fsdp/int8_quantization", "set exactly one of them to True"),
-    (lambda c: c.enable_fsdp and c.deepspeed != "none", "FSDP and DeepSpeed were both asked for",
-     "hyperparameters enable_fsdp/deepspeed", "choose one"),
-    (lambda c: c.per_device_eval_batch_size == 0, "0 is out of range", "hyperparameter per_device_eval_batch_size",
-     "use -1 (the training batch size) or a value >= 1"),
-    (lambda c: c.max_input_length != -1 and c.max_input_length < 8, "{max_input_length} is too short",
-     "hyperparameter max_input_length", "use -1 (automatic) or a value >= 8"),
-]
-
-# Keys SageMaker and its SDKs add that are not ours to interpret.
-IGNORED_KEYS = {"_tuning_objective_metric", "accept_eula"}
-
-
-@dataclass(frozen=True)
-class FieldSpec:
-    """One hyperparameter as the docs and error messages show it."""
-
-    name: str
-    type: str  # "bool", "int", "float", "str", "int | None"
-    default: Any
-    doc: str
-    lo: float | None = None
-    hi: float | None = None
-    lo_open: bool = False
-    choices: tuple | None = None
-
-    @property
-    def span(self) -> str:
-        """'>= 0.0 and <= 1.0', or the choices."""
-        if self.choices:
-            return ", ".join(map(str, self.choices))
-        low = "" if self.lo is None else f"{'>' if self.lo_open else '>='} {self.lo}"
-        high = "" if self.hi is None else f"<= {self.hi}"
-        return " and ".join(p for p in (low, high) if p)
-
-
-def _field_spec(name: str, info) -> FieldSpec:
-    annotation = info.annotation
-    choices = typing.get_args(annotation) if typing.get_origin(annotation) is Literal else None
-    if choices:
-        kind = type(choices[0]).__name__
-    elif typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        kind = " | ".join("None" if a is type(None) else a.__name__ for a in typing.get_args(annotation))
-    else:
-        kind = annotation.__name__
-    bounds: dict[str, Any] = {}
-    for item in info.metadata:
-        if isinstance(item, (annotated_types.Ge, annotated_types.Gt)):
-            bounds.update(lo=getattr(item, "ge", getattr(item, "gt", None)), lo_open=isinstance(item, annotated_types.Gt))
-        elif isinstance(item, annotated_types.Le):
-            bounds["hi"] = item.le
-    return FieldSpec(name, kind, info.default, info.description or "", choices=choices, **bounds)
-
-
-FIELDS: dict[str, FieldSpec] = {name: _field_spec(name, info) for name, info in TrainConfig.model_fields.items()}
-
+COMBINATION_RULES = TrainConfig.COMBINATION_RULES
+FIELDS: dict[str, FieldSpec] = TrainConfig.fields()
 # alias -> (canonical name, (lo, hi) range the alias imposes, or None)
-ALIASES: dict[str, tuple[str, tuple | None]] = {
-    alias: (name, span)
-    for name, info in TrainConfig.model_fields.items()
-    for alias, span in ((info.json_schema_extra or {}).get("alias_ranges") or {}).items()
-}
-
-
-def _user_error(message: str, where: str, fix: str) -> PydanticCustomError:
-    """A validation error that already reads as a HyperparameterError."""
-    return PydanticCustomError("tuneforge", "{message}", {"message": message, "where": where, "fix": fix})
-
-
-def _shown(value: Any) -> str:
-    """A number as written ('1.5' -> 1.5), anything else quoted."""
-    if isinstance(value, str):
-        try:
-            float(value)
-            return value
-        except ValueError:
-            pass
-    return repr(value)
-
-
-def _check_alias_range(key: str, value: Any) -> None:
-    span = ALIASES.get(key, (None, None))[1]
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return  # the field reports a value that is no number
-    if span is not None and math.isfinite(number) and not span[0] <= number <= span[1]:
-        raise _user_error(f"{_shown(value)} is out of range", f"hyperparameter {key}",
-                          f"use a value >= {span[0]} and <= {span[1]}")
-
-
-def _same(a: Any, b: Any) -> bool:
-    try:
-        return float(a) == float(b)  # "1e-4" and "0.0001" name the same number
-    except (TypeError, ValueError):
-        return str(a).strip().lower() == str(b).strip().lower()
-
-
-def _check_same_value(name: str, first_key: str, first: Any, key: str, value: Any) -> None:
-    if not _same(first, value):
-        raise _user_error(f"set twice, as {first_key}={first!r} and {key}={value!r}", f"hyperparameter {name}",
-                          "keep one of the two names")
-
-
-EXPECTED = {"bool": "true or false", "int": "an integer", "float": "a finite number", "str": "a string",
-            "int | None": "an integer or None", "float | None": "a finite number or None", "str | None": "a string"}
-RANGE_ERRORS = {"greater_than", "greater_than_equal", "less_than", "less_than_equal"}
-
-
-def _hyperparameter_error(error: dict) -> HyperparameterError:
-    """One pydantic error as the message a user reads: what, which hyperparameter, how to fix it."""
-    if error["type"] == "tuneforge":
-        return HyperparameterError(**error["ctx"])
-    key = str(error["loc"][0]) if error["loc"] else "?"
-    where, value = f"hyperparameter {key}", error.get("input")
-    if error["type"] == "extra_forbidden":
-        close = difflib.get_close_matches(key, list(FIELDS) + list(ALIASES), n=1, cutoff=0.6)
-        fix = f"did you mean {close[0]!r}?" if close else "see docs/hyperparameters.md for the valid names"
-        return HyperparameterError("unknown hyperparameter", where=where, fix=fix)
-    spec = FIELDS[ALIASES.get(key, (key, None))[0]]
-    if error["type"] == "literal_error":
-        return HyperparameterError(f"{value!r} is not allowed", where=where, fix=f"use one of {spec.span}")
-    if error["type"] in RANGE_ERRORS:
-        return HyperparameterError(f"{_shown(value)} is out of range", where=where, fix=f"use a value {spec.span}")
-    expected = EXPECTED.get(spec.type, f"a valid {spec.type}")
-    return HyperparameterError(f"{value!r} is not {expected}", where=where, fix=f"set {key} to {expected}")
+ALIASES: dict[str, tuple[str, tuple | None]] = TrainConfig.aliases()
 
 
 def parse_hyperparameters(raw: dict[str, Any]) -> TrainConfig:
     """Turn SageMaker's string map into a validated TrainConfig; the first problem (in the order
     the keys were given) as a HyperparameterError."""
-    try:
-        return TrainConfig.model_validate(raw)
-    except ValidationError as exc:
-        order = {key: index for index, key in enumerate(raw)}
-        first = min(exc.errors(), key=lambda e: order.get(e["loc"][0], -1) if e["loc"] else -1)
-        raise _hyperparameter_error(first) from None
-
-
-_KIND_TYPES = {"bool": Flag, "int": Int, "float": Float, "str": Text}
-
-
-@functools.lru_cache(maxsize=None)
-def _adapter(kind: str, modules: bool) -> TypeAdapter:
-    """The type of a field written as `kind`; "X | None" also takes none/null/empty as None."""
-    base = kind.removesuffix(" | None")
-    target = ModuleList if modules else _KIND_TYPES.get(base, Text)
-    if base != kind:
-        target = Annotated[target | None, BeforeValidator(_none_words)]
-    return TypeAdapter(target, config=ConfigDict(allow_inf_nan=False))
-
-
-def _coerce(name: str, value: Any, kind: str) -> Any:
-    """One value as a field of `kind` ("bool", "int", "float", "str", "int | None") would take it;
-    HyperparameterError naming `name` otherwise. For other schemas that read SageMaker strings."""
-    value = _unwrap(value)
-    try:
-        return _adapter(kind, name == "target_modules").validate_python(value)
-    except ValidationError:
-        expected = EXPECTED.get(kind, f"a valid {kind}")
-        raise HyperparameterError(f"{value!r} is not {expected}", where=f"hyperparameter {name}",
-                                  fix=f"set {name} to {expected}") from None
+    return TrainConfig.parse(raw)
 
 
 def markdown_table() -> str:
     """The hyperparameter reference written to docs/hyperparameters.md."""
-    lines = ["| name | type | default | range / choices | meaning |", "|---|---|---|---|---|"]
-    for name, spec in FIELDS.items():
-        cells = (f"`{name}`", spec.type, f"`{spec.default!r}`", spec.span, spec.doc)
-        lines.append("| " + " | ".join(_cell(cell) for cell in cells) + " |")
+    lines = TrainConfig.markdown_rows()
     lines += ["", "Aliases (Autopilot, Flan-T5 and Trainer names):", "",
               "| alias | means | range the alias imposes |", "|---|---|---|"]
     for alias, (name, span) in ALIASES.items():
-        lines.append(f"| `{alias}` | `{name}` | {'' if span is None else f'{span[0]}-{span[1]}'} |")
+        lines.append(f"| `{alias}` | `{name}` | {markdown_cell('' if span is None else f'{span[0]}-{span[1]}')} |")
     return "\n".join(lines) + "\n"
-
-
-def _cell(text: str) -> str:
-    """A markdown table cell: a bare `|` (as in `int | None`) would end the cell early."""
-    return str(text).replace("|", "\\|")

@@ -2,7 +2,7 @@ import logging
 
 import pytest
 
-from tuneforge.config import FIELDS, TrainConfig, _coerce, _unwrap, markdown_table, parse_hyperparameters
+from tuneforge.config import FIELDS, TrainConfig, markdown_table, parse_hyperparameters
 from tuneforge.train.arguments import TRAINING_ARGUMENTS, training_arguments
 from tuneforge.errors import HyperparameterError
 
@@ -167,20 +167,6 @@ def test_config_is_immutable_and_shortcuts_do_not_rewrite_it():
     with pytest.raises(Exception):
         cfg.epoch = 3
     assert cfg.to_dict()["bf16"] is True and set(cfg.to_dict()) == set(FIELDS)
-
-
-def test_helpers_for_other_schemas_keep_their_behaviour():
-    assert _unwrap('"\\"5\\""') == "5" and _unwrap("plain") == "plain" and _unwrap(5) == 5
-    assert _coerce("steps", '"5"', "int") == 5 and _coerce("steps", "5.0", "int") == 5
-    assert _coerce("flag", "yes", "bool") is True and _coerce("flag", '"False"', "bool") is False
-    assert _coerce("size", "None", "int | None") is None and _coerce("size", "3", "int | None") == 3
-    assert _coerce("scale", "2e-4", "float") == pytest.approx(2e-4)
-    assert _coerce("name", ["a", "b"], "str") == "a,b" and _coerce("name", 5, "str") == "5"
-    for value, kind, expected in (("nan", "float", "a finite number"), ("x", "int", "an integer"),
-                                  ("maybe", "bool", "true or false"), (True, "int", "an integer")):
-        with pytest.raises(HyperparameterError) as err:
-            _coerce("steps", value, kind)
-        assert str(err.value).startswith(f"hyperparameter steps: {value!r} is not {expected}")
 
 
 def _arguments(caplog, has_validation=True, **values):
