@@ -17,9 +17,9 @@ import time
 from pathlib import Path
 
 from flask import Flask, Response, g, request
-from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from ..errors import ModelError
+from ..serve.errors import add_error_handlers
 from ..serve.metrics import ServeMetrics
 from . import PIPELINE_INDEX
 from .payloads import JPEG_ACCEPT, ImageRequestError, Limits, check_response_size, parse, render, wants_jpeg
@@ -210,7 +210,7 @@ def create_app(settings) -> Flask:
 
     _add_info_routes(app, state, settings)
     _add_language_model_routes(app)
-    _add_error_handlers(app, settings)
+    add_error_handlers(app, error_response, settings.body_limit_message, _known_error)
     return app
 
 
@@ -244,24 +244,8 @@ def _add_language_model_routes(app: Flask) -> None:
         app.add_url_rule(path, f"language_model_{path}", wrong_kind, methods=["GET", "POST"])
 
 
-def _add_error_handlers(app: Flask, settings) -> None:
-    @app.errorhandler(ImageRequestError)
-    def _request_error(exc: ImageRequestError):
-        return error_response(exc.status, exc.message, exc.error_type)
-
-    @app.errorhandler(Interrupted)
-    def _interrupted(exc: Interrupted):
-        return error_response(503, str(exc), "timeout")
-
-    @app.errorhandler(RequestEntityTooLarge)
-    def _too_large(exc):
-        return error_response(413, settings.body_limit_message, "payload_too_large")
-
-    @app.errorhandler(HTTPException)
-    def _http_error(exc: HTTPException):
-        return error_response(exc.code or 500, exc.description or exc.name, exc.name.lower().replace(" ", "_"))
-
-    @app.errorhandler(Exception)
-    def _any_error(exc: Exception):
-        log.exception("unhandled error")
-        return error_response(500, f"internal error: {type(exc).__name__}", "internal")
+def _known_error(exc: Exception) -> tuple[int, str] | None:
+    """(status, error_type) of the errors a text-to-image request can meet; None: unexpected."""
+    if isinstance(exc, ImageRequestError):
+        return exc.status, exc.error_type
+    return (503, "timeout") if isinstance(exc, Interrupted) else None

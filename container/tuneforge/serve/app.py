@@ -14,10 +14,9 @@ import threading
 import time
 
 from flask import Flask, Response, g, request
-from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from .engine import Engine
-from .errors import PayloadError, error_type_of, status_of  # noqa: F401 - error_type_of: kept importable here
+from .errors import add_error_handlers
 from .http import error_response
 from .metrics import ServeMetrics
 from .payloads import Parser
@@ -74,7 +73,7 @@ def create_app(settings: ServeSettings | None = None, *, load: bool = False) -> 
     app.register_blueprint(api)
     app.register_blueprint(api, url_prefix="/invocations", name="invocations_api")
     _add_accounting(app, state)
-    _add_error_handlers(app, settings)
+    add_error_handlers(app, error_response, settings.body_limit_message)
     if load:
         state.start_loading()
     return app
@@ -97,28 +96,6 @@ def _add_accounting(app: Flask, state: ServerState) -> None:
         response.call_on_close(record)
         response.headers["x-total-time"] = str(int((time.monotonic() - started) * 1000))
         return response
-
-
-def _add_error_handlers(app: Flask, settings: ServeSettings) -> None:
-    @app.errorhandler(PayloadError)
-    def _payload_error(exc: PayloadError):
-        return error_response(exc.status, exc.message, exc.error_type)
-
-    @app.errorhandler(RequestEntityTooLarge)
-    def _too_large(exc):
-        return error_response(413, settings.body_limit_message, "payload_too_large")
-
-    @app.errorhandler(HTTPException)
-    def _http_error(exc: HTTPException):
-        return error_response(exc.code or 500, exc.description or exc.name, exc.name.lower().replace(" ", "_"))
-
-    @app.errorhandler(Exception)
-    def _any_error(exc: Exception):
-        known = status_of(exc)
-        if known is not None:
-            return error_response(known[0], str(exc), known[1])
-        log.exception("unhandled error")
-        return error_response(500, f"internal error: {type(exc).__name__}", "internal")
 
 
 def _configure_logging(level: str) -> None:

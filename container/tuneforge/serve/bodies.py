@@ -2,10 +2,11 @@
 
 A body is read into its format's model before anything is generated, so a field the format does
 not know (a typo such as `max_new_token`, or an option of another API) is a 422 naming the field,
-the format and the closest known name, never silently dropped. Values are checked afterwards, in
-the format's own terms, by the Parser (payloads.py, openai_requests.py) through fields.py, whose
-messages name the field, the allowed range and the value sent; `invocation` turns a read body into
-the GenerationRequests for the server's limits.
+the format and the closest known name, never silently dropped. Each field is declared with its
+type and range (fields.py's Int, Number, Flag, Stop), so a value outside them is a 422 naming the
+field, the allowed range and the value sent; `Any` fields have rules no type says, checked by the
+Parser (payloads.py, openai_requests.py). `invocation` turns a read body into the
+GenerationRequests for the server's limits.
 
 The declared fields are the ones the format's real clients send (openai SDK, huggingface_hub
 InferenceClient, lm-evaluation-harness, LangChain, JumpStart/SageMaker examples). A few change
@@ -17,67 +18,104 @@ nothing the server computes and are accepted for that reason (OpenAI's `model`, 
 from __future__ import annotations
 
 import difflib
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar, Optional
 
-from pydantic import BaseModel, ConfigDict, PrivateAttr
+from pydantic import BaseModel, BeforeValidator, ConfigDict, PrivateAttr, ValidationError
 
 from .errors import invalid
+from .fields import Flag, Int, Number, Stop, declared, refusal, unset_when_empty, within_limits
 from .invocation import Invocation
+
+MAX_SEED = (1 << 64) - 1
+MAX_TOP_LOGPROBS = 20  # as OpenAI's chat API and vLLM
+Temperature = Number(0.0, 100.0, open_low=True)  # 0 is not a temperature: leave do_sample false
+TopP = Number(0.0, 1.0, open_low=True)
+TopK = Int(0, 1 << 20)  # 0: off
+RepetitionPenalty = Number(0.0, 100.0, open_low=True)
+NgramSize = Int(0, 1 << 10)
+Seed = Int(0, MAX_SEED)
 
 
 class Body(BaseModel):
-    """A request body of one format. Field values are `Any` here: their checks, with messages
-    naming the field, run where the value is used."""
+    """A request body of one format; `Any` fields have their rules where the value is used."""
 
     model_config = ConfigDict(extra="allow", frozen=True)
     FORMAT: ClassVar[str] = ""
-    NESTED: ClassVar[dict[str, type["Body"]]] = {}  # field -> the model of its object value
     _raw: dict = PrivateAttr(default_factory=dict)
 
     @classmethod
-    def read(cls, body: dict, prefix: str = "", fmt: str | None = None):
-        """The body as this model; a 422 for the first field the format does not take."""
-        fmt = fmt or cls.FORMAT
-        model = cls.model_validate(body)
-        known = list(cls.model_fields)
-        for name in model.model_extra or {}:
-            close = difflib.get_close_matches(str(name), known, n=1, cutoff=0.6)
-            hint = f"did you mean `{prefix}{close[0]}`?" if close else f"remove it (known: {', '.join(known)})"
-            raise invalid(f"`{prefix}{name}` is not a field of {fmt} requests; {hint}")
-        for name, kind in cls.NESTED.items():
-            if isinstance(body.get(name), dict):
-                kind.read(body[name], f"{prefix}{name}.", fmt)
+    def read(cls, body: dict, prefix: str = "", fmt: str | None = None, limits: dict[str, int] | None = None):
+        """The body as this model; a 422 for the first field the format does not take, then for
+        the first value outside its declaration or over the server's `limits` ({field: most})."""
+        cls._refuse_unknown(body, prefix, fmt or cls.FORMAT)
+        limits = {k: v for k, v in (limits or {}).items() if k in cls.model_fields}
+        try:
+            model = cls.model_validate(body)
+        except ValidationError as exc:
+            raise refusal(cls, exc, limits) from None
+        within_limits(model, limits)
         model._raw = body
         return model
 
+    @classmethod
+    def _refuse_unknown(cls, body: dict, prefix: str, fmt: str) -> None:
+        known = list(cls.model_fields)
+        for name in body:
+            if name not in cls.model_fields:
+                close = difflib.get_close_matches(str(name), known, n=1, cutoff=0.6)
+                hint = f"did you mean `{prefix}{close[0]}`?" if close else f"remove it (known: {', '.join(known)})"
+                raise invalid(f"`{prefix}{name}` is not a field of {fmt} requests; {hint}")
+        for name, field in cls.model_fields.items():
+            kind, _ = declared(field.annotation)
+            if isinstance(kind, type) and issubclass(kind, Body) and isinstance(body.get(name), dict):
+                kind._refuse_unknown(body[name], f"{prefix}{name}.", fmt)
+
     @property
     def raw(self) -> dict:
-        """The body as sent (values unchecked)."""
+        """The body as sent."""
         return self._raw
+
+
+class Request(Body):
+    """A whole request of one format; PARSER names the Parser method that reads it."""
+
+    PARSER: ClassVar[str] = ""
+
+    def invocation(self, parser, **options) -> Invocation:
+        return getattr(parser, self.PARSER)(self, **options)
+
+
+def _object(model: type[BaseModel]):
+    """An optional object field; an empty value ({} [] "" false) means none was given."""
+    return Annotated[Optional[model], BeforeValidator(unset_when_empty)]
 
 
 # ---------------------------------------------------------------------- TGI / JumpStart
 class SamplingParameters(Body):
     """What every TGI-style `parameters` object takes."""
 
-    max_new_tokens: Any = None
-    temperature: Any = None
-    top_p: Any = None
-    top_k: Any = None
-    do_sample: Any = None
-    repetition_penalty: Any = None
-    no_repeat_ngram_size: Any = None
-    seed: Any = None
-    stop: Any = None
-    stop_sequences: Any = None  # LMI's name for stop
+    max_new_tokens: Int(1) = None
+    temperature: Temperature = None
+    top_p: TopP = None
+    top_k: TopK = None
+    do_sample: Flag = None
+    repetition_penalty: RepetitionPenalty = None
+    no_repeat_ngram_size: NgramSize = None
+    seed: Seed = None
+    stop: Stop = None
+    stop_sequences: Stop = None  # LMI's name for stop
+
+    @property
+    def stops(self):
+        return self.stop if self.stop is not None else self.stop_sequences
 
 
 class TGIParameters(SamplingParameters):
-    details: Any = None
-    decoder_input_details: Any = None
-    return_full_text: Any = None
-    truncate: Any = None
-    best_of: Any = None
+    details: Flag = None
+    decoder_input_details: Flag = None
+    return_full_text: Flag = None
+    truncate: Int(1) = None
+    best_of: Any = None  # refused unless 1 (or unset: 0 counts as unset)
     grammar: Any = None
     # TGI's, taken only unset (payloads.TGI_UNSUPPORTED); huggingface_hub sends them when asked
     typical_p: Any = None
@@ -87,74 +125,73 @@ class TGIParameters(SamplingParameters):
     frequency_penalty: Any = None
 
 
-class TGIRequest(Body):
+class TGIRequest(Request):
     """{"inputs": str | [str] | {prompt fields}, "parameters": {...}, "stream": bool} (TGI, JumpStart)."""
 
     FORMAT: ClassVar[str] = "TGI"
-    NESTED: ClassVar[dict[str, type[Body]]] = {"parameters": TGIParameters}
+    PARSER: ClassVar[str] = "tgi"
     inputs: Any = None
-    parameters: Any = None
-    stream: Any = None
-
-    def invocation(self, parser, *, force_stream: bool = False) -> Invocation:
-        return parser.tgi(self.raw, force_stream=force_stream)
+    parameters: _object(TGIParameters) = None
+    stream: Flag = None
 
 
-class DialogRequest(Body):
+class DialogRequest(Request):
     """{"inputs": [[{role, content}, ...], ...], "parameters": {...}} (JumpStart Llama-2 chat)."""
 
     FORMAT: ClassVar[str] = "Llama-2 dialog"
-    NESTED: ClassVar[dict[str, type[Body]]] = {"parameters": SamplingParameters}
+    PARSER: ClassVar[str] = "dialogs"
     inputs: Any = None
-    parameters: Any = None
-    stream: Any = None
-
-    def invocation(self, parser) -> Invocation:
-        return parser.dialogs(self.raw)
+    parameters: _object(SamplingParameters) = None
+    stream: Flag = None
 
 
-class FlanRequest(Body):
+class FlanRequest(Request):
     """{"text_inputs": str | [str], "max_length": .., ...} (JumpStart Flan-T5 / text2text)."""
 
     FORMAT: ClassVar[str] = "JumpStart text_inputs"
+    PARSER: ClassVar[str] = "flan"
     text_inputs: Any = None
-    max_length: Any = None
-    max_new_tokens: Any = None
-    num_return_sequences: Any = None
-    num_beams: Any = None
+    max_length: Int(1, 1 << 20) = None
+    max_new_tokens: Int(1) = None
+    num_return_sequences: Int(1) = None  # at most TUNEFORGE_MAX_RETURN_SEQUENCES (limits)
+    num_beams: Int(1) = None  # refused unless 1
     early_stopping: Any = None  # only means something with beam search, which is refused
-    do_sample: Any = None
-    temperature: Any = None
-    top_p: Any = None
-    top_k: Any = None
-    repetition_penalty: Any = None
-    no_repeat_ngram_size: Any = None
-    seed: Any = None
-    stop: Any = None
-
-    def invocation(self, parser) -> Invocation:
-        return parser.flan(self.raw)
+    do_sample: Flag = None
+    temperature: Temperature = None
+    top_p: TopP = None
+    top_k: TopK = None
+    repetition_penalty: RepetitionPenalty = None
+    no_repeat_ngram_size: NgramSize = None
+    seed: Seed = None
+    stop: Stop = None
 
 
 # ---------------------------------------------------------------------- OpenAI
-class OpenAICommon(Body):
+class StreamOptions(BaseModel):
+    """OpenAI's `stream_options`; other keys are taken and mean nothing here."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    include_usage: Flag = None
+
+
+class OpenAICommon(Request):
     """Fields both OpenAI formats share, with the vLLM-style extensions the server implements."""
 
     model: Any = None
-    max_tokens: Any = None
-    max_completion_tokens: Any = None
-    temperature: Any = None
-    top_p: Any = None
-    n: Any = None
-    stop: Any = None
-    seed: Any = None
-    stream: Any = None
-    stream_options: Any = None
+    max_tokens: Int(1) = None
+    max_completion_tokens: Int(1) = None
+    temperature: Number(0.0, 2.0, open_low=False) = None  # 0: greedy
+    top_p: TopP = None
+    n: Int(1) = None  # at most TUNEFORGE_MAX_RETURN_SEQUENCES (limits)
+    stop: Stop = None
+    seed: Seed = None
+    stream: Flag = None
+    stream_options: _object(StreamOptions) = None
     logprobs: Any = None
     presence_penalty: Any = None   # refused unless 0
     frequency_penalty: Any = None  # refused unless 0
     logit_bias: Any = None         # refused unless empty
-    best_of: Any = None            # refused unless 1
+    best_of: Int(1) = None         # refused unless 1
     # no effect on the answer
     user: Any = None
     metadata: Any = None
@@ -163,24 +200,35 @@ class OpenAICommon(Body):
     safety_identifier: Any = None
     prompt_cache_key: Any = None
     # extensions (vLLM's names)
-    top_k: Any = None
-    repetition_penalty: Any = None
-    no_repeat_ngram_size: Any = None
+    top_k: TopK = None
+    repetition_penalty: RepetitionPenalty = None
+    no_repeat_ngram_size: NgramSize = None
 
     @classmethod
-    def read(cls, body: dict, prefix: str = "", fmt: str | None = None):
-        model = super().read(body, prefix, fmt)
+    def read(cls, body: dict, prefix: str = "", fmt: str | None = None, limits: dict[str, int] | None = None):
+        model = super().read(body, prefix, fmt, limits)
         if body.get("logit_bias"):
             raise invalid("`logit_bias` is not supported by this server; leave it unset")
         return model
+
+    @property
+    def max_field(self) -> str:
+        """The name the client gave the token limit (max_completion_tokens wins)."""
+        return "max_completion_tokens" if self.max_completion_tokens is not None else "max_tokens"
+
+    @property
+    def max_new_tokens(self) -> int | None:
+        return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
 
 
 class ChatRequest(OpenAICommon):
     """OpenAI chat completions: {"messages": [...], ...}."""
 
     FORMAT: ClassVar[str] = "OpenAI chat"
+    PARSER: ClassVar[str] = "chat"
     messages: Any = None
-    top_logprobs: Any = None
+    logprobs: Flag = None
+    top_logprobs: Int(0, MAX_TOP_LOGPROBS) = None
     response_format: Any = None
     tools: Any = None
     tool_choice: Any = None
@@ -188,21 +236,15 @@ class ChatRequest(OpenAICommon):
     functions: Any = None      # refused: the API before tools
     function_call: Any = None  # refused: the API before tools
 
-    def invocation(self, parser) -> Invocation:
-        from .openai_requests import parse_chat
-
-        return parse_chat(parser, self.raw)
-
 
 class CompletionRequest(OpenAICommon):
     """OpenAI completions: {"prompt": str | [str] | [ids] | [[ids]], ...}."""
 
     FORMAT: ClassVar[str] = "OpenAI completions"
+    PARSER: ClassVar[str] = "completion"
+    max_tokens: Int(0) = None  # 0 with echo: score the prompt only
+    max_completion_tokens: Int(0) = None
+    logprobs: Int(0, MAX_TOP_LOGPROBS) = None  # how many alternatives per token
     prompt: Any = None
-    echo: Any = None
+    echo: Flag = None
     suffix: Any = None  # refused: fill-in-the-middle
-
-    def invocation(self, parser) -> Invocation:
-        from .openai_requests import parse_completion
-
-        return parse_completion(parser, self.raw)

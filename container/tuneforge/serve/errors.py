@@ -45,3 +45,32 @@ def status_of(exc: Exception) -> tuple[int, str] | None:
 def error_type_of(exc: Exception) -> str:
     known = status_of(exc)
     return known[1] if known else "generation"
+
+
+def add_error_handlers(app, respond, body_limit_message: str, known=status_of) -> None:
+    """Every error a Flask app answers, as JSON through `respond(status, message, error_type)`.
+
+    `known(exc)` gives (status, error_type) of an expected error, whose message is its text;
+    anything else is logged with its traceback and answered 500 without details.
+    """
+    import logging
+
+    from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
+    log = logging.getLogger("tuneforge.serve")
+
+    @app.errorhandler(RequestEntityTooLarge)
+    def _too_large(exc):
+        return respond(413, body_limit_message, "payload_too_large")
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException):
+        return respond(exc.code or 500, exc.description or exc.name, exc.name.lower().replace(" ", "_"))
+
+    @app.errorhandler(Exception)
+    def _any_error(exc: Exception):
+        answer = known(exc)
+        if answer is not None:
+            return respond(answer[0], str(exc), answer[1])
+        log.exception("unhandled error")
+        return respond(500, f"internal error: {type(exc).__name__}", "internal")

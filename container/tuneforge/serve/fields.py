@@ -1,17 +1,131 @@
-"""Reading one field of a request body: type, range and a message naming the field.
+"""The types request fields are declared with, and the 422 message a value outside them gets.
 
-Every check raises a 422 PayloadError whose message says which field (with its prefix, e.g.
-`parameters.temperature`), what is allowed and what was sent (cut short).
+The models in bodies.py declare each field with `Int`, `Number`, `Flag` or `Stop`; a pydantic
+ValidationError is turned into one message (`refusal`) read from the declaration itself: the field
+(with its prefix, e.g. `parameters.temperature`), what is allowed and what was sent (cut short).
+What no declaration can say (OpenAI text content parts, lone surrogates, limits known only to the
+running server) is checked here by hand.
 """
 
 from __future__ import annotations
 
-import math
 import re
+import types
+import typing
+from typing import Annotated, Optional
 
-from .errors import invalid
+import annotated_types
+from pydantic import BaseModel, BeforeValidator, Field, Strict, ValidationError
+
+from .errors import PayloadError, invalid
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
+STOP_TYPE = "must be a non-empty string or a list of non-empty strings"
+
+
+def _integral(value):
+    """JSON 5.0 is the integer 5 (JSON true stays a boolean, which an integer field refuses)."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def Int(low: int, high: int | None = None):  # noqa: N802 - a type, named like one
+    """An optional integer in [low, high] (no upper bound when high is None)."""
+    return Optional[Annotated[int, BeforeValidator(_integral), Strict(), Field(ge=low, le=high)]]
+
+
+def Number(low: float, high: float, *, open_low: bool):  # noqa: N802
+    """An optional finite number in [low, high], or (low, high] when open_low."""
+    bound = Field(gt=low, le=high, allow_inf_nan=False) if open_low else Field(ge=low, le=high, allow_inf_nan=False)
+    return Optional[Annotated[float, Strict(), bound]]
+
+
+Flag = Optional[Annotated[bool, Strict()]]
+Stop = Optional[Annotated[str, Strict(), Field(min_length=1)]
+                | list[Annotated[str, Strict(), Field(min_length=1)]]]
+
+
+def unset_when_empty(value):
+    """`"parameters": {}` / `[]` / `null` all mean "none given", as before these were declared."""
+    return value or None
+
+
+# ---------------------------------------------------------------------- declared -> message
+def declared(annotation) -> tuple[type | None, list]:
+    """(base type, constraint metadata) of a field's annotation, Optional and Annotated unwrapped."""
+    metadata = []
+    while True:
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if typing.get_origin(annotation) in (typing.Union, types.UnionType) and len(args) == 1:
+            annotation = args[0]
+        elif typing.get_origin(annotation) is Annotated:
+            annotation, *extras = typing.get_args(annotation)
+            metadata += [m for e in extras for m in (getattr(e, "metadata", None) or [e])]
+        else:
+            return (annotation if isinstance(annotation, type) else None), metadata
+
+
+def refusal(model: type[BaseModel], exc: ValidationError, limits: dict[str, int]) -> PayloadError:
+    """The 422 for the first error pydantic found, worded from the field's declaration (and the
+    server's `limits` on top-level integers, named in the message as their upper bound)."""
+    error = exc.errors()[0]
+    path, annotation = _field_of(model, error["loc"])
+    base, metadata = declared(annotation)
+    value = error["input"]
+    if error["type"] in ("model_type", "dict_type") or (isinstance(base, type) and issubclass(base, BaseModel)):
+        return invalid(f"`{path}` must be an object")
+    if base is bool:
+        return invalid(f"`{path}` must be true or false, got {show(value)}")
+    if base is int:
+        high = limits.get(path, _bound(metadata, "le"))
+        return not_an_integer_in(path, _bound(metadata, "ge"), high, _integral(value))
+    if base is float:
+        span = f"{'(' if _bound(metadata, 'gt') is not None else '['}" \
+               f"{_low(metadata):g}, {_bound(metadata, 'le'):g}]"
+        if error["type"] == "finite_number":  # json reads NaN, Infinity, -Infinity
+            return invalid(f"`{path}` must be a finite number in {span}, got {value!r}")
+        return invalid(f"`{path}` must be a number in {span}, got {show(value)}")
+    if annotation == Stop:
+        return invalid(f"`{path}` {STOP_TYPE}")
+    return invalid(f"`{path}`: {error['msg']}")
+
+
+def _field_of(model: type[BaseModel], loc: tuple) -> tuple[str, object]:
+    """The dotted path of the declared field an error location falls in, and its annotation."""
+    names, annotation = [], None
+    for part in loc:
+        fields = model.model_fields if model is not None else {}
+        if part not in fields:
+            break
+        names.append(str(part))
+        annotation = fields[part].annotation
+        base, _ = declared(annotation)
+        model = base if isinstance(base, type) and issubclass(base, BaseModel) else None
+    return ".".join(names) or ".".join(map(str, loc)), annotation
+
+
+def _bound(metadata: list, name: str):
+    kinds = {"ge": annotated_types.Ge, "gt": annotated_types.Gt, "le": annotated_types.Le}
+    return next((getattr(m, name) for m in metadata if isinstance(m, kinds[name])), None)
+
+
+def _low(metadata: list):
+    low = _bound(metadata, "gt")
+    return low if low is not None else _bound(metadata, "ge")
+
+
+# ---------------------------------------------------------------------- by hand
+def not_an_integer_in(where: str, low: int, high: int | None, value) -> PayloadError:
+    span = f"between {low} and {high}" if high is not None else f"at least {low}"
+    return invalid(f"`{where}` must be an integer {span}, got {show(value)}")
+
+
+def within_limits(model: BaseModel, limits: dict[str, int]) -> None:
+    """Upper bounds of declared integers that only the running server knows (its settings)."""
+    for name, high in limits.items():
+        value = getattr(model, name, None)
+        if value is not None and value > high:
+            _, metadata = declared(type(model).model_fields[name].annotation)
+            raise not_an_integer_in(name, _bound(metadata, "ge"), high, value)
 
 
 def text_content(value, where: str) -> str:
@@ -29,6 +143,7 @@ def text_content(value, where: str) -> str:
 
 
 def read_bool(params: dict, name: str, default: bool, prefix: str) -> bool:
+    """A true/false field of a body no model declares (the tokenize route's)."""
     value = params.get(name)
     if value is None:
         return default
@@ -37,43 +152,11 @@ def read_bool(params: dict, name: str, default: bool, prefix: str) -> bool:
     return value
 
 
-def read_int(params: dict, name: str, low: int, high: int | None, default, prefix: str):
-    value = params.get(name)
-    if value is None:
-        return default
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    span = f"between {low} and {high}" if high is not None else f"at least {low}"
-    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
-        raise invalid(f"`{prefix}{name}` must be an integer {span}, got {show(value)}")
-    return value
-
-
-def read_float(params: dict, name: str, low: float, high: float, default: float, prefix: str, *,
-           open_low: bool) -> float:
-    value = params.get(name)
-    if value is None:
-        return default
-    bracket = "(" if open_low else "["
-    span = f"{bracket}{low:g}, {high:g}]"
-    if isinstance(value, float) and not math.isfinite(value):  # json reads NaN, Infinity, -Infinity
-        raise invalid(f"`{prefix}{name}` must be a finite number in {span}, got {value!r}")
-    bad = isinstance(value, bool) or not isinstance(value, (int, float))
-    if not bad:
-        bad = value < low or (open_low and value == low) or value > high
-    if bad:
-        raise invalid(f"`{prefix}{name}` must be a number in {span}, got {show(value)}")
-    return float(value)
-
-
-def read_stop(params: dict, prefix: str, most: int, longest: int) -> tuple[str, ...]:
-    """A string or a list of non-empty strings; an empty list means no stop sequence."""
-    value = params.get("stop")
+def stop_sequences(value, prefix: str, most: int, longest: int) -> tuple[str, ...]:
+    """A declared `Stop` value within the server's limits; an empty list means no stop sequence."""
     if value is None:
         return ()
     items = [value] if isinstance(value, str) else value
-    if not isinstance(items, list) or not all(isinstance(s, str) and s for s in items):
-        raise invalid(f"`{prefix}stop` must be a non-empty string or a list of non-empty strings")
     if len(items) > most:
         raise invalid(f"`{prefix}stop` holds {len(items)} sequences; at most {most} are allowed "
                       "(TUNEFORGE_MAX_STOP_SEQUENCES)")

@@ -9,56 +9,55 @@ lm-evaluation-harness reads for loglikelihood tasks, with `max_tokens` 0 or 1); 
 
 from __future__ import annotations
 
+from .bodies import ChatRequest, CompletionRequest, OpenAICommon
 from .errors import invalid
-from .fields import read_bool, read_int
 from .invocation import Invocation
 from .structured import response_schema, tool_plan, tool_schema
 
-MAX_TOP_LOGPROBS = 20  # as OpenAI's chat API and vLLM
 
-
-def parse_chat(parser, body: dict) -> Invocation:
-    if "messages" not in body:
+def parse_chat(parser, body: ChatRequest) -> Invocation:
+    if "messages" not in body.raw:
         raise invalid("`messages` is required: a list of {role, content} objects")
     _unsupported(body)
-    tools = tool_plan(body)
-    schema = tool_schema(tools) or response_schema(body)
+    tools = tool_plan(body.raw)
+    schema = tool_schema(tools) or response_schema(body.raw)
     where = "tool_choice" if tool_schema(tools) else "response_format"
     guide = parser.guide(where, schema=schema) if schema else None
-    text = parser._render_chat(body["messages"], "messages", tools)
-    options = _options(body, parser.loaded, chat=True)
+    text = parser._render_chat(body.messages, "messages", tools)
+    if body.top_logprobs and not body.logprobs:
+        raise invalid("`top_logprobs` needs `logprobs: true`")
+    options = _options(body, parser.loaded, logprobs=bool(body.logprobs), top=body.top_logprobs or 0)
     options["tools"] = tools
-    req = parser._request(parser._encode(text, "messages"), "messages", _params(body), parser._openai_sampling(body),
-                          n=read_int(body, "n", 1, parser.settings.max_return_sequences, 1, ""),
-                          stream=read_bool(body, "stream", False, ""), max_field=_max_field(body),
-                          guide=guide, top_logprobs=options["top_logprobs"])
+    req = parser._request(parser._encode(text, "messages"), "messages", parser._openai_sampling(body),
+                          **_limits(parser, body), stream=bool(body.stream), guide=guide,
+                          top_logprobs=options["top_logprobs"])
     return Invocation("chat", [req], [text], req.stream, False, options)
 
 
-def parse_completion(parser, body: dict) -> Invocation:
-    if "prompt" not in body:
+def parse_completion(parser, body: CompletionRequest) -> Invocation:
+    if "prompt" not in body.raw:
         raise invalid("`prompt` is required: a string, a list of strings, a list of token ids or a list "
                       "of token-id lists")
     _unsupported(body)
-    if body.get("suffix"):
+    if body.suffix:
         raise invalid("`suffix` is not supported: fill-in-the-middle needs a model trained for it; leave "
                       "`suffix` unset and send the text before the gap as `prompt`")
-    prompts, list_input = _prompts(parser, body["prompt"])
+    prompts, list_input = _prompts(parser, body.prompt)
     parser._check_count(prompts, "prompt")
-    options = _options(body, parser.loaded, chat=False)
-    echo = options["echo"] = read_bool(body, "echo", False, "")
-    stream = read_bool(body, "stream", False, "")
+    options = _options(body, parser.loaded, logprobs=body.logprobs, top=body.logprobs or 0)
+    echo = options["echo"] = bool(body.echo)
+    stream = bool(body.stream)
     if stream and len(prompts) > 1:
         raise invalid("`stream: true` takes a single prompt, not a list")
-    scored = options["logprobs"] is not None and echo
+    scored = body.logprobs is not None and echo
     if scored and parser.loaded.seq2seq:
         raise invalid("`echo` with `logprobs` scores the prompt, which needs a causal (decoder-only) model")
     if scored and stream:
         raise invalid("`echo` with `logprobs` is not available when streaming; send `stream: false`")
-    sampling, n = parser._openai_sampling(body), read_int(body, "n", 1, parser.settings.max_return_sequences, 1, "")
-    requests = [parser._request(ids, where, _params(body), sampling, n=n, stream=stream, max_field=_max_field(body),
-                                min_new=0 if echo else 1, top_logprobs=options["top_logprobs"],
-                                prompt_logprobs=options["logprobs"] if scored else None)
+    sampling, limits = parser._openai_sampling(body), _limits(parser, body)
+    requests = [parser._request(ids, where, sampling, **limits, stream=stream, min_new=0 if echo else 1,
+                                top_logprobs=options["top_logprobs"],
+                                prompt_logprobs=body.logprobs if scored else None)
                 for ids, _, where in prompts]
     return Invocation("completion", requests, [text for _, text, _ in prompts], stream, list_input, options)
 
@@ -96,35 +95,21 @@ def _token_prompt(parser, ids: list[int], where: str) -> tuple[list[int], str, s
     return list(ids), parser.tokenizer.decode(ids, skip_special_tokens=True), where
 
 
-def _unsupported(body: dict) -> None:
+def _unsupported(body: OpenAICommon) -> None:
     for name in ("presence_penalty", "frequency_penalty"):
-        if body.get(name):
+        if getattr(body, name):
             raise invalid(f"`{name}` is not supported by this server; use repetition_penalty")
-    if (read_int(body, "best_of", 1, None, 1, "")) != 1:
+    if (body.best_of or 1) != 1:
         raise invalid("`best_of` must be 1 (best-of sampling is not supported)")
 
 
-def _params(body: dict) -> dict:
-    return dict(body, max_new_tokens=body.get("max_completion_tokens", body.get("max_tokens")))
+def _limits(parser, body: OpenAICommon) -> dict:
+    """The _request arguments every OpenAI prompt shares: token limit, stop sequences, choices."""
+    return {"asked": body.max_new_tokens, "max_field": body.max_field, "stop": body.stop, "n": body.n or 1}
 
 
-def _max_field(body: dict) -> str:
-    return "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
-
-
-def _options(body: dict, loaded, *, chat: bool) -> dict:
+def _options(body: OpenAICommon, loaded, *, logprobs, top: int) -> dict:
     """Answer options. Chat: `logprobs` true/false and `top_logprobs` 0-20 alternatives;
     completions: `logprobs` 0-20 alternatives (None: no log-probabilities)."""
-    stream_options = body.get("stream_options") or {}
-    if not isinstance(stream_options, dict):
-        raise invalid("`stream_options` must be an object")
-    if chat:
-        logprobs = read_bool(body, "logprobs", False, "")
-        top = read_int(body, "top_logprobs", 0, MAX_TOP_LOGPROBS, 0, "")
-        if top and not logprobs:
-            raise invalid("`top_logprobs` needs `logprobs: true`")
-    else:
-        logprobs = read_int(body, "logprobs", 0, MAX_TOP_LOGPROBS, None, "")
-        top = logprobs or 0
-    return {"model": loaded.info.name, "logprobs": logprobs, "top_logprobs": top,
-            "include_usage": read_bool(stream_options, "include_usage", False, "stream_options.")}
+    usage = body.stream_options is not None and bool(body.stream_options.include_usage)
+    return {"model": loaded.info.name, "logprobs": logprobs, "top_logprobs": top, "include_usage": usage}

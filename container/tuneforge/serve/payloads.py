@@ -20,14 +20,14 @@ import json
 import time
 
 from ..prompt import chat_template_for, encode_prompt, template_fields
-from .bodies import ChatRequest, CompletionRequest, DialogRequest, FlanRequest, TGIRequest
+from .bodies import (ChatRequest, CompletionRequest, DialogRequest, FlanRequest, SamplingParameters, TGIParameters,
+                     TGIRequest)
 from .engine import GenerationRequest, Sampling
 from .errors import PayloadError, invalid  # noqa: F401 - PayloadError is part of this module's interface
-from .fields import lone_surrogate, read_bool, read_float, read_int, read_stop, show, text_content  # noqa: F401
+from .fields import not_an_integer_in, show, stop_sequences, text_content
 from .invocation import Invocation
 from .openai_requests import parse_chat, parse_completion
 
-MAX_SEED = (1 << 64) - 1
 CHAT_ROLES = ("system", "developer", "user", "assistant", "tool")
 # TGI parameters that clients send and this server does not implement: accepted when unset.
 TGI_UNSUPPORTED = ("typical_p", "watermark", "top_n_tokens", "adapter_id", "frequency_penalty")
@@ -40,6 +40,8 @@ class Parser:
         self.loaded, self.settings = loaded, settings
         self.tokenizer = loaded.tokenizer
         self.prompt_format = loaded.info.prompt
+        most = settings.max_return_sequences
+        self.limits = {"n": most, "num_return_sequences": most}  # what bodies.py cannot declare
 
     # ------------------------------------------------------------------ dispatch
     def parse(self, body, route: str = "invocations") -> Invocation:
@@ -48,11 +50,11 @@ class Parser:
         if not isinstance(body, dict):
             raise invalid("the request body must be a JSON object (or a JSON string holding a prompt)")
         if route == "chat" or (route == "invocations" and "messages" in body):
-            return ChatRequest.read(body).invocation(self)
+            return ChatRequest.read(body, limits=self.limits).invocation(self)
         if route == "completion" or (route == "invocations" and "prompt" in body and "inputs" not in body):
-            return CompletionRequest.read(body).invocation(self)
+            return CompletionRequest.read(body, limits=self.limits).invocation(self)
         if route == "invocations" and "text_inputs" in body:
-            return FlanRequest.read(body).invocation(self)
+            return FlanRequest.read(body, limits=self.limits).invocation(self)
         if "inputs" in body:
             if _is_dialog_list(body["inputs"]):
                 return DialogRequest.read(body).invocation(self)
@@ -63,77 +65,77 @@ class Parser:
     # ------------------------------------------------------------------ formats
     def text(self, prompt: str) -> Invocation:
         prompt = self.prompt_format.render_text(prompt)
-        req = self._request(self._encode(prompt, "body"), "body", {}, self._tgi_sampling({}, ""))
+        req = self._request(self._encode(prompt, "body"), "body", self._tgi_sampling(SamplingParameters()))
         return Invocation("text", [req], [prompt])
 
-    def tgi(self, body: dict, force_stream: bool = False) -> Invocation:
-        params = _params(body)
-        stream = force_stream or read_bool(body, "stream", False, "")
-        inputs, list_input = body["inputs"], isinstance(body["inputs"], list)
+    def tgi(self, body: TGIRequest, force_stream: bool = False) -> Invocation:
+        params = body.parameters or TGIParameters()
+        stream = force_stream or bool(body.stream)
+        inputs, list_input = body.inputs, isinstance(body.inputs, list)
         items = inputs if list_input else [inputs]
         self._check_count(items, "inputs")
         if stream and list_input:
             raise invalid("`stream: true` takes a single input, not a list")
         for name in TGI_UNSUPPORTED:
-            if params.get(name):
+            if getattr(params, name):
                 raise invalid(f"`parameters.{name}` is not supported by this server; leave it unset")
-        if (params.get("best_of") or 1) != 1:
+        if (params.best_of or 1) != 1:
             raise invalid("`parameters.best_of` must be 1 (best-of sampling is not supported)")
-        sampling = self._tgi_sampling(params, "parameters.")
-        guide = self._grammar(params.get("grammar"))
+        sampling = self._tgi_sampling(params)
+        guide = self._grammar(params.grammar)
         requests, texts = [], []
         for i, item in enumerate(items):
             where = f"inputs[{i}]" if list_input else "inputs"
             text = self._render_input(item, where)
-            ids = _truncate(self._encode(text, where), params, "parameters.")
-            requests.append(self._request(ids, where, params, sampling, prefix="parameters.", stream=stream,
-                                          guide=guide))
+            ids = self._encode(text, where)
+            if params.truncate is not None:
+                ids = ids[-params.truncate:]
+            requests.append(self._request(ids, where, sampling, asked=params.max_new_tokens, stop=params.stops,
+                                          prefix="parameters.", stream=stream, guide=guide))
             texts.append(text)
-        options = {"details": read_bool(params, "details", False, "parameters."),
-                   "decoder_input_details": read_bool(params, "decoder_input_details", False, "parameters."),
-                   "return_full_text": read_bool(params, "return_full_text", False, "parameters.")}
+        options = {"details": bool(params.details), "decoder_input_details": bool(params.decoder_input_details),
+                   "return_full_text": bool(params.return_full_text)}
         return Invocation("tgi", requests, texts, stream, list_input, options)
 
-    def dialogs(self, body: dict) -> Invocation:
-        params = _params(body)
-        inputs = body["inputs"]
+    def dialogs(self, body: DialogRequest) -> Invocation:
+        params = body.parameters or SamplingParameters()
+        inputs = body.inputs
         dialogs = inputs if inputs and isinstance(inputs[0], list) else [inputs]
         self._check_count(dialogs, "inputs")
-        if read_bool(body, "stream", False, ""):
+        if body.stream:
             raise invalid("streaming is not available for Llama-2 dialog lists; use `messages` (OpenAI chat)")
-        sampling = self._tgi_sampling(params, "parameters.")
+        sampling = self._tgi_sampling(params)
         requests, texts = [], []
         for i, dialog in enumerate(dialogs):
             where = f"inputs[{i}]"
             text = self._render_chat(dialog, where)
-            requests.append(self._request(self._encode(text, where), where, params, sampling, prefix="parameters."))
+            requests.append(self._request(self._encode(text, where), where, sampling, asked=params.max_new_tokens,
+                                          stop=params.stops, prefix="parameters."))
             texts.append(text)
         return Invocation("dialog", requests, texts, False, True)
 
-    def flan(self, body: dict) -> Invocation:
-        inputs = body["text_inputs"]
+    def flan(self, body: FlanRequest) -> Invocation:
+        inputs = body.text_inputs
         list_input = isinstance(inputs, list)
         items = inputs if list_input else [inputs]
         self._check_count(items, "text_inputs")
-        if read_int(body, "num_beams", 1, None, 1, "") != 1:
+        if (body.num_beams or 1) != 1:
             raise invalid("`num_beams` must be 1 (beam search is not supported; use do_sample or greedy)")
-        n = read_int(body, "num_return_sequences", 1, self.settings.max_return_sequences, 1, "")
-        do_sample = read_bool(body, "do_sample", False, "")
-        sampling = self._sampling(body, "", do_sample=do_sample, temperature_min=0.0)
+        sampling = self._sampling(body, do_sample=bool(body.do_sample))
         requests, texts = [], []
         for i, item in enumerate(items):
             where = f"text_inputs[{i}]" if list_input else "text_inputs"
             text = self._render_input(item, where)
             ids = self._encode(text, where)
-            params = dict(body)
-            if params.get("max_new_tokens") is None and params.get("max_length") is not None:
+            asked = body.max_new_tokens
+            if asked is None and body.max_length is not None:
                 # HF semantics: max_length counts the prompt (causal) or the decoder start token.
-                length = read_int(body, "max_length", 1, 1 << 20, None, "")
-                params["max_new_tokens"] = length - (1 if self.loaded.seq2seq else len(ids))
-                if params["max_new_tokens"] < 1:
-                    raise invalid(f"`max_length` ({length}) leaves no room to generate after the "
+                asked = body.max_length - (1 if self.loaded.seq2seq else len(ids))
+                if asked < 1:
+                    raise invalid(f"`max_length` ({body.max_length}) leaves no room to generate after the "
                                   f"{len(ids)}-token prompt; raise it or use max_new_tokens")
-            requests.append(self._request(ids, where, params, sampling, n=n))
+            requests.append(self._request(ids, where, sampling, asked=asked, stop=body.stop,
+                                          n=body.num_return_sequences or 1))
             texts.append(text)
         return Invocation("flan", requests, texts, False, list_input)
 
@@ -258,11 +260,12 @@ class Parser:
                           "per request (TUNEFORGE_MAX_CLIENT_BATCH)")
 
     # ------------------------------------------------------------------ limits
-    def _request(self, ids: list[int], where: str, params: dict, sampling: Sampling, *, prefix: str = "",
-                 n: int = 1, stream: bool = False, max_field: str = "max_new_tokens", min_new: int = 1,
-                 guide=None, **scoring) -> GenerationRequest:
-        """One GenerationRequest within the server's limits. `min_new` 0 lets an echoed prompt be
-        scored without generating; `guide` (a guided.Plan) must fit in max_new_tokens."""
+    def _request(self, ids: list[int], where: str, sampling: Sampling, *, asked: int | None = None, stop=None,
+                 prefix: str = "", n: int = 1, stream: bool = False, max_field: str = "max_new_tokens",
+                 min_new: int = 1, guide=None, **scoring) -> GenerationRequest:
+        """One GenerationRequest within the server's limits: `asked` new tokens (a declared integer;
+        None: the model's default). `min_new` 0 lets an echoed prompt be scored without generating;
+        `guide` (a guided.Plan) must fit in max_new_tokens."""
         loaded, settings = self.loaded, self.settings
         if not ids:
             raise invalid(f"`{where}` is empty")
@@ -272,7 +275,8 @@ class Parser:
         room = settings.max_new_tokens
         if loaded.max_total_tokens is not None:
             room = min(room, loaded.max_total_tokens - len(ids))
-        asked = read_int({max_field: params.get("max_new_tokens")}, max_field, min_new, None, None, prefix)
+        if asked is not None and asked < min_new:
+            raise not_an_integer_in(f"{prefix}{max_field}", min_new, None, asked)
         if asked is not None and asked > room:
             raise invalid(f"`{prefix}{max_field}` must be between {min_new} and {room} for this {len(ids)}-token "
                           f"prompt (the model holds {loaded.max_total_tokens or 'unbounded'} tokens, the server "
@@ -281,36 +285,32 @@ class Parser:
         if guide is not None and guide.fewest_tokens() > max_new:
             raise invalid(f"`{prefix}{max_field}` is {max_new}, but the shortest answer the requested format "
                           f"allows takes {guide.fewest_tokens()} tokens; raise it")
-        stop = read_stop(params, prefix, settings.max_stop_sequences, settings.max_stop_sequence_chars)
+        stop = stop_sequences(stop, prefix, settings.max_stop_sequences, settings.max_stop_sequence_chars)
         deadline = None if stream else time.monotonic() + settings.request_deadline
         return GenerationRequest(ids, max_new, sampling, stop, n, stream, deadline, guide=guide, **scoring)
 
-    def _tgi_sampling(self, params: dict, prefix: str) -> Sampling:
+    def _tgi_sampling(self, params) -> Sampling:
         """TGI's rule: sampling is on when asked for or when any warper is set."""
-        warped = any(params.get(k) is not None for k in ("top_k", "top_p")) or \
-            params.get("temperature") not in (None, 1, 1.0)
-        return self._sampling(params, prefix, do_sample=read_bool(params, "do_sample", False, prefix) or warped,
-                              temperature_min=0.0)
+        warped = params.top_k is not None or params.top_p is not None or params.temperature not in (None, 1.0)
+        return self._sampling(params, do_sample=bool(params.do_sample) or warped)
 
-    def _openai_sampling(self, body: dict) -> Sampling:
+    def _openai_sampling(self, body) -> Sampling:
         """OpenAI's rule: temperature 0 is greedy, anything else (default 1) samples."""
-        temperature = read_float(body, "temperature", 0.0, 2.0, 1.0, "", open_low=False)
-        return self._sampling(body, "", do_sample=temperature > 0, temperature_min=-1.0)
+        return self._sampling(body, do_sample=body.temperature != 0)
 
-    def _sampling(self, params: dict, prefix: str, *, do_sample: bool, temperature_min: float) -> Sampling:
-        temperature = read_float(params, "temperature", max(temperature_min, 0.0), 100.0, 1.0, prefix,
-                             open_low=temperature_min >= 0)
+    @staticmethod
+    def _sampling(params, *, do_sample: bool) -> Sampling:
+        """From a body's declared (already checked) sampling fields; unset ones take their defaults."""
+        temperature = params.temperature if params.temperature is not None else 1.0
         return Sampling(
             do_sample=do_sample and temperature > 0,
             temperature=temperature if temperature > 0 else 1.0,
-            top_p=read_float(params, "top_p", 0.0, 1.0, 1.0, prefix, open_low=True),
-            top_k=read_int(params, "top_k", 0, 1 << 20, 0, prefix),
-            repetition_penalty=read_float(params, "repetition_penalty", 0.0, 100.0, 1.0, prefix, open_low=True),
-            no_repeat_ngram_size=read_int(params, "no_repeat_ngram_size", 0, 1 << 10, 0, prefix),
-            seed=read_int(params, "seed", 0, MAX_SEED, None, prefix),
+            top_p=params.top_p if params.top_p is not None else 1.0,
+            top_k=params.top_k or 0,
+            repetition_penalty=params.repetition_penalty if params.repetition_penalty is not None else 1.0,
+            no_repeat_ngram_size=params.no_repeat_ngram_size or 0,
+            seed=params.seed,
         )
-
-
 
 
 # ---------------------------------------------------------------------- field helpers
@@ -322,20 +322,3 @@ def _is_dialog_list(inputs) -> bool:
     if isinstance(first, list):
         return True
     return isinstance(first, dict) and "role" in first and "content" in first
-
-
-def _params(body: dict) -> dict:
-    params = body.get("parameters") or {}
-    if not isinstance(params, dict):
-        raise invalid("`parameters` must be an object")
-    if "stop_sequences" in params and params.get("stop") is None:  # LMI's name for it
-        params = dict(params, stop=params["stop_sequences"])
-    return params
-
-
-
-
-
-def _truncate(ids: list[int], params: dict, prefix: str) -> list[int]:
-    keep = read_int(params, "truncate", 1, None, None, prefix)
-    return ids[-keep:] if keep is not None and len(ids) > keep else ids
