@@ -1,8 +1,10 @@
-"""Data: detect the format of a channel, read rows, and turn them into token ids with label masks."""
+"""Data: detect the format of a channel, read rows, and turn them into token ids with label masks
+(kept in memory by tokenize_examples, or in a memory-mapped Arrow folder by arrow.py)."""
 
+from . import arrow
 from .formats import Example, LoadedData, read_channel
 from .split import select_and_split
 from .tokenize import Collator, TokenizedData, tokenize_examples
 
 __all__ = ["Example", "LoadedData", "read_channel", "select_and_split", "Collator", "TokenizedData",
-           "tokenize_examples"]
+           "tokenize_examples", "arrow"]

@@ -13,6 +13,8 @@ import logging
 from bisect import bisect_left, bisect_right
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from itertools import islice
+from typing import Callable
 
 import torch
 
@@ -21,13 +23,15 @@ from ..prompt import chat_segments, encode_chat, encode_prompt, token_ids
 
 IGNORE = -100
 DOMAIN_PIECE_CHARS = 1 << 16  # domain documents are tokenized this many characters at a time
+CHUNK_ROWS = 2048  # rows tokenized (and handed on) at a time: bounds what a sink's caller holds
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class TokenizedData:
-    features: list[dict]
+    features: list[dict]  # or a memory-mapped datasets.Dataset with the same rows (data/arrow.py)
     rows: int
+    sequences: int = 0
     truncated: int = 0
     tokens: int = 0
     trainable_tokens: int = 0
@@ -36,13 +40,17 @@ class TokenizedData:
     completion_lost: list[str] = field(default_factory=list)  # rows left with only EOS to learn
     long_rows: list[str] = field(default_factory=list)  # rows cut to a character budget before tokenizing
     tail_tokens_dropped: int = 0  # domain text: the short last block that was left out
+    fingerprint: str | None = None  # train/resume.py's data_fingerprint of the input ids, where it was computed
+
+    def __post_init__(self):
+        self.sequences = self.sequences or len(self.features)
 
     @property
     def trainable_share(self) -> float:
         return self.trainable_tokens / self.tokens if self.tokens else 0.0
 
     def report(self) -> dict:
-        return {"rows": self.rows, "sequences": len(self.features), "rows_truncated": self.truncated,
+        return {"rows": self.rows, "sequences": self.sequences, "rows_truncated": self.truncated,
                 "tokens": self.tokens, "trainable_tokens": self.trainable_tokens,
                 "trainable_share": round(self.trainable_share, 4),
                 "truncated_examples": self.truncated_sources[:20],
@@ -51,6 +59,21 @@ class TokenizedData:
                 "completion_lost_examples": self.completion_lost[:20],
                 "long_rows_cut_before_tokenizing": self.long_rows[:20],
                 "tail_tokens_dropped": self.tail_tokens_dropped}
+
+    def count(self, features: list[dict], seq2seq: bool) -> None:
+        """Adds `features` to the sequence and token counts."""
+        self.sequences += len(features)
+        for feature in features:
+            self.tokens += len(feature["labels"]) if seq2seq else len(feature["input_ids"])
+            self.trainable_tokens += sum(label != IGNORE for label in feature["labels"])
+
+    def add_rows(self, rows: list[_Row]) -> None:
+        """Adds the truncation facts of tokenized rows."""
+        self.truncated += sum(r.truncated for r in rows)
+        self.truncated_sources += [r.source for r in rows if r.truncated]
+        self.prompt_lost += [r.source for r in rows if r.prompt_lost]
+        self.completion_lost += [r.source for r in rows if r.completion_lost]
+        self.long_rows += [r.source for r in rows if r.cut]
 
 
 @dataclass(frozen=True)
@@ -172,11 +195,35 @@ def _check_learnable(labels, tokenizer, example, lim: _Limits) -> None:
                         where=example.source, fix="give the row a non-empty response")
 
 
-def _tokenize_chunk(args) -> list[_Row]:
-    examples, tokenizer, prompt_format, lim = args
+def _tokenize_chunk(examples, tokenizer, prompt_format, lim: _Limits) -> list[_Row]:
     if lim.seq2seq:
         return [_seq2seq(example, tokenizer, lim) for example in examples]
     return [_causal(example, tokenizer, prompt_format, lim) for example in examples]
+
+
+_worker_state: tuple = ()  # (tokenizer, prompt_format, limits) in a pool worker, sent once per worker
+
+
+def _init_worker(*state) -> None:
+    global _worker_state
+    _worker_state = state
+
+
+def _tokenize_in_worker(examples) -> list[_Row]:
+    return _tokenize_chunk(examples, *_worker_state)
+
+
+def _row_chunks(examples, tokenizer, prompt_format, lim: _Limits, workers: int | None):
+    """Tokenized rows, chunk by chunk in the order of `examples` (whatever the worker count)."""
+    parallel = bool(workers and workers > 1 and len(examples) > 1)
+    size = min(CHUNK_ROWS, -(-len(examples) // workers)) if parallel else CHUNK_ROWS
+    chunks = (examples[i:i + size] for i in range(0, len(examples), size))
+    if not parallel:
+        for chunk in chunks:
+            yield _tokenize_chunk(chunk, tokenizer, prompt_format, lim)
+        return
+    with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(tokenizer, prompt_format, lim)) as pool:
+        yield from pool.map(_tokenize_in_worker, chunks)  # map keeps the order of the chunks
 
 
 def _pieces(text: str, size: int):
@@ -198,33 +245,54 @@ def _segment_lengths(doc_starts: list[int], start: int, end: int) -> list[int]:
     return [b - a for a, b in zip(cuts, cuts[1:])]
 
 
-def _domain_blocks(examples, tokenizer, block: int) -> tuple[list[dict], int]:
-    """Documents concatenated (each ends with EOS) and cut into blocks of `block` tokens. Each
-    block records the lengths of the document pieces it holds (`segment_lengths`): packing
-    (train/packing.py) makes them rows of their own, so no document attends to another."""
-    stream: list[int] = []
-    doc_starts: list[int] = []
+def _domain_blocks(examples, tokenizer, block: int, data: TokenizedData):
+    """Documents concatenated (each ends with EOS) and cut into blocks of `block` tokens, yielded as
+    the stream grows (only the unfinished block is held). Each block records the lengths of the
+    document pieces it holds (`segment_lengths`): packing (train/packing.py) makes them rows of
+    their own, so no document attends to another. A short tail is counted in data.tail_tokens_dropped."""
+    pending: list[int] = []  # the stream from the start of the unfinished block
+    doc_starts: list[int] = []  # where documents start in `pending`
+    full_blocks = 0
     for example in examples:
-        doc_starts.append(len(stream))
+        doc_starts.append(len(pending))
         for piece in _pieces(example.text, DOMAIN_PIECE_CHARS):
-            stream += token_ids(tokenizer, piece)
-        stream.append(tokenizer.eos_token_id)
-    spans = [(i, min(i + block, len(stream))) for i in range(0, len(stream), block)]
-    dropped = 0
-    if len(spans) > 1 and spans[-1][1] - spans[-1][0] < block // 4:
-        start, end = spans.pop()
-        dropped = end - start  # a short tail adds noise, not signal (counted in the report)
-    kept = [(a, b) for a, b in spans if b - a > 1]
-    dropped += sum(b - a for a, b in spans if b - a <= 1)
-    return [{"input_ids": stream[a:b], "labels": stream[a:b], "segment_lengths": _segment_lengths(doc_starts, a, b)}
-            for a, b in kept], dropped
+            pending += token_ids(tokenizer, piece)
+        pending.append(tokenizer.eos_token_id)
+        at = 0  # trimmed once per document: a long document costs no copy per block
+        while len(pending) - at >= block:
+            if block > 1:
+                yield {"input_ids": pending[at:at + block], "labels": pending[at:at + block],
+                       "segment_lengths": _segment_lengths(doc_starts, at, at + block)}
+            else:
+                data.tail_tokens_dropped += block  # a one-token block has nothing to predict
+            full_blocks += 1
+            at += block
+        if at:
+            pending = pending[at:]
+            doc_starts = [start - at for start in doc_starts if start > at]
+    # a short tail adds noise, not signal (counted in the report)
+    if (full_blocks and len(pending) < block // 4) or len(pending) <= 1:
+        data.tail_tokens_dropped += len(pending)
+    else:
+        yield {"input_ids": pending, "labels": list(pending),
+               "segment_lengths": _segment_lengths(doc_starts, 0, len(pending))}
 
 
-def _domain(examples, tokenizer, lim: _Limits) -> TokenizedData:
+def _domain(examples, tokenizer, lim: _Limits, data: TokenizedData, keep: Callable[[list[dict]], None]) -> None:
     if not lim.seq2seq:
-        features, dropped = _domain_blocks(examples, tokenizer, lim.max_len)
-        return TokenizedData(features, rows=len(examples), tail_tokens_dropped=dropped)
-    features, truncated, long_rows = [], [], []
+        blocks = _domain_blocks(examples, tokenizer, lim.max_len, data)
+        while features := list(islice(blocks, CHUNK_ROWS)):
+            data.count(features, seq2seq=False)
+            keep(features)
+        return
+    for at in range(0, len(examples), CHUNK_ROWS):
+        data.count(features := _domain_seq2seq(examples[at:at + CHUNK_ROWS], tokenizer, lim, data), seq2seq=True)
+        keep(features)
+
+
+def _domain_seq2seq(examples, tokenizer, lim: _Limits, data: TokenizedData) -> list[dict]:
+    """Each document is both source and target (cut to max_input_length and max_output_length)."""
+    features = []
     eos = tokenizer.eos_token_id
     for example in examples:
         source, cut_source = _cut(tokenizer, example.text, lim.max_len, lim.longest)
@@ -233,42 +301,31 @@ def _domain(examples, tokenizer, lim: _Limits) -> TokenizedData:
         features.append({"input_ids": source_ids[: lim.max_len - 1] + [eos],
                          "labels": target_ids[: lim.max_out - 1] + [eos]})
         if len(source_ids) + 1 > lim.max_len or len(target_ids) + 1 > lim.max_out:
-            truncated.append(example.source)
+            data.truncated += 1
+            data.truncated_sources.append(example.source)
         if cut_source or cut_target:
-            long_rows.append(example.source)
-    return TokenizedData(features, rows=len(examples), truncated=len(truncated), truncated_sources=truncated,
-                         long_rows=long_rows)
+            data.long_rows.append(example.source)
+    return features
 
 
-def _contiguous(examples: list, parts: int) -> list[list]:
-    """Consecutive chunks, so the order of the results never depends on the worker count."""
-    size = -(-len(examples) // parts)
-    return [examples[i:i + size] for i in range(0, len(examples), size)]
+def tokenize_examples(examples, tokenizer, prompt_format, *, max_len: int, max_out: int, seq2seq: bool,
+                      workers: int | None = None, sink: Callable[[list[dict]], None] | None = None) -> TokenizedData:
+    """The examples' token ids and labels, in the examples' order, with the counts report() gives.
 
-
-def tokenize_examples(examples, tokenizer, prompt_format, *, max_len: int, max_out: int,
-                      seq2seq: bool, workers: int | None = None) -> TokenizedData:
+    sink: called with each chunk of features in order (data/arrow.py writes them to disk); then
+    data.features stays empty and no process holds all rows as Python lists."""
     lim = _Limits(max_len, max_out, seq2seq, longest_token_chars(tokenizer))
+    data = TokenizedData([], rows=len(examples))
+    keep = sink or data.features.extend
     if prompt_format.kind == "domain":
-        data = _domain(examples, tokenizer, lim)
+        _domain(examples, tokenizer, lim, data, keep)
     else:
-        chunks = _contiguous(examples, workers) if workers and workers > 1 and len(examples) > 1 else [examples]
-        jobs = [(chunk, tokenizer, prompt_format, lim) for chunk in chunks]
-        if len(jobs) > 1:
-            with ProcessPoolExecutor(len(jobs)) as pool:
-                rows = [row for part in pool.map(_tokenize_chunk, jobs) for row in part]
-        else:
-            rows = _tokenize_chunk(jobs[0])
-        data = TokenizedData([r.feature for r in rows], rows=len(examples),
-                             truncated=sum(r.truncated for r in rows),
-                             truncated_sources=[r.source for r in rows if r.truncated],
-                             prompt_lost=[r.source for r in rows if r.prompt_lost],
-                             completion_lost=[r.source for r in rows if r.completion_lost],
-                             long_rows=[r.source for r in rows if r.cut])
+        for rows in _row_chunks(examples, tokenizer, prompt_format, lim, workers):
+            data.add_rows(rows)
+            features = [r.feature for r in rows]
+            data.count(features, seq2seq)
+            keep(features)
         _check_truncation(data, lim)
-    for feature in data.features:
-        data.tokens += len(feature["labels"]) if seq2seq else len(feature["input_ids"])
-        data.trainable_tokens += sum(label != IGNORE for label in feature["labels"])
     if data.long_rows:
         log.warning("%d row(s) hold far more text than max_input_length=%d tokens and were cut before "
                     "tokenizing (first: %s)", len(data.long_rows), max_len, ", ".join(data.long_rows[:3]))

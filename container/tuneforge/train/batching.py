@@ -29,10 +29,31 @@ MEGA_BATCH_GROUPS = 50  # step-groups sorted together: larger = less padding, le
 MIN_PADDING_TO_GROUP = 0.15
 
 
-def row_lengths(features: list[dict]) -> list[int]:
+def arrow_table(features):
+    """The Arrow table behind a datasets.Dataset in row order, or None for a list of dicts."""
+    if hasattr(features, "column_names") and hasattr(features, "with_format"):
+        return features.with_format("arrow")[:]  # zero-copy over the mapped file: no row becomes Python
+    return None
+
+
+def column_lengths(features, key: str) -> list[int]:
+    """len(row[key]) of every row; of a datasets.Dataset read from the Arrow offsets, row by row never."""
+    table = arrow_table(features)
+    if table is not None:
+        import pyarrow.compute as pc
+
+        return pc.list_value_length(table.column(key)).to_pylist()
+    return [len(f[key]) for f in features]
+
+
+def row_lengths(features) -> list[int]:
     """What padding a row costs: its input ids plus its labels (equal lengths in causal models,
-    so the order is the input length's; encoder and decoder lengths in seq2seq)."""
-    return [len(f["input_ids"]) + len(f["labels"]) for f in features]
+    so the order is the input length's; encoder and decoder lengths in seq2seq). A dataset
+    written by data/arrow.py stores it as its `length` column."""
+    table = arrow_table(features)
+    if table is not None and "length" in table.column_names:
+        return table.column("length").to_pylist()
+    return [a + b for a, b in zip(column_lengths(features, "input_ids"), column_lengths(features, "labels"))]
 
 
 class LengthGroupedSampler(Sampler[int]):
@@ -74,20 +95,20 @@ class LengthGroupedSampler(Sampler[int]):
         return iter([i for group in groups for i in group])
 
 
-def padding_share(features: list[dict], order: list[int], batch_size: int) -> float:
+def padding_share(features, order: list[int], batch_size: int) -> float:
     """Share of the padded positions (input ids and labels) that hold padding, for `order` cut
     into batches of `batch_size` rows."""
     real = padded = 0
-    for start in range(0, len(order), batch_size):
-        batch = [features[i] for i in order[start:start + batch_size]]
-        for key in ("input_ids", "labels"):
-            sizes = [len(f[key]) for f in batch]
+    for key in ("input_ids", "labels"):
+        lengths = column_lengths(features, key)
+        for start in range(0, len(order), batch_size):
+            sizes = [lengths[i] for i in order[start:start + batch_size]]
             real += sum(sizes)
             padded += max(sizes) * len(sizes)
     return 1 - real / padded if padded else 0.0
 
 
-def describe(features: list[dict], group_by_length: bool, per_device: int, world: int, seed: int) -> dict:
+def describe(features, group_by_length: bool, per_device: int, world: int, seed: int) -> dict:
     """The batching to use, for metrics.json: group_by_length where it is asked for and worth it
     (MIN_PADDING_TO_GROUP), with the padding share of the first epoch's batches (per-device
     batches as the ranks see them) beside that of a random order."""
@@ -106,7 +127,7 @@ def describe(features: list[dict], group_by_length: bool, per_device: int, world
     return report
 
 
-def first_epoch_order(features: list[dict], group_size: int, seed: int) -> list[int]:
+def first_epoch_order(features, group_size: int, seed: int) -> list[int]:
     """The rows in the order LengthGroupedSampler trains them in the first epoch."""
     return [i for group in LengthGroupedSampler(row_lengths(features), group_size, seed).groups(0) for i in group]
 

@@ -35,7 +35,7 @@ import torch
 
 from ..data.tokenize import IGNORE
 from ..errors import HyperparameterError
-from .batching import first_epoch_order
+from .batching import arrow_table, column_lengths, first_epoch_order
 
 VARLEN_ATTENTION = ("flash_attention_2", "flash_attention_3")
 # Families whose causal LM takes position_ids into its attention (mask or varlen kernel), checked
@@ -80,7 +80,30 @@ def split_rows(batch: list[dict]) -> list[tuple[list[int], list[int]]]:
     return rows
 
 
-def packed_padding_share(features: list[dict], capacity: int | None, strategy: str, per_device: int, world: int,
+def piece_lengths(features) -> list[list[int]]:
+    """The lengths of the rows split_rows makes of each feature (its documents' pieces, else itself),
+    read from the columns of a datasets.Dataset without materializing its rows."""
+    table = arrow_table(features)
+    if table is not None and "segment_lengths" in table.column_names:
+        segments = table.column("segment_lengths").to_pylist()
+    elif table is not None:
+        segments = [None] * table.num_rows
+    else:
+        segments = [f.get("segment_lengths") for f in features]
+    inputs = column_lengths(features, "input_ids")
+    return [[n for n in _clipped(segment or [length], length) if n > 0] for segment, length in zip(segments, inputs)]
+
+
+def _clipped(pieces: list[int], total: int) -> list[int]:
+    """Piece lengths cut where the row ends (as split_rows slices them)."""
+    out, start = [], 0
+    for length in pieces:
+        out.append(max(0, min(length, total - start)))
+        start += length
+    return out
+
+
+def packed_padding_share(features, capacity: int | None, strategy: str, per_device: int, world: int,
                          seed: int) -> float:
     """Share of the positions of the first epoch's packed per-device batches that hold padding (the
     ends of bins), for metrics.json: the batches the sampler of `strategy` makes (batching.py)."""
@@ -88,10 +111,10 @@ def packed_padding_share(features: list[dict], capacity: int | None, strategy: s
         order = first_epoch_order(features, per_device * max(1, world), seed)
     else:
         order = torch.randperm(len(features), generator=torch.Generator().manual_seed(seed)).tolist()
+    pieces = piece_lengths(features)
     real = total = 0
     for at in range(0, len(order), per_device):
-        batch = [features[i] for i in order[at:at + per_device]]
-        lengths = [len(ids) for ids, _ in split_rows(batch)]
+        lengths = [n for i in order[at:at + per_device] for n in pieces[i]]
         bins = [lengths] if capacity is None else [[lengths[i] for i in b] for b in best_fit_bins(lengths, capacity)]
         real += sum(lengths)
         total += len(bins) * max(sum(b) for b in bins)

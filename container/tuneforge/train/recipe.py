@@ -24,7 +24,7 @@ import torch
 from .. import archives
 from ..contract import Paths, train_env
 from ..logs import Phases, never_fail
-from ..data import Collator, read_channel, select_and_split, tokenize_examples
+from ..data import Collator, arrow, read_channel, select_and_split
 from ..errors import DataError, ResourceError
 from ..modeling import (apply_lora, count_parameters, has_cuda, load_model, load_tokenizer, pick_dtype,
                         read_model_config, resolve_base_model)
@@ -52,7 +52,7 @@ class DataBundle:
     max_len: int
     train_examples: list
     val_examples: list | None
-    train_tokens: Any                 # data.Tokenized (features + report())
+    train_tokens: Any                 # data.TokenizedData (features: a memory-mapped Dataset; report())
     val_tokens: Any | None
 
 
@@ -274,8 +274,8 @@ class Recipe:
         options = dict(max_len=max_len, max_out=cfg.max_output_length, seq2seq=seq2seq,
                        workers=cfg.preprocessing_num_workers)
         prompt = source.data.prompt
-        train_tokens = tokenize_examples(source.train_examples, tokenizer, prompt, **options)
-        val_tokens = tokenize_examples(source.val_examples, tokenizer, prompt, **options) \
+        train_tokens = self._tokenized_once_per_node("train", source.train_examples, tokenizer, prompt, options)
+        val_tokens = self._tokenized_once_per_node("validation", source.val_examples, tokenizer, prompt, options) \
             if source.val_examples else None
         return DataBundle(
             tokenizer=tokenizer, prompt=prompt, format=source.data.format, files=source.data.files,
@@ -283,11 +283,24 @@ class Recipe:
             max_len=max_len, train_examples=source.train_examples, val_examples=source.val_examples,
             train_tokens=train_tokens, val_tokens=val_tokens)
 
+    def _tokenized_once_per_node(self, name: str, examples: list, tokenizer, prompt, options: dict):
+        """The node's local main process tokenizes `examples` into a node-local Arrow folder while
+        the node's other ranks wait; then every rank maps that folder (data/arrow.py)."""
+        folder = arrow.cache_folder(self.paths.base, name)
+        if distributed.local_rank() == 0:
+            arrow.build_or_reuse(folder, examples, tokenizer, prompt, **options)
+        distributed.barrier()
+        tokens = arrow.open_tokenized(folder)
+        log.info("rank %d read the tokenized data from %s (%d sequences, fingerprint %s)",
+                 distributed.rank(), folder, tokens.sequences, tokens.fingerprint)
+        return tokens
+
     def _preflight(self, data: DataBundle, engine: EngineBundle, model_config) -> None:
         """On GPUs, the memory estimate before loading the weights (preflight.py)."""
         from ..preflight import PlanInputs, preflight
+        from .batching import column_lengths
 
-        longest = max((len(f["input_ids"]) for f in data.train_tokens.features), default=data.max_len)
+        longest = max(column_lengths(data.train_tokens.features, "input_ids"), default=data.max_len)
         inputs = PlanInputs(config=self.config, dtype=engine.dtype, fsdp_active=engine.fsdp_active)
         need = preflight(inputs, model_config, min(data.max_len, longest), engine.ds_config)
         if need is not None:

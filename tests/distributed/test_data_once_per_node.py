@@ -1,0 +1,46 @@
+"""Two ranks on one node over gloo: the node's local main process tokenizes the data once into a
+node-local Arrow folder, the other rank waits and maps the same files, and both train on the same rows."""
+
+import re
+
+import pytest
+
+from .conftest import resource_config, run_job
+
+pytestmark = pytest.mark.slow
+
+
+def test_only_local_rank_0_tokenizes_and_both_ranks_read_the_same_rows(job, tiny):
+    job.add_model(tiny("llama"))
+    job.add_sample_data("instruction", n_train=64, n_val=8)
+    job.hyperparameters({"instruction_tuned": "True", "per_device_train_batch_size": "4", "max_steps": "2",
+                         "rouge_samples": "0", "knowledge_check": "False", "preprocessing_num_workers": "2"})
+    resource_config(job)
+    code, log = run_job(job)
+    assert code == 0, log[-3000:]
+    tokenized = re.findall(r"tokenized (\d+) rows into \d+ sequences in (\S+)", log)
+    assert [(rows, folder.rsplit("/", 1)[-1]) for rows, folder in tokenized] == [("64", "train"), ("8", "validation")]
+    reads = re.findall(r"rank (\d) read the tokenized data from (\S+) \((\d+) sequences, fingerprint (\w+)\)", log)
+    train = {rank: (folder, sequences, fingerprint) for rank, folder, sequences, fingerprint in reads
+             if folder.endswith("/train")}
+    assert set(train) == {"0", "1"} and train["0"] == train["1"]  # the same files, the same rows
+    assert train["0"][1] == "64"
+    cache = job.base / ".tuneforge-tokenized"
+    assert list(cache.glob("*/train/tokens.arrow")) and not list(job.model_dir.rglob("*.arrow"))
+    assert not list((job.base / "output").rglob("*.arrow")) and not list((job.base / "checkpoints").rglob("*.arrow"))
+
+
+def test_bad_data_found_by_the_tokenizing_rank_fails_the_job_with_its_message(job, tiny):
+    import json
+
+    job.add_model(tiny("llama"))
+    rows = [{"prompt": f"Color of fruit {i}?", "completion": "Green."} for i in range(15)]
+    rows.append({"prompt": "Color of the last fruit?", "completion": ""})
+    (job.channel("train") / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    job.hyperparameters({"instruction_tuned": "True", "max_steps": "1", "rouge_samples": "0",
+                         "knowledge_check": "False", "validation_split_ratio": "0.2"})
+    resource_config(job)
+    code, log = run_job(job, timeout=240)  # the waiting rank must not hang at the barrier
+    assert code != 0
+    first = job.failure_first_line()
+    assert "no trainable token" in first and "rows.jsonl:16" in first, log[-3000:]
