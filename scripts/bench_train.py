@@ -14,6 +14,8 @@ Each side runs in its own process, one after the other, so its peak RSS (wait4) 
   its defaults: length-grouped batches, the chunked loss, packing=auto (off without a varlen kernel);
 - tuneforge_packed: the same job with packing=true (best-fit bins of max length, block-diagonal
   attention: what packing costs where no varlen kernel exists, e.g. SDPA on CPU);
+- tuneforge_random: the same job with group_by_length=false (random batches: the loss control for
+  length-grouped batching, which must end within 2 % of it);
 - trl: SFTTrainer on a prompt/completion dataset of the same rendered prompts and answers;
 - trl_packed: the same with packing=True (TRL's default "bfd" packing, padding-free);
 - hf_grouped: transformers.Trainer with train_sampling_strategy="group_by_length" on tuneforge's
@@ -47,7 +49,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "container"))
 
-SIDES = ("tuneforge", "tuneforge_packed", "trl", "trl_packed", "hf_grouped")
+SIDES = ("tuneforge", "tuneforge_packed", "tuneforge_random", "trl", "trl_packed", "hf_grouped")
 BATCH, MAX_LEN, LR, SEED = 8, 1024, 1e-4, 10
 TEMPLATE = {"prompt": "{instruction}", "completion": "{response}"}
 
@@ -136,14 +138,14 @@ def _timed_train(trainer, collator: CountingCollator) -> dict:
 
 
 # ------------------------------------------------------------------ sides
-def run_tuneforge(base: Path, lora: bool, packing: str = "auto") -> dict:
+def run_tuneforge(base: Path, lora: bool, packing: str = "auto", group_by_length: bool = True) -> dict:
     from tuneforge.train.launcher import run
 
     hyperparameters = {"instruction_tuned": "True", "peft_type": "lora" if lora else "none", "lora_r": "8",
                        "epoch": "1", "per_device_train_batch_size": str(BATCH), "learning_rate": str(LR),
                        "max_input_length": str(MAX_LEN), "validation_split_ratio": "0", "rouge_samples": "0",
                        "knowledge_check": "False", "early_stopping_patience": "0", "seed": str(SEED),
-                       "logging_steps": "10", "packing": packing}
+                       "logging_steps": "10", "packing": packing, "group_by_length": str(group_by_length)}
     (base / "input" / "config" / "hyperparameters.json").write_text(json.dumps(hyperparameters))
     assert run(base) == 0, (base / "output" / "failure").read_text()
     metrics = json.loads((base / "output" / "data" / "metrics.json").read_text())
@@ -156,6 +158,10 @@ def run_tuneforge(base: Path, lora: bool, packing: str = "auto") -> dict:
 
 def run_tuneforge_packed(base: Path, lora: bool) -> dict:
     return run_tuneforge(base, lora, packing="true")
+
+
+def run_tuneforge_random(base: Path, lora: bool) -> dict:
+    return run_tuneforge(base, lora, group_by_length=False)
 
 
 def _training_args(cls, out: Path, **extra):
@@ -332,10 +338,11 @@ def main() -> int:
     for side, r in results.items():
         print(f"| {side} | {r['tokens_per_s']:,.1f} | {r['train_s']:.1f} | {r['wall_s']:.1f} | {r['peak_rss_gib']:.2f} | "
               f"{100 * r['padding_share']:.1f} % | {r['train_loss']:.4f} |")
-    for peer in ("tuneforge_packed", "trl", "trl_packed", "hf_grouped"):
+    for peer in SIDES[1:]:
         if ours and peer in results:
             print(f"tuneforge/{peer}: tokens/s x{ours['tokens_per_s'] / results[peer]['tokens_per_s']:.2f}, "
-                  f"peak RSS x{ours['peak_rss_gib'] / results[peer]['peak_rss_gib']:.2f}")
+                  f"peak RSS x{ours['peak_rss_gib'] / results[peer]['peak_rss_gib']:.2f}, "
+                  f"final train loss {100 * (ours['train_loss'] / results[peer]['train_loss'] - 1):+.2f} %")
     return 0
 
 
