@@ -120,3 +120,22 @@ def test_batching_and_packing_read_the_columns_as_they_read_lists(tmp_path, toke
     for strategy in ("group_by_length", "random"):
         assert (packed_padding_share(mapped.features, 64, strategy, 2, 1, 7)
                 == packed_padding_share(listed.features, 64, strategy, 2, 1, 7))
+
+
+def test_the_training_rows_text_is_freed_after_setup(job, tiny):
+    """After setup a rank holds the tokens (memory-mapped), not a Python copy of the rows' text:
+    only the validation rows stay (ROUGE and the report read them)."""
+    import gc
+
+    from tuneforge.contract import Paths
+    from tuneforge.train.recipe import Recipe
+
+    job.add_model(tiny("llama"))
+    job.add_sample_data("instruction", n_train=24, n_val=4)
+    raw = {"instruction_tuned": "True", "max_steps": "1"}
+    job.hyperparameters(raw)
+    prepared = Recipe(Paths(job.base), parse_hyperparameters(raw), raw).setup()
+    gc.collect()
+    alive = [o for o in gc.get_objects() if isinstance(o, Example)]
+    assert prepared.data.train_tokens.rows == 24 and len(prepared.data.val_examples) == 4
+    assert sorted(e.source for e in alive) == sorted(e.source for e in prepared.data.val_examples)

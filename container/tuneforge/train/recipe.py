@@ -50,8 +50,7 @@ class DataBundle:
     files: list
     validation_source: str            # "channel" or "split <ratio>"
     max_len: int
-    train_examples: list
-    val_examples: list | None
+    val_examples: list | None         # the training rows' text is not kept past tokenizing
     train_tokens: Any                 # data.TokenizedData (features: a memory-mapped Dataset; report())
     val_tokens: Any | None
 
@@ -201,13 +200,15 @@ class Recipe:
         model_config = read_model_config(base_path, cfg)
         engine = self._setup_engine(model_config, has_val=bool(source.val_examples))
         data = self._tokenize(source, tokenizer, resolve_max_length(cfg, tokenizer, model_config), engine.seq2seq)
+        channel = source.channel
+        del source  # the rows' text (on every rank) is not needed past tokenizing: freed before the weights load
         self._preflight(data, engine, model_config)
         self.phases.begin("loading model")
         loaded = load_model(base_path, cfg, tokenizer=tokenizer, dtype=engine.dtype, model_config=model_config)
         if data.format == "chat" and loaded.seq2seq:
             raise DataError("chat data needs a decoder-only model and the base model is seq2seq",
-                            where=str(source.channel), fix="use instruction data for Flan-T5-style models")
-        self._report_data(data, source.channel)
+                            where=str(channel), fix="use instruction data for Flan-T5-style models")
+        self._report_data(data, channel)
         model = self._setup_model(base_path, loaded, engine)
         prepared = Prepared(data=data, engine=engine, model=model)
         self.results["job"] = describe_job(self._flat_view(prepared))  # what the run report shows
@@ -280,7 +281,7 @@ class Recipe:
         return DataBundle(
             tokenizer=tokenizer, prompt=prompt, format=source.data.format, files=source.data.files,
             validation_source="channel" if source.val_data else f"split {cfg.validation_split_ratio}",
-            max_len=max_len, train_examples=source.train_examples, val_examples=source.val_examples,
+            max_len=max_len, val_examples=source.val_examples,
             train_tokens=train_tokens, val_tokens=val_tokens)
 
     def _tokenized_once_per_node(self, name: str, examples: list, tokenizer, prompt, options: dict):
