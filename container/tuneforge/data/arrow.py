@@ -7,8 +7,8 @@ pages instead of holding a copy. The recipe has the node's local main process wr
 node's other ranks wait, then every rank opens it. A folder whose key (the rows, the tokenizer,
 the options) matches is reused instead of tokenized again (a restarted job on the same disk).
 
-Columns: input_ids, labels, length (input ids + labels: what batching.py groups by) and, for
-domain blocks, segment_lengths. Row i is the i-th feature tokenize_examples returns.
+Columns: input_ids, labels and, for domain blocks, segment_lengths (batching.py reads the lengths
+from the Arrow offsets). Row i is the i-th feature tokenize_examples returns.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def _features(segments: bool):
     from datasets import Features, List, Value
 
     ids = List(Value("int32"))
-    columns = {"input_ids": ids, "labels": ids, "length": Value("int32")}
+    columns = {"input_ids": ids, "labels": ids}
     return Features({**columns, "segment_lengths": ids} if segments else columns)
 
 
@@ -74,7 +74,6 @@ class _ArrowSink:
 
     def __call__(self, features: list[dict]) -> None:
         columns = {key: [f[key] for f in features] for key in ("input_ids", "labels")}
-        columns["length"] = [len(f["input_ids"]) + len(f["labels"]) for f in features]
         if self.segments:
             columns["segment_lengths"] = [f["segment_lengths"] for f in features]
         self.writer.write_batch(columns)

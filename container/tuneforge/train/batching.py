@@ -48,11 +48,7 @@ def column_lengths(features, key: str) -> list[int]:
 
 def row_lengths(features) -> list[int]:
     """What padding a row costs: its input ids plus its labels (equal lengths in causal models,
-    so the order is the input length's; encoder and decoder lengths in seq2seq). A dataset
-    written by data/arrow.py stores it as its `length` column."""
-    table = arrow_table(features)
-    if table is not None and "length" in table.column_names:
-        return table.column("length").to_pylist()
+    so the order is the input length's; encoder and decoder lengths in seq2seq)."""
     return [a + b for a, b in zip(column_lengths(features, "input_ids"), column_lengths(features, "labels"))]
 
 
