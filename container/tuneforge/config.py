@@ -93,6 +93,7 @@ class TrainConfig(SageMakerHyperparameters):
     checkpoint_steps: Int = hp(0, "Save a resumable checkpoint to /opt/ml/checkpoints every this many steps; 0 = each epoch.", ge=0,
                                aliases={"save_steps": None})
     save_total_limit: Int = hp(2, "Checkpoints to keep in /opt/ml/checkpoints.", ge=1)
+    async_checkpoint: Flag = hp(True, "Full fine-tuning on one host without DeepSpeed/FSDP: copy the weights and optimizer state in memory at a checkpoint and write them in the background while training goes on; false = training waits for the write.")
 
     # Combinations no field can check alone; the message may name fields.
     COMBINATION_RULES = (

@@ -248,6 +248,8 @@ def speed_section(job: JobOutput) -> Section | None:
             ("checkpoints written", (m.get("checkpoints") or {}).get("written"), "checkpoints.written", "", 0),
             ("training paused for checkpoints", (m.get("checkpoints") or {}).get("pause_s_total"),
              "checkpoints.pause_s_total", "s", 2),
+            ("of them written in the background", (m.get("checkpoints") or {}).get("written_in_background"),
+             "checkpoints.written_in_background", "", 0),
             ("memory estimate before loading", m.get("memory_estimate_gib"), "memory_estimate_gib", "GiB", 2)]
     table = [[Cell(label, css="strong"), number(value, key, digits), Cell(unit)]
              for label, value, key, unit, digits in rows if value is not None]

@@ -15,7 +15,8 @@ from ..errors import UserError
 from ..logs import format_duration, format_eta
 from . import stopping
 from .checkpoints import commit, relocate, rotate
-from .distributed import barrier
+from .background_checkpoints import CheckpointWriter
+from .distributed import any_rank, barrier
 from .metrics import perplexity
 
 log = logging.getLogger(__name__)
@@ -154,21 +155,32 @@ class StopOnSignal(TrainerCallback):
 
 
 class CommitCheckpoints(TrainerCallback):
-    """After the Trainer saved into staging on every rank: manifest, rename, rotate."""
+    """After the Trainer saved into staging on every rank: manifest, rename, rotate. A checkpoint
+    whose large files are still being written in the background (background_checkpoints.py) is
+    committed at the first step end where every rank's writer has finished, or before the next
+    checkpoint, the last step or a stop, whichever comes first."""
 
-    def __init__(self, staging: Path, final_dir: Path, keep: int, identity: dict | None = None):
+    def __init__(self, staging: Path, final_dir: Path, keep: int, identity: dict | None = None,
+                 writer: CheckpointWriter | None = None):
         self.staging = Path(staging)
         self.final_dir = Path(final_dir)
         self.keep = keep
         self.identity = identity  # what the checkpoints are made with (resume.run_identity), in each manifest
+        self.writer = writer or CheckpointWriter(enabled=False)
         self.committed: list[Path] = []
         self.pauses: list[float] = []  # seconds training waited for each checkpoint
         self.bytes_written = 0  # size of the last checkpoint
+        self.pending: int | None = None  # the step of a checkpoint still being written in the background
         self._since = time.time()  # the last moment before the Trainer began writing
 
     # The Trainer logs, evaluates, then writes a checkpoint after a step: the write starts after
     # whichever of these came last.
     def on_step_end(self, args, state, control, **kwargs):
+        if self.pending is not None:
+            must = control.should_save or control.should_training_stop or state.global_step >= state.max_steps
+            # the same on every rank, so every rank joins the collective below alike
+            if must or not any_rank(not self.writer.done()):
+                self.settle(args, state, kwargs.get("model"))
         self._since = time.time()
 
     def on_log(self, args, state, control, **kwargs):
@@ -177,20 +189,58 @@ class CommitCheckpoints(TrainerCallback):
     def on_evaluate(self, args, state, control, **kwargs):
         self._since = time.time()
 
+    def on_train_end(self, args, state, control, **kwargs):
+        self.settle(args, state, kwargs.get("model"))
+
     def summary(self) -> dict:
         """metrics.json `checkpoints`: how many were written and how long training waited for them."""
-        return {"written": len(self.pauses), "pause_s_total": round(sum(self.pauses), 3),
-                "pause_s_max": round(max(self.pauses, default=0.0), 3),
-                "last_mib": round(self.bytes_written / 2**20, 1)}
+        summary = {"written": len(self.pauses), "pause_s_total": round(sum(self.pauses), 3),
+                   "pause_s_max": round(max(self.pauses, default=0.0), 3),
+                   "last_mib": round(self.bytes_written / 2**20, 1),
+                   "written_in_background": len(self.writer.write_s)}
+        if self.writer.write_s:
+            summary["background_write_s_max"] = round(max(self.writer.write_s), 3)
+        if not self.writer.enabled:
+            summary["background_off"] = self.writer.why_not
+        return summary
 
     def on_save(self, args, state, control, **kwargs):
-        barrier()  # every rank has written its RNG state and shards
-        staged = self.staging / f"checkpoint-{state.global_step}"
-        final = self.final_dir / staged.name
+        barrier()  # every rank has written (or handed to its writer) its RNG state and shards
         state.best_model_checkpoint = relocate(state.best_model_checkpoint, self.staging, self.final_dir)
+        if self.writer.last_deferred:
+            self.pending = state.global_step
+            self.pauses.append(time.time() - self._since)
+            log.info("checkpoint-%d staged: training paused %.2f s; its files are being written in the background",
+                     state.global_step, self.pauses[-1])
+            return control
+        final = self._commit(state.global_step, args, state, kwargs.get("model"))
+        self.pauses.append(time.time() - self._since)
+        if args.should_save:
+            log.info("checkpoint %s written: training paused %.2f s for %.1f MiB", final, self.pauses[-1],
+                     self.bytes_written / 2**20)
+        return control
+
+    def settle(self, args, state, model) -> None:
+        """Wait for the pending checkpoint's files on every rank, then commit it."""
+        if self.pending is None:
+            return
+        start = time.time()
+        self.writer.wait(self.staging / f"checkpoint-{self.pending}")
+        barrier()
+        step, self.pending = self.pending, None
+        final = self._commit(step, args, state, model)
+        waited = time.time() - start
+        self.pauses[-1] += waited
+        if args.should_save:
+            log.info("checkpoint %s written in the background in %.2f s (training waited %.2f s for it): %.1f MiB",
+                     final, self.writer.write_s[-1] if self.writer.write_s else 0.0, waited, self.bytes_written / 2**20)
+
+    def _commit(self, step: int, args, state, model) -> Path:
+        staged = self.staging / f"checkpoint-{step}"
+        final = self.final_dir / staged.name
         if args.should_save and staged.is_dir():
             if not state.is_world_process_zero and not (args.deepspeed or args.fsdp):
-                save_weights_on_this_host(kwargs.get("model"), staged)
+                save_weights_on_this_host(model, staged)
             trainer_state = staged / "trainer_state.json"
             if trainer_state.exists():
                 data = json.loads(trainer_state.read_text())
@@ -200,12 +250,8 @@ class CommitCheckpoints(TrainerCallback):
             rotate(self.final_dir, self.keep, protect=state.best_model_checkpoint and Path(state.best_model_checkpoint))
             self.bytes_written = sum(p.stat().st_size for p in final.rglob("*") if p.is_file())
         barrier()
-        self.pauses.append(time.time() - self._since)
-        if args.should_save:
-            log.info("checkpoint %s written: training paused %.2f s for %.1f MiB", final, self.pauses[-1],
-                     self.bytes_written / 2**20)
         self.committed.append(final)
-        return control
+        return final
 
 
 def save_weights_on_this_host(model, staged: Path) -> None:

@@ -386,6 +386,7 @@ class Recipe:
         """The Trainer and the callbacks the recipe reads back (stop, commit, tokens seen)."""
         from transformers import EarlyStoppingCallback, PrinterCallback, Seq2SeqTrainer, Trainer
 
+        from .background_checkpoints import with_background_checkpoints
         from .batching import describe, with_length_grouping
         from .callbacks import CommitCheckpoints, FailOnNonFinite, MetricLines, StopOnSignal
         from .throughput import TokensSeen
@@ -393,7 +394,7 @@ class Recipe:
         cfg, data, engine, args = self.config, prepared.data, prepared.engine, prepared.engine.args
         has_val = bool(data.val_tokens and data.val_tokens.features)
         kept = SimpleNamespace(stop=StopOnSignal(), tokens_seen=TokensSeen(), commit=CommitCheckpoints(
-            engine.checkpoint_staging, self.paths.checkpoint_dir, cfg.save_total_limit))
+            engine.checkpoint_staging, self.paths.checkpoint_dir, cfg.save_total_limit, writer=self._checkpoint_writer(engine)))
         callbacks = [MetricLines(), FailOnNonFinite(cfg.learning_rate), kept.stop, kept.commit, kept.tokens_seen]
         if args.load_best_model_at_end and cfg.early_stopping_patience > 0:
             callbacks.append(EarlyStoppingCallback(cfg.early_stopping_patience, cfg.early_stopping_threshold))
@@ -401,13 +402,25 @@ class Recipe:
                                             cfg.per_device_train_batch_size, distributed.world_size(), args.data_seed)
         args.train_sampling_strategy = self.results["batching"]["strategy"]  # "random" when not worth it
         trainer_class = with_length_grouping(Seq2SeqTrainer if prepared.model.loaded.seq2seq else Trainer)
-        collator, trainer_class = self._speedups(prepared, trainer_class)  # packing, Liger, chunked loss
+        collator, trainer_class = self._speedups(prepared, with_background_checkpoints(trainer_class))
         trainer = trainer_class(model=prepared.model.module, args=args, train_dataset=data.train_tokens.features,
                                 eval_dataset=data.val_tokens.features if has_val else None, data_collator=collator,
                                 processing_class=data.tokenizer, callbacks=callbacks)
         trainer.use_chunked_loss = self.results["loss"]["kind"] == "chunked"
+        trainer.checkpoint_commit = kept.commit
         trainer.remove_callback(PrinterCallback)  # MetricLines prints each log once, readably
         return trainer, kept
+
+    def _checkpoint_writer(self, engine: EngineBundle):
+        """Checkpoints written in the background (`async_checkpoint`) where a copy of the state is
+        all it takes: full fine-tuning, one host, no DeepSpeed or FSDP (their states are sharded)."""
+        from .background_checkpoints import CheckpointWriter
+
+        why_not = ("async_checkpoint=false" if not self.config.async_checkpoint
+                   else "LoRA checkpoints are small" if self.config.use_lora
+                   else "DeepSpeed and FSDP write their own sharded checkpoints" if engine.ds_config or engine.fsdp_active
+                   else "several hosts" if distributed.nnodes() > 1 else "")
+        return CheckpointWriter(enabled=not why_not, why_not=why_not)
 
     def _speedups(self, prepared: Prepared, trainer_class):
         """The collator and Trainer class for the `packing` and `liger_kernel` hyperparameters and
