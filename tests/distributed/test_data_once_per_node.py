@@ -1,5 +1,6 @@
-"""Two ranks on one node over gloo: the node's local main process tokenizes the data once into a
-node-local Arrow folder, the other rank waits and maps the same files, and both train on the same rows."""
+"""Two ranks on one node over gloo: the node's local main process reads the rows and tokenizes them
+once into a node-local Arrow folder; the other rank takes the validation rows from it, waits, maps the
+same files, and both train on the same rows."""
 
 import re
 
@@ -18,6 +19,11 @@ def test_only_local_rank_0_tokenizes_and_both_ranks_read_the_same_rows(job, tiny
     resource_config(job)
     code, log = run_job(job)
     assert code == 0, log[-3000:]
+    # only rank 0 reads the rows' text; rank 1 takes the counts and the validation rows from it
+    assert re.findall(r"rank (\d) read (\d+) training and (\d+) validation rows", log) == [("0", "64", "8")]
+    assert re.findall(r"rank (\d) took the data as read by the node's local main process: (\d+) training rows, "
+                      r"(\d+) validation rows", log) == [("1", "64", "8")]
+    assert len(list((job.base / ".tuneforge-tokenized").glob("*/rows-*.json"))) == 1
     tokenized = re.findall(r"tokenized (\d+) rows into \d+ sequences in (\S+)", log)
     assert [(rows, folder.rsplit("/", 1)[-1]) for rows, folder in tokenized] == [("64", "train"), ("8", "validation")]
     reads = re.findall(r"rank (\d) read the tokenized data from (\S+) \((\d+) sequences, fingerprint (\w+)\)", log)
@@ -44,3 +50,17 @@ def test_bad_data_found_by_the_tokenizing_rank_fails_the_job_with_its_message(jo
     assert code != 0
     first = job.failure_first_line()
     assert "no trainable token" in first and "rows.jsonl:16" in first, log[-3000:]
+
+
+def test_a_malformed_row_found_by_the_reading_rank_fails_the_job_with_its_line(job, tiny):
+    job.add_model(tiny("llama"))
+    lines = ['{"prompt": "Color of fruit %d?", "completion": "Green."}' % i for i in range(9)]
+    lines.insert(6, '{"prompt": "Color of the odd fruit?", "completion": ')
+    (job.channel("train") / "rows.jsonl").write_text("\n".join(lines) + "\n")
+    job.hyperparameters({"instruction_tuned": "True", "max_steps": "1", "rouge_samples": "0",
+                         "knowledge_check": "False"})
+    resource_config(job)
+    code, log = run_job(job, timeout=240)  # the waiting rank must not wait forever for the rows
+    assert code != 0
+    first = job.failure_first_line()
+    assert "rows.jsonl:7" in first, log[-3000:]

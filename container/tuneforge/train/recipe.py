@@ -28,6 +28,7 @@ from ..data import Collator, arrow, read_channel, select_and_split
 from ..errors import DataError, ResourceError
 from ..modeling import (apply_lora, count_parameters, has_cuda, load_model, load_tokenizer, pick_dtype,
                         read_model_config, resolve_base_model)
+from ..prompt import PromptFormat
 from . import distributed
 from . import metrics
 from . import stopping
@@ -90,11 +91,14 @@ class Prepared:
 
 @dataclass(frozen=True)
 class _Source:
-    """What `setup` read before tokenizing."""
+    """What `setup` read before tokenizing; the training rows only on the node's reading rank."""
     channel: Path
-    data: Any
-    val_data: Any
-    train_examples: list
+    format: str
+    files: list
+    prompt: Any                       # data.PromptFormat
+    validation_channel: bool          # validation rows from their own channel, not a split
+    n_train: int
+    train_examples: list              # empty on the node's other ranks (rows_handoff.py)
     val_examples: list | None
 
 
@@ -215,6 +219,28 @@ class Recipe:
         return prepared
 
     def _read_data(self) -> _Source:
+        """The rows, read by the node's local main process; the node's other ranks take the
+        validation rows and what describes the data from it (rows_handoff.py)."""
+        from .rows_handoff import handoff_path, publish, run_token, wait_for
+
+        token = run_token()
+        if token is None:
+            return self._read_rows()
+        path = handoff_path(self.paths.base, token)
+        if distributed.local_rank() == 0:
+            source = self._read_rows()
+            publish(path, channel=source.channel, fmt=source.format, files=source.files,
+                    prompt=source.prompt.to_dict(), validation_channel=source.validation_channel,
+                    n_train=source.n_train, val_examples=source.val_examples)
+            return source
+        summary = wait_for(path)
+        log.info("rank %d took the data as read by the node's local main process: %d training rows, %s validation rows",
+                 distributed.rank(), summary["n_train"], len(summary["val_examples"] or []))
+        return _Source(Path(summary["channel"]), summary["format"], summary["files"],
+                       PromptFormat.from_dict(summary["prompt"]), summary["validation_channel"], summary["n_train"],
+                       [], summary["val_examples"])
+
+    def _read_rows(self) -> _Source:
         """The train channel (and a validation channel if any), split into train and validation rows."""
         cfg = self.config
         channel = self.paths.train_channel()
@@ -225,7 +251,10 @@ class Recipe:
         val_channel = self.paths.validation_channel()
         val_data = read_channel(val_channel, cfg, prompt=data.prompt, fmt=data.format) if val_channel else None
         train_examples, val_examples = select_and_split(data.examples, val_data.examples if val_data else None, cfg)
-        return _Source(channel, data, val_data, train_examples, val_examples)
+        log.info("rank %d read %d training and %d validation rows from %s", distributed.rank(), len(train_examples),
+                 len(val_examples or []), channel)
+        return _Source(channel, data.format, data.files, data.prompt, val_data is not None, len(train_examples),
+                       train_examples, val_examples)
 
     def _setup_engine(self, model_config, *, has_val: bool) -> EngineBundle:
         """Precision, DeepSpeed/FSDP and the TrainingArguments. They come before the model: they
@@ -271,16 +300,16 @@ class Recipe:
 
     def _tokenize(self, source: _Source, tokenizer, max_len: int, seq2seq: bool) -> DataBundle:
         cfg = self.config
-        self.phases.begin(f"tokenizing {len(source.train_examples) + len(source.val_examples or [])} rows")
+        self.phases.begin(f"tokenizing {source.n_train + len(source.val_examples or [])} rows")
         options = dict(max_len=max_len, max_out=cfg.max_output_length, seq2seq=seq2seq,
                        workers=cfg.preprocessing_num_workers)
-        prompt = source.data.prompt
+        prompt = source.prompt
         train_tokens = self._tokenized_once_per_node("train", source.train_examples, tokenizer, prompt, options)
         val_tokens = self._tokenized_once_per_node("validation", source.val_examples, tokenizer, prompt, options) \
             if source.val_examples else None
         return DataBundle(
-            tokenizer=tokenizer, prompt=prompt, format=source.data.format, files=source.data.files,
-            validation_source="channel" if source.val_data else f"split {cfg.validation_split_ratio}",
+            tokenizer=tokenizer, prompt=prompt, format=source.format, files=source.files,
+            validation_source="channel" if source.validation_channel else f"split {cfg.validation_split_ratio}",
             max_len=max_len, val_examples=source.val_examples,
             train_tokens=train_tokens, val_tokens=val_tokens)
 
