@@ -26,14 +26,27 @@ log = logging.getLogger(__name__)
 MEMORY_HEADROOM = 2.0
 
 
+def _storage_key(tensor: torch.Tensor) -> tuple:
+    return str(tensor.device), tensor.untyped_storage().data_ptr()
+
+
+def _tensors(value):
+    """Every tensor in a nested state dict."""
+    if isinstance(value, torch.Tensor):
+        yield value
+    elif isinstance(value, (dict, list, tuple)):
+        for item in value.values() if isinstance(value, dict) else value:
+            yield from _tensors(item)
+
+
 def snapshot(value, memo: dict | None = None):
     """A copy in host memory of a state dict (nested dicts, lists, tuples and tensors). Each
     storage is copied once, so tensors that shared memory (tied embeddings) still share it."""
     memo = {} if memo is None else memo
     if isinstance(value, torch.Tensor):
-        storage = value.untyped_storage()
-        key = (str(value.device), storage.data_ptr())
+        key = _storage_key(value)
         if key not in memo:
+            storage = value.untyped_storage()
             memo[key] = storage.clone() if value.device.type == "cpu" else storage.cpu()
         copy = torch.empty(0, dtype=value.dtype)
         return copy.set_(memo[key], value.storage_offset(), value.shape, value.stride())
@@ -44,21 +57,9 @@ def snapshot(value, memo: dict | None = None):
     return value
 
 
-def storage_bytes(value, seen: set | None = None) -> int:
-    """The bytes `snapshot(value)` copies."""
-    seen = set() if seen is None else seen
-    if isinstance(value, torch.Tensor):
-        storage = value.untyped_storage()
-        key = (str(value.device), storage.data_ptr())
-        if key in seen:
-            return 0
-        seen.add(key)
-        return storage.nbytes()
-    if isinstance(value, dict):
-        value = list(value.values())
-    if isinstance(value, (list, tuple)):
-        return sum(storage_bytes(item, seen) for item in value)
-    return 0
+def storage_bytes(value) -> int:
+    """The bytes `snapshot(value)` copies: each storage once."""
+    return sum({_storage_key(t): t.untyped_storage().nbytes() for t in _tensors(value)}.values())
 
 
 def free_memory_bytes() -> int:
