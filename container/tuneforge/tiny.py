@@ -50,6 +50,9 @@ def model_config(family: str, vocab_size: int):
                       max_position_embeddings=512, tie_word_embeddings=False)
     configs = {
         "llama": lambda: tf.LlamaConfig(vocab_size=vocab_size, **llama_like, **ids),
+        # head size 32: the smallest vLLM's CPU attention takes (the vLLM engine's tests)
+        "llama_hd32": lambda: tf.LlamaConfig(vocab_size=vocab_size, **dict(llama_like, num_attention_heads=2,
+                                                                            num_key_value_heads=1), **ids),
         "mistral": lambda: tf.MistralConfig(vocab_size=vocab_size, **llama_like, **ids),
         "mixtral": lambda: tf.MixtralConfig(vocab_size=vocab_size, **llama_like, num_local_experts=4,
                                             num_experts_per_tok=2, **ids),

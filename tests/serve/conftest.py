@@ -53,8 +53,10 @@ class Server:
         self.url = f"http://{HOST}:{self.port}"
         self.log_path = log_path
         self.ping_statuses: list[int] = []
+        # The transformers engine unless a test asks for another (tests/serve/test_vllm.py)
         full_env = dict(os.environ, TUNEFORGE_TORCH_THREADS="1", TOKENIZERS_PARALLELISM="false",
-                        HF_HUB_OFFLINE="1", TUNEFORGE_ACCESS_LOG="-", **(env or {}))
+                        HF_HUB_OFFLINE="1", TUNEFORGE_ACCESS_LOG="-", SERVING_ENGINE="transformers")
+        full_env.update(env or {})
         full_env.pop("SAGEMAKER_BIND_TO_PORT", None)
         self._log = open(log_path, "w")
         self.proc = subprocess.Popen(

@@ -45,13 +45,22 @@ class ServerState:
 
         started = time.monotonic()
         try:
-            loaded = load_model(self.settings)
-            self.engine = Engine(loaded, self.settings, self.metrics)
+            on_vllm = self.settings.vllm_url is not None
+            loaded = load_model(self.settings, weights=not on_vllm)
+            if on_vllm:  # the instance's one vLLM engine (started by `serve`) holds the weights
+                from .vllm_engine import VllmEngine
+                from .vllm_launch import wait_healthy
+
+                wait_healthy(self.settings.vllm_url, self.settings.vllm_start_timeout)
+                self.engine = VllmEngine(loaded, self.settings, self.metrics)
+            else:
+                self.engine = Engine(loaded, self.settings, self.metrics)
             self.parser = Parser(loaded, self.settings)
             self.loaded = loaded
             self.status = "ready"
             self.metrics.ready.refresh()
-            log.info("model ready after %.1f s", time.monotonic() - started)
+            log.info("model ready after %.1f s (engine: %s)", time.monotonic() - started,
+                     "vllm" if on_vllm else "transformers")
         except Exception as exc:  # noqa: BLE001 - reported on /ping and by on_failure
             self.status, self.error = "failed", str(exc).splitlines()[0][:500]
             log.exception("model failed to load: %s", self.error)

@@ -40,6 +40,7 @@ class Plan:
     distance: dict  # state -> fewest tokens to finish (EOS included)
     transitions: dict  # state -> {token id: next state}
     longest: int  # the largest finite distance: below this budget, filtering starts to matter
+    regex: str = ""  # what was compiled (the vLLM engine hands it to vLLM's own guided decoding)
 
     def fewest_tokens(self) -> int:
         return self.distance.get(self.index.get_initial_state(), 0)
@@ -69,7 +70,7 @@ def compile_plan(regex: str, tokenizer, eos_id: int) -> Plan:
         raise GuideError(f"the pattern cannot be used for constrained decoding: {exc}") from None
     transitions = index.get_transitions()
     distance = _distances(transitions, set(index.get_final_states()), eos_id)
-    plan = Plan(index, eos_id, distance, transitions, max(distance.values(), default=0))
+    plan = Plan(index, eos_id, distance, transitions, max(distance.values(), default=0), regex)
     with _lock:
         _plans[key] = plan
         while len(_plans) > CACHE_SIZE:

@@ -95,10 +95,22 @@ def _pick_device(settings: ServeSettings) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def load_model(settings: ServeSettings, info: ModelInfo | None = None) -> LoadedModel:
-    """Load tokenizer and model once per worker; adapters are merged for plain-model speed."""
+@dataclass(frozen=True)
+class EngineModel:
+    """What the workers know of weights that live in the vLLM engine, not in the worker."""
+
+    config: object
+    generation_config: object
+    dtype: str
+
+
+def load_model(settings: ServeSettings, info: ModelInfo | None = None, *, weights: bool = True) -> LoadedModel:
+    """Load tokenizer and model once per worker; adapters are merged for plain-model speed.
+
+    `weights=False` (the vLLM engine holds them): the tokenizer and the model's configuration only.
+    """
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer, GenerationConfig
 
     info = info or check_model_dir(settings)
     if settings.torch_threads:
@@ -113,12 +125,20 @@ def load_model(settings: ServeSettings, info: ModelInfo | None = None) -> Loaded
     config = AutoConfig.from_pretrained(weights_dir, **common)
     arch = info.metadata.architecture
     seq2seq = arch == "seq2seq" if arch else bool(getattr(config, "is_encoder_decoder", False))
-    auto = AutoModelForSeq2SeqLM if seq2seq else AutoModelForCausalLM
-    model = auto.from_pretrained(weights_dir, dtype=dtype, use_safetensors=not settings.allow_pickle or None,
-                                 **common)
-    if info.adapter_only:
-        model = _apply_adapter(model, tokenizer, info.model_dir)
-    model.to(device).eval()
+    if weights:
+        auto = AutoModelForSeq2SeqLM if seq2seq else AutoModelForCausalLM
+        model = auto.from_pretrained(weights_dir, dtype=dtype, use_safetensors=not settings.allow_pickle or None,
+                                     **common)
+        if info.adapter_only:
+            model = _apply_adapter(model, tokenizer, info.model_dir)
+        model.to(device).eval()
+    else:
+        try:
+            generation = GenerationConfig.from_pretrained(weights_dir, local_files_only=True)
+        except OSError:  # no generation_config.json
+            generation = GenerationConfig.from_model_config(config)
+        served = settings.dtype if settings.dtype != "auto" else str(getattr(config, "dtype", None) or "auto")
+        model = EngineModel(config, generation, served.replace("torch.", ""))
 
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -131,9 +151,10 @@ def load_model(settings: ServeSettings, info: ModelInfo | None = None) -> Loaded
     else:
         max_input, max_total = settings.max_input_tokens or context - 1, context
     default_new = settings.default_max_new_tokens or gen.max_new_tokens or 256
-    log.info("loaded %s (%s, %s) on %s as %s; inputs up to %d tokens", info.model_dir,
+    log.info("loaded %s (%s, %s) %s as %s; inputs up to %d tokens", info.model_dir,
              "seq2seq" if seq2seq else "causal", "adapter on " + str(info.base_dir) if info.adapter_only
-             else "full weights", device, str(dtype).replace("torch.", ""), max_input)
+             else "full weights", "on " + device if weights else "for the vLLM engine", str(model.dtype).replace(
+                 "torch.", ""), max_input)
     return LoadedModel(info=info, model=model, tokenizer=tokenizer, seq2seq=seq2seq, device=device,
                        max_input_tokens=max_input, max_total_tokens=max_total,
                        default_max_new_tokens=min(default_new, settings.max_new_tokens),

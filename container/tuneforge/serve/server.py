@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 from pathlib import Path
 
 from ..diffusion import is_pipeline_dir
@@ -47,6 +48,7 @@ def resolve_settings(argv: list[str]) -> tuple[ServeSettings, argparse.Namespace
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `serve` and `tuneforge serve`; returns the process exit status."""
     from .loader import check_model_dir
+    from .vllm_launch import choose_engine
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["serve"]:  # `docker run IMAGE serve` passes the word through
@@ -61,15 +63,45 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr, flush=True)
             return 0 if args.check else run_gunicorn(settings)
         info = check_model_dir(settings)
+        choice = choose_engine(settings, info)
     except UserError as exc:
         print(f"serve: {exc}", file=sys.stderr)
         return 2
     kind = "LoRA adapter on " + str(info.base_dir) if info.adapter_only else "model"
     print(f"serve: {kind} {info.model_dir} (prompt format {info.prompt.kind}) on "
           f"{settings.host}:{settings.port}", file=sys.stderr, flush=True)
+    print(f"serve: engine {choice.name}: {choice.reason}", file=sys.stderr, flush=True)
     if args.check:
         return 0
+    if choice.name == "vllm":
+        return run_with_vllm(settings, info, choice)
     return run_gunicorn(settings)
+
+
+def run_with_vllm(settings: ServeSettings, info, choice) -> int:
+    """Start the instance's vLLM engine, run gunicorn in front of it, stop the engine after."""
+    import os
+    import signal
+
+    from .vllm_launch import EngineProcess
+
+    engine = EngineProcess(settings, info, choice)
+    started = time.monotonic()
+    url = engine.start()
+
+    def engine_died(status: int) -> None:  # the workers cannot answer without it: stop as one
+        print(f"serve: the vLLM engine exited with status {status}; stopping the server", file=sys.stderr,
+              flush=True)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    engine.watch(engine_died)
+    settings = settings.with_overrides(vllm_url=url, device="cuda" if choice.gpus else "cpu")
+    try:
+        status = run_gunicorn(settings)
+    finally:
+        engine.stop()
+    print(f"serve: vLLM engine stopped after {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
+    return 1 if engine.died is not None else status
 
 
 def run_gunicorn(settings: ServeSettings) -> int:

@@ -95,6 +95,21 @@ class ServeSettings(BaseSettings):
     trust_remote_code: Flag = env(False, "TUNEFORGE_TRUST_REMOTE_CODE", doc="run model code shipped with the "
                                   "weights")
     allow_pickle: Flag = env(False, "TUNEFORGE_ALLOW_PICKLE", doc="load *.bin weights when no safetensors exist")
+    serving_engine: Literal["auto", "vllm", "transformers"] = env(
+        "auto", "SERVING_ENGINE", "TUNEFORGE_SERVING_ENGINE", doc="what generates: vllm (one engine process per "
+        "instance), transformers (a batching engine in each worker) or auto (vLLM where it can serve the model)")
+    vllm_python: Path | None = env(None, "TUNEFORGE_VLLM_PYTHON", doc="the Python of vLLM's own virtual "
+                                   "environment; default /opt/vllm/bin/python, else <this venv>/vllm/bin/python")
+    kv_cache_gb: float | None = env(None, "TUNEFORGE_KV_CACHE_GB", doc="vLLM's KV cache on CPU, GiB; default a "
+                                    "quarter of the machine's memory less the weights (1 to 64)", **POSITIVE)
+    gpu_memory_utilization: float = env(0.9, "TUNEFORGE_GPU_MEMORY_UTILIZATION", doc="share of each GPU's "
+                                        "memory vLLM may use (weights + KV cache)", gt=0, le=1)
+    vllm_args: str = env("", "TUNEFORGE_VLLM_ARGS", doc="more arguments for vLLM's server (e.g. "
+                         "--pipeline-parallel-size 2); tuneforge sets model, port, dtype, length and parallelism")
+    vllm_start_timeout: float = env(1200.0, "TUNEFORGE_VLLM_START_TIMEOUT", doc="seconds vLLM may take to load "
+                                    "before the server gives up", **POSITIVE)
+    vllm_url: str | None = env(None, "TUNEFORGE_VLLM_URL", doc="set by `serve` for its workers: where the "
+                               "instance's vLLM engine listens (loopback)")
     log_level: Literal["debug", "info", "warning", "error", "critical"] = env(
         "info", "TUNEFORGE_LOG_LEVEL", "SAGEMAKER_CONTAINER_LOG_LEVEL", doc="gunicorn and tuneforge log level")
     access_log: str = env("-", "TUNEFORGE_ACCESS_LOG", doc='access log destination ("-" = stdout, "off")',
@@ -183,6 +198,8 @@ def _allowed(name: str) -> str:
         return "one of " + ", ".join(DTYPES)
     if name == "log_level":
         return "one of " + ", ".join(LOG_LEVELS)
+    if name == "serving_engine":
+        return "auto, vllm or transformers"
     if name == "device":
         return "auto, cpu, cuda or cuda:N (a GPU index)"
     field = ServeSettings.model_fields[name]
