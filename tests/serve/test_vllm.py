@@ -22,6 +22,8 @@ import requests
 
 from tests.serve.conftest import Server, write_metadata
 
+pytestmark = pytest.mark.slow  # three vLLM starts, ~1 min each on a 2-core machine; `make test` runs them
+
 VLLM_ENV = {"SERVING_ENGINE": "vllm", "TUNEFORGE_DTYPE": "float32", "TUNEFORGE_KV_CACHE_GB": "1"}
 VLLM_START_TIMEOUT = 600
 PROMPTS = ["What color is the banana?", "Name three rivers", "hello world"]
