@@ -100,6 +100,8 @@ def run_with_vllm(settings: ServeSettings, info, choice) -> int:
         status = run_gunicorn(settings)
     finally:
         engine.stop()
+    if os.getpid() != engine.owner:  # a gunicorn worker (a fork) leaving through these frames
+        return status
     print(f"serve: vLLM engine stopped after {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
     return 1 if engine.died is not None else status
 

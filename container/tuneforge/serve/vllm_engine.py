@@ -125,7 +125,8 @@ class VllmEngine:
         sampling = request.sampling
         scored = request.prompt_logprobs is not None
         body = {
-            "model": SERVED_NAME, "prompt": list(request.prompt_ids), "n": request.n,
+            # vLLM refuses n > 1 with greedy decoding: one sequence, copied to every row (_feed)
+            "model": SERVED_NAME, "prompt": list(request.prompt_ids), "n": request.n if sampling.do_sample else 1,
             # vLLM scores a prompt only in a whole answer; such requests (echo + logprobs) are short
             "stream": not scored, "max_tokens": max(1, request.max_new_tokens),  # 0: the prompt scored only
             "temperature": sampling.temperature if sampling.do_sample else 0.0,
@@ -149,28 +150,31 @@ class VllmEngine:
         now = time.monotonic()
         deadline = job.request.deadline
         for choice in chunk.get("choices", []):
-            row = rows[choice["index"]]
-            if row.finished:
-                continue
-            ids = choice.get("token_ids") or []
-            logprobs = _token_logprobs(choice.get("logprobs"), len(ids), self.tokenizer)
-            for token_id, (logprob, top) in zip(ids, logprobs):
-                if job.cancelled:
-                    row.finish("cancelled")
-                elif deadline is not None and now >= deadline:
-                    row.finish("deadline")
-                if row.finished:
-                    break
-                row.add(token_id, logprob, top[:job.request.top_logprobs] if top else [])
-            reason = choice.get("finish_reason")
-            if reason and not row.finished:
-                # "stop" without the EOS id in the tokens: vLLM ended on a stop token it kept out
-                row.finish("eos_token" if reason == "stop" else "length")
+            greedy_copies = not job.request.sampling.do_sample
+            for row in rows if greedy_copies else [rows[choice["index"]]]:
+                self._feed_row(job, row, choice, now)
         if job.cancelled or (deadline is not None and now >= deadline):
             for row in rows:
                 if not row.finished:
                     row.finish("cancelled" if job.cancelled else "deadline")
         return all(row.finished for row in rows)
+
+    def _feed_row(self, job: Job, row: _Row, choice: dict, now: float) -> None:
+        if row.finished:
+            return
+        deadline = job.request.deadline
+        ids = choice.get("token_ids") or []
+        for token_id, (logprob, top) in zip(ids, _token_logprobs(choice.get("logprobs"), len(ids), self.tokenizer)):
+            if job.cancelled:
+                row.finish("cancelled")
+            elif deadline is not None and now >= deadline:
+                row.finish("deadline")
+            if row.finished:
+                return
+            row.add(token_id, logprob, top[:job.request.top_logprobs])
+        if choice.get("finish_reason") and not row.finished:
+            # "stop" without the EOS id among the tokens: vLLM ended on a stop token it kept out
+            row.finish("eos_token" if choice["finish_reason"] == "stop" else "length")
 
     def _prompt_scores(self, choice: dict, k: int) -> list[Token] | None:
         """The prompt's tokens with their log-probabilities and the k most likely alternatives."""

@@ -51,7 +51,17 @@ facts = {"version": vllm.__version__, "archs": sorted(ModelRegistry.get_supporte
          "gpus": torch.cuda.device_count() if torch.cuda.is_available() else 0,
          "cpu": torch.backends.cpu.get_cpu_capability()}
 if not facts["gpus"]:
+    import logging
+    from vllm.platforms import current_platform
     from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
+
+    warnings = []
+    handler = logging.Handler()
+    handler.emit = lambda record: warnings.append(record.getMessage())
+    logging.getLogger("vllm").addHandler(handler)
+    current_platform.import_kernels()  # the CPU kernels' library (it needs libnuma, for one)
+    if not hasattr(torch.ops._C, "init_cpu_memory_env"):
+        sys.exit("its CPU kernels do not load: " + ("; ".join(warnings) or "no reason given")[:300])
     facts["head_sizes"] = list(CPUAttentionBackend.get_supported_head_sizes())
 print(json.dumps(facts))
 """
