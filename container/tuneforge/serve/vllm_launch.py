@@ -63,6 +63,10 @@ if not facts["gpus"]:
     if not hasattr(torch.ops._C, "init_cpu_memory_env"):
         sys.exit("its CPU kernels do not load: " + ("; ".join(warnings) or "no reason given")[:300])
     facts["head_sizes"] = list(CPUAttentionBackend.get_supported_head_sizes())
+    # torch.compile (inductor) builds the model's CPU kernels as C++ against Python's headers
+    import os, shutil, sysconfig
+    facts["compiler"] = shutil.which("g++") or shutil.which("c++")
+    facts["python_headers"] = os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h"))
 print(json.dumps(facts))
 """
 
@@ -79,11 +83,11 @@ def choose_engine(settings: ServeSettings, info) -> EngineChoice:
     """The engine for this model folder, and why; SERVING_ENGINE=vllm fails when vLLM cannot serve it."""
     if settings.serving_engine == "transformers":
         return EngineChoice("transformers", "SERVING_ENGINE=transformers")
-    python = vllm_python(settings)
-    facts, why_not = ({}, "vLLM is not installed (no /opt/vllm/bin/python or <venv>/vllm/bin/python; "
-                      "TUNEFORGE_VLLM_PYTHON names another)") if python is None else (None, None)
-    if why_not is None:
-        why_not = _model_obstacle(info)
+    python, facts = vllm_python(settings), {}
+    why_not = _model_obstacle(info)
+    if why_not is None and python is None:
+        why_not = ("vLLM is not installed (no /opt/vllm/bin/python or <venv>/vllm/bin/python; "
+                   "TUNEFORGE_VLLM_PYTHON names another)")
     if why_not is None:
         facts, why_not = probe(python)
     if why_not is None:
@@ -148,6 +152,9 @@ def _machine_obstacle(facts: dict, info, settings: ServeSettings) -> str | None:
         return None if facts["gpus"] else "TUNEFORGE_DEVICE asks for CUDA and vLLM sees no GPU"
     if facts["cpu"] not in ("AVX2", "AVX512"):
         return f"vLLM's CPU kernels need AVX2 or AVX-512 and this CPU offers {facts['cpu']}"
+    if not facts.get("compiler") or not facts.get("python_headers"):
+        return ("vLLM compiles its CPU kernels with torch.compile, which needs g++ and Python's headers "
+                "(apt-get install g++ python3-dev)")
     size = head_size(_config(info))
     if size not in facts.get("head_sizes", [size]):
         return f"vLLM's CPU attention takes head sizes {facts['head_sizes']}, and this model's is {size}"

@@ -1,0 +1,91 @@
+"""The engine choice and vLLM's command line, without starting vLLM (these run on any machine)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tuneforge.errors import ModelError
+from tuneforge.serve.loader import check_model_dir
+from tuneforge.serve.settings import ServeSettings
+from tuneforge.serve.vllm_launch import (EngineChoice, choose_engine, engine_command, engine_environment,
+                                         head_size, kv_cache_gb)
+
+
+def settings_for(folder: Path, **env) -> ServeSettings:
+    return ServeSettings.from_env({"TUNEFORGE_MODEL_DIR": str(folder), **env})
+
+
+@pytest.fixture
+def llama(tiny, tmp_path) -> Path:
+    folder = tmp_path / "llama"
+    shutil.copytree(tiny("llama"), folder)
+    return folder
+
+
+def test_transformers_is_chosen_without_asking_vllm(llama):
+    settings = settings_for(llama, SERVING_ENGINE="transformers", TUNEFORGE_VLLM_PYTHON="/nonexistent")
+    assert choose_engine(settings, check_model_dir(settings)) == EngineChoice("transformers",
+                                                                              "SERVING_ENGINE=transformers")
+
+
+def test_auto_without_vllm_falls_back_and_vllm_without_it_fails(llama):
+    auto = settings_for(llama, TUNEFORGE_VLLM_PYTHON="/nonexistent/python")
+    choice = choose_engine(auto, check_model_dir(auto))
+    assert choice.name == "transformers" and "vLLM is not installed" in choice.reason
+    forced = settings_for(llama, TUNEFORGE_VLLM_PYTHON="/nonexistent/python", SERVING_ENGINE="vllm")
+    with pytest.raises(ModelError, match="SERVING_ENGINE=vllm, but vLLM is not installed"):
+        choose_engine(forced, check_model_dir(forced))
+
+
+def test_head_size_from_the_config():
+    assert head_size({"hidden_size": 64, "num_attention_heads": 4}) == 16
+    assert head_size({"hidden_size": 576, "num_attention_heads": 9, "head_dim": 64}) == 64
+    assert head_size({"n_embd": 64, "n_head": 2}) == 32
+
+
+def test_kv_cache_from_memory_unless_set(llama):
+    assert kv_cache_gb(settings_for(llama, TUNEFORGE_KV_CACHE_GB="3.5"), llama) == 3.5
+    total_gb = __import__("os").sysconf("SC_PAGE_SIZE") * __import__("os").sysconf("SC_PHYS_PAGES") / 2**30
+    sized = kv_cache_gb(settings_for(llama), llama)
+    assert 1.0 <= sized <= 64.0
+    assert sized == pytest.approx(min(max(total_gb / 4, 1), 64), abs=0.2)  # the tiny weights weigh nothing
+
+
+def test_engine_command_and_environment(llama):
+    settings = settings_for(llama, TUNEFORGE_MAX_BATCH_SIZE="8", TUNEFORGE_VLLM_ARGS="--enforce-eager --seed 3",
+                            TUNEFORGE_KV_CACHE_GB="2")
+    info = check_model_dir(settings)
+    cpu = EngineChoice("vllm", "", Path("/opt/vllm/bin/python"), gpus=0)
+    command = engine_command(settings, info, cpu, 8123)
+    assert command[:3] == ["/opt/vllm/bin/python", "-m", "vllm.entrypoints.openai.api_server"]
+    assert command[command.index("--model") + 1] == str(llama)
+    assert command[command.index("--port") + 1] == "8123" and command[command.index("--host") + 1] == "127.0.0.1"
+    assert command[command.index("--max-num-seqs") + 1] == "8"  # TUNEFORGE_MAX_BATCH_SIZE was set
+    assert command[-3:] == ["--enforce-eager", "--seed", "3"]
+    assert "--tensor-parallel-size" not in command
+    env = engine_environment(settings, info, cpu)
+    assert env["VLLM_CPU_KVCACHE_SPACE"] == "2" and env["HF_HUB_OFFLINE"] == "1"
+    assert "PROMETHEUS_MULTIPROC_DIR" not in env  # vLLM's metrics stay out of the workers' files
+    gpus = engine_command(settings_for(llama), info, EngineChoice("vllm", "", Path("/p"), gpus=4), 1)
+    assert gpus[gpus.index("--tensor-parallel-size") + 1] == "4"
+    assert gpus[gpus.index("--gpu-memory-utilization") + 1] == "0.9"
+    assert "--max-num-seqs" not in gpus  # vLLM's own default unless the setting is given
+
+
+def test_engine_obstacles_named_in_words(model_dirs, tmp_path):
+    for name, words in (("t5", "encoder-decoder"), ("adapter", "merge_weights=True")):
+        settings = settings_for(model_dirs[name], SERVING_ENGINE="vllm")
+        with pytest.raises(ModelError, match=words):
+            choose_engine(settings, check_model_dir(settings))
+    folder = tmp_path / "unknown"
+    shutil.copytree(model_dirs["instruct"], folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps(dict(config, architectures=["NoSuchForCausalLM"])))
+    settings = settings_for(folder)
+    choice = choose_engine(settings, check_model_dir(settings))
+    if "not installed" not in choice.reason and "does not load" not in choice.reason:  # vLLM is here
+        assert choice.reason.endswith("has no NoSuchForCausalLM")
