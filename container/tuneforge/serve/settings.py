@@ -100,8 +100,8 @@ class ServeSettings(BaseSettings):
         "instance), transformers (a batching engine in each worker) or auto (vLLM where it can serve the model)")
     vllm_python: Path | None = env(None, "TUNEFORGE_VLLM_PYTHON", doc="the Python of vLLM's own virtual "
                                    "environment; default /opt/vllm/bin/python, else <this venv>/vllm/bin/python")
-    kv_cache_gb: float | None = env(None, "TUNEFORGE_KV_CACHE_GB", doc="vLLM's KV cache on CPU, GiB; default a "
-                                    "quarter of the machine's memory less the weights (1 to 64)", **POSITIVE)
+    kv_cache_gb: int | None = env(None, "TUNEFORGE_KV_CACHE_GB", doc="vLLM's KV cache on CPU, whole GiB; default "
+                                  "a quarter of the machine's memory less the weights (1 to 64)", **POSITIVE_INT)
     gpu_memory_utilization: float = env(0.9, "TUNEFORGE_GPU_MEMORY_UTILIZATION", doc="share of each GPU's "
                                         "memory vLLM may use (weights + KV cache)", gt=0, le=1)
     vllm_args: str = env("", "TUNEFORGE_VLLM_ARGS", doc="more arguments for vLLM's server (e.g. "

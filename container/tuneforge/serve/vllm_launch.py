@@ -37,7 +37,7 @@ SERVED_NAME = "tuneforge"  # the model name the workers use with the engine; cli
 VLLM_PYTHONS = (Path("/opt/vllm/bin/python"), Path(sys.prefix) / "vllm" / "bin" / "python")
 TCMALLOC = ("/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4", "/usr/lib/x86_64-linux-gnu/libtcmalloc.so.4")
 KV_CACHE_SHARE = 0.25  # of the machine's memory, less the weights, for the KV cache on CPU
-KV_CACHE_BOUNDS_GB = (1.0, 64.0)
+KV_CACHE_BOUNDS_GB = (1, 64)
 PROBE_TIMEOUT_S = 180
 STOP_GRACE_S = 15
 
@@ -172,14 +172,15 @@ def weights_bytes(folder: Path) -> int:
         p.stat().st_size for p in Path(folder).glob("*.bin"))
 
 
-def kv_cache_gb(settings: ServeSettings, weights_dir: Path) -> float:
-    """TUNEFORGE_KV_CACHE_GB, else a quarter of the machine's memory less the weights, within bounds."""
+def kv_cache_gb(settings: ServeSettings, weights_dir: Path) -> int:
+    """TUNEFORGE_KV_CACHE_GB, else a quarter of the machine's memory less the weights, in whole GiB
+    within bounds (vLLM reads VLLM_CPU_KVCACHE_SPACE as an integer)."""
     if settings.kv_cache_gb:
         return settings.kv_cache_gb
     total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     share = (KV_CACHE_SHARE * total - weights_bytes(weights_dir)) / 2**30
     low, high = KV_CACHE_BOUNDS_GB
-    return round(min(max(share, low), high), 1)
+    return int(min(max(share, low), high))
 
 
 def engine_command(settings: ServeSettings, info, choice: EngineChoice, port: int) -> list[str]:
@@ -211,7 +212,7 @@ def _clean_environment() -> dict:
 def engine_environment(settings: ServeSettings, info, choice: EngineChoice) -> dict:
     env = _clean_environment()
     if not choice.gpus:
-        env["VLLM_CPU_KVCACHE_SPACE"] = f"{kv_cache_gb(settings, info.model_dir):g}"
+        env["VLLM_CPU_KVCACHE_SPACE"] = str(kv_cache_gb(settings, info.model_dir))
         # vLLM's CPU guide: tcmalloc and Intel's OpenMP preloaded (several times faster here).
         omp = choice.python.parent.parent / "lib" / "libiomp5.so"
         preload = [p for p in TCMALLOC if Path(p).exists()][:1] + ([str(omp)] if omp.exists() else [])
