@@ -43,6 +43,10 @@ demo-tiny: setup
 # Everything (CI). tests/e2e and tests/distributed run real jobs and are marked slow (tests/conftest.py).
 test: setup
 	$(PY) -m pytest -q tests
+	# The serving suite once more with its instruct model on vLLM (where vLLM cannot run, it is
+	# served by the transformers engine and the same tests pass).
+	TUNEFORGE_TEST_ENGINE=vllm $(PY) -m pytest -q tests/serve --ignore=tests/serve/test_vllm.py \
+	  --ignore=tests/serve/test_vllm_launch.py
 
 # The fast lane: every test that runs no training job. tests/e2e and tests/distributed hold slow
 # tests only (tests/conftest.py marks them), so they are not even collected here.

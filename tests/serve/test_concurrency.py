@@ -7,6 +7,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import requests
 
+from tests.serve.conftest import TEST_ENGINE
+
 CLIENTS, REQUESTS_EACH = 16, 10
 ITEMS = ["banana", "lemon", "cherry", "tomato", "lime", "cucumber", "spinach", "blueberry",
          "sapphire", "plum", "eggplant", "carrot", "pumpkin", "coal", "raven", "snow"]
@@ -22,7 +24,8 @@ def test_sixteen_clients_get_their_own_answers_in_shared_batches(causal):
     prompts = [f"What color is the {item}?" for item in ITEMS[:CLIENTS]]
     lengths = [6 + (i % 3) * 5 for i in range(CLIENTS)]  # mixed max_new_tokens in one batch
     alone = [causal.generate(p, max_new_tokens=n)["generated_text"] for p, n in zip(prompts, lengths)]
-    assert len(set(alone)) > CLIENTS // 2  # distinct prompts, mostly distinct answers
+    # distinct prompts, mostly distinct answers (the head-size-32 model of the vLLM pass varies less)
+    assert len(set(alone)) > (3 if TEST_ENGINE == "vllm" else CLIENTS // 2)
     before = requests.get(causal.url + "/metrics", timeout=5).text
 
     def client(i: int) -> list[tuple[int, str]]:
@@ -41,6 +44,8 @@ def test_sixteen_clients_get_their_own_answers_in_shared_batches(causal):
         assert [text for _, text in answers] == [alone[i]] * REQUESTS_EACH, f"client {i}"
 
     after = requests.get(causal.url + "/metrics", timeout=5).text
+    if "vllm:num_requests_running" in after:
+        return  # vLLM batches inside its engine (tests/serve/test_vllm.py reads its metrics)
     batches = metric(after, "tuneforge_batch_size_count") - metric(before, "tuneforge_batch_size_count")
     sequences = metric(after, "tuneforge_batch_size_sum") - metric(before, "tuneforge_batch_size_sum")
     assert sequences == CLIENTS * REQUESTS_EACH

@@ -214,6 +214,12 @@ def test_metrics_count_the_engines_tokens(engines):
     text = requests.get(vllm.url + "/metrics", timeout=5).text
     generated = [line for line in text.splitlines() if line.startswith("tuneforge_request_generated_tokens_total")]
     assert generated and float(generated[0].split()[-1]) >= 5
+    # the engine's own series: waiting and running requests, KV cache use, tokens
+    for name in ("vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:kv_cache_usage_perc",
+                 "vllm:generation_tokens_total"):
+        assert any(line.startswith(name) for line in text.splitlines()), name
+    engine_tokens = [line for line in text.splitlines() if line.startswith("vllm:generation_tokens_total")]
+    assert float(engine_tokens[0].split()[-1]) >= 5
 
 
 def test_sigterm_finishes_the_running_stream_then_stops_gunicorn_and_the_engine(hd32_model, vllm_choice, tmp_path):

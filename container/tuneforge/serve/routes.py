@@ -66,7 +66,12 @@ def execution_parameters():
 
 @core.get("/metrics")
 def metrics():
-    return Response(state().metrics.render(), mimetype="text/plain; version=0.0.4")
+    current = state()
+    text = current.metrics.render()
+    engine_metrics = getattr(current.engine, "engine_metrics", None)
+    if engine_metrics is not None:  # the vLLM engine's own: queue, running requests, KV cache use, tokens
+        text += engine_metrics()
+    return Response(text, mimetype="text/plain; version=0.0.4")
 
 
 def _model_card(loaded) -> dict:

@@ -65,6 +65,21 @@ class VllmEngine:
     def close(self) -> None:
         self._closed = True
 
+    def engine_metrics(self) -> str:
+        """vLLM's Prometheus series (vllm:*), for /metrics; empty when the engine does not answer."""
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=5)
+        try:
+            conn.request("GET", "/metrics")
+            response = conn.getresponse()
+            text = response.read().decode() if response.status == 200 else ""
+        except (OSError, http.client.HTTPException):
+            text = ""
+        finally:
+            conn.close()
+        wanted = [line for line in text.splitlines()
+                  if line.startswith(("vllm:", "# HELP vllm:", "# TYPE vllm:"))]
+        return "\n".join(wanted) + "\n" if wanted else ""
+
     # ------------------------------------------------------------------ one request
     def _run(self, job: Job) -> None:
         started = None
