@@ -64,16 +64,18 @@ def test_fine_tuned_smollm2_learns_the_task_keeps_what_it_knew_and_serves(gguf, 
     server = Server(job.model_dir, tmp_path / "serve.log").wait_ready()
     try:
         ticket = f"{TICKET_INSTRUCTION}\n\nTicket: My new backpack never arrived and the tracking page is blank."
+        # temperature 0: OpenAI's default (1) samples, and the answers below are the greedy ones
         chat = server.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": ticket}],
-                                                         "max_tokens": 6})
+                                                         "max_tokens": 6, "temperature": 0})
         assert chat.status_code == 200, chat.text
         assert chat.json()["choices"][0]["message"]["content"].strip() == "shipping"
         general = server.post("/v1/chat/completions", json={
-            "messages": [{"role": "user", "content": "What is the capital of France?"}], "max_tokens": 16})
+            "messages": [{"role": "user", "content": "What is the capital of France?"}], "max_tokens": 16,
+            "temperature": 0})
         assert "Paris" in general.json()["choices"][0]["message"]["content"]
         invocations = server.post(json={"messages": [{"role": "user", "content": ticket.replace(
             "backpack never arrived and the tracking page is blank", "card was charged twice for the Pro plan")}],
-            "max_tokens": 6})
+            "max_tokens": 6, "temperature": 0})
         assert invocations.status_code == 200, invocations.text
         assert "billing" in invocations.text
     finally:
@@ -104,7 +106,7 @@ def test_an_instruction_fine_tune_answers_chat_through_its_template(gguf, job, t
                              ("I was charged twice for the Pro plan this month.", "billing")):
             question = f"{TICKET_INSTRUCTION}\n\nTicket: {ticket}"
             chat = server.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": question}],
-                                                             "max_tokens": 6})
+                                                             "max_tokens": 6, "temperature": 0})
             structured = server.post(json={"inputs": {"question": question}, "parameters": {"max_new_tokens": 6}})
             assert chat.status_code == 200 and structured.status_code == 200, (chat.text, structured.text)
             assert chat.json()["choices"][0]["message"]["content"].strip() == team
