@@ -8,6 +8,8 @@ serializers: JSON lines answered as JSON when asked, CSV refused, x-text taken a
 
 from __future__ import annotations
 
+import json
+
 import math
 
 import pytest
@@ -117,6 +119,29 @@ def test_inference_client_with_the_invocations_base_url(causal, monkeypatch):
     info = endpoint.get_endpoint_info()
     assert info["model_id"] == "tiny-llama" and info["max_input_tokens"] == 511
     assert info["max_total_tokens"] == 512 and info["max_stop_sequences"] == 32
+
+
+def test_inference_client_and_tgi_json_formats_follow_the_schema(causal, monkeypatch):
+    """huggingface_hub sends a json_schema format as {"type": "json_object", "value": schema}, TGI's
+    grammar as {"type": "json", "value": schema}: both must constrain the answer to the schema."""
+    from huggingface_hub import InferenceClient, constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    schema = {"type": "object", "properties": {"team": {"type": "string", "enum": ["billing", "shipping"]},
+                                               "urgent": {"type": "boolean"}},
+              "required": ["team", "urgent"], "additionalProperties": False}
+    client = InferenceClient(base_url=causal.url)
+    hub = client.chat_completion(MESSAGES, max_tokens=40, temperature=0, response_format={
+        "type": "json_schema", "json_schema": {"name": "ticket", "schema": schema}})
+    value = json.loads(hub.choices[0].message.content)
+    assert set(value) == {"team", "urgent"} and value["team"] in ("billing", "shipping")
+    tgi = causal.post("/v1/chat/completions", json={"messages": MESSAGES, "max_tokens": 40, "temperature": 0,
+                                                    "response_format": {"type": "json", "value": schema}})
+    assert tgi.status_code == 200, tgi.text
+    assert json.loads(tgi.json()["choices"][0]["message"]["content"]) == value
+    bad = causal.post("/v1/chat/completions", json={"messages": MESSAGES, "response_format": {"type": "json",
+                                                                                           "value": "x"}})
+    assert bad.status_code == 422 and "response_format.value" in bad.text
 
 
 def _predictor(server, monkeypatch, serializer, deserializer):

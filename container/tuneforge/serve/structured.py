@@ -42,15 +42,25 @@ class ToolPlan:
 
 
 def response_schema(body: dict) -> dict | None:
-    """`response_format` -> the JSON schema the answer must follow (None: free text)."""
+    """`response_format` -> the JSON schema the answer must follow (None: free text).
+
+    OpenAI's forms, and the schema in `value` as TGI's grammar sends it (`{"type": "json", "value":
+    schema}`) and as huggingface_hub's chat_completion rewrites a json_schema format
+    (`{"type": "json_object", "value": schema}`).
+    """
     fmt = body.get("response_format")
     if fmt is None:
         return None
-    if not isinstance(fmt, dict) or fmt.get("type") not in ("text", "json_object", "json_schema"):
-        raise invalid('`response_format.type` must be "text", "json_object" or "json_schema"')
+    if not isinstance(fmt, dict) or fmt.get("type") not in ("text", "json_object", "json_schema", "json"):
+        raise invalid('`response_format.type` must be "text", "json_object" or "json_schema" (or TGI\'s "json" '
+                      'with the schema in `value`)')
     if fmt["type"] == "text":
         return None
-    if fmt["type"] == "json_object":
+    if fmt["type"] in ("json", "json_object") and "value" in fmt:
+        if not isinstance(fmt["value"], dict):
+            raise invalid("`response_format.value` must be a JSON schema (an object)")
+        return fmt["value"] or JSON_OBJECT_SCHEMA
+    if fmt["type"] in ("json", "json_object"):
         return JSON_OBJECT_SCHEMA
     spec = fmt.get("json_schema")
     if not isinstance(spec, dict) or not isinstance(spec.get("schema", {}), dict):
