@@ -144,6 +144,31 @@ def test_inference_client_and_tgi_json_formats_follow_the_schema(causal, monkeyp
     assert bad.status_code == 422 and "response_format.value" in bad.text
 
 
+def test_responses_api_answers_as_chat_does(openai_client, causal):
+    """client.responses.create: the same greedy answer as the chat route for the same messages."""
+    import openai
+
+    response = openai_client.responses.create(model="tiny-llama", input="Say hello.", instructions="Be brief.",
+                                              max_output_tokens=6, temperature=0)
+    chat = openai_client.chat.completions.create(
+        model="tiny-llama", max_tokens=6, temperature=0,
+        messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say hello."}])
+    assert response.object == "response" and response.id.startswith("resp_")
+    assert response.output_text == chat.choices[0].message.content
+    assert response.usage.input_tokens == chat.usage.prompt_tokens
+    assert response.usage.output_tokens == chat.usage.completion_tokens
+    assert response.status == ("incomplete" if chat.choices[0].finish_reason == "length" else "completed")
+    # a list of messages with text parts, as the SDK sends a conversation
+    parts = openai_client.responses.create(model="tiny-llama", max_output_tokens=6, temperature=0, input=[
+        {"role": "system", "content": [{"type": "input_text", "text": "Be brief."}]},
+        {"role": "user", "content": [{"type": "input_text", "text": "Say hello."}]}])
+    assert parts.output_text == response.output_text
+    with pytest.raises(openai.UnprocessableEntityError, match="previous_response_id"):
+        openai_client.responses.create(model="tiny-llama", input="x", previous_response_id="resp_1")
+    with pytest.raises(openai.UnprocessableEntityError, match="streaming Responses"):
+        openai_client.responses.create(model="tiny-llama", input="x", stream=True)
+
+
 def _predictor(server, monkeypatch, serializer, deserializer):
     from sagemaker.local import LocalSession, local_session
     from sagemaker.predictor import Predictor

@@ -11,7 +11,7 @@ from .engine import GenerationRequest
 class Invocation:
     """One HTTP request: its format, one GenerationRequest per prompt, and answer options."""
 
-    kind: str  # tgi | dialog | flan | chat | completion | text
+    kind: str  # tgi | dialog | flan | chat | completion | text | responses
     requests: list[GenerationRequest]
     prompt_texts: list[str]
     stream: bool = False

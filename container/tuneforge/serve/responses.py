@@ -44,6 +44,10 @@ def render(inv: Invocation, results: list[Result], tokenizer, bare: bool = False
         return _chat(inv, results[0])
     if inv.kind == "completion":
         return _completion(inv, results)
+    if inv.kind == "responses":
+        from .responses_api import render as responses_answer
+
+        return responses_answer(inv, results[0], _chat_message, _usage)
     raise ValueError(inv.kind)
 
 

@@ -21,7 +21,7 @@ core = Blueprint("core", __name__)
 api = Blueprint("api", __name__)
 CORE_GENERATE = {"/invocations": "invocations", "/": "invocations"}
 API_GENERATE = {"/generate": "generate", "/generate_stream": "generate_stream",
-                "/v1/chat/completions": "chat", "/v1/completions": "completion"}
+                "/v1/chat/completions": "chat", "/v1/completions": "completion", "/v1/responses": "responses"}
 
 
 def state():
