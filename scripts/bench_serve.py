@@ -44,23 +44,19 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def vllm_python() -> Path:
-    for path in (Path("/opt/vllm/bin/python"), Path(sys.prefix) / "vllm" / "bin" / "python"):
-        if path.exists():
-            return path
-    raise SystemExit("vLLM's environment is not installed (make setup puts it in .venv/vllm)")
-
-
 def server_command(kind: str, model_dir: Path, port: int) -> tuple[list[str], dict]:
     if kind == "vllm-own":
-        from tuneforge.serve.vllm_launch import EngineChoice, engine_environment
         from tuneforge.serve.loader import check_model_dir
         from tuneforge.serve.settings import ServeSettings
+        from tuneforge.serve.vllm_launch import EngineChoice, engine_environment, vllm_python
 
         settings = ServeSettings.from_env({"TUNEFORGE_MODEL_DIR": str(model_dir)})
+        python = vllm_python(settings)  # where `serve` finds vLLM
+        if python is None:
+            raise SystemExit("vLLM's environment is not installed (make setup puts it in .venv/vllm)")
         # The same preloads and KV cache size tuneforge gives its engine: only the front end differs.
-        env = engine_environment(settings, check_model_dir(settings), EngineChoice("vllm", "", vllm_python()))
-        return [str(vllm_python()), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
+        env = engine_environment(settings, check_model_dir(settings), EngineChoice("vllm", "", python))
+        return [str(python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
                 "--served-model-name", "bench", "--host", "127.0.0.1", "--port", str(port)], env
     engine = kind.removeprefix("tuneforge-")
     env = dict(os.environ, SERVING_ENGINE=engine, TUNEFORGE_ACCESS_LOG="off", TOKENIZERS_PARALLELISM="false")

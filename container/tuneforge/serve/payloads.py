@@ -50,9 +50,11 @@ class Parser:
         if not isinstance(body, dict):
             raise invalid("the request body must be a JSON object (or a JSON string holding a prompt)")
         if route == "responses":  # OpenAI's Responses API: the chat request it means (responses_api.py)
-            from .responses_api import as_responses, chat_body
+            from .responses_api import chat_body
 
-            return as_responses(ChatRequest.read(chat_body(body), limits=self.limits).invocation(self))
+            inv = ChatRequest.read(chat_body(body), limits=self.limits).invocation(self)
+            inv.kind = "responses"  # answered in the Responses shape
+            return inv
         if route == "chat" or (route == "invocations" and "messages" in body):
             return ChatRequest.read(body, limits=self.limits).invocation(self)
         if route == "completion" or (route == "invocations" and "prompt" in body and "inputs" not in body):

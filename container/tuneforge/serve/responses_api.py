@@ -74,11 +74,6 @@ def _messages(value) -> list[dict]:
     return out
 
 
-def as_responses(inv: Invocation) -> Invocation:
-    inv.kind = "responses"
-    return inv
-
-
 def render(inv: Invocation, result, chat_message, usage) -> dict:
     """The Responses answer for a chat invocation's result."""
     sequence = result.sequences[0]
