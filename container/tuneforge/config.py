@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from .hyperparameters import (FALSE_WORDS, IGNORED_KEYS, TRUE_WORDS, Bits, FieldSpec, Flag, Float, Int, ModuleList,
                               OptionalInt, Rule, SageMakerHyperparameters, Text, TriState, hp, markdown_cell,
-                              parse_flag)
+                              parse_flag, zero_refused)
 
 __all__ = ["ALIASES", "FALSE_WORDS", "FIELDS", "IGNORED_KEYS", "TRUE_WORDS", "FieldSpec", "Flag", "Float", "Int",
            "OptionalInt", "Text", "TrainConfig", "markdown_table", "parse_flag", "parse_hyperparameters"]
@@ -28,7 +28,7 @@ class TrainConfig(SageMakerHyperparameters):
     max_output_length: Int = hp(128, "Longest target for seq2seq models; also the most tokens generated per ROUGE sample.", ge=1)
     validation_split_ratio: Float = hp(0.2, "Share of train rows held out when there is no validation channel.", ge=0.0, le=0.9)
     train_data_split_seed: Int = hp(0, "Seed of the train/validation split.", ge=0)
-    max_train_samples: Int = hp(-1, "Use at most this many training rows; -1 = all.", ge=-1)
+    max_train_samples: Int = hp(-1, "Use at most this many training rows; -1 = all (0 is refused).", ge=-1)
     max_val_samples: Int = hp(-1, "Use at most this many validation rows; -1 = all.", ge=-1)
     preprocessing_num_workers: OptionalInt = hp(None, "Processes for tokenization; None = one.", ge=1)
     rouge_samples: Int = hp(32, "Validation rows generated for ROUGE (0 turns ROUGE off).", ge=0)
@@ -36,7 +36,7 @@ class TrainConfig(SageMakerHyperparameters):
     # --- schedule ---
     epoch: Int = hp(5, "Passes over the training data.", ge=1, le=1000,
                     aliases={"epochCount": (1, 10), "epochs": None, "num_train_epochs": None})
-    max_steps: Int = hp(-1, "Stop after this many optimizer steps; -1 = run all epochs.", ge=-1)
+    max_steps: Int = hp(-1, "Stop after this many optimizer steps; -1 = run all epochs (0 is refused).", ge=-1)
     learning_rate: Float = hp(1e-4, "Peak learning rate.", gt=0.0, le=1.0, aliases={"learningRate": (0.0, 1.0)})
     lr_scheduler_type: Literal["linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts",
                                "polynomial", "inverse_sqrt"] = hp("linear", "Learning-rate schedule.")
@@ -108,8 +108,9 @@ class TrainConfig(SageMakerHyperparameters):
              "hyperparameters enable_fsdp/int8_quantization", "set exactly one of them to True"),
         Rule(lambda c: c.enable_fsdp and c.deepspeed != "none", "FSDP and DeepSpeed were both asked for",
              "hyperparameters enable_fsdp/deepspeed", "choose one"),
-        Rule(lambda c: c.per_device_eval_batch_size == 0, "0 is out of range", "hyperparameter per_device_eval_batch_size",
-             "use -1 (the training batch size) or a value >= 1"),
+        zero_refused("per_device_eval_batch_size", "the training batch size"),
+        zero_refused("max_train_samples", "all rows"),  # 0 rows: the sampler fails with a bare ValueError
+        zero_refused("max_steps", "all epochs"),  # 0 steps: the base weights would be saved as the result
         Rule(lambda c: c.max_input_length != -1 and c.max_input_length < 8, "{max_input_length} is too short",
              "hyperparameter max_input_length", "use -1 (automatic) or a value >= 8"),
     )

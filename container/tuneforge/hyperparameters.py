@@ -141,6 +141,12 @@ class Rule(NamedTuple):
     fix: str
 
 
+def zero_refused(name: str, minus_one: str) -> Rule:
+    """A field whose -1 means "automatic" and whose 0 would mean nothing at all."""
+    return Rule(lambda c: getattr(c, name) == 0, "0 is out of range", f"hyperparameter {name}",
+                f"use -1 ({minus_one}) or a value >= 1")
+
+
 @dataclass(frozen=True)
 class FieldSpec:
     """One hyperparameter as the docs and error messages show it."""

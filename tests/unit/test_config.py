@@ -98,6 +98,16 @@ def test_alias_conflict_is_reported():
         parse_hyperparameters({"epoch": "2", "epochCount": "3"})
 
 
+@pytest.mark.parametrize("name, minus_one", [("max_train_samples", "all rows"), ("max_steps", "all epochs"),
+                                             ("per_device_eval_batch_size", "the training batch size")])
+def test_zero_is_refused_where_minus_one_means_all(name, minus_one):
+    with pytest.raises(HyperparameterError) as err:
+        parse_hyperparameters({name: "0"})
+    assert str(err.value) == f"hyperparameter {name}: 0 is out of range. Fix: use -1 ({minus_one}) or a value >= 1"
+    assert getattr(parse_hyperparameters({name: "-1"}), name) == -1 == getattr(TrainConfig(), name)
+    assert getattr(parse_hyperparameters({name: "1"}), name) == 1
+
+
 def test_exclusive_modes():
     with pytest.raises(HyperparameterError, match="instruction_tuned and chat_dataset"):
         parse_hyperparameters({"instruction_tuned": "True", "chat_dataset": "True"})
