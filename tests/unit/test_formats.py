@@ -213,3 +213,50 @@ def test_line_over_the_size_bound_fails_before_it_is_read(tmp_path, monkeypatch)
     with pytest.raises(DataError) as err:
         read_channel(tmp_path, cfg(instruction_tuned=True))
     assert str(err.value).startswith(f"{tmp_path / 'rows.jsonl'}:2: the line holds more than 1,000 bytes")
+
+
+@pytest.mark.parametrize("name,header,column", [("t.csv", "input,input,output", "input"),
+                                               ("t.csv", "input;output;output", "output"),
+                                               ("d.csv", "text,id,text", "text")])
+def test_csv_with_a_duplicated_column_names_file_and_column(tmp_path, name, header, column):
+    (tmp_path / name).write_text(header + "\n" + ",;"[";" in header].join("abc") + "\n")
+    with pytest.raises(DataError) as err:
+        read_channel(tmp_path, cfg())
+    assert str(err.value).startswith(f"{tmp_path / name}: the column {column!r} appears 2 times")
+    assert f"Fix: keep one {column!r} column" in str(err.value)
+
+
+@pytest.mark.parametrize("value,kind", [(["a", "b"], "a list"), ({"a": 1}, "an object"), (True, "true/false")])
+def test_instruction_field_that_is_not_text_names_file_line_and_field(tmp_path, value, kind):
+    rows = [{"prompt": "q", "completion": "a"}, {"prompt": "q", "completion": value}]
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(DataError) as err:
+        read_channel(tmp_path, cfg(instruction_tuned=True))
+    assert str(err.value).startswith(f"{tmp_path / 'rows.jsonl'}:2: field 'completion' holds {kind}, not text")
+    assert "Fix: write 'completion' as a JSON string" in str(err.value)
+
+
+def test_instruction_numbers_and_null_are_text(tmp_path):
+    (tmp_path / "rows.jsonl").write_text(json.dumps({"prompt": 12, "completion": 2.5}) + "\n"
+                                         + json.dumps({"prompt": None, "completion": 3}) + "\n")
+    data = read_channel(tmp_path, cfg(instruction_tuned=True, add_input_output_demarcation_key=False))
+    assert [(e.prompt, e.completion) for e in data.examples] == [("12", "2.5"), ("", "3")]
+
+
+def test_domain_json_text_that_is_a_list_names_file_line_and_field(tmp_path):
+    (tmp_path / "d.jsonl").write_text('{"text": "fine"}\n{"text": null}\n{"text": ["a", "b"]}\n')
+    with pytest.raises(DataError) as err:
+        read_channel(tmp_path, cfg())
+    assert str(err.value).startswith(f"{tmp_path / 'd.jsonl'}:3: field 'text' holds a list, not text")
+    (tmp_path / "d.jsonl").write_text('{"text": "fine"}\n{"text": null}\n')
+    assert [e.text for e in read_channel(tmp_path, cfg()).examples] == ["fine"]
+
+
+@pytest.mark.parametrize("values,kind", [([["a"], ["b"]], "list<"), ([{"x": "a"}, {"x": "b"}], "struct<"),
+                                         ([b"a", b"b"], "binary")])
+def test_parquet_column_that_is_not_text_names_file_and_column(tmp_path, values, kind):
+    pd.DataFrame({"input": ["q1", "q2"], "output": values}).to_parquet(tmp_path / "p.parquet")
+    with pytest.raises(DataError) as err:
+        read_channel(tmp_path, cfg())
+    assert str(err.value).startswith(f"{tmp_path / 'p.parquet'}: the column 'output' holds {kind}")
+    assert "Fix: store 'output' as a string column" in str(err.value)

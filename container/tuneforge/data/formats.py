@@ -120,6 +120,8 @@ def _read_instruction(folder: Path, files: list[Path], config, prompt: PromptFor
             raise DataError(f"row has no field {missing[0]!r}, which the template names",
                             where=f"{path}:{line}",
                             fix=f"add {missing[0]!r} to every row or change template.json (fields: {', '.join(needed)})")
+        for name in needed:
+            _check_text_value(row[name], name, f"{path}:{line}")
         examples.append(Example(source=f"{path.name}:{line}", prompt=prompt.render_prompt(row),
                                 completion=prompt.render_completion(row)))
     return LoadedData("instruction", examples, [str(p) for p in jsonl], prompt)
@@ -171,6 +173,15 @@ def _template_problem(template: str) -> str | None:
         if any(c in name for c in ".[") or "{" in (spec or ""):
             return f"has the placeholder {{{name}}}, which is not a plain field name"
     return None
+
+
+def _check_text_value(value, name: str, where: str) -> None:
+    """A field that becomes training text must be a string, a number or null; str() of a list,
+    an object or true/false would train on Python's spelling of it."""
+    if isinstance(value, (list, dict, bool)):
+        kind = {list: "a list", dict: "an object", bool: "true/false"}[type(value)]
+        raise DataError(f"field {name!r} holds {kind}, not text", where=where,
+                        fix=f"write {name!r} as a JSON string (join or serialize the value yourself)")
 
 
 def _default_template(rows) -> dict:
@@ -341,6 +352,7 @@ def _csv_header(path: Path) -> list[str]:
 def _csv_text_column(path: Path) -> list[tuple[int, str]]:
     records = _csv_records(path)
     header = next(records)
+    _check_unique(path, header, ("text",))
     column = header.index("text") if "text" in header else 0
     texts, empty = [], []
     for number, row in records:
@@ -372,7 +384,9 @@ def _json_text(path: Path) -> list[tuple[int, str]]:
         if isinstance(row, str):
             value = row
         elif isinstance(row, dict) and row:
-            value = row.get("text", next(iter(row.values())))
+            name = "text" if "text" in row else next(iter(row))
+            value = "" if row[name] is None else row[name]
+            _check_text_value(value, name, f"{path}:{number}")
         else:
             raise DataError("expected an object with a 'text' field", where=f"{path}:{number}",
                             fix='write {"text": "..."} on each line')
@@ -427,12 +441,36 @@ def _table_rows(path: Path):
         raise DataError(f"cannot read the table ({exc})", where=str(path), fix="check the file is valid Parquet") from None
     columns = [str(c).strip() for c in frame.columns]
     _check_columns(path, columns)
+    _check_parquet_types(path)
     frame.columns = columns
     for offset, (inp, out) in enumerate(zip(frame["input"], frame["output"])):
         yield offset + 1, _table_row(path, offset + 1, inp, out)
 
 
+def _check_unique(path: Path, columns: list[str], names: tuple[str, ...]) -> None:
+    """Two columns of one name would leave one of them unread."""
+    twice = [name for name in names if columns.count(name) > 1]
+    if twice:
+        raise DataError(f"the column {twice[0]!r} appears {columns.count(twice[0])} times "
+                        f"(columns: {', '.join(columns)})", where=str(path),
+                        fix=f"keep one {twice[0]!r} column (rename or drop the others)")
+
+
+def _check_parquet_types(path: Path) -> None:
+    """Lists, structs, maps and bytes have no text form: str() would give Python's repr."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    types = {field.name.strip(): field.type for field in pq.read_schema(path)}
+    for name in ("input", "output"):
+        kind = types[name]
+        if pa.types.is_nested(kind) or pa.types.is_binary(kind) or pa.types.is_large_binary(kind):
+            raise DataError(f"the column {name!r} holds {kind}, not text", where=str(path),
+                            fix=f"store {name!r} as a string column")
+
+
 def _check_columns(path: Path, columns: list[str]) -> None:
+    _check_unique(path, columns, ("input", "output"))
     missing = [c for c in ("input", "output") if c not in columns]
     extra = [c for c in columns if c not in ("input", "output")]
     if missing or extra:
