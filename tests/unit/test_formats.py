@@ -260,3 +260,17 @@ def test_parquet_column_that_is_not_text_names_file_and_column(tmp_path, values,
         read_channel(tmp_path, cfg())
     assert str(err.value).startswith(f"{tmp_path / 'p.parquet'}: the column 'output' holds {kind}")
     assert "Fix: store 'output' as a string column" in str(err.value)
+
+
+def test_a_link_that_leaves_the_channel_is_refused(tmp_path):
+    channel, outside = tmp_path / "train", tmp_path / "secret.txt"
+    channel.mkdir()
+    outside.write_text("root:x:0:0\n")
+    (channel / "d.txt").symlink_to(outside)
+    with pytest.raises(DataError) as err:
+        read_channel(channel, cfg())
+    assert str(err.value).startswith(f"{channel / 'd.txt'}: the file is a link to {outside}, outside the channel")
+    (channel / "d.txt").unlink()
+    (channel / "real.txt").write_text("inside\n")
+    (channel / "d.txt").symlink_to(channel / "real.txt")  # a link within the channel is fine
+    assert detect_format(channel, cfg()) == "domain"

@@ -50,8 +50,16 @@ class LoadedData:
 
 
 def visible_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and not any(
+    """The channel's files, hidden ones left out; a link that leads outside the channel is refused
+    (rglob does not descend into linked folders)."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and not any(
         part.startswith(".") for part in p.relative_to(folder).parts))
+    root = folder.resolve()
+    for path in files:
+        if not path.resolve().is_relative_to(root):
+            raise DataError(f"the file is a link to {path.resolve()}, outside the channel", where=str(path),
+                            fix="upload the data itself into the channel: a regular file, not a link")
+    return files
 
 
 def detect_format(folder: Path, config) -> str:
