@@ -274,3 +274,25 @@ def test_a_link_that_leaves_the_channel_is_refused(tmp_path):
     (channel / "real.txt").write_text("inside\n")
     (channel / "d.txt").symlink_to(channel / "real.txt")  # a link within the channel is fine
     assert detect_format(channel, cfg()) == "domain"
+
+
+@pytest.mark.parametrize("placeholder,problem", [
+    ("{question!r}", "with a conversion (!r)"), ("{question!s}", "with a conversion (!s)"),
+    ("{question.upper}", "which is not a plain field name"), ("{question[0]}", "which is not a plain field name"),
+    ("{question:d}", "whose format spec 'd' does not apply to text")])
+def test_template_placeholder_that_is_not_a_plain_field_names_file_field_and_placeholder(tmp_path, placeholder,
+                                                                                        problem):
+    (tmp_path / "template.json").write_text(json.dumps({"prompt": "Q: {question}", "completion": placeholder}))
+    (tmp_path / "rows.jsonl").write_text(json.dumps({"question": "q", "answer": "a"}) + "\n")
+    with pytest.raises(DataError) as err:
+        read_channel(tmp_path, cfg(instruction_tuned=True))
+    assert str(err.value).startswith(f"{tmp_path / 'template.json'}: template 'completion' has the placeholder "
+                                     f"{placeholder}, {problem}")
+    assert "Fix: name every placeholder after a row field" in str(err.value)
+
+
+def test_template_placeholder_with_a_text_format_spec_is_kept(tmp_path):
+    (tmp_path / "template.json").write_text(json.dumps({"prompt": "Q: {question:>3}", "completion": "{answer}"}))
+    (tmp_path / "rows.jsonl").write_text(json.dumps({"question": "q", "answer": "a"}) + "\n")
+    data = read_channel(tmp_path, cfg(instruction_tuned=True, add_input_output_demarcation_key=False))
+    assert data.examples[0].prompt == "Q:   q"

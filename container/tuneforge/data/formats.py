@@ -173,14 +173,27 @@ def _template_problem(template: str) -> str | None:
         parts = list(string.Formatter().parse(template))
     except ValueError as exc:
         return f"is not a valid format string ({exc})"
-    for _, name, spec, _ in parts:
+    for _, name, spec, conversion in parts:
         if name is None:
             continue
+        shown = "{" + name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
         if name == "" or name.isdigit():
-            return f"has a positional placeholder {{{name}}}, which no row field can fill"
+            return f"has a positional placeholder {shown}, which no row field can fill"
         if any(c in name for c in ".[") or "{" in (spec or ""):
-            return f"has the placeholder {{{name}}}, which is not a plain field name"
+            return f"has the placeholder {shown}, which is not a plain field name"
+        if conversion:  # !r and !a would train on Python's quoting of the text
+            return f"has the placeholder {shown}, with a conversion (!{conversion})"
+        if spec and _bad_text_spec(spec):
+            return f"has the placeholder {shown}, whose format spec {spec!r} does not apply to text"
     return None
+
+
+def _bad_text_spec(spec: str) -> bool:
+    try:
+        format("", spec)
+        return False
+    except ValueError:
+        return True
 
 
 def _check_text_value(value, name: str, where: str) -> None:
