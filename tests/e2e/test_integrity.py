@@ -118,3 +118,22 @@ def test_a_rerun_with_other_settings_starts_fresh_and_keeps_the_old_checkpoints(
 
     assert (Path(moved["moved_to"]) / "checkpoint-2" / "adapter_model.safetensors").exists()
     assert json.loads((job.model_dir / "tuneforge.json").read_text())["adapter_only"] is False
+
+
+def test_a_tampered_trainer_state_is_skipped_for_the_previous_checkpoint(job, tiny, capfd):
+    _prepare(job, tiny, checkpoint_steps="1")
+    assert job.run_in_process() == 0
+    newest = job.base / "checkpoints" / "checkpoint-2"
+    state = json.loads((newest / "trainer_state.json").read_text())
+    (newest / "trainer_state.json").write_text(json.dumps({**state, "log_history": "tampered"}))
+    manifest = json.loads((newest / "tuneforge-checkpoint.json").read_text())  # rewritten too, as S3 allows
+    manifest["files"]["trainer_state.json"] = (newest / "trainer_state.json").stat().st_size
+    (newest / "tuneforge-checkpoint.json").write_text(json.dumps(manifest))
+    job.hyperparameters({**SHORT, "checkpoint_steps": "1", "max_steps": "3"})
+    capfd.readouterr()
+    assert job.run_in_process() == 0, job.failure.read_text() if job.failure.exists() else ""
+    log = "".join(capfd.readouterr())
+    metrics = job.metrics()
+    assert metrics["resumed_from"] == str(job.base / "checkpoints" / "checkpoint-1") and metrics["steps"] == 3
+    assert (f"{newest} is not resumed from: trainer_state.json field 'log_history' holds a string, not a list "
+            "of objects") in log

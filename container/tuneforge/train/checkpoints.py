@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from .distributed import gather_objects
@@ -70,10 +71,11 @@ def latest_checkpoint(folder: Path) -> Path | None:
     return done[-1] if done else None
 
 
-def common_latest_checkpoint(folder: Path) -> Path | None:
-    """The newest checkpoint complete on every rank's disk (a collective when distributed): on
-    several nodes one may hold checkpoint-30 while another was killed before finishing it."""
-    mine = [step_of(p) for p in complete_checkpoints(folder)]
+def common_latest_checkpoint(folder: Path, usable: Callable[[Path], bool] | None = None) -> Path | None:
+    """The newest checkpoint complete (and `usable`) on every rank's disk (a collective when
+    distributed): on several nodes one may hold checkpoint-30 while another was killed before
+    finishing it."""
+    mine = [step_of(p) for p in complete_checkpoints(folder) if usable is None or usable(p)]
     everyone = gather_objects(mine)
     common = set(everyone[0]).intersection(*map(set, everyone[1:]))
     if not common:

@@ -11,6 +11,8 @@ whoever can write that prefix controls (a digest kept beside them would be rewri
   from a run with other settings is moved to checkpoints/superseded-<time>/ (kept, not deleted)
   and this run starts fresh, with a warning naming the settings that differ.
 - Completion: a checkpoint that already reached max_steps is restored and not trained further.
+- State: a checkpoint whose trainer_state.json is missing, not JSON or of the wrong shape is
+  named in a warning and skipped: the previous complete checkpoint is resumed, else none.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import logging
 import os
 import pickle
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from ..errors import UserError
@@ -162,9 +164,79 @@ class ResumePlan:
 
 def _trainer_state(folder: Path) -> dict:
     try:
-        return json.loads((folder / "trainer_state.json").read_text())
+        return json.loads((folder / STATE_FILE).read_text())
     except (OSError, ValueError):
         return {}
+
+
+def _whole(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _callback_states(value) -> bool:
+    return isinstance(value, dict) and all(
+        isinstance(v, dict) or (isinstance(v, list) and all(isinstance(x, dict) for x in v)) for v in value.values())
+
+
+STATE_FILE = "trainer_state.json"
+# The TrainerState fields resume reads, with the JSON each must hold: the Trainer trusts every type.
+STATE_TYPES = {
+    "global_step": (lambda v: _whole(v) and v >= 0, "a whole number >= 0"),
+    "epoch": (_number, "a number"), "total_flos": (_number, "a number"), "best_metric": (_number, "a number"),
+    "max_steps": (_whole, "a whole number"), "num_train_epochs": (_number, "a number"),
+    "logging_steps": (_number, "a number"), "eval_steps": (_number, "a number"), "save_steps": (_number, "a number"),
+    "train_batch_size": (_whole, "a whole number"), "num_input_tokens_seen": (_whole, "a whole number"),
+    "best_global_step": (_whole, "a whole number"), "best_model_checkpoint": (lambda v: isinstance(v, str), "a string"),
+    "log_history": (lambda v: isinstance(v, list) and all(isinstance(x, dict) for x in v), "a list of objects"),
+    "stateful_callbacks": (_callback_states, "an object of callback states"),
+}
+NULLABLE = {"epoch", "train_batch_size", "best_metric", "best_global_step", "best_model_checkpoint", "log_history",
+            "stateful_callbacks"}
+JSON_KINDS = {str: "a string", list: "a list", dict: "an object", bool: "true/false", int: "a number",
+              float: "a number", type(None): "null"}
+
+
+def state_problem(folder: Path) -> str | None:
+    """Why the checkpoint's trainer_state.json cannot be resumed from, if it cannot. The Trainer
+    loads it as TrainerState(**json) and trusts it: a tampered file failed deep inside train() with
+    a bare AttributeError or TypeError, or resumed at a step the checkpoint never reached."""
+    from transformers.trainer_callback import TrainerState
+
+    try:
+        state = json.loads((Path(folder) / STATE_FILE).read_text())
+    except FileNotFoundError:
+        return f"there is no {STATE_FILE}"
+    except UnicodeDecodeError:
+        return f"{STATE_FILE} is not UTF-8 text"
+    except ValueError as exc:
+        return f"{STATE_FILE} is not JSON ({exc})"
+    except OSError as exc:
+        return f"{STATE_FILE} cannot be read ({exc.strerror})"
+    if not isinstance(state, dict):
+        return f"{STATE_FILE} holds {JSON_KINDS.get(type(state), 'a value')}, not an object"
+    unknown = sorted(set(state) - {f.name for f in fields(TrainerState)})
+    if unknown:
+        return f"{STATE_FILE} has fields the Trainer does not know ({', '.join(unknown[:5])})"
+    for name, (valid, expected) in STATE_TYPES.items():
+        value = state.get(name)
+        if (name in state or name == "global_step") and not (value is None and name in NULLABLE or valid(value)):
+            return f"{STATE_FILE} field {name!r} holds {JSON_KINDS.get(type(value), 'a value')}, not {expected}"
+    if state["global_step"] != step_of(folder):
+        return f"{STATE_FILE} says global_step {state['global_step']}, not the folder's step {step_of(folder)}"
+    return None
+
+
+def _resumable(folder: Path, refused: list[Path]) -> bool:
+    problem = state_problem(folder)
+    if problem:
+        refused.append(folder)
+        log.warning("%s is not resumed from: %s (delete it here and under the job's checkpoint S3 prefix)",
+                    folder, problem)
+    return problem is None
 
 
 def _supersede(folder: Path, reasons: list[str]) -> Path:
@@ -184,7 +256,11 @@ def _supersede(folder: Path, reasons: list[str]) -> Path:
 def plan_resume(recipe, identity: dict) -> ResumePlan:
     """Pick the checkpoint to resume (a collective: every rank calls it) and check it."""
     folder = recipe.paths.checkpoint_dir
-    latest = common_latest_checkpoint(folder)
+    refused: list[Path] = []
+    latest = common_latest_checkpoint(folder, usable=lambda path: _resumable(path, refused))
+    if refused:
+        log.warning("%d checkpoint(s) refused; %s", len(refused),
+                    f"resuming from {latest}" if latest else "no other complete checkpoint: this run starts fresh")
     if latest is None:
         return ResumePlan()
     recorded = read_manifest(latest).get("identity")
@@ -198,7 +274,8 @@ def plan_resume(recipe, identity: dict) -> ResumePlan:
     if max_steps > 0 and step >= max_steps:
         plan.finished, plan.final_step = True, step
         best = _trainer_state(latest).get("best_model_checkpoint")
-        if recipe.args.load_best_model_at_end and best and Path(best) in complete_checkpoints(folder):
+        if (recipe.args.load_best_model_at_end and best and Path(best) in complete_checkpoints(folder)
+                and state_problem(Path(best)) is None):
             plan.checkpoint = Path(best)  # what the finished run would have ended with
         log.warning("%s already reached max_steps=%d: restoring %s and going straight to evaluation and saving "
                     "(raise max_steps to train further)", latest, max_steps, plan.checkpoint)

@@ -1,0 +1,79 @@
+"""Hostile inputs the training side must refuse (or step around) with a clear message."""
+
+import json
+import logging
+from types import SimpleNamespace
+
+import pytest
+
+from tuneforge.contract import Paths
+from tuneforge.train.checkpoints import commit, staging_dir
+from tuneforge.train.resume import plan_resume, state_problem
+
+
+# ---------------------------------------------------------------- tampered trainer_state.json
+def _checkpoint(paths, step, state):
+    staged = staging_dir(paths) / f"checkpoint-{step}"
+    staged.mkdir(parents=True)
+    (staged / "model.safetensors").write_text("w" * 10)
+    if state is not None:
+        text = state if isinstance(state, str) else json.dumps(state)
+        (staged / "trainer_state.json").write_text(text)
+    return commit(staged, paths.checkpoint_dir)
+
+
+def _plan(paths):
+    recipe = SimpleNamespace(paths=paths, config=SimpleNamespace(max_steps=-1),
+                             args=SimpleNamespace(load_best_model_at_end=True))
+    return plan_resume(recipe, {"method": "full"})
+
+
+def _state(step, **changes):
+    return {"global_step": step, "epoch": 1.0, "log_history": [{"loss": 1.0, "step": step}], **changes}
+
+
+TAMPERED = [
+    ({"log_history": "oops"}, "trainer_state.json field 'log_history' holds a string, not a list of objects"),
+    ({"global_step": -5}, "trainer_state.json field 'global_step' holds a number, not a whole number >= 0"),
+    ({"global_step": 3}, "trainer_state.json says global_step 3, not the folder's step 4"),
+    ({"stateful_callbacks": {"TrainerControl": 1}},
+     "trainer_state.json field 'stateful_callbacks' holds an object, not an object of callback states"),
+    ({"evil": 1}, "trainer_state.json has fields the Trainer does not know (evil)"),
+    ("not json", "trainer_state.json is not JSON"),
+    ("[1, 2]", "trainer_state.json holds a list, not an object"),
+    (None, "there is no trainer_state.json"),
+]
+
+
+@pytest.mark.parametrize("tampered,problem", TAMPERED)
+def test_a_checkpoint_whose_state_does_not_parse_is_skipped_for_the_previous_one(tmp_path, caplog, tampered,
+                                                                                 problem):
+    paths = Paths(tmp_path)
+    previous = _checkpoint(paths, 2, _state(2))
+    state = _state(4, **tampered) if isinstance(tampered, dict) else tampered
+    newest = _checkpoint(paths, 4, state)
+    assert problem in state_problem(newest) and state_problem(previous) is None
+    with caplog.at_level(logging.WARNING, logger="tuneforge.train.resume"):
+        plan = _plan(paths)
+    assert plan.checkpoint == previous and not plan.finished
+    assert f"{newest} is not resumed from: {problem}" in caplog.text
+    assert f"1 checkpoint(s) refused; resuming from {previous}" in caplog.text
+
+
+def test_with_no_other_checkpoint_the_run_starts_fresh_with_a_warning(tmp_path, caplog):
+    paths = Paths(tmp_path)
+    newest = _checkpoint(paths, 4, _state(4, log_history="oops"))
+    with caplog.at_level(logging.WARNING, logger="tuneforge.train.resume"):
+        plan = _plan(paths)
+    assert plan.checkpoint is None and newest.is_dir()
+    assert "no other complete checkpoint: this run starts fresh" in caplog.text
+
+
+def test_a_sound_state_is_resumed_as_before(tmp_path, caplog):
+    paths = Paths(tmp_path)
+    _checkpoint(paths, 2, _state(2))
+    newest = _checkpoint(paths, 4, _state(4, best_model_checkpoint=None, stateful_callbacks={
+        "TrainerControl": {"args": {}, "attributes": {}}, "EarlyStoppingCallback": [{"args": {}}]}))
+    with caplog.at_level(logging.WARNING, logger="tuneforge.train.resume"):
+        assert _plan(paths).checkpoint == newest
+    assert "refused" not in caplog.text
