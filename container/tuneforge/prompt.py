@@ -6,8 +6,13 @@ the server loads the same PromptFormat, so what the model learned is what it is 
 
 from __future__ import annotations
 
+import contextlib
+import json
 import string
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .errors import HyperparameterError, ModelError, UserError
 
 DEMARCATION_KEY = "\n\n### Response:\n"
 # Kinds whose prompts are rendered from fields of a row (the others render conversations or nothing).
@@ -124,12 +129,52 @@ def chat_template_for(tokenizer) -> str:
 
 def render_chat(tokenizer, messages: list[dict], *, add_generation_prompt: bool,
                 chat_template: str | None = None) -> str:
-    """Render a conversation with the tokenizer's chat template, else ours."""
+    """Render a conversation with the tokenizer's chat template, else ours; a Jinja error is a
+    UserError naming where the template came from."""
+    from jinja2 import TemplateError
+
     template = chat_template or chat_template_for(tokenizer)
-    return tokenizer.apply_chat_template(
-        [{"role": m["role"], "content": m["content"]} for m in messages],
-        chat_template=template, tokenize=False, add_generation_prompt=add_generation_prompt,
-    )
+    try:
+        return tokenizer.apply_chat_template(
+            [{"role": m["role"], "content": m["content"]} for m in messages],
+            chat_template=template, tokenize=False, add_generation_prompt=add_generation_prompt,
+        )
+    except TemplateError as exc:
+        raise chat_template_error(exc, tokenizer, template) from None
+
+
+def chat_template_source(tokenizer, template: str) -> tuple[str, type[UserError]]:
+    """Where a chat template came from, and the error class for it: a file of the tokenizer's
+    folder (the model channel), else the chat_template hyperparameter."""
+    if template == DEFAULT_CHAT_TEMPLATE:
+        return "tuneforge's default chat template", UserError
+    folder = Path(getattr(tokenizer, "name_or_path", "") or ".")
+    for name in ("chat_template.jinja", "tokenizer_config.json", "chat_template.json"):
+        path = folder / name
+        with contextlib.suppress(OSError, ValueError):
+            text = path.read_text()
+            found = json.loads(text).get("chat_template") if path.suffix == ".json" else text
+            found = [t.get("template") for t in found if isinstance(t, dict)] if isinstance(found, list) else [found]
+            if template in found:
+                return str(path), ModelError
+    return "hyperparameter chat_template", HyperparameterError
+
+
+def chat_template_error(exc, tokenizer, template: str) -> UserError:
+    """A Jinja error of a chat template as the message a user reads."""
+    from jinja2 import TemplateSyntaxError
+    from jinja2.exceptions import SecurityError
+
+    where, kind = chat_template_source(tokenizer, template)
+    if isinstance(exc, SecurityError):
+        return kind(f"the chat template touches Python objects, which templates may not do ({exc})", where=where,
+                    fix="use only the template's variables (messages, add_generation_prompt, bos_token, "
+                        "eos_token) with Jinja's own filters and tests, and no attribute that starts with _")
+    if isinstance(exc, TemplateSyntaxError):
+        return kind(f"the chat template is not valid Jinja (template line {exc.lineno}: {exc.message})",
+                    where=where, fix="correct the template's syntax")
+    return kind(f"the chat template stopped with an error ({exc})", where=where,
+                fix="correct the template, or the conversations it refuses")
 
 
 def token_ids(tokenizer, text: str) -> list[int]:

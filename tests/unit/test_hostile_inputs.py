@@ -77,3 +77,65 @@ def test_a_sound_state_is_resumed_as_before(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="tuneforge.train.resume"):
         assert _plan(paths).checkpoint == newest
     assert "refused" not in caplog.text
+
+
+# ---------------------------------------------------------------- chat templates that reach for Python
+CHAT = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+
+
+def _chat_example():
+    from tuneforge.data.formats import Example
+
+    return Example(source="chat.jsonl:1", messages=CHAT)
+
+
+def _tokenize(tokenizer, chat_template=None):
+    from tuneforge.data import tokenize_examples
+    from tuneforge.prompt import PromptFormat
+
+    prompt = PromptFormat(kind="chat", prompt_template="", completion_template="", chat_template=chat_template)
+    return tokenize_examples([_chat_example()], tokenizer, prompt, max_len=64, max_out=16, seq2seq=False)
+
+
+EVIL = "{% for m in messages %}{{ m['content'].__class__.__mro__ }}{% endfor %}"
+
+
+def test_a_sandbox_refusal_in_the_chat_template_hyperparameter_names_it(tiny):
+    from transformers import AutoTokenizer
+
+    from tuneforge.errors import HyperparameterError
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny("llama"))
+    with pytest.raises(HyperparameterError) as err:
+        _tokenize(tokenizer, EVIL)
+    assert str(err.value).startswith("hyperparameter chat_template: the chat template touches Python objects, which "
+                                     "templates may not do (access to attribute '__class__' of 'str' object is unsafe")
+    assert "no attribute that starts with _" in str(err.value)
+
+
+def test_a_sandbox_refusal_in_the_model_tokenizer_names_the_file(tiny, tmp_path):
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from tuneforge.errors import ModelError
+
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(tiny("llama") / name, tmp_path / name)
+    (tmp_path / "chat_template.jinja").write_text(EVIL)
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path)
+    with pytest.raises(ModelError) as err:
+        _tokenize(tokenizer)
+    assert str(err.value).startswith(f"{tmp_path / 'chat_template.jinja'}: the chat template touches Python objects")
+
+
+def test_a_chat_template_that_is_not_jinja_names_the_line(tiny):
+    from transformers import AutoTokenizer
+
+    from tuneforge.errors import HyperparameterError
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny("llama"))
+    with pytest.raises(HyperparameterError) as err:
+        _tokenize(tokenizer, "{% for m in messages %}\n{{ m['content'] }\n{% endfor %}")
+    assert str(err.value).startswith("hyperparameter chat_template: the chat template is not valid Jinja (template "
+                                     "line 2: ")
