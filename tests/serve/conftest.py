@@ -28,12 +28,22 @@ TEST_ENGINE = os.environ.get("TUNEFORGE_TEST_ENGINE", "transformers")
 ENGINE_ENV = ({"SERVING_ENGINE": "auto", "TUNEFORGE_DTYPE": "float32", "TUNEFORGE_KV_CACHE_GB": "1"}
               if TEST_ENGINE == "vllm" else {"SERVING_ENGINE": "transformers"})
 START_TIMEOUT = 540 if TEST_ENGINE == "vllm" else 180  # vLLM takes a minute or more to start
+INSTRUCT_BASE = "llama_hd32" if TEST_ENGINE == "vllm" else "llama"  # the instruct model's and the adapter's base
+
+
+_ports_handed_out: set[int] = set()
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
+    """A port free now and never handed to another server of this session (servers that load in
+    parallel each pick one before any of them binds)."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind((HOST, 0))
+            port = sock.getsockname()[1]
+        if port not in _ports_handed_out:
+            _ports_handed_out.add(port)
+            return port
 
 
 def instruction_format() -> PromptFormat:
@@ -71,9 +81,14 @@ class Server:
     def log(self) -> str:
         return self.log_path.read_text()
 
+    def listening(self) -> bool:
+        return f"Listening at: http://{HOST}:{self.port} " in self.log()
+
     def poll_ready(self) -> bool:
         if self.proc.poll() is not None:
             raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.log()[-3000:]}")
+        if not self.listening():  # whatever answers before that on this port is some other process
+            return False
         try:
             status = requests.get(self.url + "/ping", timeout=2).status_code
         except (requests.ConnectionError, requests.Timeout):  # not listening yet, or busy loading on a small machine
@@ -128,7 +143,7 @@ def model_dirs(tmp_path_factory, tiny) -> dict[str, Path]:
     dirs = {}
     # A trained instruction model: tiny llama weights + the Dolly template in tuneforge.json.
     dirs["instruct"] = root / "instruct"
-    shutil.copytree(tiny("llama_hd32" if TEST_ENGINE == "vllm" else "llama"), dirs["instruct"])
+    shutil.copytree(tiny(INSTRUCT_BASE), dirs["instruct"])
     write_metadata(dirs["instruct"])
     # A plain HF seq2seq folder (no tuneforge.json): raw prompts, architecture from config.json.
     dirs["t5"] = root / "t5"
@@ -139,7 +154,7 @@ def model_dirs(tmp_path_factory, tiny) -> dict[str, Path]:
     config = json.loads((dirs["long"] / "config.json").read_text())
     config["max_position_embeddings"] = 4096
     (dirs["long"] / "config.json").write_text(json.dumps(config))
-    dirs["adapter"] = make_adapter(root / "adapter", tiny("llama"))
+    dirs["adapter"] = make_adapter(root / "adapter", tiny(INSTRUCT_BASE))
     return dirs
 
 

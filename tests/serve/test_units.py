@@ -153,6 +153,26 @@ def test_serve_exits_at_start_on_a_bad_dtype(tmp_path):
                                            "DTYPE to one of auto, float32, bfloat16, float16, fp32, bf16, fp16")
 
 
+def test_serve_refuses_at_once_a_port_another_process_listens_on(tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        done = subprocess.run([sys.executable, "-m", "tuneforge.serve.server", "--model-dir", str(tmp_path),
+                               "--host", "127.0.0.1", "--port", str(port)],
+                              env=dict(os.environ, SERVING_ENGINE="transformers"), capture_output=True, text=True,
+                              timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.splitlines()[0] == (
+        f"serve: cannot serve on 127.0.0.1:{port}: Address already in use; another process holds that port "
+        "(stop it, or choose another port with --port or SAGEMAKER_BIND_TO_PORT)")
+
+
 def test_dtype_aliases_and_zero_batch_wait_are_accepted():
     settings = ServeSettings.from_env({"TUNEFORGE_DTYPE": "BF16", "TUNEFORGE_MAX_BATCH_WAIT_MS": "0",
                                        "SAGEMAKER_CONTAINER_LOG_LEVEL": "30", "TUNEFORGE_DEVICE": "cuda:1"})

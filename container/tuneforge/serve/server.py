@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import socket
 import sys
 import time
 from pathlib import Path
@@ -45,6 +46,21 @@ def resolve_settings(argv: list[str]) -> tuple[ServeSettings, argparse.Namespace
     return settings, args
 
 
+def reserve_port(host: str, port: int) -> socket.socket:
+    """Bind the serving port at once, so no other process takes it while the model is checked and
+    a vLLM engine starts (a minute or more). It never listens: gunicorn binds the same port beside
+    it (both set SO_REUSEADDR, which Linux allows while neither listens) and serves on its own."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise UserError(f"cannot serve on {host}:{port}: {exc.strerror or exc}; another process holds that port "
+                        "(stop it, or choose another port with --port or SAGEMAKER_BIND_TO_PORT)") from None
+    return sock
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `serve` and `tuneforge serve`; returns the process exit status."""
     from .loader import check_model_dir
@@ -55,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         argv = argv[1:]
     try:
         settings, args = resolve_settings(argv)
+        reservation = None if args.check else reserve_port(settings.host, settings.port)
         if is_pipeline_dir(settings.model_dir):  # a text-to-image (diffusers) pipeline: diffusion/serve.py
             from ..diffusion.serve import check_pipeline_dir
 
@@ -73,9 +90,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"serve: engine {choice.name}: {choice.reason}", file=sys.stderr, flush=True)
     if args.check:
         return 0
-    if choice.name == "vllm":
-        return run_with_vllm(settings, info, choice)
-    return run_gunicorn(settings)
+    try:
+        if choice.name == "vllm":
+            return run_with_vllm(settings, info, choice)
+        return run_gunicorn(settings)
+    finally:
+        reservation.close()
 
 
 def run_with_vllm(settings: ServeSettings, info, choice) -> int:
