@@ -64,6 +64,28 @@ def test_completion_logprobs_and_echo_over_token_ids(openai_client, causal):
         [None] + choice.logprobs.token_logprobs[1:], abs=1e-5)
 
 
+def test_string_prompts_are_tokenized_as_the_tokenizer_does(openai_client, causal, model_dirs):
+    """No token added or dropped (this tokenizer adds no BOS of its own), and text_offset gives where
+    each echoed token starts in the text, multi-byte characters included."""
+    from transformers import AutoTokenizer
+
+    text = "Naïve café: 2+2=4, ok?"
+    want = AutoTokenizer.from_pretrained(model_dirs["instruct"])(text, return_offsets_mapping=True)
+    ids = want["input_ids"]
+    assert requests.post(causal.url + "/tokenize", json={"prompt": text}, timeout=10).json()["tokens"] == ids
+    echoed = openai_client.completions.create(model="tiny-llama", prompt=text, max_tokens=1, echo=True,
+                                              logprobs=0, temperature=0)
+    choice = echoed.choices[0]
+    assert echoed.usage.prompt_tokens == len(ids) and choice.text.startswith(text)
+    assert choice.logprobs.text_offset == [start for start, _ in want["offset_mapping"]] + [len(text)]
+    by_ids = openai_client.completions.create(model="tiny-llama", prompt=ids, max_tokens=1, echo=True, logprobs=0,
+                                              temperature=0)
+    assert choice.logprobs.token_logprobs == pytest.approx(by_ids.choices[0].logprobs.token_logprobs, abs=1e-5)
+    with_bos = requests.post(causal.url + "/v1/completions", timeout=30, json={
+        "model": "tiny-llama", "prompt": "<s>" + text, "max_tokens": 1, "echo": True, "logprobs": 0}).json()
+    assert with_bos["usage"]["prompt_tokens"] == len(ids) + 1  # a BOS written in the text is the special token
+
+
 def test_developer_role_is_a_system_message(openai_client):
     as_developer = openai_client.chat.completions.create(
         model="tiny-llama", max_tokens=6, temperature=0,

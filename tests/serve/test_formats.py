@@ -84,8 +84,9 @@ def test_stop_sequences_cut_the_text(causal):
     assert answer["details"]["finish_reason"] == "stop_sequence"
     assert answer["details"]["generated_tokens"] < 20
     # OpenAI spelling: a single string
-    chat = causal.post("/v1/completions", json={"prompt": instruction_format().render_text(PROMPT), "max_tokens": 20,
-                                                "temperature": 0, "stop": stop})  # completions prompts are raw
+    # completions prompts are raw, tokenized as the tokenizer does: this one adds no BOS of its own
+    chat = causal.post("/v1/completions", json={"prompt": "<s>" + instruction_format().render_text(PROMPT),
+                                                "max_tokens": 20, "temperature": 0, "stop": stop})
     assert chat.json()["choices"][0]["text"] == cut
     assert chat.json()["choices"][0]["finish_reason"] == "stop"
 

@@ -78,6 +78,28 @@ def test_local_completions_with_a_local_tokenizer(causal, model_dirs):
         assert sample["resps"][0][0] == again.choices[0].text
 
 
+def test_local_completions_with_string_prompts(causal, model_dirs):
+    """tokenized_requests=False: the harness decodes its ids to text and counts the context's tokens
+    on its side, so the server must tokenize the text exactly as the model's tokenizer does."""
+    from lm_eval.api.registry import get_model
+    from openai import OpenAI
+    from transformers import AutoTokenizer
+
+    lm = get_model("local-completions")(base_url=causal.url + "/v1/completions", model="tiny-llama",
+                                        tokenizer=str(model_dirs["instruct"]), tokenized_requests=False,
+                                        batch_size=2, max_retries=1)
+    results = _evaluate(lm, [CHOICE, QA])
+    assert _check_loglikelihoods(lm, results["samples"][CHOICE], model_dirs["instruct"]) == 18
+    # generate_until: the same greedy text as the tokenizer's own ids of the same context
+    tokenizer = AutoTokenizer.from_pretrained(model_dirs["instruct"])
+    client = OpenAI(base_url=causal.url + "/v1", api_key="unused", max_retries=0)
+    for sample in results["samples"][QA]:
+        context, kwargs = sample["arguments"][0]
+        again = client.completions.create(model="tiny-llama", prompt=tokenizer(context)["input_ids"],
+                                          temperature=0, max_tokens=kwargs["max_gen_toks"], stop=kwargs["until"])
+        assert sample["resps"][0][0] == again.choices[0].text
+
+
 def test_local_completions_with_the_server_tokenizer(causal, model_dirs):
     """No tokenizer path: lm_eval finds /tokenizer_info and /tokenize and tokenizes through them."""
     from lm_eval.api.registry import get_model

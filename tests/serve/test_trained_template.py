@@ -108,9 +108,8 @@ def test_plain_strings_are_rendered_unless_they_already_are_a_whole_prompt(instr
     # the client wrote its own prompt ending in the demarcation (JumpStart notebooks do): kept as sent
     own = f"Question: {QUESTION}\n\n### Response:\n"
     assert ids_of(instruct, {"inputs": own}) == encode_prompt(instruct.tokenizer, own, seq2seq=False)
-    # OpenAI completions prompts are always raw text
-    assert ids_of(instruct, {"prompt": QUESTION}, "completion") == encode_prompt(instruct.tokenizer, QUESTION,
-                                                                                 seq2seq=False)
+    # OpenAI completions prompts are always raw text, tokenized as the tokenizer does it
+    assert ids_of(instruct, {"prompt": QUESTION}, "completion") == instruct.tokenizer(QUESTION)["input_ids"]
 
 
 def test_a_table_fine_tune_renders_strings_and_chat_with_its_demarcation(tmp_path, tiny):

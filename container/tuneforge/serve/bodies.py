@@ -247,4 +247,5 @@ class CompletionRequest(OpenAICommon):
     logprobs: Int(0, MAX_TOP_LOGPROBS) = None  # how many alternatives per token
     prompt: Any = None
     echo: Flag = None
+    add_special_tokens: Flag = None  # vLLM's: string prompts get the tokenizer's own special tokens (default true)
     suffix: Any = None  # refused: fill-in-the-middle

@@ -2,7 +2,10 @@
 
 Beyond text in and text out: completions take token-id prompts (`list[int]`,
 `list[list[int]]`) and `echo` with `logprobs` scores the prompt's own tokens (what
-lm-evaluation-harness reads for loglikelihood tasks, with `max_tokens` 0 or 1); chat takes
+lm-evaluation-harness reads for loglikelihood tasks, with `max_tokens` 0 or 1). A string prompt
+is tokenized exactly as the model's tokenizer does it, with the tokenizer's own special tokens
+and none added by the server (as vLLM and OpenAI do: the harness's string prompts count the
+tokens on its side), and `text_offset` comes from the tokenizer's character spans; chat takes
 `top_logprobs`, `response_format` and `tools` (structured.py). `suffix` (fill-in-the-middle),
 `presence_penalty` and `frequency_penalty` are refused, never silently ignored.
 """
@@ -42,7 +45,8 @@ def parse_completion(parser, body: CompletionRequest) -> Invocation:
     if body.suffix:
         raise invalid("`suffix` is not supported: fill-in-the-middle needs a model trained for it; leave "
                       "`suffix` unset and send the text before the gap as `prompt`")
-    prompts, list_input = _prompts(parser, body.prompt)
+    special = True if body.add_special_tokens is None else body.add_special_tokens
+    prompts, list_input = _prompts(parser, body.prompt, special)
     parser._check_count(prompts, "prompt")
     options = _options(body, parser.loaded, logprobs=body.logprobs, top=body.logprobs or 0)
     echo = options["echo"] = bool(body.echo)
@@ -50,6 +54,9 @@ def parse_completion(parser, body: CompletionRequest) -> Invocation:
     if stream and len(prompts) > 1:
         raise invalid("`stream: true` takes a single prompt, not a list")
     scored = body.logprobs is not None and echo
+    if scored:  # where each echoed prompt token starts in its text (None: cumulative token lengths)
+        options["prompt_offsets"] = [_char_offsets(parser, text, special) if isinstance(source, str) else None
+                                     for (_, text, _), source in zip(prompts, _sources(body.prompt))]
     if scored and parser.loaded.seq2seq:
         raise invalid("`echo` with `logprobs` scores the prompt, which needs a causal (decoder-only) model")
     if scored and stream:
@@ -62,10 +69,10 @@ def parse_completion(parser, body: CompletionRequest) -> Invocation:
     return Invocation("completion", requests, [text for _, text, _ in prompts], stream, list_input, options)
 
 
-def _prompts(parser, prompt) -> tuple[list[tuple[list[int], str, str]], bool]:
+def _prompts(parser, prompt, special: bool) -> tuple[list[tuple[list[int], str, str]], bool]:
     """(ids, text, where) per prompt, and whether the caller sent a list of prompts."""
     if isinstance(prompt, str):
-        return [(parser._encode(prompt, "prompt"), prompt, "prompt")], False
+        return [_text_prompt(parser, prompt, "prompt", special)], False
     if isinstance(prompt, list) and prompt and all(_is_token(t) for t in prompt):
         return [_token_prompt(parser, prompt, "prompt")], True
     if isinstance(prompt, list):
@@ -73,13 +80,40 @@ def _prompts(parser, prompt) -> tuple[list[tuple[list[int], str, str]], bool]:
         for i, item in enumerate(prompt):
             where = f"prompt[{i}]"
             if isinstance(item, str):
-                out.append((parser._encode(item, where), item, where))
+                out.append(_text_prompt(parser, item, where, special))
             elif isinstance(item, list) and all(_is_token(t) for t in item):
                 out.append(_token_prompt(parser, item, where))
             else:
                 raise invalid(f"`{where}` must be a string or a list of token ids (integers)")
         return out, True
     raise invalid("`prompt` must be a string, a list of strings, a list of token ids or a list of token-id lists")
+
+
+def _sources(prompt) -> list:
+    """The prompts as sent, one per entry of _prompts (a single token-id list is one prompt)."""
+    if isinstance(prompt, str) or all(_is_token(t) for t in prompt):
+        return [prompt]
+    return list(prompt)
+
+
+def _text_prompt(parser, text: str, where: str, special: bool) -> tuple[list[int], str, str]:
+    return prompt_ids(parser, text, where, special), text, where
+
+
+def prompt_ids(parser, text: str, where: str, special: bool = True) -> list[int]:
+    """The ids of a raw string prompt (/v1/completions, /tokenize)."""
+    if parser.loaded.seq2seq and special:  # encoder input as in training: the text and EOS
+        return parser._encode(text, where)
+    return parser.tokenizer(text, add_special_tokens=special)["input_ids"] if text else []
+
+
+def _char_offsets(parser, text: str, special: bool) -> list[int] | None:
+    """Where each token of `text` starts; None where the tokenizer gives no spans (slow ones)."""
+    try:
+        spans = parser.tokenizer(text, add_special_tokens=special, return_offsets_mapping=True)["offset_mapping"]
+    except (NotImplementedError, ValueError, TypeError):
+        return None
+    return [start for start, _ in spans]
 
 
 def _is_token(value) -> bool:

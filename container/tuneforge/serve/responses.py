@@ -105,13 +105,17 @@ def _chat(inv: Invocation, result: Result) -> dict:
             "usage": _usage(result.prompt_tokens, result.generated_tokens)}
 
 
-def _completion_logprobs(tokens: list, start: int) -> dict:
-    """The legacy completions shape; each top_logprobs dict holds the alternatives and the
-    chosen token itself (as vLLM), None where a token has no log-probability (a prompt's first)."""
+def _running_offsets(tokens: list, start: int) -> list[int]:
     offsets, at = [], start
     for t in tokens:
         offsets.append(at)
         at += 0 if t.special else len(t.text)
+    return offsets
+
+
+def _completion_logprobs(tokens: list, offsets: list[int]) -> dict:
+    """The legacy completions shape; each top_logprobs dict holds the alternatives and the
+    chosen token itself (as vLLM), None where a token has no log-probability (a prompt's first)."""
     tops = [None if t.logprob is None else {**{text: lp for _, text, lp in t.top or []}, t.text: t.logprob}
             for t in tokens]
     return {"tokens": [t.text for t in tokens], "token_logprobs": [t.logprob for t in tokens],
@@ -122,11 +126,13 @@ def _completion(inv: Invocation, results: list[Result]) -> dict:
     choices = []
     for p, result in enumerate(results):
         echo = inv.prompt_texts[p] if inv.options.get("echo") else ""
+        prompt = result.prompt_scores or []
+        spans = (inv.options.get("prompt_offsets") or [None] * len(results))[p]
+        head = spans if spans is not None and len(spans) == len(prompt) else _running_offsets(prompt, 0)
         for s in result.sequences:
             logprobs = None
             if inv.options.get("logprobs") is not None:
-                prompt = result.prompt_scores or []
-                logprobs = _completion_logprobs(prompt + s.tokens, 0 if prompt else len(echo))
+                logprobs = _completion_logprobs(prompt + s.tokens, head + _running_offsets(s.tokens, len(echo)))
             choices.append({"index": len(choices), "text": echo + s.text, "logprobs": logprobs,
                             "finish_reason": openai_reason(s.finish_reason)})
     return {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),

@@ -16,6 +16,7 @@ from .errors import PayloadError, invalid
 from .fields import read_bool
 from .generation import generate_view
 from .http import json_response
+from .openai_requests import prompt_ids
 
 core = Blueprint("core", __name__)
 api = Blueprint("api", __name__)
@@ -131,18 +132,20 @@ def tokenizer_info():
 @api.post("/tokenize")
 def tokenize():
     """vLLM's shape: {"prompt": str} or {"messages": [...]}, with add_special_tokens (default
-    true: the ids the server itself would generate from) -> {"count", "max_model_len", "tokens"}."""
+    true: the ids the server itself would generate from; a prompt gets the tokenizer's own special
+    tokens, as on /v1/completions) -> {"count", "max_model_len", "tokens"}."""
     current = ready_state()
     body = _json_body()
     loaded, parser = current.loaded, current.parser
     special = read_bool(body, "add_special_tokens", True, "")
     if "messages" in body:
         text = parser._render_chat(body["messages"], "messages")
+        ids = parser._encode(text, "messages") if special else loaded.tokenizer(text, add_special_tokens=False)[
+            "input_ids"]
     elif isinstance(body.get("prompt"), str):
-        text = body["prompt"]
+        ids = prompt_ids(parser, body["prompt"], "prompt", special)
     else:
         raise invalid("send `prompt` (a string) or `messages` (a chat) to tokenize")
-    ids = parser._encode(text, "prompt") if special else loaded.tokenizer(text, add_special_tokens=False)["input_ids"]
     answer = {"count": len(ids), "max_model_len": loaded.max_total_tokens or loaded.max_input_tokens, "tokens": ids}
     if read_bool(body, "return_token_strs", False, ""):
         answer["token_strs"] = loaded.tokenizer.convert_ids_to_tokens(ids)
