@@ -13,6 +13,8 @@ from tuneforge.errors import ModelError
 from tuneforge.serve.loader import check_model_dir
 from tuneforge.serve.settings import ServeSettings
 
+from tests.serve.conftest import INSTRUCT_BASE
+
 PROMPT = "What color is the cherry?"
 
 
@@ -40,8 +42,8 @@ def test_adapter_only_folder_is_served_with_the_adapter_applied(adapter_server, 
     base = causal.generate(PROMPT, max_new_tokens=12)  # same base weights, no adapter
     served_ids = [t["id"] for t in served["details"]["tokens"]]
     assert served_ids != [t["id"] for t in base["details"]["tokens"]]
-    expected = reference_ids(model_dirs["adapter"], tiny("llama"), 12)
-    assert served_ids == expected[:len(served_ids)]
+    expected = reference_ids(model_dirs["adapter"], tiny(INSTRUCT_BASE), 12)
+    assert served_ids == expected[:len(served_ids)]  # on vLLM: its LoRA applied per request on the base
     info = __import__("requests").get(adapter_server.url + "/info", timeout=5).json()
     assert info["adapter_only"] is True and info["prompt_kind"] == "instruction"
 
@@ -51,7 +53,7 @@ def test_base_is_found_by_env_then_metadata_then_base_folder(tmp_path, model_dir
     shutil.copytree(model_dirs["adapter"], adapter)
     meta = json.loads((adapter / "tuneforge.json").read_text())
     # metadata base_model_path
-    assert check_model_dir(ServeSettings(model_dir=adapter)).base_dir == tiny("llama")
+    assert check_model_dir(ServeSettings(model_dir=adapter)).base_dir == tiny(INSTRUCT_BASE)
     # the env setting wins over the metadata
     other = tmp_path / "other-base"
     shutil.copytree(tiny("llama"), other)

@@ -78,8 +78,6 @@ def test_auto_falls_back_where_vllm_cannot_serve(model_dirs, tiny):
     assert t5.returncode == 0
     assert "serve: engine transformers: SERVING_ENGINE=auto and" in t5.stderr
     assert "encoder-decoder" in t5.stderr
-    adapter = check(model_dirs["adapter"], SERVING_ENGINE="auto")
-    assert "engine transformers" in adapter.stderr and "merge_weights=True" in adapter.stderr
     missing = check(model_dirs["instruct"], SERVING_ENGINE="auto", TUNEFORGE_VLLM_PYTHON="/nonexistent/python")
     assert "engine transformers" in missing.stderr and "vLLM is not installed" in missing.stderr
 
@@ -121,6 +119,19 @@ def test_stop_sequences_cut_as_on_the_transformers_engine(engines):
     want = twin.generate(PROMPTS[0], max_new_tokens=24, stop=[stop])
     assert got["generated_text"] == want["generated_text"] == full[:full.index(stop)]
     assert got["details"]["finish_reason"] == "stop_sequence"
+
+
+def test_no_repeat_ngram_size_bans_as_on_the_transformers_engine(engines):
+    """vLLM runs tuneforge's logits processor (vllm_plugin/): the same ids as transformers' own."""
+    vllm, twin = engines
+    free = twin.generate(PROMPTS[0], max_new_tokens=24)
+    got = vllm.generate(PROMPTS[0], max_new_tokens=24, no_repeat_ngram_size=2)
+    want = twin.generate(PROMPTS[0], max_new_tokens=24, no_repeat_ngram_size=2)
+    ids = [t["id"] for t in got["details"]["tokens"]]
+    assert ids == [t["id"] for t in want["details"]["tokens"]]
+    assert ids != [t["id"] for t in free["details"]["tokens"]]  # the tiny model repeats itself unbanned
+    pairs = list(zip(ids, ids[1:]))
+    assert len(pairs) == len(set(pairs))
 
 
 def test_streams_the_same_text_token_by_token(engines):

@@ -77,10 +77,9 @@ def test_engine_command_and_environment(llama):
 
 
 def test_engine_obstacles_named_in_words(model_dirs, tmp_path):
-    for name, words in (("t5", "encoder-decoder"), ("adapter", "merge_weights=True")):
-        settings = settings_for(model_dirs[name], SERVING_ENGINE="vllm")
-        with pytest.raises(ModelError, match=words):
-            choose_engine(settings, check_model_dir(settings))
+    settings = settings_for(model_dirs["t5"], SERVING_ENGINE="vllm")
+    with pytest.raises(ModelError, match="encoder-decoder"):
+        choose_engine(settings, check_model_dir(settings))
     folder = tmp_path / "unknown"
     shutil.copytree(model_dirs["instruct"], folder)
     config = json.loads((folder / "config.json").read_text())
@@ -89,3 +88,63 @@ def test_engine_obstacles_named_in_words(model_dirs, tmp_path):
     choice = choose_engine(settings, check_model_dir(settings))
     if "not installed" not in choice.reason and "does not load" not in choice.reason:  # vLLM is here
         assert choice.reason.endswith("has no NoSuchForCausalLM")
+
+
+def _adapter_copy(model_dirs, folder: Path, **config) -> Path:
+    shutil.copytree(model_dirs["adapter"], folder)
+    adapter = json.loads((folder / "adapter_config.json").read_text())
+    (folder / "adapter_config.json").write_text(json.dumps(dict(adapter, **config)))
+    return folder
+
+
+def test_an_adapter_only_folder_runs_as_vllm_lora_on_its_base(model_dirs, tmp_path):
+    settings = settings_for(model_dirs["adapter"])
+    info = check_model_dir(settings)
+    command = engine_command(settings, info, EngineChoice("vllm", "", Path("/p")), 1)
+    assert command[command.index("--model") + 1] == str(info.base_dir)
+    assert command[command.index("--lora-modules") + 1] == f"tuneforge-adapter={info.model_dir}"
+    assert command[command.index("--max-lora-rank") + 1] == "8" and "--enable-lora" in command
+    wide = _adapter_copy(model_dirs, tmp_path / "r40", r=40)
+    command = engine_command(settings, check_model_dir(settings_for(wide)), EngineChoice("vllm", "", Path("/p")), 1)
+    assert command[command.index("--max-lora-rank") + 1] == "64"  # the next rank vLLM takes
+
+
+@pytest.mark.parametrize("change,words", [
+    ({"use_dora": True}, "DoRA adapter"),
+    ({"peft_type": "IA3"}, "IA3 adapter, and vLLM serves LoRA adapters only"),
+    ({"r": 1024}, r"rank 1024 is above vLLM's largest \(512\)"),
+    ({"modules_to_save": ["lm_head"]}, r"whole modules beside its LoRA weights \(lm_head"),
+])
+def test_adapters_vllm_cannot_load_are_named(model_dirs, tmp_path, change, words):
+    folder = _adapter_copy(model_dirs, tmp_path / "adapter", **change)
+    settings = settings_for(folder, SERVING_ENGINE="vllm")
+    with pytest.raises(ModelError, match=words):
+        choose_engine(settings, check_model_dir(settings))
+
+
+def test_an_adapter_with_resized_embeddings_is_left_to_the_transformers_engine(model_dirs, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    folder = _adapter_copy(model_dirs, tmp_path / "adapter")
+    weights = load_file(folder / "adapter_model.safetensors")
+    weights["base_model.model.model.embed_tokens.weight"] = weights[next(iter(weights))].new_zeros(4, 2)
+    save_file(weights, folder / "adapter_model.safetensors")
+    settings = settings_for(folder, TUNEFORGE_VLLM_PYTHON="/nonexistent/python")
+    choice = choose_engine(settings, check_model_dir(settings))
+    assert choice.name == "transformers" and "(embed_tokens: e.g. embeddings resized" in choice.reason
+
+
+def test_the_ngram_processor_bans_what_transformers_bans():
+    """The engine-side rule (vllm_plugin/, run in vLLM's Python) against transformers' own processor."""
+    import random
+
+    import torch
+    from transformers import NoRepeatNGramLogitsProcessor
+
+    from tuneforge.serve.vllm_plugin.tuneforge_ngram_bans import banned_tokens
+
+    rng = random.Random(0)
+    for _ in range(300):
+        ids, size = [rng.randrange(6) for _ in range(rng.randrange(0, 14))], rng.randrange(1, 5)
+        scores = NoRepeatNGramLogitsProcessor(size)(torch.tensor([ids or [0]])[:, :len(ids)], torch.zeros(1, 6))
+        assert banned_tokens(ids, size) == {t for t in range(6) if scores[0, t] == float("-inf")}, (ids, size)

@@ -20,7 +20,7 @@ import time
 from .engine import GenerationRequest, Job, Result, Sequence, Token, _Row
 from .errors import DeadlineExceeded, GenerationFailed, Overloaded
 from .metrics import ServeMetrics
-from .vllm_launch import SERVED_NAME
+from .vllm_launch import ADAPTER_NAME, SERVED_NAME
 
 log = logging.getLogger(__name__)
 TOKEN_ID_PREFIX = "token_id:"
@@ -30,6 +30,7 @@ CONNECT_TIMEOUT_S = 10
 class VllmEngine:
     def __init__(self, loaded, settings, metrics: ServeMetrics | None = None):
         self.loaded, self.tokenizer = loaded, loaded.tokenizer
+        self.model_name = ADAPTER_NAME if loaded.info.adapter_only else SERVED_NAME
         host, port = settings.vllm_url.removeprefix("http://").split(":")
         self.host, self.port = host, int(port)
         self.max_queue = settings.max_queue
@@ -141,7 +142,7 @@ class VllmEngine:
         scored = request.prompt_logprobs is not None
         body = {
             # vLLM refuses n > 1 with greedy decoding: one sequence, copied to every row (_feed)
-            "model": SERVED_NAME, "prompt": list(request.prompt_ids), "n": request.n if sampling.do_sample else 1,
+            "model": self.model_name, "prompt": list(request.prompt_ids), "n": request.n if sampling.do_sample else 1,
             # vLLM scores a prompt only in a whole answer; such requests (echo + logprobs) are short
             "stream": not scored, "max_tokens": max(1, request.max_new_tokens),  # 0: the prompt scored only
             "temperature": sampling.temperature if sampling.do_sample else 0.0,
@@ -155,9 +156,8 @@ class VllmEngine:
             body["prompt_logprobs"] = request.prompt_logprobs
         if request.guide is not None:
             body["structured_outputs"] = {"regex": request.guide.regex}
-        if sampling.no_repeat_ngram_size:
-            raise GenerationFailed("no_repeat_ngram_size is not available on the vLLM engine "
-                                   "(SERVING_ENGINE=transformers serves it)")
+        if sampling.no_repeat_ngram_size:  # vllm_plugin/tuneforge_vllm_ngram.py, loaded by the engine
+            body["vllm_xargs"] = {"no_repeat_ngram_size": sampling.no_repeat_ngram_size}
         return body
 
     def _feed(self, job: Job, rows: list[_Row], chunk: dict) -> bool:

@@ -34,6 +34,10 @@ from ..model_folder import CONFIG_FILE
 from .settings import ServeSettings
 
 SERVED_NAME = "tuneforge"  # the model name the workers use with the engine; clients never see it
+ADAPTER_NAME = "tuneforge-adapter"  # an adapter-only folder's LoRA, by name, on the base model
+LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # what vLLM takes as --max-lora-rank
+PLUGIN_DIR = Path(__file__).parent / "vllm_plugin"  # on the engine's PYTHONPATH: modules vLLM imports
+NGRAM_PROCESSOR = "tuneforge_vllm_ngram:NoRepeatNGram"  # no_repeat_ngram_size (per request, vllm_xargs)
 VLLM_PYTHONS = (Path("/opt/vllm/bin/python"), Path(sys.prefix) / "vllm" / "bin" / "python")
 TCMALLOC = ("/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4", "/usr/lib/x86_64-linux-gnu/libtcmalloc.so.4")
 KV_CACHE_SHARE = 0.25  # of the machine's memory, less the weights, for the KV cache on CPU
@@ -131,11 +135,42 @@ def _architecture(info) -> str:
 
 def _model_obstacle(info) -> str | None:
     config = _config(info)
-    if info.adapter_only:
-        return "the folder holds a LoRA adapter without merged weights (train with merge_weights=True to serve on vLLM)"
     if config.get("is_encoder_decoder") or info.metadata.architecture == "seq2seq":
         return "vLLM does not serve encoder-decoder models such as T5"
+    return _adapter_obstacle(info) if info.adapter_only else None
+
+
+def adapter_config(info) -> dict:
+    return json.loads((Path(info.model_dir) / "adapter_config.json").read_text())
+
+
+def _adapter_obstacle(info) -> str | None:
+    """What keeps vLLM's LoRA from serving an adapter-only folder (then: merge_weights=True, or the
+    transformers engine)."""
+    config = adapter_config(info)
+    kind = config.get("peft_type", "LORA")
+    if kind != "LORA":
+        return f"the folder holds a {kind} adapter, and vLLM serves LoRA adapters only"
+    if config.get("use_dora"):
+        return "the folder holds a DoRA adapter, which vLLM does not serve"
+    if int(config.get("r", 8)) > LORA_RANKS[-1]:
+        return f"the adapter's rank {config['r']} is above vLLM's largest ({LORA_RANKS[-1]})"
+    whole = sorted(set(config.get("modules_to_save") or []) | _whole_modules(Path(info.model_dir)))
+    if whole:
+        return (f"the adapter carries whole modules beside its LoRA weights ({', '.join(whole)}: e.g. embeddings "
+                "resized for added tokens), which vLLM's LoRA does not load")
     return None
+
+
+def _whole_modules(adapter_dir: Path) -> set[str]:
+    """Modules saved in full in the adapter's weights (PEFT saves resized embeddings that way)."""
+    from safetensors import safe_open
+
+    path = adapter_dir / "adapter_model.safetensors"
+    if not path.exists():
+        return set()
+    with safe_open(str(path), framework="numpy") as weights:
+        return {name.split(".")[-2] for name in weights.keys() if "lora_" not in name}
 
 
 def head_size(config: dict) -> int | None:
@@ -184,10 +219,11 @@ def kv_cache_gb(settings: ServeSettings, weights_dir: Path) -> int:
 
 
 def engine_command(settings: ServeSettings, info, choice: EngineChoice, port: int) -> list[str]:
-    command = [str(choice.python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(info.model_dir),
+    weights_dir = info.base_dir if info.adapter_only else info.model_dir
+    command = [str(choice.python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(weights_dir),
                "--served-model-name", SERVED_NAME,
                "--host", "127.0.0.1", "--port", str(port), "--dtype", settings.dtype,
-               "--uvicorn-log-level", "warning", "--max-logprobs", "100"]
+               "--uvicorn-log-level", "warning", "--max-logprobs", "100", "--logits-processors", NGRAM_PROCESSOR]
     if choice.gpus > 1:  # one model over the instance's GPUs, not one copy per GPU
         command += ["--tensor-parallel-size", str(choice.gpus)]
     if choice.gpus:
@@ -198,6 +234,10 @@ def engine_command(settings: ServeSettings, info, choice: EngineChoice, port: in
         command += ["--max-model-len", str(settings.max_input_tokens + settings.max_new_tokens)]
     if settings.trust_remote_code:
         command.append("--trust-remote-code")
+    if info.adapter_only:  # the base once, the adapter applied per request by name (vLLM's LoRA)
+        rank = next(r for r in LORA_RANKS if r >= int(adapter_config(info).get("r", 8)))
+        command += ["--enable-lora", "--max-loras", "1", "--max-lora-rank", str(rank),
+                    "--lora-modules", f"{ADAPTER_NAME}={info.model_dir}"]
     return command + shlex.split(settings.vllm_args)
 
 
@@ -210,9 +250,10 @@ def _clean_environment() -> dict:
 
 
 def engine_environment(settings: ServeSettings, info, choice: EngineChoice) -> dict:
-    env = _clean_environment()
+    env = dict(_clean_environment(), PYTHONPATH=str(PLUGIN_DIR))
     if not choice.gpus:
-        env["VLLM_CPU_KVCACHE_SPACE"] = str(kv_cache_gb(settings, info.model_dir))
+        env["VLLM_CPU_KVCACHE_SPACE"] = str(kv_cache_gb(settings, info.base_dir if info.adapter_only
+                                                         else info.model_dir))
         # vLLM's CPU guide: tcmalloc and Intel's OpenMP preloaded (several times faster here).
         omp = choice.python.parent.parent / "lib" / "libiomp5.so"
         preload = [p for p in TCMALLOC if Path(p).exists()][:1] + ([str(omp)] if omp.exists() else [])
