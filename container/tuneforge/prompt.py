@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import signal
 import string
+import threading
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -123,6 +126,12 @@ def _text(value) -> str:
     return "" if value is None else str(value)
 
 
+RENDER_SECONDS = 10.0  # a chat template renders one conversation in milliseconds
+MAX_RENDERED_CHARS = 64 << 20  # the longest line the data reader accepts
+BOUNDED_FIX = ("make the template's loops run over the messages only (no large range()); a chat template "
+               "renders one conversation in milliseconds")
+
+
 def chat_template_for(tokenizer) -> str:
     return getattr(tokenizer, "chat_template", None) or DEFAULT_CHAT_TEMPLATE
 
@@ -135,12 +144,49 @@ def render_chat(tokenizer, messages: list[dict], *, add_generation_prompt: bool,
 
     template = chat_template or chat_template_for(tokenizer)
     try:
-        return tokenizer.apply_chat_template(
-            [{"role": m["role"], "content": m["content"]} for m in messages],
-            chat_template=template, tokenize=False, add_generation_prompt=add_generation_prompt,
-        )
+        with _time_limit(RENDER_SECONDS):
+            text = tokenizer.apply_chat_template(
+                [{"role": m["role"], "content": m["content"]} for m in messages],
+                chat_template=template, tokenize=False, add_generation_prompt=add_generation_prompt,
+            )
     except TemplateError as exc:
         raise chat_template_error(exc, tokenizer, template) from None
+    except _TooSlow:
+        where, kind = chat_template_source(tokenizer, template)
+        raise kind(f"the chat template did not finish one conversation within the limit of {RENDER_SECONDS:g} s",
+                   where=where, fix=BOUNDED_FIX) from None
+    if len(text) > MAX_RENDERED_CHARS:
+        where, kind = chat_template_source(tokenizer, template)
+        raise kind(f"the chat template made {len(text):,} characters of one conversation, over the limit of "
+                   f"{MAX_RENDERED_CHARS:,} characters", where=where, fix=BOUNDED_FIX)
+    return text
+
+
+class _TooSlow(Exception):
+    """A render ran past its time limit."""
+
+
+@contextlib.contextmanager
+def _time_limit(seconds: float):
+    """Raise _TooSlow inside the block once `seconds` have passed. Only the main thread receives
+    signals, so elsewhere the block runs unbounded; a timer already running is resumed after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expire(signum, frame):
+        raise _TooSlow
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    start = time.monotonic()
+    outer, _ = signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        if outer:
+            signal.setitimer(signal.ITIMER_REAL, max(outer - (time.monotonic() - start), 1e-3))
 
 
 def chat_template_source(tokenizer, template: str) -> tuple[str, type[UserError]]:

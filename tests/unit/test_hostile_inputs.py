@@ -139,3 +139,47 @@ def test_a_chat_template_that_is_not_jinja_names_the_line(tiny):
         _tokenize(tokenizer, "{% for m in messages %}\n{{ m['content'] }\n{% endfor %}")
     assert str(err.value).startswith("hyperparameter chat_template: the chat template is not valid Jinja (template "
                                      "line 2: ")
+
+
+# ---------------------------------------------------------------- chat templates that never end
+HUGE_LOOP = "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}"
+
+
+def test_a_chat_template_that_runs_too_long_fails_naming_it_and_the_limit(tiny, monkeypatch):
+    import signal
+    import time
+
+    from transformers import AutoTokenizer
+
+    from tuneforge import prompt
+    from tuneforge.errors import HyperparameterError
+
+    monkeypatch.setattr(prompt, "RENDER_SECONDS", 0.5)
+    tokenizer = AutoTokenizer.from_pretrained(tiny("llama"))
+    prompt.render_chat(tokenizer, CHAT, add_generation_prompt=False)  # warm: tokenizer and Jinja set up
+    signal.setitimer(signal.ITIMER_REAL, 60)  # an outer timer (say, a test timeout) goes on afterwards
+    start = time.monotonic()
+    try:
+        with pytest.raises(HyperparameterError) as err:
+            _tokenize(tokenizer, HUGE_LOOP)
+        remaining = signal.getitimer(signal.ITIMER_REAL)[0]
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+    assert time.monotonic() - start < 5 and 50 < remaining < 60
+    assert str(err.value).startswith("hyperparameter chat_template: the chat template did not finish one "
+                                     "conversation within the limit of 0.5 s")
+    assert "Fix: make the template's loops run over the messages only" in str(err.value)
+
+
+def test_a_chat_template_whose_output_is_too_long_fails_naming_it_and_the_limit(tiny, monkeypatch):
+    from transformers import AutoTokenizer
+
+    from tuneforge import prompt
+    from tuneforge.errors import HyperparameterError
+
+    monkeypatch.setattr(prompt, "MAX_RENDERED_CHARS", 1000)
+    tokenizer = AutoTokenizer.from_pretrained(tiny("llama"))
+    with pytest.raises(HyperparameterError) as err:
+        _tokenize(tokenizer, "{% for m in messages %}{{ m['content'] * 1000 }}{% endfor %}")
+    assert str(err.value).startswith("hyperparameter chat_template: the chat template made 2,000 characters of one "
+                                     "conversation, over the limit of 1,000 characters")
