@@ -46,7 +46,45 @@ def header_not_split(job):
     return {}, ["DataError", "t.csv:1", "names input and output", "Fix: write the header as input,output"]
 
 
-CASES = [positional_template_field, table_not_utf8, jsonl_not_utf8, prompts_truncated_away, header_not_split]
+def duplicated_column(job):
+    (job.channel("train") / "t.csv").write_text("input,input,output\nq,r,a\n")
+    return {}, ["DataError", "t.csv", "the column 'input' appears 2 times", "Fix: keep one 'input' column"]
+
+
+def field_that_is_a_list(job):
+    _rows(job.channel("train"), [{"prompt": "q", "completion": "a"}, {"prompt": ["q", "r"], "completion": "a"}])
+    return {"instruction_tuned": "True"}, ["DataError", "rows.jsonl:2", "field 'prompt' holds a list, not text"]
+
+
+def link_out_of_the_channel(job):
+    (job.channel("train") / "d.txt").symlink_to("/etc/passwd")
+    return {}, ["DataError", "d.txt", "the file is a link to /etc/passwd, outside the channel"]
+
+
+def template_conversion(job):
+    channel = job.channel("train")
+    (channel / "template.json").write_text(json.dumps({"prompt": "Q: {question!r}", "completion": "{answer}"}))
+    _rows(channel, [{"question": "q", "answer": "a"}] * 4)
+    return {"instruction_tuned": "True"}, ["DataError", "template.json", "template 'prompt' has the placeholder "
+                                           "{question!r}, with a conversion (!r)"]
+
+
+def chat_template_reaching_for_python(job):
+    _rows(job.channel("train"), [{"messages": [{"role": "user", "content": "hi"},
+                                               {"role": "assistant", "content": "hello"}]}] * 4)
+    return {"chat_dataset": "True", "chat_template": "{{ ''.__class__.__mro__ }}"}, [
+        "HyperparameterError", "hyperparameter chat_template", "touches Python objects"]
+
+
+def no_training_rows(job):
+    _rows(job.channel("train"), [{"prompt": "q", "completion": "a"}] * 4)
+    return {"instruction_tuned": "True", "max_train_samples": "0"}, [
+        "HyperparameterError", "hyperparameter max_train_samples: 0 is out of range", "Fix: use -1 (all rows)"]
+
+
+CASES = [positional_template_field, table_not_utf8, jsonl_not_utf8, prompts_truncated_away, header_not_split,
+         duplicated_column, field_that_is_a_list, link_out_of_the_channel, template_conversion,
+         chat_template_reaching_for_python, no_training_rows]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.__name__ for c in CASES])
