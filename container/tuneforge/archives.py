@@ -2,7 +2,8 @@
 the folder a GGUF base is converted into (gguf.py) is made and removed the same way.
 
 Checked before anything is written: every member must be a plain file or folder that stays inside
-the target (no absolute paths, `..`, links or devices), and the unpacked size must fit the disk
+the target (no absolute paths, `..`, links or devices), one member must be the file that marks a
+model folder (config.json; model_index.json for a pipeline), and the unpacked size must fit the disk
 with room to spare and stay under TUNEFORGE_MAX_ARCHIVE_GB when that is set. Each process unpacks
 into a folder of its own (ranks never race on one tree); folders of processes that are gone are
 removed first, and `cleanup()` removes this process's folder when the job ends.
@@ -33,14 +34,16 @@ def _member_problem(member: tarfile.TarInfo) -> str | None:
     return None
 
 
-def _check_members(archive: tarfile.TarFile, path: Path, target: Path) -> int:
+def _check_members(archive: tarfile.TarFile, path: Path, target: Path, markers: tuple[str, ...] = ()) -> int:
     total = 0
-    for member in archive.getmembers():
+    members = archive.getmembers()
+    for member in members:
         problem = _member_problem(member)
         if problem:
             raise ModelError(f"archive member {member.name!r} is refused: {problem}", where=str(path),
                              fix="pack the model folder's plain files only (tar -czf model.tar.gz -C folder .)")
         total += member.size
+    _check_markers(members, path, markers)
     limit_gb = train_env().max_archive_gb
     if limit_gb and total > limit_gb * 2**30:
         limit = f"{limit_gb:f}".rstrip("0").rstrip(".")  # as written: 0.00001, not 1e-05
@@ -52,6 +55,18 @@ def _check_members(archive: tarfile.TarFile, path: Path, target: Path) -> int:
                          f"in {target} (1 GiB is kept free for the job's outputs)", where=str(path),
                          fix="give the job a larger volume (VolumeSizeInGB), or pass the model folder unpacked")
     return total
+
+
+def _check_markers(members: list[tarfile.TarInfo], path: Path, markers: tuple[str, ...]) -> None:
+    """Refuse an archive holding none of `markers` (by name, before unpacking: a 20 GiB archive of
+    something else would otherwise be unpacked whole only to be refused afterwards)."""
+    if not markers or any(m.isfile() and PurePosixPath(m.name).name in markers for m in members):
+        return
+    files = [m.name for m in members if m.isfile()]
+    shown = ", ".join(repr(name) for name in files[:5]) + (f" and {len(files) - 5} more" if len(files) > 5 else "")
+    raise ModelError(f"the archive holds no {' or '.join(markers)}, so it is not a model folder "
+                     f"(its files: {shown or 'none'}); nothing was unpacked", where=str(path),
+                     fix="pack the model folder itself (tar -czf model.tar.gz -C folder .)")
 
 
 def _remove_stale(root: Path) -> None:
@@ -76,12 +91,14 @@ def process_folder(root: Path) -> Path:
     return target
 
 
-def extract_model_archive(path: Path, root: Path) -> Path:
-    """Unpack `path` into root/pid-<this process>/ and return that folder."""
-    target = process_folder(root)
+def extract_model_archive(path: Path, root: Path, markers: tuple[str, ...] = ("config.json",)) -> Path:
+    """Unpack `path` into root/pid-<this process>/ and return that folder; the archive must hold
+    one of `markers` (a file name, in any folder)."""
     try:
         with tarfile.open(path) as archive:
-            _check_members(archive, path, target)
+            root.mkdir(parents=True, exist_ok=True)
+            _check_members(archive, path, root, markers)
+            target = process_folder(root)
             # the members are checked above; the "data" filter (where this Python has it) checks again
             archive.extractall(target, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
     except ModelError:

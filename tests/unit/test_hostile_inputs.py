@@ -183,3 +183,40 @@ def test_a_chat_template_whose_output_is_too_long_fails_naming_it_and_the_limit(
         _tokenize(tokenizer, "{% for m in messages %}{{ m['content'] * 1000 }}{% endfor %}")
     assert str(err.value).startswith("hyperparameter chat_template: the chat template made 2,000 characters of one "
                                      "conversation, over the limit of 1,000 characters")
+
+
+# ---------------------------------------------------------------- a model archive that holds no model
+def test_an_archive_without_config_json_is_refused_by_name_before_unpacking(tmp_path):
+    import tarfile
+
+    from tuneforge.archives import extract_model_archive
+    from tuneforge.errors import ModelError
+
+    archive = tmp_path / "channel" / "model.tar.gz"
+    archive.parent.mkdir()
+    (tmp_path / "zeros.bin").write_bytes(bytes(4096))
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tmp_path / "zeros.bin", arcname="weights/zeros.bin")
+    root = tmp_path / "extracted"
+    with pytest.raises(ModelError) as raised:
+        extract_model_archive(archive, root)
+    assert str(raised.value).startswith(f"{archive}: the archive holds no config.json, so it is not a model folder "
+                                        "(its files: 'weights/zeros.bin'); nothing was unpacked. Fix: pack the model")
+    assert "pid-" not in str(raised.value)
+    assert not root.exists() or list(root.rglob("*")) == []  # nothing unpacked, no pid-... folder left
+
+
+def test_an_archive_with_config_json_in_a_subfolder_is_unpacked(tmp_path):
+    import tarfile
+
+    from tuneforge.archives import cleanup, extract_model_archive
+
+    (tmp_path / "config.json").write_text("{}")
+    archive = tmp_path / "model.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tmp_path / "config.json", arcname="my-model/config.json")
+    try:
+        target = extract_model_archive(archive, tmp_path / "extracted")
+        assert (target / "my-model" / "config.json").read_text() == "{}"
+    finally:
+        cleanup()

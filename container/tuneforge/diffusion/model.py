@@ -63,7 +63,7 @@ def _from_archive(channel: Path, paths) -> Path | None:
         return None
     from ..archives import extract_model_archive
 
-    return find_pipeline_root(extract_model_archive(tarballs[0], paths.extracted_model_dir))
+    return find_pipeline_root(extract_model_archive(tarballs[0], paths.extracted_model_dir, (PIPELINE_INDEX,)))
 
 
 def _checked(root: Path) -> Path:
