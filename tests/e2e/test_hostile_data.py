@@ -157,3 +157,18 @@ def test_a_20_mb_row_is_read_and_tokenized_in_bounded_memory(tmp_path, tiny):
     assert report["rows_truncated"] == 1 and report["truncated_examples"] == ["big.jsonl:1"]
     assert report["long_rows_cut_before_tokenizing"] == ["big.jsonl:1"]
     assert report["rows_prompt_lost"] == 0 and report["sequences"] == 2
+
+
+def test_a_validation_channel_equal_to_the_training_rows_is_warned_about(job, tiny, capfd):
+    job.add_model(tiny("llama"))
+    rows = [{"prompt": f"What is item {i}?", "completion": f"It is number {i}."} for i in range(8)]
+    _rows(job.channel("train"), rows)
+    _rows(job.channel("validation"), rows[:4] + [{"prompt": "Unseen?", "completion": "Yes."}] * 4, "val.jsonl")
+    job.hyperparameters(dict(QUICK, instruction_tuned="True"))
+    assert job.run_in_process() == 0, job.failure.read_text() if job.failure.exists() else ""
+    overlap = job.metrics()["validation_overlap"]
+    assert (overlap["rows"], overlap["of"], overlap["share"]) == (4, 8, 0.5)
+    assert overlap["note"].startswith("4 of 8 validation rows (50%) are also in the training data")
+    log = "".join(capfd.readouterr())
+    assert "are also in the training data" in log and "(first: val.jsonl:1, val.jsonl:2, val.jsonl:3)" in log
+    assert "Warning: 4 of 8 validation rows (50%)" in (job.base / "output" / "data" / "report.md").read_text()

@@ -171,6 +171,34 @@ def test_a_chat_template_that_runs_too_long_fails_naming_it_and_the_limit(tiny, 
     assert "Fix: make the template's loops run over the messages only" in str(err.value)
 
 
+def test_a_looping_chat_template_is_stopped_in_any_thread(tiny, monkeypatch):
+    """Serving renders in request threads, which receive no signals: the limit holds there too."""
+    import threading
+    import time
+
+    from transformers import AutoTokenizer
+
+    from tuneforge import prompt
+    from tuneforge.errors import HyperparameterError
+
+    monkeypatch.setattr(prompt, "RENDER_SECONDS", 0.5)
+    tokenizer = AutoTokenizer.from_pretrained(tiny("llama"))
+    caught = []
+
+    def render():
+        try:
+            prompt.render_chat(tokenizer, CHAT, add_generation_prompt=False, chat_template=HUGE_LOOP)
+        except HyperparameterError as exc:
+            caught.append(exc)
+
+    start = time.monotonic()
+    worker = threading.Thread(target=render)
+    worker.start()
+    worker.join(30)
+    assert not worker.is_alive() and time.monotonic() - start < 10
+    assert "did not finish one conversation within the limit of 0.5 s" in str(caught[0])
+
+
 def test_a_chat_template_whose_output_is_too_long_fails_naming_it_and_the_limit(tiny, monkeypatch):
     from transformers import AutoTokenizer
 
@@ -220,3 +248,45 @@ def test_an_archive_with_config_json_in_a_subfolder_is_unpacked(tmp_path):
         assert (target / "my-model" / "config.json").read_text() == "{}"
     finally:
         cleanup()
+
+
+# ---------------------------------------------------------------- validation rows that are training rows
+def _examples(pairs, file="rows.jsonl"):
+    from tuneforge.data import Example
+
+    return [Example(source=f"{file}:{n}", prompt=p, completion=c) for n, (p, c) in enumerate(pairs, 1)]
+
+
+def test_validation_rows_that_are_all_training_rows_are_named():
+    from tuneforge.data import validation_overlap
+
+    rows = [(f"q{i}", f"a{i}") for i in range(8)]
+    overlap = validation_overlap(_examples(rows), _examples(rows[::-1], "val.jsonl"))
+    assert overlap["rows"] == overlap["of"] == 8 and overlap["share"] == 1.0
+    assert overlap["note"].startswith("every validation row is also in the training data: the validation loss, "
+                                      "perplexity and ROUGE then measure how well training rows were memorised, "
+                                      "not how the model does on unseen data (generalisation)")
+    assert overlap["first"] == ["val.jsonl:1", "val.jsonl:2", "val.jsonl:3"]
+
+
+def test_a_partial_overlap_gives_the_count_and_share():
+    from tuneforge.data import validation_overlap
+
+    train = _examples([(f"q{i}", f"a{i}") for i in range(8)])
+    validation = _examples([("q1", "a1"), ("q2", "other answer"), ("q3", "a3"), ("new", "a")], "val.jsonl")
+    overlap = validation_overlap(train, validation)
+    assert overlap["note"].startswith("2 of 4 validation rows (50%) are also in the training data")
+    assert overlap["first"] == ["val.jsonl:1", "val.jsonl:3"]
+    assert validation_overlap(train, validation[3:]) is None  # nothing shared: no note
+
+
+def test_the_run_report_warns_of_the_overlap(tmp_path):
+    from tests.unit.test_report import METRICS, write_job
+    from tuneforge.report import write_report
+
+    note = "3 of 8 validation rows (38%) are also in the training data: ... (generalisation)"
+    base = write_job(tmp_path / "job" / "opt" / "ml", {**METRICS, "validation_overlap": {"rows": 3, "of": 8,
+                                                                                        "note": note}})
+    html_path, md_path = write_report(base)
+    assert f'<p class="warning">Warning: {note}.</p>' in html_path.read_text()
+    assert md_path.read_text().count(f"**Warning: {note}.**") == 2  # beside the before/after table and the data

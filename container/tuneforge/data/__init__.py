@@ -3,8 +3,8 @@
 
 from . import arrow
 from .formats import Example, LoadedData, read_channel
-from .split import select_and_split
+from .split import select_and_split, validation_overlap
 from .tokenize import Collator, TokenizedData, tokenize_examples
 
-__all__ = ["Example", "LoadedData", "read_channel", "select_and_split", "Collator", "TokenizedData",
-           "tokenize_examples", "arrow"]
+__all__ = ["Example", "LoadedData", "read_channel", "select_and_split", "validation_overlap", "Collator",
+           "TokenizedData", "tokenize_examples", "arrow"]

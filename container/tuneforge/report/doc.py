@@ -27,7 +27,7 @@ class Table:
 @dataclass
 class Text:
     text: str
-    css: str = ""  # note | ok | failed
+    css: str = ""  # note | ok | failed | warning
 
 
 @dataclass

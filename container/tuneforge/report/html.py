@@ -32,6 +32,7 @@ p.ok, p.failed { font-size: 17px; font-weight: 600; padding: 10px 14px; border-r
 p.ok { background: #e7f6ec; color: #1e6b34; }
 p.failed { background: #fdecea; color: #9b1c13; }
 p.note { color: #5c6670; }
+p.warning { background: #fff4e5; color: #8a4b00; padding: 8px 12px; border-radius: 6px; }
 pre { background: #f6f8fa; border: 1px solid #e3e6ea; border-radius: 6px; padding: 10px 12px;
       white-space: pre-wrap; word-break: break-word; font: 13px/1.4 "DejaVu Sans Mono", Menlo, monospace; }
 mark { background: #ffe58f; padding: 0; }

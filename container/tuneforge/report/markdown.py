@@ -36,7 +36,7 @@ def _block(block) -> list[str]:
     if isinstance(block, Table):
         return _table(block)
     if isinstance(block, Text):
-        return [f"**{block.text}**" if block.css in ("ok", "failed") else block.text, ""]
+        return [f"**{block.text}**" if block.css in ("ok", "failed", "warning") else block.text, ""]
     if isinstance(block, Pre):
         return ([f"_{block.caption}_", ""] if block.caption else []) + _fence(block.text)
     if isinstance(block, Marked):

@@ -107,6 +107,9 @@ def data_section(job: JobOutput) -> Section | None:
     section.blocks.append(Text(f"format {data.get('format')}; max_input_length {fmt(data.get('max_input_length'))}; "
                                f"validation from {data.get('validation_source')}; files: {files}"))
     section.blocks.append(Table(["", "rows", "sequences", "tokens", "trainable share", "truncated rows"], rows))
+    warning = overlap_warning(metrics_of(job))
+    if warning:
+        section.blocks.append(warning)
     prompt = data.get("prompt") or {}
     template = _template_text(prompt)
     if template:
@@ -159,7 +162,16 @@ def metrics_section(job: JobOutput) -> Section | None:
             rows.append([Cell(label, css="strong"), Cell("-"), number(m[key], key), Cell("")])
     if not rows:
         return None
-    return Section("Before and after fine-tuning", [Table(["metric", "base model", "fine-tuned", "change"], rows)])
+    table = Table(["metric", "base model", "fine-tuned", "change"], rows)
+    return Section("Before and after fine-tuning", [b for b in (overlap_warning(m), table) if b is not None])
+
+
+def overlap_warning(m: dict) -> Text | None:
+    """Validation rows that are also training rows (metrics.json `validation_overlap`)."""
+    overlap = m.get("validation_overlap")
+    if not isinstance(overlap, dict) or not overlap.get("note"):
+        return None
+    return Text(f"Warning: {overlap['note']}.", css="warning")
 
 
 def _change(before, after, lower_better: bool) -> Cell:

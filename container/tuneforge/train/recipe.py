@@ -24,7 +24,7 @@ import torch
 from .. import archives
 from ..contract import Paths, train_env
 from ..logs import Phases, never_fail
-from ..data import Collator, arrow, read_channel, select_and_split
+from ..data import Collator, arrow, read_channel, select_and_split, validation_overlap
 from ..errors import DataError, ResourceError
 from ..modeling import (apply_lora, count_parameters, has_cuda, load_model, load_tokenizer, pick_dtype,
                         read_model_config, resolve_base_model)
@@ -251,6 +251,10 @@ class Recipe:
         val_channel = self.paths.validation_channel()
         val_data = read_channel(val_channel, cfg, prompt=data.prompt, fmt=data.format) if val_channel else None
         train_examples, val_examples = select_and_split(data.examples, val_data.examples if val_data else None, cfg)
+        overlap = validation_overlap(train_examples, val_examples or [])
+        if overlap:  # metrics.json and the run report carry it too
+            self.results["validation_overlap"] = overlap
+            log.warning("%s (first: %s)", overlap["note"], ", ".join(overlap["first"]))
         log.info("rank %d read %d training and %d validation rows from %s", distributed.rank(), len(train_examples),
                  len(val_examples or []), channel)
         return _Source(channel, data.format, data.files, data.prompt, val_data is not None, len(train_examples),
