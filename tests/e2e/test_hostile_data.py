@@ -172,3 +172,43 @@ def test_a_validation_channel_equal_to_the_training_rows_is_warned_about(job, ti
     log = "".join(capfd.readouterr())
     assert "are also in the training data" in log and "(first: val.jsonl:1, val.jsonl:2, val.jsonl:3)" in log
     assert "Warning: 4 of 8 validation rows (50%)" in (job.base / "output" / "data" / "report.md").read_text()
+
+
+CHECKPOINTS = {"instruction_tuned": "True", "peft_type": "none", "max_steps": "6", "checkpoint_steps": "2",
+               "save_total_limit": "5", "per_device_train_batch_size": "4", "rouge_samples": "0", "logging_steps": "1",
+               "evaluation_strategy": "no", "knowledge_check": "False"}
+
+
+@pytest.mark.parametrize("background", [True, False], ids=["background-writer", "written-at-once"])
+def test_a_full_disk_while_checkpointing_names_the_folder_and_keeps_the_last_complete_one(job, tiny, monkeypatch,
+                                                                                          background):
+    import errno
+
+    from transformers import modeling_utils
+
+    from tuneforge.train.checkpoints import complete_checkpoints
+
+    job.add_model(tiny("llama"))
+    job.add_sample_data("instruction", n_train=32, n_val=4)
+    job.hyperparameters({**CHECKPOINTS, "async_checkpoint": str(background)})
+    real_save = modeling_utils.safe_save_file
+
+    def full_at_step_4(tensors, filename, *args, **kwargs):
+        if "checkpoint-4" in str(filename):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(tensors, filename, *args, **kwargs)
+
+    monkeypatch.setattr(modeling_utils, "safe_save_file", full_at_step_4)
+    assert job.run_in_process() == 1
+    checkpoints = job.base / "checkpoints"
+    first = job.failure_first_line()
+    assert first.startswith(f"ResourceError: {checkpoints}: no space left while writing checkpoint-4 ([Errno 28] No "
+                            "space left on device): a checkpoint takes about ")
+    assert f"the partial checkpoint was removed and {checkpoints / 'checkpoint-2'} (the last complete one) is kept" \
+        in first and "Fix: give the job more disk" in first and "save_total_limit=5" in first
+    assert complete_checkpoints(checkpoints) == [checkpoints / "checkpoint-2"]
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["checkpoint-2"]
+    assert list(job.model_dir.iterdir()) == []
+    monkeypatch.setattr(modeling_utils, "safe_save_file", real_save)  # space freed: the rerun resumes
+    assert job.run_in_process() == 0, job.failure_first_line()
+    assert job.metrics()["resumed_from"] == str(checkpoints / "checkpoint-2") and job.metrics()["steps"] == 6

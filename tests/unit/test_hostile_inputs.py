@@ -290,3 +290,29 @@ def test_the_run_report_warns_of_the_overlap(tmp_path):
     html_path, md_path = write_report(base)
     assert f'<p class="warning">Warning: {note}.</p>' in html_path.read_text()
     assert md_path.read_text().count(f"**Warning: {note}.**") == 2  # beside the before/after table and the data
+
+
+# ---------------------------------------------------------------- a full disk while checkpointing
+def test_a_checkpoint_write_that_ran_out_of_disk_is_a_resource_error(tmp_path):
+    from tuneforge.errors import ResourceError
+    from tuneforge.train.checkpoints import disk_full_error
+
+    paths = Paths(tmp_path / "opt" / "ml")
+    _checkpoint(paths, 2, _state(2))
+    staged = staging_dir(paths) / "checkpoint-4"
+    staged.mkdir()
+    (staged / "model.safetensors").write_text("half")
+    # torch.save says only "file write failed": a disk with less free space than the checkpoint takes
+    torch_save = RuntimeError("[enforce fail at inline_container.cc:626] . PytorchStreamWriter failed writing file "
+                              "data/0: file write failed")
+    assert disk_full_error(torch_save, staged, paths.checkpoint_dir, 1, keep=2) is None
+    error = disk_full_error(torch_save, staged, paths.checkpoint_dir, 2**60, keep=2)
+    assert isinstance(error, ResourceError) and not staged.exists()
+    assert str(error).startswith(f"{paths.checkpoint_dir}: no space left while writing checkpoint-4 ([enforce fail")
+    assert f"a checkpoint takes about {2**30:.2f} GiB and " in str(error)
+    assert "takes about 0.5 MiB and" in str(disk_full_error(OSError(28, "No space left on device"), staged,
+                                                             paths.checkpoint_dir, 2**19, keep=2))
+    assert f"{paths.checkpoint_dir / 'checkpoint-2'} (the last complete one) is kept for resume" in str(error)
+    assert disk_full_error(ValueError("No space left on device"), staged, paths.checkpoint_dir, 1, keep=2) is not None
+    assert disk_full_error(ValueError("bad value"), staged, paths.checkpoint_dir, 1, keep=2) is None
+    assert disk_full_error(error, staged, paths.checkpoint_dir, 1, keep=2) is None  # already the user's error

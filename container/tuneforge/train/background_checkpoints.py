@@ -62,6 +62,12 @@ def storage_bytes(value) -> int:
     return sum({_storage_key(t): t.untyped_storage().nbytes() for t in _tensors(value)}.values())
 
 
+def checkpoint_bytes(model, optimizer) -> int:
+    """Roughly what a checkpoint takes on disk: the trained weights and the optimizer state."""
+    trained = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    return trained + (storage_bytes(optimizer.state_dict()) if optimizer is not None else 0)
+
+
 def free_memory_bytes() -> int:
     import psutil
 
@@ -143,10 +149,12 @@ def with_background_checkpoints(trainer_class):
 
         def _save_checkpoint(self, model, trial):
             commit = self.checkpoint_commit
+            commit.estimate = lambda: checkpoint_bytes(self.model, self.optimizer)
             commit.settle(self.args, self.state, self.model)  # the previous one: wait for its files, commit it
             commit.writer.begin(final=self.control.should_training_stop or self.state.global_step >= self.state.max_steps)
             try:
-                super()._save_checkpoint(model, trial)
+                with commit.disk_full_named(self.state.global_step):
+                    super()._save_checkpoint(model, trial)
             finally:
                 commit.writer.end()
 

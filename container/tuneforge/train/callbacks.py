@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from transformers import TrainerCallback
@@ -14,7 +15,7 @@ from transformers import TrainerCallback
 from ..errors import UserError
 from ..logs import format_duration, format_eta
 from . import stopping
-from .checkpoints import commit, relocate, rotate
+from .checkpoints import commit, disk_full_error, relocate, rotate
 from .background_checkpoints import CheckpointWriter
 from .distributed import any_rank, barrier
 from .metrics import perplexity
@@ -171,7 +172,20 @@ class CommitCheckpoints(TrainerCallback):
         self.pauses: list[float] = []  # seconds training waited for each checkpoint
         self.bytes_written = 0  # size of the last checkpoint
         self.pending: int | None = None  # the step of a checkpoint still being written in the background
+        self.estimate = lambda: 0  # bytes a checkpoint takes before one was written (set by the Trainer)
         self._since = time.time()  # the last moment before the Trainer began writing
+
+    @contextmanager
+    def disk_full_named(self, step: int):
+        """A full disk while checkpoint-`step` is written becomes a ResourceError naming the folder."""
+        try:
+            yield
+        except Exception as exc:
+            error = disk_full_error(exc, self.staging / f"checkpoint-{step}", self.final_dir,
+                                    self.bytes_written or self.estimate(), self.keep)
+            if error is None:
+                raise
+            raise error from exc
 
     # The Trainer logs, evaluates, then writes a checkpoint after a step: the write starts after
     # whichever of these came last.
@@ -213,7 +227,8 @@ class CommitCheckpoints(TrainerCallback):
             log.info("checkpoint-%d staged: training paused %.2f s; its files are being written in the background",
                      state.global_step, self.pauses[-1])
             return control
-        final = self._commit(state.global_step, args, state, kwargs.get("model"))
+        with self.disk_full_named(state.global_step):
+            final = self._commit(state.global_step, args, state, kwargs.get("model"))
         self.pauses.append(time.time() - self._since)
         if args.should_save:
             log.info("checkpoint %s written: training paused %.2f s for %.1f MiB", final, self.pauses[-1],
@@ -225,10 +240,12 @@ class CommitCheckpoints(TrainerCallback):
         if self.pending is None:
             return
         start = time.time()
-        self.writer.wait(self.staging / f"checkpoint-{self.pending}")
-        barrier()
-        step, self.pending = self.pending, None
-        final = self._commit(step, args, state, model)
+        step = self.pending
+        with self.disk_full_named(step):
+            self.writer.wait(self.staging / f"checkpoint-{step}")
+            barrier()
+            self.pending = None
+            final = self._commit(step, args, state, model)
         waited = time.time() - start
         self.pauses[-1] += waited
         if args.should_save:

@@ -20,6 +20,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from ..errors import ResourceError, UserError
+from .artifacts import is_disk_full
 from .distributed import gather_objects
 
 log = logging.getLogger(__name__)
@@ -145,3 +147,34 @@ def relocate(path: str | None, staging: Path, final: Path) -> str | None:
     if path and Path(path).parent == staging:
         return str(final / Path(path).name)
     return path
+
+
+def _free_bytes(folder: Path) -> int:
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return shutil.disk_usage(folder).free
+
+
+def _size(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
+def disk_full_error(exc: BaseException, staged: Path, final_dir: Path, need_bytes: int,
+                    keep: int) -> ResourceError | None:
+    """The ResourceError for a checkpoint that could not be written for lack of disk (None for any
+    other error). Its partial folder is removed: it has no manifest, so it never counted anyway,
+    and the last complete checkpoint stays for resume."""
+    text = str(exc)
+    # torch.save reports a full disk only as "file write failed"
+    short = "PytorchStreamWriter failed writing file" in text and _free_bytes(Path(staged)) < need_bytes
+    if isinstance(exc, UserError) or not (is_disk_full(exc) or short):
+        return None
+    shutil.rmtree(staged, ignore_errors=True)
+    free, kept = _free_bytes(Path(staged)), latest_checkpoint(final_dir)
+    kept_text = f"{kept} (the last complete one) is kept for resume" if kept else "no checkpoint was complete yet"
+    return ResourceError(
+        f"no space left while writing {Path(staged).name} ({text.strip().splitlines()[0][:200]}): a "
+        f"checkpoint takes about {_size(need_bytes)} and {_size(free)} are free there; the partial "
+        f"checkpoint was removed and {kept_text}", where=str(final_dir),
+        fix=f"give the job more disk (VolumeSizeInGB on SageMaker) or free space there: checkpoints need room for "
+            f"save_total_limit={keep} of them plus the one being written")
