@@ -134,3 +134,47 @@ def test_single_process_sigterm_still_checkpoints_and_stops(ready):
     assert job.failure_first_line() == (f"stopped by SIGTERM at step {stopped.name.split('-')[1]}; checkpoint saved "
                                         f"to {stopped}; rerun to resume")
     assert list(job.model_dir.iterdir()) == []
+
+
+def _sigterm_when_called(monkeypatch, owner, name):
+    """Send this process SIGTERM (the stop handler is installed in-process) as owner.name begins."""
+    real = getattr(owner, name)
+
+    def signalled(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, signalled)
+
+
+def test_sigterm_during_the_final_evaluation_ends_it_and_stops_without_a_model(ready, monkeypatch, capfd):
+    from tuneforge.train.recipe import Recipe
+
+    job = ready
+    job.hyperparameters({**QUICK, "max_steps": "2", "checkpoint_steps": "2", "rouge_samples": "4"})
+    _sigterm_when_called(monkeypatch, Recipe, "evaluate")
+    assert job.run_in_process() == 143
+    checkpoint = job.base / "checkpoints" / "checkpoint-2"
+    assert job.failure_first_line() == (f"stopped by SIGTERM during the final evaluation, before the model was "
+                                        f"saved; checkpoint saved to {checkpoint}; rerun to resume")
+    assert list(job.model_dir.iterdir()) == []
+    metrics = job.metrics()
+    assert metrics["steps"] == 2 and "eval_loss" not in metrics and "rougeL" not in metrics  # ended at its first batch
+    assert "SIGTERM received during the final evaluation: the evaluation ends" in "".join(capfd.readouterr())
+    monkeypatch.undo()
+    assert job.run_in_process() == 0  # the rerun evaluates and saves
+    assert job.metrics()["resumed_from"] == str(checkpoint) and "eval_loss" in job.metrics()
+
+
+def test_sigterm_during_the_model_save_finishes_it_and_says_so(ready, monkeypatch, capfd):
+    from tuneforge.model_folder import is_complete
+    from tuneforge.train import saving
+
+    job = ready
+    job.hyperparameters(QUICK)
+    _sigterm_when_called(monkeypatch, saving, "save_model")
+    assert job.run_in_process() == 0
+    assert is_complete(job.model_dir) and not job.failure.exists()
+    log = "".join(capfd.readouterr())
+    assert "SIGTERM received during the model save: the save is finished (it must fit the 120 s before SIGKILL)" \
+        in log and "SIGTERM arrived during the model save: the save was finished, model/ is complete" in log

@@ -17,7 +17,7 @@ from ..logs import format_duration, format_eta
 from . import stopping
 from .checkpoints import commit, disk_full_error, relocate, rotate
 from .background_checkpoints import CheckpointWriter
-from .distributed import any_rank, barrier
+from .distributed import any_rank, barrier, dist_ready
 from .metrics import perplexity
 
 log = logging.getLogger(__name__)
@@ -153,6 +153,18 @@ class StopOnSignal(TrainerCallback):
             control.should_save = True
             control.should_training_stop = True
         return control
+
+
+class StopFinalEvaluation(TrainerCallback):
+    """One process: a SIGTERM during the final evaluation ends it at the next batch, by `stop()`
+    (which raises stopping.Stopped). Several ranks agree after the evaluation instead."""
+
+    def __init__(self, stop):
+        self.stop = stop
+
+    def on_prediction_step(self, args, state, control, **kwargs):
+        if stopping.requested() is not None and not dist_ready():
+            self.stop()
 
 
 class CommitCheckpoints(TrainerCallback):

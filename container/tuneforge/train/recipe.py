@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 # ROUGE generation starts no new batch after this many seconds: the prompts answered by then are
 # scored (a slow model or long max_output_length must not hold the job for hours)
 ROUGE_TIME_BUDGET_S = 300.0
+FINAL_EVALUATION_STOP = "during the final evaluation, before the model was saved"
 
 
 @dataclass(frozen=True)
@@ -171,16 +172,18 @@ class Recipe:
     def _run(self) -> dict:
         try:
             self.prepared = self.setup()
-            if stopping.agreed():
-                latest = common_latest_checkpoint(self.paths.checkpoint_dir)
-                raise stopping.Stopped(stopping.stopped_message("before training started", latest))
+            self.stop_if_asked("before training started")
             self.train()
-            if stopping.agreed():  # training finished; its last step is checkpointed
-                latest = common_latest_checkpoint(self.paths.checkpoint_dir)
-                raise stopping.Stopped(stopping.stopped_message(
-                    f"after training finished (step {self.results.get('steps')}), before the model was saved", latest))
-            self.evaluate()
-            self.save()
+            steps = self.results.get("steps")  # training finished; its last step is checkpointed
+            self.stop_if_asked(f"after training finished (step {steps}), before the model was saved")
+            with stopping.during(stopping.FINAL_EVALUATION):
+                self.evaluate()
+            self.stop_if_asked(FINAL_EVALUATION_STOP)
+            with stopping.during(stopping.MODEL_SAVE):
+                self.save()
+            if stopping.requested():
+                log.warning("%s arrived during the model save: the save was finished, model/ is complete and the job "
+                            "ends normally", stopping.requested())
         except BaseException:
             self.writer.discard()
             self.phases.end()
@@ -188,6 +191,12 @@ class Recipe:
                 never_fail(self.write_reports, "writing metrics.json so far")
             raise
         return self.results
+
+    def stop_if_asked(self, when: str) -> None:
+        """Stop (exit 143, model/ untouched) if any rank got SIGTERM; a collective."""
+        if stopping.agreed():
+            latest = common_latest_checkpoint(self.paths.checkpoint_dir)
+            raise stopping.Stopped(stopping.stopped_message(when, latest))
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> Prepared:
@@ -538,10 +547,14 @@ class Recipe:
 
     # ------------------------------------------------------------------ evaluate
     def evaluate(self) -> dict:
+        from .callbacks import StopFinalEvaluation
+
         results = self.results
         if self.trainer.eval_dataset is not None:
             self.phases.begin("final evaluation")
+            self.trainer.add_callback(StopFinalEvaluation(lambda: self.stop_if_asked(FINAL_EVALUATION_STOP)))
             results["eval_loss"] = self.trainer.evaluate()["eval_loss"]
+            self.stop_if_asked(FINAL_EVALUATION_STOP)  # several ranks agree here, before generating
             results["perplexity_before"] = metrics.perplexity(results.get("eval_loss_before"))
             results["perplexity"] = metrics.perplexity(results["eval_loss"])
             self._generate_samples("after")
@@ -613,7 +626,7 @@ class Recipe:
         lockstep = self._generation_ranks() == "all"
         answers: list[str] = []
         for start in range(0, len(prompts), batch_size):
-            late = deadline is not None and time.monotonic() > deadline
+            late = (deadline is not None and time.monotonic() > deadline) or stopping.requested() is not None
             if distributed.any_rank(late) if lockstep else late:
                 break
             answers += metrics.generate(model, data.tokenizer, prompts[start:start + batch_size],

@@ -11,6 +11,11 @@ StopSchedule runs it every few steps (at most STOP_CHECK_STEPS, and about STOP_C
 training apart) and at every step that saves, evaluates or ends training anyway.
 A SIGTERM without the marker is torchrun tearing the group down after another rank failed: that
 rank leaves and writes no error of its own, so the failure file names the rank that really failed.
+
+After training: a SIGTERM during the final evaluation ends it (one process: at its next batch;
+several ranks: once the loss evaluation or the whole evaluation is over, where they agree) and the
+job stops without writing model/, exit 143; the rerun evaluates and saves. Once the model save has
+begun, it is finished (it has to fit the 120 s before SIGKILL) and the job ends normally, exit 0.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import logging
 import signal
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from .distributed import any_rank, dist_ready
@@ -46,6 +52,14 @@ class TornDown(BaseException):
 class _State:
     signal_name: str | None = None
     marker: Path | None = None
+    during: tuple[str, str] | None = None  # (what runs now, what a stop does to it) after training
+
+
+# what a SIGTERM does in each stage after training (see the module doc)
+FINAL_EVALUATION = ("the final evaluation", "the evaluation ends and the job stops without writing model/ "
+                    "(exit 143); rerun to evaluate and save")
+MODEL_SAVE = ("the model save", "the save is finished (it must fit the 120 s before SIGKILL) and the job ends "
+              "normally with its model (exit 0)")
 
 
 STATE = _State()
@@ -78,6 +92,9 @@ def _handler(signum, frame):  # noqa: ARG001
         raise TornDown(name)
     if STATE.signal_name is None:
         STATE.signal_name = name
+        if STATE.during is not None:
+            log.warning("%s received during %s: %s", name, *STATE.during)
+            return
         log.warning("%s received: a checkpoint will be saved at the end of this step (with several ranks: of the "
                     "next step they agree on, at most %d steps on)", name, STOP_CHECK_STEPS)
 
@@ -96,6 +113,16 @@ def restore(previous) -> None:
     if previous is not None and threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, previous)
     STATE.marker = None
+
+
+@contextmanager
+def during(stage: tuple[str, str]):
+    """Within: a SIGTERM is logged as arriving during stage[0], with what it does (stage[1])."""
+    STATE.during = stage
+    try:
+        yield
+    finally:
+        STATE.during = None
 
 
 def agreed() -> bool:
