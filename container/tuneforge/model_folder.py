@@ -173,6 +173,27 @@ def check_weights(folder: Path, *, allow_pickle: bool = False, allow_pickle_hint
                      fix="copy the complete model folder: the safetensors files beside config.json")
 
 
+def check_safetensors_file(path: Path) -> None:
+    """ModelError unless `path` is whole: a readable header whose tensors all lie inside the file
+    (what loading checks first; a truncated copy fails here, in the serving master, not in a
+    worker after fork). Reads the header only."""
+    path = Path(path)
+    size = path.stat().st_size
+    fix = "copy the file again from the training job's model/ output (it is truncated or not safetensors)"
+    try:
+        with path.open("rb") as handle:
+            length = int.from_bytes(handle.read(8), "little")
+            if size < 8 or length > min(size - 8, 100 * 2**20):
+                raise ValueError(f"its header claims {length} bytes of a {size}-byte file")
+            header = json.loads(handle.read(length))
+        ends = [info["data_offsets"][1] for name, info in header.items() if name != "__metadata__"]
+    except (OSError, ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
+        raise ModelError(f"the safetensors file cannot be read ({exc})", where=str(path), fix=fix) from None
+    if 8 + length + max(ends, default=0) > size:
+        raise ModelError(f"the safetensors file is cut short: its tensors need {8 + length + max(ends)} bytes, "
+                         f"the file has {size}", where=str(path), fix=fix)
+
+
 # ---------------------------------------------------------------------- model facts
 def config_context_length(model_config) -> int | None:
     """The context length the model's config declares, or None (alibi models declare none)."""

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import signal
 import string
 import threading
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -144,14 +142,14 @@ def render_chat(tokenizer, messages: list[dict], *, add_generation_prompt: bool,
 
     template = chat_template or chat_template_for(tokenizer)
     try:
-        with _time_limit(RENDER_SECONDS):
+        with time_limit(RENDER_SECONDS):
             text = tokenizer.apply_chat_template(
                 [{"role": m["role"], "content": m["content"]} for m in messages],
                 chat_template=template, tokenize=False, add_generation_prompt=add_generation_prompt,
             )
     except TemplateError as exc:
         raise chat_template_error(exc, tokenizer, template) from None
-    except _TooSlow:
+    except TemplateTooSlow:
         where, kind = chat_template_source(tokenizer, template)
         raise kind(f"the chat template did not finish one conversation within the limit of {RENDER_SECONDS:g} s",
                    where=where, fix=BOUNDED_FIX) from None
@@ -162,31 +160,34 @@ def render_chat(tokenizer, messages: list[dict], *, add_generation_prompt: bool,
     return text
 
 
-class _TooSlow(Exception):
+class TemplateTooSlow(Exception):
     """A render ran past its time limit."""
 
 
 @contextlib.contextmanager
-def _time_limit(seconds: float):
-    """Raise _TooSlow inside the block once `seconds` have passed. Only the main thread receives
-    signals, so elsewhere the block runs unbounded; a timer already running is resumed after."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
+def time_limit(seconds: float):
+    """Raise TemplateTooSlow inside the block once `seconds` have passed, in whichever thread runs
+    it (a serving request thread too): a timer thread raises it asynchronously in this one, which
+    Python delivers between bytecodes, so a template's endless loop stops. Nothing is raised once
+    the block is left."""
+    import ctypes
 
-    def expire(signum, frame):
-        raise _TooSlow
+    target, lock, active = threading.get_ident(), threading.Lock(), [True]
 
-    previous = signal.signal(signal.SIGALRM, expire)
-    start = time.monotonic()
-    outer, _ = signal.setitimer(signal.ITIMER_REAL, seconds)
+    def expire():
+        with lock:
+            if active[0]:
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(target), ctypes.py_object(TemplateTooSlow))
+
+    timer = threading.Timer(seconds, expire)
+    timer.daemon = True
+    timer.start()
     try:
         yield
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-        if outer:
-            signal.setitimer(signal.ITIMER_REAL, max(outer - (time.monotonic() - start), 1e-3))
+        with lock:
+            active[0] = False
+        timer.cancel()
 
 
 def chat_template_source(tokenizer, template: str) -> tuple[str, type[UserError]]:

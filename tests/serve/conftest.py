@@ -158,15 +158,15 @@ def model_dirs(tmp_path_factory, tiny) -> dict[str, Path]:
     return dirs
 
 
-def make_adapter(folder: Path, base: Path) -> Path:
+def make_adapter(folder: Path, base: Path, seed: int = 3, rank: int = 8) -> Path:
     """A LoRA adapter with non-zero weights (so it changes the output), saved adapter-only."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    torch.manual_seed(3)
+    torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_pretrained(base)
-    lora = LoraConfig(r=8, lora_alpha=64, target_modules=["q_proj", "v_proj", "o_proj"],
+    lora = LoraConfig(r=rank, lora_alpha=64, target_modules=["q_proj", "v_proj", "o_proj"],
                       init_lora_weights=False, task_type="CAUSAL_LM")
     peft_model = get_peft_model(model, lora)
     peft_model.save_pretrained(folder, safe_serialization=True)

@@ -148,3 +148,37 @@ def test_the_ngram_processor_bans_what_transformers_bans():
         ids, size = [rng.randrange(6) for _ in range(rng.randrange(0, 14))], rng.randrange(1, 5)
         scores = NoRepeatNGramLogitsProcessor(size)(torch.tensor([ids or [0]])[:, :len(ids)], torch.zeros(1, 6))
         assert banned_tokens(ids, size) == {t for t in range(6) if scores[0, t] == float("-inf")}, (ids, size)
+
+
+def test_adapters_beside_full_weights_become_named_vllm_loras(model_dirs, tmp_path):
+    folder = tmp_path / "model"
+    shutil.copytree(model_dirs["instruct"], folder)
+    for name, rank in (("red", 8), ("blue", 40)):
+        _adapter_copy(model_dirs, folder / "adapters" / name, r=rank)
+    settings = settings_for(folder)
+    info = check_model_dir(settings)
+    assert list(info.adapters) == ["blue", "red"]
+    command = engine_command(settings, info, EngineChoice("vllm", "", Path("/p")), 1)
+    at = command.index("--lora-modules")
+    assert command[at + 1:at + 3] == [f"tuneforge-lora-blue={folder}/adapters/blue",
+                                      f"tuneforge-lora-red={folder}/adapters/red"]
+    assert command[command.index("--max-lora-rank") + 1] == "64"
+    assert command[command.index("--max-loras") + 1] == "3"  # a slot left empty for requests without adapter
+    assert command[command.index("--model") + 1] == str(folder)
+    _adapter_copy(model_dirs, folder / "adapters" / "dora", use_dora=True)
+    forced = settings_for(folder, SERVING_ENGINE="vllm")
+    with pytest.raises(ModelError, match=r"adapters/dora: the folder holds a DoRA adapter"):
+        choose_engine(forced, check_model_dir(forced))
+
+
+@pytest.mark.parametrize("name,words", [("bad name", "cannot be a model name"), ("tiny-llama", "other than the base")])
+def test_adapter_folders_need_names_requests_can_use(model_dirs, tmp_path, name, words):
+    folder = tmp_path / "model"
+    shutil.copytree(model_dirs["instruct"], folder)
+    _adapter_copy(model_dirs, folder / "adapters" / name)
+    with pytest.raises(ModelError, match=words):
+        check_model_dir(settings_for(folder))
+    (folder / "adapters" / name / "adapter_model.safetensors").unlink()
+    (folder / "adapters" / name).rename(folder / "adapters" / "ok")
+    with pytest.raises(ModelError, match="holds no adapter_model.safetensors"):
+        check_model_dir(settings_for(folder))

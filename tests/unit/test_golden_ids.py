@@ -48,7 +48,8 @@ def served(tokenizer, prompt_format, body, *, seq2seq=False):
     """The prompt ids the server builds for `body`."""
     loaded = SimpleNamespace(tokenizer=tokenizer, seq2seq=seq2seq, max_input_tokens=4096, max_total_tokens=None,
                              default_max_new_tokens=8,
-                             info=SimpleNamespace(name="tiny", prompt=PromptFormat.from_dict(prompt_format.to_dict())))
+                             info=SimpleNamespace(name="tiny", adapters={},
+                                                  prompt=PromptFormat.from_dict(prompt_format.to_dict())))
     return Parser(loaded, ServeSettings(model_dir="/nonexistent")).parse(body).requests[0].prompt_ids
 
 

@@ -61,6 +61,7 @@ class GenerationRequest:
     top_logprobs: int = 0  # alternatives recorded for each generated token
     prompt_logprobs: int | None = None  # score the prompt tokens too, with this many alternatives
     guide: object | None = None  # a guided.Plan: the output must match its pattern
+    adapter: str | None = None  # one of the model folder's adapters/ (None: the weights alone)
 
 
 @dataclass
@@ -111,7 +112,7 @@ class Job:
     def __init__(self, request: GenerationRequest):
         self.id = next(Job._ids)
         self.request = request
-        self.key = request.sampling.batch_key(self.id)
+        self.key = (request.adapter, *request.sampling.batch_key(self.id))  # a batch runs one adapter
         self.created = time.monotonic()
         self.started: float | None = None
         self.events: queue.Queue | None = queue.Queue() if request.stream else None
@@ -258,12 +259,13 @@ class Engine:
         if not live:
             return
         started = time.monotonic()
-        scores = {job.id: self._score_prompt(job) for job in live if job.request.prompt_logprobs is not None}
-        rows = [_Row(job, i, self.tokenizer, self.loaded) for job in live if job.request.max_new_tokens > 0
-                for i in range(job.rows())]
-        seed = self._seed(live)
-        if rows:
-            self._generate(rows, live[0].request.sampling)
+        with _adapter_active(self.model, self.loaded.info.adapters, live[0].request.adapter):
+            scores = {job.id: self._score_prompt(job) for job in live if job.request.prompt_logprobs is not None}
+            rows = [_Row(job, i, self.tokenizer, self.loaded) for job in live if job.request.max_new_tokens > 0
+                    for i in range(job.rows())]
+            seed = self._seed(live)
+            if rows:
+                self._generate(rows, live[0].request.sampling)
         elapsed = time.monotonic() - started
         self.metrics.batch_duration.observe(elapsed)
         for job in live:
@@ -369,6 +371,18 @@ class Engine:
                 ids.append([pad] * fill + prompt)
                 mask.append([0] * fill + [1] * len(prompt))
         return torch.tensor(ids, dtype=torch.long), torch.tensor(mask, dtype=torch.long)
+
+
+def _adapter_active(model, adapters: dict, name: str | None):
+    """The named adapter of a model serving several (a peft model), or none of them for name None."""
+    from contextlib import nullcontext
+
+    if not adapters:  # weights alone (an adapter-only folder was merged into its base at load)
+        return nullcontext()
+    if name is None:
+        return model.disable_adapter()
+    model.set_adapter(name)
+    return nullcontext()
 
 
 def _warpers(sampling: Sampling) -> list:

@@ -7,16 +7,20 @@ without importing torch; `load_model` runs in each worker, where CUDA may be tou
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ModelError
-from ..model_folder import (ADAPTER_WEIGHTS, CONFIG_FILE, ModelMetadata, check_weights, choose_dtype, context_length, has_tokenizer,
+from ..model_folder import (ADAPTER_CONFIG, ADAPTER_WEIGHTS, CONFIG_FILE, ModelMetadata, check_safetensors_file,
+                            check_weights, choose_dtype, context_length, has_tokenizer,
                             is_adapter_only)
 from ..prompt import PromptFormat
 from .settings import ServeSettings
 
 log = logging.getLogger(__name__)
+ADAPTERS_DIR = "adapters"
+ADAPTER_FOLDER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 __all__ = ["ModelInfo", "LoadedModel", "check_model_dir", "load_model", "context_length"]
 
@@ -31,6 +35,8 @@ class ModelInfo:
     base_dir: Path | None  # weights the adapter goes on; None for full models
     prompt: PromptFormat
     name: str
+    adapters: dict = field(default_factory=dict)  # name -> folder: LoRAs on these weights, by request
+
 
 
 @dataclass
@@ -61,11 +67,40 @@ def check_model_dir(settings: ServeSettings) -> ModelInfo:
     if not (weights_dir / CONFIG_FILE).exists():
         raise ModelError(f"{weights_dir} has no config.json", fix="point the server at a save_pretrained folder")
     check_weights(weights_dir, allow_pickle=settings.allow_pickle, allow_pickle_hint="TUNEFORGE_ALLOW_PICKLE=true")
+    for path in sorted(weights_dir.glob("*.safetensors")):  # whole files, or the master fails now, not a worker
+        check_safetensors_file(path)
     if adapter_only and not (model_dir / ADAPTER_WEIGHTS).exists():
         raise ModelError(f"{model_dir} is marked adapter-only but holds no {ADAPTER_WEIGHTS}",
                          fix="copy the training job's complete model/ folder")
-    name = metadata.base_model or model_dir.name
-    return ModelInfo(model_dir, metadata, adapter_only, base_dir, metadata.prompt_format(), str(name))
+    if adapter_only:
+        check_safetensors_file(model_dir / ADAPTER_WEIGHTS)
+    name = str(metadata.base_model or model_dir.name)
+    adapters = find_adapters(model_dir, adapter_only, name)
+    return ModelInfo(model_dir, metadata, adapter_only, base_dir, metadata.prompt_format(), name, adapters)
+
+
+def find_adapters(model_dir: Path, adapter_only: bool, base_name: str) -> dict[str, Path]:
+    """<model_dir>/adapters/<name>/: LoRA adapters on the folder's weights, chosen per request by
+    name (OpenAI `model`, TGI `parameters.adapter_id`)."""
+    root = model_dir / ADAPTERS_DIR
+    if not root.is_dir():
+        return {}
+    if adapter_only:
+        raise ModelError(f"{root} holds adapters, but {model_dir} itself is only an adapter",
+                         fix="put the adapters beside full base weights (a model folder with config.json)")
+    adapters = {}
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        if not ADAPTER_FOLDER_NAME.fullmatch(folder.name) or folder.name == base_name:
+            raise ModelError(f"adapter folder name {folder.name!r} in {root} cannot be a model name",
+                             fix="name it with letters, digits, '.', '_' or '-', other than the base's "
+                             f"name {base_name!r}")
+        for needed in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):
+            if not (folder / needed).exists():
+                raise ModelError(f"adapter {folder} holds no {needed}",
+                                 fix="save each adapter with peft's save_pretrained (safetensors)")
+        check_safetensors_file(folder / ADAPTER_WEIGHTS)
+        adapters[folder.name] = folder
+    return adapters
 
 
 def _resolve_base(model_dir: Path, metadata: ModelMetadata, settings: ServeSettings) -> Path:
@@ -131,6 +166,8 @@ def load_model(settings: ServeSettings, info: ModelInfo | None = None, *, weight
                                      **common)
         if info.adapter_only:
             model = _apply_adapter(model, tokenizer, info.model_dir)
+        if info.adapters:
+            model = _load_adapters(model, info.adapters)
         model.to(device).eval()
     else:
         try:
@@ -160,6 +197,17 @@ def load_model(settings: ServeSettings, info: ModelInfo | None = None, *, weight
                        default_max_new_tokens=min(default_new, settings.max_new_tokens),
                        eos_token_ids=eos_ids, pad_token_id=tokenizer.pad_token_id,
                        special_ids=frozenset(tokenizer.all_special_ids))
+
+
+def _load_adapters(model, adapters: dict[str, Path]):
+    """Every adapter on the one base, kept apart (not merged); the engine picks one per batch."""
+    from peft import PeftModel
+
+    names = list(adapters)
+    model = PeftModel.from_pretrained(model, adapters[names[0]], adapter_name=names[0])
+    for name in names[1:]:
+        model.load_adapter(adapters[name], adapter_name=name)
+    return model
 
 
 def _apply_adapter(model, tokenizer, adapter_dir: Path):

@@ -34,7 +34,7 @@ def parse_chat(parser, body: ChatRequest) -> Invocation:
     req = parser._request(parser._encode(text, "messages"), "messages", parser._openai_sampling(body),
                           **_limits(parser, body), stream=bool(body.stream), guide=guide,
                           top_logprobs=options["top_logprobs"])
-    return Invocation("chat", [req], [text], req.stream, False, options)
+    return Invocation("chat", _on_adapter(parser, body, [req], options), [text], req.stream, False, options)
 
 
 def parse_completion(parser, body: CompletionRequest) -> Invocation:
@@ -66,7 +66,8 @@ def parse_completion(parser, body: CompletionRequest) -> Invocation:
                                 top_logprobs=options["top_logprobs"],
                                 prompt_logprobs=body.logprobs if scored else None)
                 for ids, _, where in prompts]
-    return Invocation("completion", requests, [text for _, text, _ in prompts], stream, list_input, options)
+    return Invocation("completion", _on_adapter(parser, body, requests, options), [text for _, text, _ in prompts],
+                      stream, list_input, options)
 
 
 def _prompts(parser, prompt, special: bool) -> tuple[list[tuple[list[int], str, str]], bool]:
@@ -87,6 +88,17 @@ def _prompts(parser, prompt, special: bool) -> tuple[list[tuple[list[int], str, 
                 raise invalid(f"`{where}` must be a string or a list of token ids (integers)")
         return out, True
     raise invalid("`prompt` must be a string, a list of strings, a list of token ids or a list of token-id lists")
+
+
+def _on_adapter(parser, body: OpenAICommon, requests: list, options: dict) -> list:
+    """`model` naming one of the folder's adapters runs the requests on it (and answers with its
+    name); any other name gets the weights alone, as before adapters existed."""
+    adapters = parser.loaded.info.adapters
+    adapter = body.model if isinstance(body.model, str) and body.model in adapters else None
+    for req in requests:
+        req.adapter = adapter
+    options["model"] = adapter or options["model"]
+    return requests
 
 
 def _sources(prompt) -> list:

@@ -19,18 +19,18 @@ from __future__ import annotations
 import json
 import time
 
-from ..prompt import chat_template_for, encode_prompt, template_fields
+from ..prompt import RENDER_SECONDS, TemplateTooSlow, chat_template_for, encode_prompt, template_fields, time_limit
 from .bodies import (ChatRequest, CompletionRequest, DialogRequest, FlanRequest, SamplingParameters, TGIParameters,
                      TGIRequest)
 from .engine import GenerationRequest, Sampling
-from .errors import PayloadError, invalid  # noqa: F401 - PayloadError is part of this module's interface
+from .errors import PayloadError, invalid
 from .fields import not_an_integer_in, show, stop_sequences, text_content
 from .invocation import Invocation
 from .openai_requests import parse_chat, parse_completion
 
 CHAT_ROLES = ("system", "developer", "user", "assistant", "tool")
 # TGI parameters that clients send and this server does not implement: accepted when unset.
-TGI_UNSUPPORTED = ("typical_p", "watermark", "top_n_tokens", "adapter_id", "frequency_penalty")
+TGI_UNSUPPORTED = ("typical_p", "watermark", "top_n_tokens", "frequency_penalty")
 
 
 class Parser:
@@ -89,6 +89,7 @@ class Parser:
             raise invalid("`parameters.best_of` must be 1 (best-of sampling is not supported)")
         sampling = self._tgi_sampling(params)
         guide = self._grammar(params.grammar)
+        adapter = self._adapter(params.adapter_id)
         requests, texts = [], []
         for i, item in enumerate(items):
             where = f"inputs[{i}]" if list_input else "inputs"
@@ -97,7 +98,7 @@ class Parser:
             if params.truncate is not None:
                 ids = ids[-params.truncate:]
             requests.append(self._request(ids, where, sampling, asked=params.max_new_tokens, stop=params.stops,
-                                          prefix="parameters.", stream=stream, guide=guide))
+                                          prefix="parameters.", stream=stream, guide=guide, adapter=adapter))
             texts.append(text)
         options = {"details": bool(params.details), "decoder_input_details": bool(params.decoder_input_details),
                    "return_full_text": bool(params.return_full_text)}
@@ -160,7 +161,7 @@ class Parser:
         if kind == "json" and isinstance(value, str):
             try:
                 value = json.loads(value)
-            except json.JSONDecodeError:
+            except (ValueError, RecursionError):  # not JSON, or numbers too long for Python
                 value = None
         if not ((kind == "regex" and isinstance(value, str)) or (kind == "json" and isinstance(value, dict))):
             raise invalid('`parameters.grammar` must be {"type": "json", "value": <JSON schema>} or '
@@ -222,9 +223,14 @@ class Parser:
         template = self.prompt_format.chat_template or chat_template_for(self.tokenizer)
         plan = tools or ToolPlan()
         try:
-            return self.tokenizer.apply_chat_template(
-                template_messages(clean, plan, template), tools=[t for t in plan.tools] or None,
-                chat_template=template, tokenize=False, add_generation_prompt=True)
+            with time_limit(RENDER_SECONDS):  # a template that loops must not hold a thread and a core
+                return self.tokenizer.apply_chat_template(
+                    template_messages(clean, plan, template), tools=[t for t in plan.tools] or None,
+                    chat_template=template, tokenize=False, add_generation_prompt=True)
+        except TemplateTooSlow:
+            raise PayloadError(500, f"the model's chat template did not render this conversation within "
+                               f"{RENDER_SECONDS:g} s (a loop in the template); fix the template in the model "
+                               "folder's tokenizer files", "chat_template") from None
         except Exception as exc:  # a template's raise_exception (e.g. roles must alternate)
             raise invalid(f"`{where}` does not fit the model's chat template: {exc}") from None
 
@@ -294,6 +300,17 @@ class Parser:
         stop = stop_sequences(stop, prefix, settings.max_stop_sequences, settings.max_stop_sequence_chars)
         deadline = None if stream else time.monotonic() + settings.request_deadline
         return GenerationRequest(ids, max_new, sampling, stop, n, stream, deadline, guide=guide, **scoring)
+
+    def _adapter(self, adapter_id) -> str | None:
+        """TGI's `parameters.adapter_id`: one of the model folder's adapters/ by name."""
+        if adapter_id is None:
+            return None
+        adapters = self.loaded.info.adapters
+        if not isinstance(adapter_id, str) or adapter_id not in adapters:
+            served = (f"its adapters are {', '.join(sorted(adapters))}" if adapters else
+                      "it serves no adapters (they go in <model_dir>/adapters/<name>/)")
+            raise invalid(f"`parameters.adapter_id` {show(adapter_id)} is not an adapter of this server; {served}")
+        return adapter_id
 
     def _tgi_sampling(self, params) -> Sampling:
         """TGI's rule: sampling is on when asked for or when any warper is set."""

@@ -75,23 +75,25 @@ def metrics():
     return Response(text, mimetype="text/plain; version=0.0.4")
 
 
-def _model_card(loaded) -> dict:
-    return {"id": loaded.info.name, "object": "model", "created": 0, "owned_by": "tuneforge",
-            "max_model_len": loaded.max_total_tokens or loaded.max_input_tokens}
+def _model_cards(loaded) -> list[dict]:
+    """The weights, then each adapter on them (vLLM's shape: `parent` names the base)."""
+    length = loaded.max_total_tokens or loaded.max_input_tokens
+    base = {"id": loaded.info.name, "object": "model", "created": 0, "owned_by": "tuneforge", "max_model_len": length}
+    return [base] + [dict(base, id=name, parent=loaded.info.name) for name in loaded.info.adapters]
 
 
 @api.get("/v1/models")
 def models():
-    return json_response({"object": "list", "data": [_model_card(ready_state().loaded)]})
+    return json_response({"object": "list", "data": _model_cards(ready_state().loaded)})
 
 
 @api.get("/v1/models/<path:model_id>")
 def model(model_id: str):
-    loaded = ready_state().loaded
-    if model_id != loaded.info.name:
+    cards = {card["id"]: card for card in _model_cards(ready_state().loaded)}
+    if model_id not in cards:
         raise PayloadError(404, f"model {model_id!r} is not served here; this server serves "
-                           f"{loaded.info.name!r}", "not_found")
-    return json_response(_model_card(loaded))
+                           f"{', '.join(repr(name) for name in cards)}", "not_found")
+    return json_response(cards[model_id])
 
 
 @api.get("/info")
@@ -111,7 +113,8 @@ def info():
         "max_client_batch_size": settings.max_client_batch, "router": "tuneforge", "version": __version__,
         "sha": None, "docker_label": None,
         "model_dir": str(loaded.info.model_dir), "architecture": "seq2seq" if loaded.seq2seq else "causal",
-        "adapter_only": loaded.info.adapter_only, "prompt_kind": loaded.info.prompt.kind,
+        "adapter_only": loaded.info.adapter_only, "adapters": sorted(loaded.info.adapters),
+        "prompt_kind": loaded.info.prompt.kind,
         "device": loaded.device})
 
 

@@ -20,7 +20,7 @@ import time
 from .engine import GenerationRequest, Job, Result, Sequence, Token, _Row
 from .errors import DeadlineExceeded, GenerationFailed, Overloaded
 from .metrics import ServeMetrics
-from .vllm_launch import ADAPTER_NAME, SERVED_NAME
+from .vllm_launch import ADAPTER_NAME, SERVED_NAME, lora_name
 
 log = logging.getLogger(__name__)
 TOKEN_ID_PREFIX = "token_id:"
@@ -142,7 +142,7 @@ class VllmEngine:
         scored = request.prompt_logprobs is not None
         body = {
             # vLLM refuses n > 1 with greedy decoding: one sequence, copied to every row (_feed)
-            "model": self.model_name, "prompt": list(request.prompt_ids), "n": request.n if sampling.do_sample else 1,
+            "model": lora_name(request.adapter) if request.adapter else self.model_name, "prompt": list(request.prompt_ids), "n": request.n if sampling.do_sample else 1,
             # vLLM scores a prompt only in a whole answer; such requests (echo + logprobs) are short
             "stream": not scored, "max_tokens": max(1, request.max_new_tokens),  # 0: the prompt scored only
             "temperature": sampling.temperature if sampling.do_sample else 0.0,

@@ -137,17 +137,37 @@ def _model_obstacle(info) -> str | None:
     config = _config(info)
     if config.get("is_encoder_decoder") or info.metadata.architecture == "seq2seq":
         return "vLLM does not serve encoder-decoder models such as T5"
-    return _adapter_obstacle(info) if info.adapter_only else None
+    return _adapters_obstacle(info)
 
 
-def adapter_config(info) -> dict:
-    return json.loads((Path(info.model_dir) / "adapter_config.json").read_text())
+def lora_name(adapter: str) -> str:
+    """The engine's name for adapters/<adapter> (apart from the engine's other model names)."""
+    return f"tuneforge-lora-{adapter}"
 
 
-def _adapter_obstacle(info) -> str | None:
-    """What keeps vLLM's LoRA from serving an adapter-only folder (then: merge_weights=True, or the
+def _lora_folders(info) -> dict[str, Path]:
+    """The LoRAs vLLM loads, by the engine's names: an adapter-only folder's, or adapters/."""
+    if info.adapter_only:
+        return {ADAPTER_NAME: Path(info.model_dir)}
+    return {lora_name(name): folder for name, folder in info.adapters.items()}
+
+
+def adapter_config(folder: Path) -> dict:
+    return json.loads((Path(folder) / "adapter_config.json").read_text())
+
+
+def _adapters_obstacle(info) -> str | None:
+    for folder in _lora_folders(info).values():
+        why_not = _adapter_obstacle(folder)
+        if why_not is not None:
+            return why_not if info.adapter_only else f"{folder}: {why_not}"
+    return None
+
+
+def _adapter_obstacle(folder: Path) -> str | None:
+    """What keeps vLLM's LoRA from serving an adapter (then: merge_weights=True, or the
     transformers engine)."""
-    config = adapter_config(info)
+    config = adapter_config(folder)
     kind = config.get("peft_type", "LORA")
     if kind != "LORA":
         return f"the folder holds a {kind} adapter, and vLLM serves LoRA adapters only"
@@ -155,7 +175,7 @@ def _adapter_obstacle(info) -> str | None:
         return "the folder holds a DoRA adapter, which vLLM does not serve"
     if int(config.get("r", 8)) > LORA_RANKS[-1]:
         return f"the adapter's rank {config['r']} is above vLLM's largest ({LORA_RANKS[-1]})"
-    whole = sorted(set(config.get("modules_to_save") or []) | _whole_modules(Path(info.model_dir)))
+    whole = sorted(set(config.get("modules_to_save") or []) | _whole_modules(Path(folder)))
     if whole:
         return (f"the adapter carries whole modules beside its LoRA weights ({', '.join(whole)}: e.g. embeddings "
                 "resized for added tokens), which vLLM's LoRA does not load")
@@ -234,10 +254,14 @@ def engine_command(settings: ServeSettings, info, choice: EngineChoice, port: in
         command += ["--max-model-len", str(settings.max_input_tokens + settings.max_new_tokens)]
     if settings.trust_remote_code:
         command.append("--trust-remote-code")
-    if info.adapter_only:  # the base once, the adapter applied per request by name (vLLM's LoRA)
-        rank = next(r for r in LORA_RANKS if r >= int(adapter_config(info).get("r", 8)))
-        command += ["--enable-lora", "--max-loras", "1", "--max-lora-rank", str(rank),
-                    "--lora-modules", f"{ADAPTER_NAME}={info.model_dir}"]
+    loras = _lora_folders(info)
+    if loras:  # the base once, each adapter applied per request by name (vLLM's LoRA)
+        largest = max(int(adapter_config(folder).get("r", 8)) for folder in loras.values())
+        # One slot more than adapters: vLLM's CPU LoRA ops index a request without adapter (-1)
+        # into the slots as Python does, i.e. the last slot, which must then stay empty (zeros).
+        command += ["--enable-lora", "--max-loras", str(len(loras) + 1),
+                    "--max-lora-rank", str(next(r for r in LORA_RANKS if r >= largest)),
+                    "--lora-modules", *(f"{name}={folder}" for name, folder in loras.items())]
     return command + shlex.split(settings.vllm_args)
 
 
