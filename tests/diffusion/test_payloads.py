@@ -80,3 +80,16 @@ def test_response_size_is_bounded_before_and_after_generation():
     assert np.asarray(body["generated_images"]).shape == (1, 8, 16, 3) and body["prompt"] == "a dog"
     with pytest.raises(ImageRequestError):
         render(small, np.zeros((1, 8, 16, 3), np.uint8), Limits(max_response_mb=0.0001))
+
+
+@pytest.mark.parametrize("mimetype, body, words", [
+    ("application/json", b'{"prompt": "a dog", "seed": ' + b"9" * 5000 + b"}", "a number with more than 4300 digits"),
+    ("application/json", b'{"prompt": "a dog \\ud800"}', "`prompt` holds a lone UTF-16 surrogate"),
+    ("application/json", b'{"prompt": "a dog", "\\udc00": 1}', "`\\udc00` holds a lone UTF-16 surrogate"),
+    ("application/x-text", b'"a dog \\ud800"', "`body` holds a lone UTF-16 surrogate"),
+])
+def test_bodies_python_cannot_hold_as_text_are_refused_in_plain_words(mimetype, body, words):
+    with pytest.raises(ImageRequestError) as caught:
+        parse(mimetype, body, DEFAULTS, LIMITS)
+    assert caught.value.status == 400 and words in caught.value.message
+    caught.value.message.encode("utf-8")  # the answer itself is text

@@ -16,6 +16,11 @@ CASES = [
     # (body or raw bytes, content type, status, error_type, words the message must hold)
     (b'{"inputs": "a", ', "application/json", 400, "malformed_json", ["malformed JSON"]),
     (b"\xff\xfe\xfa", "application/json", 400, "malformed_request", ["UTF-8"]),
+    (b'{"inputs": "a", "parameters": {"seed": ' + b"9" * 5000 + b"}}", "application/json", 400, "malformed_json",
+     ["a number with more than 4300 digits"]),
+    (b'{"inputs": "a", "\\ud800x": 1}', "application/json", 422, "validation", ["`\\ud800x` holds a lone UTF-16"]),
+    (b'{"inputs": "a", "parameters": {"grammar": {"type": "json", "value": "' + b"9" * 5000 + b'"}}}',
+     "application/json", 422, "validation", ["parameters.grammar"]),
     (b"a,b\n1,2\n", "text/csv", 415, "unsupported_media_type", ["text/csv", "application/json"]),
     (b"", "text/plain", 422, "validation", ["empty"]),
     ({"foo": 1}, None, 422, "validation", ["inputs", "messages", "text_inputs"]),

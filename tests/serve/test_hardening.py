@@ -157,6 +157,40 @@ def test_expect_100_continue_and_chunked_bodies_are_read_before_the_app_runs(cau
     assert chunked.status_code == 200 and chunked.json() == expected
 
 
+@pytest.mark.parametrize("raw,status,error_type,words", [
+    (b"GET /ping?q=" + b"a" * 10000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414, "uri_too_long", "URI Too Long"),
+    (b"GET /ping HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 10000 + b"\r\n\r\n", 431, "headers_too_large",
+     "Request Header Fields Too Large"),
+    (b"NOT A REQUEST\r\n\r\n", 400, "malformed_request", "Bad Request"),
+])
+def test_requests_gunicorn_cannot_parse_get_json_errors(causal, raw, status, error_type, words):
+    with open_slow_client(causal, raw) as sock:
+        answer = read_response(sock, 10)
+    code, headers, body = split_response(answer)
+    assert code == status and headers["content-type"] == "application/json"
+    error = json.loads(body)
+    assert error["error_type"] == error_type and error["error"].startswith(words)
+    assert requests.get(causal.url + "/ping", timeout=5).status_code == 200
+
+
+def test_chunk_extensions_count_against_the_body_limit(guarded):
+    """1-byte chunks, each with a 4 KB extension: refused once the framing passes twice the limit
+    (0.05 MB here), long before the 2 GB such a body once made a worker hold."""
+    with open_slow_client(guarded, b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                                   b"Transfer-Encoding: chunked\r\n\r\n") as sock:
+        piece = b"1;" + b"e" * 4096 + b"\r\na\r\n"
+        sent = 0
+        try:
+            while sent < 4 * 1024 * 1024:
+                sock.sendall(piece)
+                sent += len(piece)
+        except OSError:  # the server answered and stopped reading
+            pass
+        answer = read_response(sock, 10)
+    assert split_response(answer)[0] == 413
+    assert guarded.post(json=OK).status_code == 200
+
+
 # ---------------------------------------------------------------------- NaN and infinity
 NON_FINITE = ["NaN", "Infinity", "-Infinity"]
 FLOAT_FIELDS = [
@@ -276,3 +310,44 @@ def test_pipelined_requests_on_one_connection_are_answered_in_order(causal):
         raw = read_response(sock, 30)
     assert raw.count(b"HTTP/1.1 200 OK\r\n") == 3, raw
     assert json.dumps(causal.post(json=OK).json(), separators=(",", ":")).encode() in raw
+
+
+def test_a_looping_chat_template_answers_an_error_and_frees_the_thread(tiny, tmp_path):
+    """The model's own template loops (10^10 iterations): the chat request ends after the render
+    limit with the reason, /ping answers meanwhile, and the worker's CPU is free afterwards."""
+    import shutil
+
+    folder = tmp_path / "looping"
+    shutil.copytree(tiny("llama"), folder)
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config["chat_template"] = "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}"
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    server = Server(folder, tmp_path / "serve.log").wait_ready()
+    try:
+        start = time.monotonic()
+        with requests.Session() as pinger:
+            import threading
+
+            pings: list[float] = []
+            done = threading.Event()
+
+            def ping():
+                while not done.is_set():
+                    t = time.monotonic()
+                    pinger.get(server.url + "/ping", timeout=5)
+                    pings.append(time.monotonic() - t)
+                    time.sleep(0.5)
+
+            watcher = threading.Thread(target=ping)
+            watcher.start()
+            answer = server.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]},
+                                 timeout=60)
+            done.set()
+            watcher.join()
+        error = answer.json()["error"]  # the OpenAI error shape on the OpenAI routes
+        assert answer.status_code == 500 and error["type"] == "chat_template"
+        assert "did not render this conversation within 10 s (a loop in the template)" in error["message"]
+        assert time.monotonic() - start < 30 and pings and max(pings) < 1
+        assert server.post(json=OK).status_code == 200  # the TGI route renders no chat template
+    finally:
+        server.stop()

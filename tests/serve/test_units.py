@@ -228,3 +228,25 @@ def test_an_unknown_field_names_itself_and_its_format():
     with pytest.raises(PayloadError) as caught:
         ChatRequest.read({"messages": [], "min_p": 0.1})
     assert str(caught.value).startswith("`min_p` is not a field of OpenAI chat requests; remove it (known: model,")
+
+
+def test_serve_check_refuses_truncated_or_corrupt_safetensors(tiny, tmp_path):
+    """The check reads what loading reads first (the header, and the file's length against it), so
+    `serve --check` and the master fail with the file named instead of a worker at boot."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    for damage, words in ((lambda data: data[:len(data) // 2], "cut short: its tensors need"),
+                          (lambda data: b"\xff" * 8 + data[8:], "header claims"),
+                          (lambda data: data[:8] + b"{not json" + data[17:], "cannot be read")):
+        folder = tmp_path / f"model-{len(words)}"
+        shutil.copytree(tiny("llama"), folder)
+        weights = folder / "model.safetensors"
+        weights.write_bytes(damage(weights.read_bytes()))
+        done = subprocess.run([sys.executable, "-m", "tuneforge.serve.server", "--model-dir", str(folder), "--check"],
+                              env=dict(os.environ, SERVING_ENGINE="transformers"), capture_output=True, text=True,
+                              timeout=120)
+        assert done.returncode == 2, done.stderr
+        assert words in done.stderr and str(weights) in done.stderr and "copy the file again" in done.stderr

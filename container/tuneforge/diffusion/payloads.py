@@ -22,6 +22,8 @@ import math
 import os
 from dataclasses import dataclass
 
+from ..json_body import JsonBodyError, read_json
+
 TEXT_TYPES = ("application/x-text", "text/plain")
 JSON_TYPES = ("application/json", "text/json", "application/x-json")
 JPEG_ACCEPT = "application/json;jpeg"
@@ -90,11 +92,9 @@ def parse(mimetype: str, body: bytes, defaults: dict, limits: Limits) -> ImageRe
         return _validated({"prompt": prompt}, defaults, limits, single=True)
     if mimetype in JSON_TYPES:
         try:
-            document = json.loads(text)
-        except (json.JSONDecodeError, RecursionError) as exc:
-            detail = f"{exc.msg} at line {exc.lineno} column {exc.colno}" if isinstance(exc, json.JSONDecodeError) \
-                else "nested too deeply"
-            raise ImageRequestError(400, f"malformed JSON: {detail}", "malformed_json") from None
+            document = read_json(text)
+        except JsonBodyError as exc:
+            raise ImageRequestError(400, exc.message, exc.kind) from None
         if isinstance(document, str):  # JSONSerializer of a bare prompt
             document = {"prompt": document}
         if not isinstance(document, dict):
@@ -109,10 +109,11 @@ def _text_prompt(text: str) -> str:
     prompt = text.strip()
     if len(prompt) >= 2 and prompt[0] == prompt[-1] == '"':
         try:
-            decoded = json.loads(prompt)
+            decoded = read_json(prompt)
             prompt = decoded.strip() if isinstance(decoded, str) else prompt
-        except json.JSONDecodeError:
-            pass
+        except JsonBodyError as exc:
+            if exc.kind != "malformed_json":  # a lone surrogate escape: not text
+                raise ImageRequestError(400, exc.message, exc.kind) from None
     if not prompt:
         raise ImageRequestError(400, "the request body is empty; send the prompt as the body")
     return prompt

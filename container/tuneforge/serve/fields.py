@@ -9,7 +9,6 @@ running server) is checked here by hand.
 
 from __future__ import annotations
 
-import re
 import types
 import typing
 from typing import Annotated, Optional
@@ -19,7 +18,6 @@ from pydantic import BaseModel, BeforeValidator, Field, Strict, ValidationError
 
 from .errors import PayloadError, invalid
 
-_SURROGATE = re.compile("[\ud800-\udfff]")
 STOP_TYPE = "must be a non-empty string or a list of non-empty strings"
 
 
@@ -175,24 +173,3 @@ def show(value, most: int = 60) -> str:
     except RecursionError:  # a deeply nested list or object
         return f"a deeply nested {type(value).__name__}"
     return text if len(text) <= most else text[:most] + f"... ({len(text)} characters)"
-
-
-def lone_surrogate(document) -> str | None:
-    """Where a parsed JSON document holds a lone UTF-16 surrogate (`"\\ud800"`), e.g.
-    `messages[0].content`; None when it holds none. Python's json accepts them, but they are not
-    text: tokenizers and the UTF-8 answer would fail on them. Iterative, for any depth."""
-    stack = [(document, "")]
-    while stack:
-        value, where = stack.pop()
-        if isinstance(value, str):
-            if _SURROGATE.search(value):
-                return where or "body"
-        elif isinstance(value, dict):
-            for key, item in value.items():
-                path = f"{where}.{key}" if where else str(key)
-                if _SURROGATE.search(key):
-                    return path
-                stack.append((item, path))
-        elif isinstance(value, list):
-            stack.extend((item, f"{where}[{i}]") for i, item in enumerate(value))
-    return None

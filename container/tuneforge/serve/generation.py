@@ -7,19 +7,15 @@ the answer's type, checked before any compute is spent (406 otherwise).
 from __future__ import annotations
 
 import json
-import re
-import sys
 import time
 
 from flask import Response, request
 
+from ..json_body import JsonBodyError, read_json
 from .errors import PayloadError, invalid
-from .fields import lone_surrogate
 from .http import EVENT_STREAM, JSON_TYPES, JSONLINES_TYPES, TEXT_TYPES, json_response
 from .invocation import Invocation
 
-# Only a body holding a \uD800-\uDFFF escape can parse into a lone surrogate.
-SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 # Fields only a text-to-image request (Stable Diffusion) carries: such a body sent to a language
 # model gets a clear error instead of a generation that ignores them.
 IMAGE_FIELDS = ("width", "height", "num_inference_steps", "guidance_scale", "negative_prompt",
@@ -122,19 +118,11 @@ def _refuse_image_request(document) -> None:
 
 def loads(text: str, where: str):
     try:
-        document = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise PayloadError(400, f"{where}malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
-                           "malformed_json") from None
-    except RecursionError:
-        raise PayloadError(400, f"{where}malformed JSON: nested too deeply (more than about "
-                           f"{sys.getrecursionlimit()} levels of arrays and objects)", "malformed_json") from None
-    if SURROGATE_ESCAPE.search(text):
-        path = lone_surrogate(document)
-        if path is not None:
-            raise invalid(f"{where}`{path}` holds a lone UTF-16 surrogate escape (\\uD800-\\uDFFF), which is not "
-                          "text; send a complete surrogate pair or the character itself in UTF-8")
-    return document
+        return read_json(text)
+    except JsonBodyError as exc:
+        if exc.kind == "malformed_json":
+            raise PayloadError(400, where + exc.message, exc.kind) from None
+        raise invalid(where + exc.message) from None
 
 
 def _run(state, invocations: list[Invocation]):

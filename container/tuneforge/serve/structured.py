@@ -142,7 +142,7 @@ def _read_auto(plan: ToolPlan, text: str) -> list[dict] | None:
 def _json(text: str):
     try:
         return json.loads(text)
-    except (json.JSONDecodeError, TypeError):
+    except (ValueError, TypeError, RecursionError):  # ValueError: also numbers too long for Python
         return None
 
 

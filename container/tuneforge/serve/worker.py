@@ -14,6 +14,9 @@ and body, from the non-blocking socket into memory; only a complete request goes
   one); the rest of the body is read and dropped, up to `drain_limit` bytes, before the socket
   closes, so a client that sends its whole body before reading (requests, urllib) gets the 413
   instead of a connection reset.
+- A chunked body's framing counts too: its bytes on the wire may be at most twice the body
+  limit (plus 64 KiB), so chunk extensions cannot make a small body fill memory.
+- gunicorn's own answers to requests it cannot parse (414 for a long URL, 431, 400) are JSON.
 - Only the framing (Content-Length or chunked) is read here, to find where a request ends;
   gunicorn's parser still parses and checks every request in the thread, from memory.
 TLS and HTTP/2 (neither is used behind SageMaker) keep gthread's own handling.
@@ -41,6 +44,8 @@ STOP_READ_S = 5.0  # on SIGTERM, requests still arriving get this long at most
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 REASONS = {400: "Bad Request", 408: "Request Timeout", 413: "Content Too Large",
            431: "Request Header Fields Too Large", 503: "Service Unavailable"}
+GUNICORN_ERROR_TYPES = {400: "malformed_request", 403: "forbidden", 414: "uri_too_long", 417: "expectation_failed",
+                        431: "headers_too_large", 501: "not_implemented"}
 _HEX = frozenset(string.hexdigits.encode())
 
 
@@ -112,6 +117,10 @@ class RequestFrame:
 
     def _chunks(self) -> int:
         buf = self.buf
+        # Every byte on the wire counts: chunk-size lines with long extensions must not let a small
+        # body fill memory. Framing may add as much again as the body limit allows.
+        if len(buf) - self.head_end > 2 * self.max_body + HEADER_LIMIT:
+            return TOO_LARGE
         while True:
             line_end = buf.find(b"\r\n", self.at)
             if line_end < 0:
@@ -139,6 +148,28 @@ class RequestFrame:
                 return MALFORMED
             self.body += size
             self.at = data_end + 2
+
+
+class _ErrorPage:
+    """Stands in for the client socket while gunicorn writes its HTML error page: gunicorn picks
+    the status (and logs), and the client gets the same status as this server's JSON error."""
+
+    def __init__(self):
+        self.data = bytearray()
+
+    def gettimeout(self) -> float:
+        return 0.0
+
+    def sendall(self, data: bytes) -> None:
+        self.data += data
+
+    def answer(self, exc: Exception) -> bytes:
+        code, reason = bytes(self.data).split(b"\r\n", 1)[0].decode("latin-1").split(" ", 2)[1:]
+        status = int(code)
+        message = f"{reason}: {exc}" if status < 500 else "internal server error (the server log has the details)"
+        body = json.dumps({"error": message, "error_type": GUNICORN_ERROR_TYPES.get(status, "internal")}).encode()
+        return (f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+                "Connection: close\r\n\r\n").encode() + body
 
 
 class _Conn(TConn):
@@ -199,6 +230,17 @@ class ReadFirstWorker(ThreadWorker):
         self.reading.add(conn)
         self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._readable, conn))
         self._received(conn, leftover)
+
+    def handle_error(self, req, client, addr, exc):
+        """gunicorn's answers to requests it cannot parse (a 70 KB URL: 414, a huge header: 431,
+        ...) in JSON like every other error of this server, not as an HTML page."""
+        page = _ErrorPage()
+        super().handle_error(req, page, addr, exc)
+        if page.data:
+            try:
+                client.sendall(page.answer(exc))
+            except OSError:
+                self.log.debug("could not send the error answer")
 
     def handle_request(self, req, conn):
         if getattr(conn, "continued", False):
