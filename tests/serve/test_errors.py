@@ -21,6 +21,13 @@ CASES = [
     (b'{"inputs": "a", "\\ud800x": 1}', "application/json", 422, "validation", ["`\\ud800x` holds a lone UTF-16"]),
     (b'{"inputs": "a", "parameters": {"grammar": {"type": "json", "value": "' + b"9" * 5000 + b'"}}}',
      "application/json", 422, "validation", ["parameters.grammar"]),
+    # grammars whose counted repetitions unroll past the limit: refused before compiling (this one
+    # took gigabytes and minutes to compile)
+    (tgi(grammar={"type": "regex", "value": "(a{1000}){1000}"}), None, 422, "validation",
+     ["parameters.grammar", "too complex", "1,000,000 positions"]),
+    ({"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_schema", "json_schema": {
+        "name": "s", "schema": {"type": "string", "pattern": "^(a+)+$", "maxLength": 100000}}}}, None, 422, "validation",
+     ["response_format", "too complex", "maxLength"]),
     (b"a,b\n1,2\n", "text/csv", 415, "unsupported_media_type", ["text/csv", "application/json"]),
     (b"", "text/plain", 422, "validation", ["empty"]),
     ({"foo": 1}, None, 422, "validation", ["inputs", "messages", "text_inputs"]),

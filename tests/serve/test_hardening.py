@@ -77,6 +77,26 @@ def test_ping_and_invocations_stay_answered_while_70_slow_clients_hold_connectio
             sock.close()
 
 
+def test_ping_gets_in_while_a_thousand_idle_connections_fill_the_slots(causal):
+    """More idle (connected, silent) and stalled (half a request line) clients than the worker's
+    1000 connection slots: the oldest are closed to make room, so /ping answers at once."""
+    clients = []
+    try:
+        for i in range(1100):
+            sock = socket.create_connection((HOST, causal.port), timeout=5)
+            if i % 2:
+                sock.sendall(b"GET /pi")
+            clients.append(sock)
+        time.sleep(1.5)  # the event loop's turn: it has accepted what it could
+        start = time.monotonic()
+        assert requests.get(causal.url + "/ping", timeout=10).status_code == 200
+        assert time.monotonic() - start < 3
+    finally:
+        for sock in clients:
+            sock.close()
+    assert causal.post(json=OK).status_code == 200
+
+
 def test_a_slow_client_finishing_late_gets_its_answer(causal):
     body = json.dumps(OK).encode()
     head = (b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nConnection: close\r\n"

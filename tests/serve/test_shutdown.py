@@ -69,9 +69,11 @@ def test_full_queue_is_429_and_a_request_past_the_deadline_is_503(constrained):
     assert overflow.status_code == 429
     assert overflow.json() == {"error": "the server queue is full (1 requests waiting); retry later",
                                "error_type": "overloaded"}
+    assert overflow.headers["Retry-After"] == "1"
     behind.join(30)
-    assert waited["response"].status_code == 503
+    assert waited["response"].status_code == 503 and waited["response"].headers["Retry-After"] == "1"
     assert waited["response"].json()["error_type"] == "timeout"
+    assert "(TUNEFORGE_REQUEST_DEADLINE); raise it" in waited["response"].json()["error"]
     assert 0.9 < waited["seconds"] < 5
     long.join(60)
     assert long.status == 200 and long.events[-1]["details"]["generated_tokens"] == LONG

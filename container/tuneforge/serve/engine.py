@@ -17,7 +17,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from .errors import DeadlineExceeded, GenerationFailed, Overloaded
+from .errors import DEADLINE_PASSED, DeadlineExceeded, GenerationFailed, Overloaded
 from .metrics import ServeMetrics
 
 __all__ = ["DeadlineExceeded", "Engine", "GenerationFailed", "GenerationRequest", "Overloaded", "Sampling"]
@@ -129,7 +129,7 @@ class Job:
         """Block until the result is in; raises the job's error."""
         if not self.done.wait(timeout):
             self.cancelled = True
-            raise DeadlineExceeded("the request did not finish within the server deadline")
+            raise DeadlineExceeded(DEADLINE_PASSED)
         if self.error is not None:
             raise self.error
         return self.result
@@ -271,7 +271,7 @@ class Engine:
         for job in live:
             own = [row for row in rows if row.job is job]
             if job.request.deadline is not None and any(r.finish_reason == "deadline" for r in own):
-                job._finish(error=DeadlineExceeded("generation ran past the server deadline"))
+                job._finish(error=DeadlineExceeded(DEADLINE_PASSED))
                 continue
             # max_new_tokens 0 (an echoed prompt scored, nothing generated): empty sequences
             sequences = [row.sequence() for row in own] or [Sequence(i, "", [], "length") for i in range(job.rows())]
@@ -291,7 +291,9 @@ class Engine:
             if job.cancelled:
                 job._finish(error=DeadlineExceeded("the client went away"))
             elif job.request.deadline is not None and now >= job.request.deadline:
-                job._finish(error=DeadlineExceeded("the request waited in the queue past the server deadline"))
+                job._finish(error=DeadlineExceeded(
+                    "the request waited in the queue past the server deadline (TUNEFORGE_REQUEST_DEADLINE); raise "
+                    "it, add workers or instances, or stream the answer (streams have no deadline)"))
             else:
                 live.append(job)
         return live

@@ -27,6 +27,10 @@ class DeadlineExceeded(Exception):
     """A non-streaming request ran past the server deadline (answered 503)."""
 
 
+DEADLINE_PASSED = ("generation ran past the server deadline (TUNEFORGE_REQUEST_DEADLINE); raise it, ask for "
+                   "fewer new tokens, or stream the answer (streams have no deadline)")
+
+
 class GenerationFailed(Exception):
     """generate raised; the message is short and safe to return (answered 500)."""
 

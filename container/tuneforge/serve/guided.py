@@ -22,6 +22,10 @@ from ..byte_level import bytes_to_unicode
 
 WHITESPACE = r"[ ]?"  # at most one space between JSON tokens: no budget spent on layout
 CACHE_SIZE = 32
+# Counted repetitions unroll into automaton states, and compiling against a vocabulary costs about
+# states x tokens of time and memory: (a{1000}){1000} took gigabytes and minutes. Patterns that
+# unroll past this many positions are refused before compiling.
+MAX_POSITIONS = 10_000
 _vocabularies: dict[int, object] = {}
 _plans: OrderedDict[tuple, "Plan"] = OrderedDict()
 _lock = threading.Lock()
@@ -64,6 +68,11 @@ def compile_plan(regex: str, tokenizer, eos_id: int) -> Plan:
             return _plans[key]
     from outlines_core import Index
 
+    size = unrolled_size(regex)
+    if size is not None and size > MAX_POSITIONS:
+        raise GuideError(f"the pattern is too complex for constrained decoding: its repetitions unroll to about "
+                         f"{size:,} positions, at most {MAX_POSITIONS:,} are allowed (use smaller counts, "
+                         "maxLength or maxItems)")
     try:
         index = Index(regex, _vocabulary(tokenizer, eos_id))
     except Exception as exc:  # noqa: BLE001
@@ -76,6 +85,36 @@ def compile_plan(regex: str, tokenizer, eos_id: int) -> Plan:
         while len(_plans) > CACHE_SIZE:
             _plans.popitem(last=False)
     return plan
+
+
+def unrolled_size(regex: str) -> int | None:
+    """Character positions `regex` has once counted repetitions are unrolled (x{3} is 3, an open
+    x* counts once); None where Python's parser does not read the pattern (then it is not
+    bounded here)."""
+    from re import _constants as c, _parser
+
+    try:
+        parsed = _parser.parse(regex)
+    except Exception:  # noqa: BLE001 - a dialect Python does not read, or not a pattern at all
+        return None
+
+    def size(items) -> int:
+        total = 0
+        for op, arg in items:
+            if op in (c.MAX_REPEAT, c.MIN_REPEAT, c.POSSESSIVE_REPEAT):
+                low, high, sub = arg
+                total += size(sub) * (max(low, 1) if high == c.MAXREPEAT else high)
+            elif op is c.SUBPATTERN:
+                total += size(arg[-1])
+            elif op is c.BRANCH:
+                total += sum(size(alt) for alt in arg[1])
+            elif op in (c.ASSERT, c.ASSERT_NOT):
+                total += size(arg[1])
+            elif op is not c.AT:
+                total += 1
+        return total
+
+    return size(parsed)
 
 
 def _distances(transitions: dict, finals: set, eos_id: int) -> dict:

@@ -19,10 +19,17 @@ def json_response(obj, status: int = 200, headers: dict | None = None) -> Respon
     return Response(body, status=status, mimetype="application/json", headers=headers)
 
 
+RETRY_AFTER_S = 1
+
+
 def error_response(status: int, message: str, error_type: str) -> Response:
     """{"error": message, "error_type": type}; on the OpenAI routes (/v1/...) OpenAI's own shape,
     {"error": {"message", "type", "param", "code"}}, which the openai client shows to its caller."""
     if has_request_context() and request.path.startswith(OPENAI_PREFIXES):
-        return json_response({"error": {"message": message, "type": error_type, "param": None, "code": status}},
-                             status)
-    return json_response({"error": message, "error_type": error_type}, status)
+        response = json_response({"error": {"message": message, "type": error_type, "param": None, "code": status}},
+                                 status)
+    else:
+        response = json_response({"error": message, "error_type": error_type}, status)
+    if status in (429, 503):  # a full queue or a deadline: clients (and SageMaker's SDK) retry after this
+        response.headers["Retry-After"] = str(RETRY_AFTER_S)
+    return response

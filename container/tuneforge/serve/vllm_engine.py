@@ -18,7 +18,7 @@ import threading
 import time
 
 from .engine import GenerationRequest, Job, Result, Sequence, Token, _Row
-from .errors import DeadlineExceeded, GenerationFailed, Overloaded
+from .errors import DEADLINE_PASSED, DeadlineExceeded, GenerationFailed, Overloaded
 from .metrics import ServeMetrics
 from .vllm_launch import ADAPTER_NAME, SERVED_NAME, lora_name
 
@@ -209,7 +209,7 @@ class VllmEngine:
 
     def _finish(self, job: Job, rows: list[_Row], scores, seed, started) -> None:
         if job.request.deadline is not None and any(r.finish_reason == "deadline" for r in rows):
-            job._finish(error=DeadlineExceeded("generation ran past the server deadline"))
+            job._finish(error=DeadlineExceeded(DEADLINE_PASSED))
             return
         if job.cancelled:
             job._finish(error=DeadlineExceeded("the client went away"))

@@ -17,6 +17,8 @@ and body, from the non-blocking socket into memory; only a complete request goes
 - A chunked body's framing counts too: its bytes on the wire may be at most twice the body
   limit (plus 64 KiB), so chunk extensions cannot make a small body fill memory.
 - gunicorn's own answers to requests it cannot parse (414 for a long URL, 431, 400) are JSON.
+- Near `worker_connections`, the longest-idle connections are closed (kept-alive ones, then
+  requests still arriving), so idle or stalled clients never keep a health check out.
 - Only the framing (Content-Length or chunked) is read here, to find where a request ends;
   gunicorn's parser still parses and checks every request in the thread, from memory.
 TLS and HTTP/2 (neither is used behind SageMaker) keep gthread's own handling.
@@ -41,6 +43,7 @@ READ_SIZE = 256 * 1024
 LINGER_S = 2.0  # after an error answer, how long a quiet client may take to close
 SWEEP_S = 0.2  # how often deadlines are checked (the event loop also wakes every second)
 STOP_READ_S = 5.0  # on SIGTERM, requests still arriving get this long at most
+FREE_SLOTS = 16  # connection slots kept free for new clients (SageMaker's /ping among them)
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 REASONS = {400: "Bad Request", 408: "Request Timeout", 413: "Content Too Large",
            431: "Request Header Fields Too Large", 503: "Service Unavailable"}
@@ -250,6 +253,7 @@ class ReadFirstWorker(ThreadWorker):
     def murder_pending(self):
         """Also the deadline sweep of the requests being read (the event loop calls it each turn)."""
         super().murder_pending()
+        self._make_room()
         now = time.monotonic()
         if now < self.next_sweep:
             return
@@ -267,6 +271,24 @@ class ReadFirstWorker(ThreadWorker):
                              f"{self.read_timeout:g} s ({self.timeout_hint})")
             else:
                 self._close(conn)  # answered already, or nothing sent: close quietly
+
+    def _make_room(self) -> None:
+        """Near the connection cap, close the longest-idle connections so that new ones still get
+        in: a thousand idle or stalled clients must not keep /ping out until their timeouts.
+        Kept-alive connections go first, then the requests still arriving, oldest first."""
+        excess = self.nr_conns - (self.worker_connections - FREE_SLOTS)
+        while excess > 0 and self.keepalived_conns:
+            conn = self.keepalived_conns.popleft()
+            try:
+                self.poller.unregister(conn.sock)
+            except (OSError, KeyError, ValueError):
+                pass
+            self.nr_conns -= 1
+            conn.close()
+            excess -= 1
+        if excess > 0:
+            for conn in sorted(self.reading, key=lambda c: c.timeout)[:excess]:
+                self._close(conn)
 
     # ------------------------------------------------------------------ event loop callbacks
     def _readable(self, conn: _Conn, _sock) -> None:
