@@ -103,6 +103,12 @@ def _hyperparameters(args) -> int:
     return 0
 
 
+def _evaluate(args) -> int:
+    from .evaluation.cli import main as evaluate_main
+
+    return evaluate_main(args)
+
+
 def parser() -> argparse.ArgumentParser:
     from .tiny import FAMILIES
 
@@ -137,6 +143,16 @@ def parser() -> argparse.ArgumentParser:
                         help="put two or more jobs side by side (compare.html, compare.md)")
     report.add_argument("--out", help="folder to write to (default: the job's output/data, or . for --compare)")
     report.set_defaults(func=_report)
+    evaluate = sub.add_parser("evaluate", help="score a model folder on task files (docs/evaluation.md)")
+    evaluate.add_argument("--model-dir", required=True, help="a model folder (training's model/, or plain HF)")
+    evaluate.add_argument("--tasks", required=True, help="a folder of <task>.jsonl files")
+    evaluate.add_argument("--compare-to", help="another model folder (e.g. the base) scored on the same tasks")
+    evaluate.add_argument("--min-score", help="gate: task=score pairs, e.g. tickets=0.9,general=0.5")
+    evaluate.add_argument("--max-regression", type=float,
+                          help="gate: points any task may lose against --compare-to, e.g. 0.02")
+    evaluate.add_argument("--max-new-tokens", type=int, default=64, help="longest answer of generation items")
+    evaluate.add_argument("--json", help="also write the scores and every item's details to this file")
+    evaluate.set_defaults(func=_evaluate)
     hps = sub.add_parser("hyperparameters", help="print the hyperparameter reference")
     hps.add_argument("--markdown", action="store_true", help="with a document header")
     hps.set_defaults(func=_hyperparameters)
