@@ -14,6 +14,12 @@ from .hyperparameters import (FALSE_WORDS, IGNORED_KEYS, TRUE_WORDS, Bits, Field
                               OptionalInt, Rule, SageMakerHyperparameters, Text, TriState, hp, markdown_cell,
                               parse_flag, zero_refused)
 
+def _thresholds(text: str):
+    from .evaluation.gate import parse_thresholds
+
+    return parse_thresholds(text)
+
+
 __all__ = ["ALIASES", "FALSE_WORDS", "FIELDS", "IGNORED_KEYS", "TRUE_WORDS", "FieldSpec", "Flag", "Float", "Int",
            "OptionalInt", "Text", "TrainConfig", "markdown_table", "parse_flag", "parse_hyperparameters"]
 
@@ -32,6 +38,8 @@ class TrainConfig(SageMakerHyperparameters):
     max_val_samples: Int = hp(-1, "Use at most this many validation rows; -1 = all.", ge=-1)
     preprocessing_num_workers: OptionalInt = hp(None, "Processes for tokenization; None = one.", ge=1)
     rouge_samples: Int = hp(32, "Validation rows generated for ROUGE (0 turns ROUGE off).", ge=0)
+    eval_min_score: Text = hp("", "Gate on the `evaluation` channel's tasks (docs/evaluation.md): task=score pairs, e.g. tickets=0.9,general_knowledge=0.5; a task below its score fails the job (exit 1) after model/ is saved.")
+    eval_max_regression: Float = hp(-1.0, "Gate: points any evaluation task (and general_knowledge) may lose from the base to the fine-tune, e.g. 0.02; -1 = no limit. A bigger loss fails the job (exit 1) after model/ is saved.", ge=-1.0, le=1.0)
     knowledge_check: Flag = hp(True, "Ask 12 bundled general questions before and after training and report the share answered right (metrics.json general_knowledge): a drop means the fine-tune made the model forget.")
     # --- schedule ---
     epoch: Int = hp(5, "Passes over the training data.", ge=1, le=1000,
@@ -97,6 +105,8 @@ class TrainConfig(SageMakerHyperparameters):
 
     # Combinations no field can check alone; the message may name fields.
     COMBINATION_RULES = (
+        Rule(lambda c: _thresholds(c.eval_min_score) is None, "eval_min_score is not task=score pairs",
+             "hyperparameter eval_min_score", "write e.g. tickets=0.9,general_knowledge=0.5"),
         Rule(lambda c: c.instruction_tuned and c.chat_dataset, "instruction_tuned and chat_dataset are both true",
              "hyperparameters instruction_tuned/chat_dataset", "set at most one of them to True"),
         Rule(lambda c: c.bf16 and c.fp16, "bf16 and fp16 are both true", "hyperparameters bf16/fp16",

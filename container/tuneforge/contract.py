@@ -25,6 +25,7 @@ TRAIN_CHANNELS = ("train", "training")
 VALIDATION_CHANNEL = "validation"
 MODEL_CHANNEL = "model"
 CONFIG_CHANNEL = "config"
+EVALUATION_CHANNEL = "evaluation"  # task files scored before and after training (docs/evaluation.md)
 
 
 def env(name: str, default=None, doc: str = ""):
@@ -131,6 +132,10 @@ class Paths:
     def model_channel(self) -> Path | None:
         path = self.channel(MODEL_CHANNEL)
         return path if path.is_dir() and any(path.iterdir()) else None
+
+    def evaluation_channel(self) -> Path | None:
+        path = self.channel(EVALUATION_CHANNEL)
+        return path if path.is_dir() else None
 
     def config_channel(self) -> Path | None:
         path = self.channel(CONFIG_CHANNEL)

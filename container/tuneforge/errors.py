@@ -37,3 +37,7 @@ class ModelError(UserError):
 
 class ResourceError(UserError):
     """The job asks for something this machine cannot do (GPU-only features, memory)."""
+
+
+class EvaluationGateFailed(UserError):
+    """The fine-tune missed a score the job asked for (eval_min_score, eval_max_regression); model/ is kept."""

@@ -8,21 +8,9 @@ import sys
 from pathlib import Path
 
 from ..errors import HyperparameterError, UserError
+from .gate import failures, parse_thresholds
 from .scoring import score_task
 from .tasks import load_tasks
-
-
-def parse_thresholds(text: str) -> dict[str, float]:
-    """"tickets=0.9,general=0.5" -> {"tickets": 0.9, "general": 0.5}."""
-    out = {}
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        name, _, value = part.partition("=")
-        try:
-            out[name.strip()] = float(value)
-        except ValueError:
-            raise HyperparameterError(f"{part!r} is not task=score", where="--min-score",
-                                      fix="write task=number pairs, e.g. tickets=0.9,general=0.5") from None
-    return out
 
 
 def evaluate(model_dir: Path, tasks_dir: Path, max_new_tokens: int = 64) -> dict[str, dict]:
@@ -32,23 +20,6 @@ def evaluate(model_dir: Path, tasks_dir: Path, max_new_tokens: int = 64) -> dict
     tasks = load_tasks(tasks_dir)  # before the model: a bad task file fails at once
     loaded = load_model(ServeSettings(model_dir=Path(model_dir), dtype="float32"))
     return {task.name: score_task(task, loaded, max_new_tokens=max_new_tokens) for task in tasks}
-
-
-def gate(results: dict, baseline: dict | None, min_score: dict[str, float], max_regression: float | None) -> list[str]:
-    """The failures, each naming the task, its scores and the threshold; [] when the gate passes."""
-    failures = []
-    for name, limit in min_score.items():
-        if name not in results:
-            failures.append(f"task {name!r} has a minimum score but no task file (tasks: {', '.join(results)})")
-        elif results[name]["score"] < limit:
-            failures.append(f"task {name}: score {results[name]['score']:.4f} is below the minimum {limit:g}")
-    if baseline is not None and max_regression is not None:
-        for name, after in results.items():
-            before = baseline[name]["score"]
-            if before - after["score"] > max_regression:
-                failures.append(f"task {name}: score fell from {before:.4f} to {after['score']:.4f}, more than "
-                                f"the allowed {max_regression:g}")
-    return failures
 
 
 def table(results: dict, baseline: dict | None) -> str:
@@ -67,6 +38,9 @@ def table(results: dict, baseline: dict | None) -> str:
 def main(args) -> int:
     try:
         thresholds = parse_thresholds(args.min_score or "")
+        if thresholds is None:
+            raise HyperparameterError(f"{args.min_score!r} is not task=score pairs", where="--min-score",
+                                      fix="write e.g. tickets=0.9,general=0.5")
         results = evaluate(Path(args.model_dir), Path(args.tasks), args.max_new_tokens)
         baseline = evaluate(Path(args.compare_to), Path(args.tasks), args.max_new_tokens) if args.compare_to else None
     except UserError as exc:
@@ -75,7 +49,8 @@ def main(args) -> int:
     print(table(results, baseline), end="")
     if args.json:
         Path(args.json).write_text(json.dumps({"model": results, "compared": baseline}, indent=2) + "\n")
-    failures = gate(results, baseline, thresholds, args.max_regression)
-    for failure in failures:
+    before = {name: r["score"] for name, r in baseline.items()} if baseline else None
+    refused = failures({name: r["score"] for name, r in results.items()}, before, thresholds, args.max_regression)
+    for failure in refused:
         print(f"evaluate: gate failed: {failure}", file=sys.stderr)
-    return 1 if failures else 0
+    return 1 if refused else 0

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import DataError
-from ..prompt import render_chat
+from ..prompt import render_chat, template_fields
 from .tasks import GENERATION, Task
 
 MC_CONTEXT = "Question: {question}\nAnswer:"  # MMLU/ARC style, as lm-eval task YAMLs write it
@@ -77,9 +77,12 @@ def render_item(item: dict, loaded, where: str) -> str:
                            chat_template=fmt.chat_template)
     if "prompt" in item:
         return fmt.render_text(str(item["prompt"]))
-    fields = {k: v for k, v in item.items() if k != "reference"}
-    try:
-        return fmt.render_prompt(fields)
+    names = template_fields(fmt.prompt_template)
+    if not names or not set(names) & set(item):
+        raise DataError(f"the item has none of the model's prompt fields ({', '.join(names) or 'none'})", where=where,
+                        fix="send `prompt` (a string), `messages`, or the template's own fields")
+    try:  # fields the item leaves out are empty, as in the server's structured inputs
+        return fmt.render_prompt({name: item.get(name) for name in names})
     except (KeyError, ValueError) as exc:
         raise DataError(f"the item's fields do not fit the model's prompt template ({exc})", where=where,
                         fix="send `prompt` (a string) or the template's own fields") from None

@@ -157,13 +157,37 @@ def metrics_section(job: JobOutput) -> Section | None:
                      number(score.get("before"), "general_knowledge.before.score"),
                      number(score.get("after"), "general_knowledge.after.score"),
                      _change(score.get("before"), score.get("after"), False)])
+    rows += evaluation_rows(m)
     for label, key in (("training loss", "train_loss"), ("training perplexity", "train_perplexity")):
         if m.get(key) is not None:
             rows.append([Cell(label, css="strong"), Cell("-"), number(m[key], key), Cell("")])
     if not rows:
         return None
     table = Table(["metric", "base model", "fine-tuned", "change"], rows)
-    return Section("Before and after fine-tuning", [b for b in (overlap_warning(m), table) if b is not None])
+    blocks = (overlap_warning(m), gate_warning(m), table)
+    return Section("Before and after fine-tuning", [b for b in blocks if b is not None])
+
+
+def evaluation_rows(m: dict) -> list[list[Cell]]:
+    """One row per task of the job's `evaluation` channel (metrics.json `evaluation`)."""
+    rows = []
+    for name, stages in sorted((m.get("evaluation") or {}).items()):
+        before, after = stages.get("before") or {}, stages.get("after") or {}
+        metric = "ROUGE-L" if (after or before).get("kind") == "generation" else "accuracy"
+        rows.append([Cell(f"task {name} ({metric})", css="strong"),
+                     number(before.get("score"), f"evaluation.{name}.before.score"),
+                     number(after.get("score"), f"evaluation.{name}.after.score"),
+                     _change(before.get("score"), after.get("score"), False)])
+    return rows
+
+
+def gate_warning(m: dict) -> Text | None:
+    """The evaluation gate's failures (eval_min_score, eval_max_regression), which failed the job."""
+    gate = m.get("evaluation_gate")
+    if not isinstance(gate, dict) or gate.get("passed", True):
+        return None
+    return Text("Warning: the evaluation gate failed the job (model/ was saved): " + "; ".join(gate["failures"]) + ".",
+                css="warning")
 
 
 def overlap_warning(m: dict) -> Text | None:

@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 # scored (a slow model or long max_output_length must not hold the job for hours)
 ROUGE_TIME_BUDGET_S = 300.0
 FINAL_EVALUATION_STOP = "during the final evaluation, before the model was saved"
+EVAL_MAX_NEW_TOKENS = 64  # longest answer of an evaluation task's generation item
 
 
 @dataclass(frozen=True)
@@ -157,6 +158,7 @@ class Recipe:
         self.phases = Phases(self.results.setdefault("phases", {}))  # logs.py: "<phase>: done in N s"
         self.prepared: Prepared | None = None  # set once, by run(), from setup()
         self.trainer = None                    # set once, by train()
+        self.eval_tasks: list = []              # the evaluation channel's tasks, read by setup()
         self.results["hyperparameters"] = hyperparameter_facts(config, raw_hyperparameters or {})
 
     # ------------------------------------------------------------------ run: the stages in order
@@ -165,9 +167,17 @@ class Recipe:
 
         try:
             with weights_only_loads():  # checkpoints come from S3: no torch.load may run code (resume.py)
-                return self._run()
+                results = self._run()
         finally:
             archives.cleanup()
+        if is_main_process():  # after model/ is saved: a missed gate keeps the model and fails the job
+            from ..evaluation.gate import check_job
+
+            try:
+                check_job(results, self.config.eval_min_score, self.config.eval_max_regression)
+            finally:
+                never_fail(self.write_reports, "writing metrics.json with the gate's verdict")
+        return results
 
     def _run(self) -> dict:
         try:
@@ -206,6 +216,7 @@ class Recipe:
         cfg = self.config
         seed_everything(cfg.seed)
         self.phases.begin("loading data")
+        self.eval_tasks = load_eval_tasks(self.paths.evaluation_channel())  # a bad task file fails here
         base_path = resolve_base_model(self.paths, cfg)
         source = self._read_data()
         self.phases.begin("loading the tokenizer and setting up training")
@@ -408,6 +419,7 @@ class Recipe:
         if plan.superseded:
             self.results["checkpoints_superseded"] = plan.superseded
         self._baseline_evaluation(prepared.engine)
+        self._score_tasks("before")
         if resume:
             log.info("resuming from %s", resume)
         if plan.finished:
@@ -559,6 +571,7 @@ class Recipe:
             results["perplexity"] = metrics.perplexity(results["eval_loss"])
             self._generate_samples("after")
             self._check_knowledge("after")
+        self._score_tasks("after")
         results["train_perplexity"] = metrics.perplexity(results.get("train_loss"))
         if is_main_process():
             for name in ("train_loss", "train_perplexity", "eval_loss", "perplexity", *metrics.SCORE_KEYS):
@@ -653,6 +666,37 @@ class Recipe:
             self.results.setdefault("general_knowledge", {})[stage] = result
             log.info("general knowledge %s training: %d of %d right", stage, result["right"], result["asked"])
 
+    def _score_tasks(self, stage: str) -> None:
+        """The `evaluation` channel's tasks (docs/evaluation.md) on rank 0, before and after training."""
+        from ..evaluation.scoring import score_task
+
+        if not self.eval_tasks:
+            return
+        if self._generation_ranks() != "main":
+            self.results["evaluation_skipped"] = ("the model is sharded (ZeRO-3 or FSDP) and is not scored in the "
+                                                  "job; run `tuneforge evaluate` on model/")
+            return
+        if not is_main_process():
+            return
+        self.phases.begin(f"evaluation tasks ({stage} training)")
+        view = self._scoring_view()
+        scores = self.results.setdefault("evaluation", {})
+        for task in self.eval_tasks:
+            if stopping.requested() is not None:
+                break
+            result = score_task(task, view, max_new_tokens=EVAL_MAX_NEW_TOKENS)
+            scores.setdefault(task.name, {})[stage] = {k: v for k, v in result.items() if k != "details"}
+            metrics.print_metric(f"{'base' if stage == 'before' else 'final'}_eval_{task.name}", result["score"])
+        view.model.train()
+
+    def _scoring_view(self) -> SimpleNamespace:
+        """The model being trained, as evaluation/scoring.py reads a loaded model."""
+        data, trainer = self.prepared.data, self.trainer
+        model = trainer.accelerator.unwrap_model(trainer.model) if trainer else self.prepared.model.module
+        model.eval()
+        return SimpleNamespace(model=model, tokenizer=data.tokenizer, seq2seq=self.prepared.model.loaded.seq2seq,
+                               max_input_tokens=data.max_len, info=SimpleNamespace(prompt=data.prompt))
+
     # ------------------------------------------------------------------ save
     def save(self) -> None:
         """Rank 0 writes model/ (through staging) and output/data/."""
@@ -689,6 +733,12 @@ class Recipe:
         history = getattr(self.trainer, "state", None)
         if history is not None:
             (out / "log_history.json").write_text(json.dumps(history.log_history, indent=2) + "\n")
+
+
+def load_eval_tasks(channel: Path | None) -> list:
+    from ..evaluation.tasks import load_tasks
+
+    return load_tasks(channel) if channel is not None else []
 
 
 def _prepare_checkpoint_staging(staging: Path) -> None:

@@ -1,0 +1,61 @@
+"""The evaluation gate: minimum scores per task and the largest loss from the base allowed."""
+
+from __future__ import annotations
+
+
+def parse_thresholds(text: str) -> dict[str, float] | None:
+    """"tickets=0.9,general=0.5" -> {"tickets": 0.9, "general": 0.5}; None when not in that form."""
+    out = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, equals, value = part.partition("=")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            return None
+        if not equals or not name.strip():
+            return None
+    return out
+
+
+def failures(scores: dict[str, float], before: dict[str, float] | None, min_score: dict[str, float],
+             max_regression: float | None) -> list[str]:
+    """What the gate refuses, each naming the task, its scores and the threshold; [] when it passes.
+    `scores`/`before`: task -> headline score after / before training (or of the compared model)."""
+    out = []
+    for name, limit in min_score.items():
+        if name not in scores:
+            out.append(f"task {name!r} has a minimum score but was not scored (tasks: {', '.join(scores) or 'none'})")
+        elif scores[name] < limit:
+            out.append(f"task {name}: score {scores[name]:.4f} is below the minimum {limit:g}")
+    if before is not None and max_regression is not None:
+        for name, after in scores.items():
+            if name in before and before[name] - after > max_regression:
+                out.append(f"task {name}: score fell from {before[name]:.4f} to {after:.4f}, more than the allowed "
+                           f"{max_regression:g}")
+    return out
+
+
+def job_scores(results: dict, stage: str) -> dict[str, float]:
+    """Headline scores of a training job's tasks at `stage` ("before"/"after"), general_knowledge included."""
+    scores = {name: r[stage]["score"] for name, r in results.get("evaluation", {}).items() if stage in r}
+    knowledge = results.get("general_knowledge", {}).get(stage)
+    if knowledge is not None:
+        scores["general_knowledge"] = knowledge["score"]
+    return scores
+
+
+def check_job(results: dict, min_score_text: str, max_regression: float) -> None:
+    """Raise EvaluationGateFailed when a training job's scores miss the gate (after model/ is saved)."""
+    from ..errors import EvaluationGateFailed
+
+    thresholds = parse_thresholds(min_score_text) or {}
+    limit = max_regression if max_regression >= 0 else None
+    if not thresholds and limit is None:
+        return
+    refused = failures(job_scores(results, "after"), job_scores(results, "before"), thresholds, limit)
+    results["evaluation_gate"] = {"passed": not refused, "failures": refused}
+    if refused:
+        raise EvaluationGateFailed("; ".join(refused) + " (model/ was saved; this exit marks the job failed)",
+                                   where="hyperparameters eval_min_score/eval_max_regression",
+                                   fix="look at the report's evaluation table; lower the learning rate or epochs, "
+                                   "add data, or relax the gate")

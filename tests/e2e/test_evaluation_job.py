@@ -1,0 +1,63 @@
+"""The `evaluation` channel inside a training job: its tasks scored before and after training on
+rank 0, metric lines, metrics.json, and the gate that fails a job while keeping its model/."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+QUICK = {"instruction_tuned": "True", "max_steps": "2", "rouge_samples": "0", "per_device_train_batch_size": "4",
+         "logging_steps": "1", "knowledge_check": "False"}
+
+
+def _tasks(job) -> None:
+    channel = job.channel("evaluation")
+    (channel / "trivia.jsonl").write_text("".join(json.dumps(item) + "\n" for item in [
+        {"question": "What color is a ripe banana?", "choices": ["yellow", "blue", "purple"], "answer": 0},
+        {"question": "How many legs does a spider have?", "choices": ["six", "eight", "ten"], "answer": 1}]))
+    (channel / "answers.jsonl").write_text(json.dumps({"instruction": "Say yes.", "reference": "yes"}) + "\n")
+
+
+def test_tasks_are_scored_before_and_after_training(job, tiny, capfd):
+    job.add_model(tiny("llama"))
+    job.add_sample_data("instruction", n_train=16, n_val=4)
+    _tasks(job)
+    job.hyperparameters(QUICK)
+    assert job.run_in_process() == 0, job.failure.read_text() if job.failure.exists() else ""
+    evaluation = job.metrics()["evaluation"]
+    assert set(evaluation) == {"answers", "trivia"}
+    for stage in ("before", "after"):
+        assert evaluation["trivia"][stage]["kind"] == "multiple_choice" and evaluation["trivia"][stage]["items"] == 2
+        assert 0 <= evaluation["trivia"][stage]["acc"] <= 1
+        assert evaluation["answers"][stage]["kind"] == "generation"
+    log = "".join(capfd.readouterr())
+    assert "[metric] base_eval_trivia=" in log and "[metric] final_eval_answers=" in log
+    report = (job.base / "output" / "data" / "report.md").read_text()
+    assert "task trivia (accuracy)" in report and "task answers (ROUGE-L)" in report
+
+
+def test_a_missed_gate_fails_the_job_and_keeps_the_model(job, tiny):
+    job.add_model(tiny("llama"))
+    job.add_sample_data("instruction", n_train=16, n_val=4)
+    _tasks(job)
+    job.hyperparameters(dict(QUICK, eval_min_score="trivia=1.01"))  # no score reaches it
+    assert job.run_in_process() == 1
+    first = job.failure_first_line()
+    assert first.startswith("EvaluationGateFailed: hyperparameters eval_min_score/eval_max_regression: task trivia: "
+                            "score ") and "is below the minimum 1.01" in first
+    assert (job.model_dir / "tuneforge.json").exists()  # the model was saved before the gate
+    assert job.metrics()["evaluation_gate"]["passed"] is False
+    assert "Warning: the evaluation gate failed the job (model/ was saved): task trivia: score" in (
+        job.base / "output" / "data" / "report.md").read_text()
+
+
+def test_a_bad_task_file_fails_before_training(job, tiny):
+    job.add_model(tiny("llama"))
+    job.add_sample_data("instruction", n_train=16, n_val=4)
+    (job.channel("evaluation") / "broken.jsonl").write_text('{"question": "q", "choices": ["a"], "answer": 0}\n')
+    job.hyperparameters(QUICK)
+    assert job.run_in_process() == 1
+    assert "broken.jsonl:1: `choices` must be a list of at least two non-empty strings" in job.failure_first_line()
