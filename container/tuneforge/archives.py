@@ -96,6 +96,16 @@ def process_folder(root: Path) -> Path:
     return target
 
 
+def _record_name(target: Path, archive: Path) -> None:
+    """The unpacked model's name (model_folder.model_name) where its folder is the temporary one:
+    the archive's, unless that is SageMaker's model.tar.gz, which names nothing."""
+    from .model_folder import SOURCE_NAME_FILE, name_from_file
+
+    name = name_from_file(archive)
+    if (target / "config.json").exists() and name.lower() != "model":
+        (target / SOURCE_NAME_FILE).write_text(name + "\n", encoding="utf-8")
+
+
 def extract_model_archive(path: Path, root: Path, markers: tuple[str, ...] = ("config.json",)) -> Path:
     """Unpack `path` into root/pid-<this process>/ and return that folder; the archive must hold
     one of `markers` (a file name, in any folder)."""
@@ -106,6 +116,7 @@ def extract_model_archive(path: Path, root: Path, markers: tuple[str, ...] = ("c
             target = process_folder(root)
             # the members are checked above; the "data" filter (where this Python has it) checks again
             archive.extractall(target, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+        _record_name(target, path)
     except ModelError:
         cleanup()
         raise

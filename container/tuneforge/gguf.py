@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 
 from .errors import ModelError
+from .model_folder import SOURCE_NAME_FILE, name_from_file
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,7 @@ def convert_gguf(gguf_file: Path, output: Path) -> Path:
     output.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(output, safe_serialization=True)
     tokenizer.save_pretrained(output)
+    (output / SOURCE_NAME_FILE).write_text(name_from_file(gguf_file) + "\n", encoding="utf-8")
     log.info("converted %s (%s, %.1f M parameters) to %s", gguf_file, model.config.model_type,
              sum(p.numel() for p in model.parameters()) / 1e6, output)
     return output

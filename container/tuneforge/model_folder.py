@@ -23,6 +23,7 @@ METADATA_FILE = "tuneforge.json"
 FORMAT_VERSION = 1  # tuneforge.json layout; a file without one is from before versions (read as 1)
 
 CONFIG_FILE = "config.json"
+SOURCE_NAME_FILE = "tuneforge-source-name.txt"  # a converted or unpacked base's real name (model_name)
 SAFETENSORS_FILES = ("model.safetensors", "model.safetensors.index.json")
 PICKLE_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
 ADAPTER_CONFIG = "adapter_config.json"
@@ -171,6 +172,28 @@ def check_weights(folder: Path, *, allow_pickle: bool = False, allow_pickle_hint
                          where=str(folder), fix=fix)
     raise ModelError("the folder holds no model weights (*.safetensors)", where=str(folder),
                      fix="copy the complete model folder: the safetensors files beside config.json")
+
+
+def model_name(folder: Path) -> str:
+    """What to call the model in `folder`: the name a GGUF conversion or an archive's unpacking
+    wrote there (their folders are temporary, e.g. pid-3249), else the folder's own name."""
+    folder = Path(folder)
+    try:
+        recorded = (folder / SOURCE_NAME_FILE).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        recorded = ""
+    return recorded or folder.name
+
+
+def name_from_file(path: Path) -> str:
+    """A model file's name without its archive or GGUF quantization suffixes:
+    SmolLM2-135M-Instruct.Q4_1.gguf -> SmolLM2-135M-Instruct, llama.tar.gz -> llama."""
+    import re
+
+    name = Path(path).name
+    for suffix in (".gguf", ".tar.gz", ".tgz", ".tar"):
+        name = name.removesuffix(suffix)
+    return re.sub(r"[.\-_](I?Q\d\w*|B?F16|F32)$", "", name, flags=re.IGNORECASE) or name
 
 
 def check_safetensors_file(path: Path) -> None:

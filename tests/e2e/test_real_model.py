@@ -14,6 +14,7 @@ import torch
 
 from tests.serve.conftest import Server
 from tuneforge.gguf import convert_gguf, smollm2_gguf
+from tuneforge.model_folder import model_name
 from tuneforge.samples import TICKET_INSTRUCTION, TICKETS_HYPERPARAMETERS, write_sample_data
 
 pytestmark = pytest.mark.slow
@@ -33,6 +34,7 @@ def test_convert_writes_a_plain_safetensors_folder_that_answers(gguf, tmp_path):
     config = json.loads((folder / "config.json").read_text())
     assert "quantization_config" not in config and config["model_type"] == "llama"
     assert (folder / "model.safetensors").exists() and not list(folder.glob("*.gguf"))
+    assert model_name(folder) == "SmolLM2-135M-Instruct"  # the file's name, not the output folder's
     tokenizer = AutoTokenizer.from_pretrained(folder)
     assert tokenizer.pad_token_id != tokenizer.eos_token_id and tokenizer.chat_template
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
@@ -59,7 +61,10 @@ def test_fine_tuned_smollm2_learns_the_task_keeps_what_it_knew_and_serves(gguf, 
     knowledge = metrics["general_knowledge"]
     assert knowledge["before"]["right"] >= 6, knowledge["before"]  # the base knows these
     assert knowledge["after"]["right"] >= knowledge["before"]["right"] - 1, knowledge["after"]
-    assert json.loads((job.model_dir / "tuneforge.json").read_text())["metrics"]["general_knowledge"]
+    saved = json.loads((job.model_dir / "tuneforge.json").read_text())
+    assert saved["metrics"]["general_knowledge"]
+    assert saved["base_model"] == "SmolLM2-135M-Instruct"  # not the temporary conversion folder (pid-...)
+    assert "SmolLM2-135M-Instruct" in (job.base / "output" / "data" / "report.md").read_text()
 
     server = Server(job.model_dir, tmp_path / "serve.log").wait_ready()
     try:
@@ -69,6 +74,7 @@ def test_fine_tuned_smollm2_learns_the_task_keeps_what_it_knew_and_serves(gguf, 
                                                          "max_tokens": 6, "temperature": 0})
         assert chat.status_code == 200, chat.text
         assert chat.json()["choices"][0]["message"]["content"].strip() == "shipping"
+        assert chat.json()["model"] == "SmolLM2-135M-Instruct"
         general = server.post("/v1/chat/completions", json={
             "messages": [{"role": "user", "content": "What is the capital of France?"}], "max_tokens": 16,
             "temperature": 0})

@@ -102,3 +102,29 @@ def test_context_length_and_dtype_choice():
     assert choose_dtype("fp16", "cuda") == torch.float16
     with pytest.raises(ValueError, match="unknown precision 'half'"):
         choose_dtype("half", "cpu")
+
+
+@pytest.mark.parametrize("file,name", [("SmolLM2-135M-Instruct.Q4_1.gguf", "SmolLM2-135M-Instruct"),
+                                       ("llama-2-7b.Q4_K_M.gguf", "llama-2-7b"), ("phi3-f16.gguf", "phi3"),
+                                       ("Mistral-7B.tar.gz", "Mistral-7B"), ("plain.gguf", "plain")])
+def test_model_files_are_named_without_archive_and_quantization_suffixes(file, name):
+    from tuneforge.model_folder import name_from_file
+
+    assert name_from_file(file) == name
+
+
+def test_an_unpacked_archive_keeps_its_name_not_the_temporary_folders(tmp_path):
+    import tarfile
+
+    from tuneforge.archives import extract_model_archive
+    from tuneforge.model_folder import model_name
+
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "config.json").write_text("{}")
+    for archive_name, expected in (("Mistral-7B.tar.gz", "Mistral-7B"), ("model.tar.gz", None)):
+        archive = tmp_path / archive_name
+        with tarfile.open(archive, "w:gz") as tar:
+            tar.add(source / "config.json", arcname="config.json")
+        target = extract_model_archive(archive, tmp_path / f"out-{archive_name}")
+        assert model_name(target) == (expected or target.name)  # model.tar.gz names nothing

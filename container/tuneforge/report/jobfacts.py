@@ -9,6 +9,8 @@ import functools
 import os
 import platform
 
+from ..model_folder import model_name
+
 IGNORE = -100  # data/tokenize.py: label of tokens the loss skips
 EXAMPLE_TOKENS = 400  # enough to show the template around one row, short enough to read
 
@@ -82,7 +84,7 @@ def describe_job(recipe) -> dict:
     model_config = loaded.model.config
     features = recipe.train_tokens.features
     return {
-        "base_model": recipe.base_path.name, "base_model_path": str(recipe.base_path),
+        "base_model": model_name(recipe.base_path), "base_model_path": str(recipe.base_path),
         "family": getattr(model_config, "model_type", None),
         "architecture": (getattr(model_config, "architectures", None) or [None])[0],
         "method": training_method(config), "precision": str(recipe.dtype).replace("torch.", ""),

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..errors import ModelError
 from ..model_folder import (ADAPTER_CONFIG, ADAPTER_WEIGHTS, CONFIG_FILE, ModelMetadata, check_safetensors_file,
-                            check_weights, choose_dtype, context_length, has_tokenizer,
+                            check_weights, choose_dtype, context_length, has_tokenizer, model_name,
                             is_adapter_only)
 from ..prompt import PromptFormat
 from .settings import ServeSettings
@@ -74,7 +74,7 @@ def check_model_dir(settings: ServeSettings) -> ModelInfo:
                          fix="copy the training job's complete model/ folder")
     if adapter_only:
         check_safetensors_file(model_dir / ADAPTER_WEIGHTS)
-    name = str(metadata.base_model or model_dir.name)
+    name = str(metadata.base_model or model_name(model_dir))
     adapters = find_adapters(model_dir, adapter_only, name)
     return ModelInfo(model_dir, metadata, adapter_only, base_dir, metadata.prompt_format(), name, adapters)
 

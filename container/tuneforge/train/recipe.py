@@ -24,6 +24,7 @@ import torch
 from .. import archives
 from ..contract import Paths, train_env
 from ..logs import Phases, never_fail
+from ..model_folder import model_name
 from ..data import Collator, arrow, read_channel, select_and_split, validation_overlap
 from ..errors import DataError, ResourceError
 from ..modeling import (apply_lora, count_parameters, has_cuda, load_model, load_tokenizer, pick_dtype,
@@ -714,7 +715,7 @@ class Recipe:
         self.writer.write_metadata({
             "architecture": "seq2seq" if model.loaded.seq2seq else "causal",
             "model_type": model.loaded.model.config.model_type,
-            "base_model": model.base_path.name, "base_model_path": str(model.base_path) if adapter_only else None,
+            "base_model": model_name(model.base_path), "base_model_path": str(model.base_path) if adapter_only else None,
             "adapter_only": adapter_only, "data_format": data.format,
             "prompt": data.prompt.to_dict(), "max_input_length": data.max_len,
             "hyperparameters": self.config.to_dict(), "metrics": _metric_summary(self.results),
