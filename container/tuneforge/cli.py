@@ -51,14 +51,38 @@ def _check_job(args) -> int:
 
     paths = Paths.from_env(args.base_dir)
     try:
-        paths.read_hyperparameters()
+        raw = paths.read_hyperparameters()
         paths.read_resource_config()
+        _check_job_inputs(paths, raw)
     except UserError as exc:
         archive_failure(paths)
         write_failure(paths, f"{exc.__class__.__name__}: {exc}")
         print(f"{exc.__class__.__name__}: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _check_job_inputs(paths, raw: dict) -> None:
+    """What the job itself checks before it loads a model: the hyperparameters, the channel layout,
+    the data (format, templates, rows) and the evaluation task files; the first problem raises."""
+    from .config import parse_hyperparameters
+    from .data import read_channel
+    from .diffusion import is_text_to_image_job
+    from .errors import DataError
+    from .evaluation.tasks import load_tasks
+
+    if is_text_to_image_job(paths, raw):  # its own hyperparameters and data, checked by its job
+        return
+    config = parse_hyperparameters(raw)
+    channel = paths.train_channel()
+    if channel is None:
+        raise DataError("no training data channel", where=str(paths.data_dir),
+                        fix="provide the data in a channel named `train` or `training`")
+    data = read_channel(channel, config)
+    if paths.validation_channel() is not None:
+        read_channel(paths.validation_channel(), config, prompt=data.prompt, fmt=data.format)
+    if paths.evaluation_channel() is not None:
+        load_tasks(paths.evaluation_channel())
 
 
 def _convert(args) -> int:
@@ -129,7 +153,8 @@ def parser() -> argparse.ArgumentParser:
     sample.add_argument("--rows", type=int, default=320)
     sample.add_argument("--output", required=True)
     sample.set_defaults(func=_sample_data)
-    check = sub.add_parser("check-job", help="check the job's config files (hyperparameters.json, resourceconfig.json)")
+    check = sub.add_parser("check-job", help="check a job's inputs as the job does, without loading a model: "
+                           "hyperparameters.json, resourceconfig.json, the data, the evaluation tasks")
     check.add_argument("--base-dir", help="the /opt/ml tree (default: $SAGEMAKER_BASE_DIR or /opt/ml)")
     check.set_defaults(func=_check_job)
     convert = sub.add_parser("convert", help="write a Hugging Face safetensors folder from a .gguf file")

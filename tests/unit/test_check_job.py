@@ -1,0 +1,47 @@
+"""`tuneforge check-job`: the job's own checks without a model, the job's own first failure line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import Job
+
+
+def _check(job: Job) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tuneforge.cli", "check-job", "--base-dir", str(job.base)],
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture
+def ready(tmp_path) -> Job:
+    job = Job(tmp_path / "opt" / "ml")
+    job.add_sample_data("instruction", n_train=8, n_val=2)
+    job.hyperparameters({"instruction_tuned": "True", "epoch": "1"})
+    return job
+
+
+def test_a_sound_job_passes(ready):
+    done = _check(ready)
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize("change,first", [
+    (lambda job: job.hyperparameters({"instruction_tuned": "True", "learning_rate": "0"}),
+     "HyperparameterError: hyperparameter learning_rate"),
+    (lambda job: job.hyperparameters({"instruction_tuned": "True", "lerning_rate": "0.1"}),
+     "HyperparameterError: "),
+    (lambda job: (job.channel("train") / "extra.jsonl").write_text('{"prompt": ["a"], "completion": "b"}\n'),
+     "DataError: "),
+    (lambda job: (job.channel("evaluation") / "t.jsonl").write_text('{"prompt": "q"}\n'),
+     "DataError: "),
+])
+def test_a_bad_input_fails_with_the_jobs_own_first_line(ready, change, first):
+    change(ready)
+    done = _check(ready)
+    assert done.returncode == 1
+    assert done.stderr.startswith(first), done.stderr
+    assert ready.failure.read_text().splitlines()[0] == done.stderr.splitlines()[0]
