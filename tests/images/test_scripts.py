@@ -74,10 +74,16 @@ def test_entry_train_checks_the_config_files_before_the_toolkit_reads_them(fake_
     first = (base / "output" / "failure").read_text().splitlines()[0]
     assert first.startswith("HyperparameterError: ") and "hyperparameters.json" in first and "JSON object" in first
     assert (base / "output" / "previous-failure.txt").read_text() == "an earlier run's failure\n"
-    (base / "input" / "config" / "hyperparameters.json").write_text('{"epoch": "1"}')
+    # check-job runs the job's own checks: without data it fails as the job would
+    (base / "input" / "config" / "hyperparameters.json").write_text('{"epoch": "1", "instruction_tuned": "True"}')
     proc = subprocess.run(["sh", str(REPO / "docker/entrypoint.sh"), "train"], env=env, capture_output=True, text=True,
                           timeout=60)
-    assert proc.returncode == 0 and proc.stdout.startswith("train argc=0")
+    assert proc.returncode == 1 and "no training data channel" in proc.stderr and "train argc" not in proc.stdout
+    (base / "input" / "data" / "train").mkdir(parents=True)
+    (base / "input" / "data" / "train" / "rows.jsonl").write_text('{"prompt": "Hi?", "completion": "Hello."}\n')
+    proc = subprocess.run(["sh", str(REPO / "docker/entrypoint.sh"), "train"], env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0 and proc.stdout.startswith("train argc=0"), proc.stderr
 
 
 def test_entry_serve_passes_its_arguments(fake_bin):
