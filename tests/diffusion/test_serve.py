@@ -136,3 +136,17 @@ def test_a_trained_pipeline_is_served_as_the_job_drew_it(trained_job, tmp_path):
         assert info["instance_prompt"] == metrics["instance_prompt"]
     finally:
         assert server.stop() == 0
+
+
+def test_a_deadline_503_says_what_this_caller_can_change(sd_base, tmp_path):
+    """An application/x-text prompt cannot set num_inference_steps: its 503 says to send JSON."""
+    server = Server(sd_base, tmp_path / "serve.log", env={"TUNEFORGE_REQUEST_DEADLINE": "0.001"}).wait_ready()
+    try:
+        text = server.post(data="a photo of a dog", headers={"Content-Type": "application/x-text"})
+        assert text.status_code == 503 and text.json()["error_type"] == "timeout"
+        assert 'send the prompt as JSON ({"prompt": "...", "num_inference_steps": 20' in text.json()["error"]
+        document = _post_json(server, {"prompt": "a dog", "num_inference_steps": 3})
+        assert document.status_code == 503
+        assert "ask for fewer steps (num_inference_steps), fewer or smaller images" in document.json()["error"]
+    finally:
+        assert server.stop() == 0

@@ -134,10 +134,15 @@ def run_pipeline(pipeline, req, deadline: float, budget_s: float):
     import numpy as np
     import torch
 
+    # what the caller can change: a plain-text prompt runs with the endpoint's defaults
+    remedy = ('send the prompt as JSON ({"prompt": "...", "num_inference_steps": 20, "width": 512, "height": 512}) '
+              "to ask for fewer steps or a smaller image" if req.single else
+              "ask for fewer steps (num_inference_steps), fewer or smaller images")
+
     def stop_at_deadline(pipe, step, timestep, kwargs):  # noqa: ARG001 - diffusers' callback signature
         if time.monotonic() > deadline:
-            raise Interrupted(f"generation did not finish within {budget_s:g} s (TUNEFORGE_REQUEST_DEADLINE); ask "
-                              f"for fewer steps (num_inference_steps), fewer or smaller images")
+            raise Interrupted(f"generation did not finish within {budget_s:g} s (TUNEFORGE_REQUEST_DEADLINE); "
+                              f"{remedy}, or raise TUNEFORGE_REQUEST_DEADLINE")
         return {}
 
     generator = torch.Generator().manual_seed(req.seed) if req.seed is not None else None
