@@ -181,7 +181,7 @@ def test_markdown_has_the_same_tables(recorded):
     _, md_path = write_report(recorded)
     text = md_path.read_text()
     assert "| validation loss | 3.1416 | 0.9000 | -2.2416 (-71.4%) |" in text
-    assert "| ROUGE-L | 0.0100 | 0.9500 |" in text
+    assert "| ROUGE-L | 0.0100 | 0.9500 | +0.9400 |" in text  # a score's change without a share of 0.01
     assert "| learning_rate | 0.001 | set |" in text
     assert "⟦Blue.</s>⟧" in text and "see report.html" in text
 

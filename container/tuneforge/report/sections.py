@@ -204,7 +204,9 @@ def _change(before, after, lower_better: bool) -> Cell:
     delta = after - before
     better = delta < 0 if lower_better else delta > 0
     css = "" if delta == 0 else ("better" if better else "worse")
-    relative = f" ({delta / before:+.1%})" if before else ""
+    # A share of the baseline only where it reads as one: losses and perplexities, not scores that
+    # start near zero (0.045 -> 1.0 is "+2122%", which says nothing the scores do not)
+    relative = f" ({delta / before:+.1%})" if lower_better and before and abs(delta / before) < 10 else ""
     return Cell(f"{delta:+.4f}{relative}", css=css)
 
 
