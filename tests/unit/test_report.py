@@ -254,6 +254,22 @@ def test_compare_two_jobs(recorded, tmp_path):
     assert re.search(r'class="better num" data-key="eval_loss" data-value="0.7"', html)
     with pytest.raises(ReportInputError, match="at least two jobs"):
         write_comparison([recorded], tmp_path / "cmp")
+    assert "| job-a | succeeded | text generation | tiny-llama | instruction |" in md
+    assert "not one sweep" not in md
+
+
+def test_compare_says_when_jobs_are_not_one_sweep_and_lists_evaluation_tasks(recorded, tmp_path):
+    other = json.loads(json.dumps(METRICS))
+    other["job"]["base_model"] = "SmolLM2-135M-Instruct"
+    other["hyperparameters"]["values"]["epochs"] = other["hyperparameters"]["values"].pop("epoch")
+    other["evaluation"] = {"trivia": {"before": {"score": 0.5}, "after": {"score": 0.75}}}
+    b = write_job(tmp_path / "job-b" / "opt" / "ml", other)
+    html_path, md_path = write_comparison([recorded, b], tmp_path / "cmp")
+    md, html = md_path.read_text(), html_path.read_text()
+    assert "not one sweep: they have different base models" in md
+    assert 'class="better' not in html  # no best crowned across different base models
+    assert "| task trivia after | - | 0.7500 |" in md
+    assert "| epoch |" not in md and "| epochs |" not in md  # one setting under two names, equal
 
 
 def test_strip_common_leaves_what_differs():

@@ -1,10 +1,11 @@
-"""Two or more jobs side by side (a hyperparameter sweep): the hyperparameters that differ, the loss
-curves overlaid, and the metrics in one table with the best value of each row marked."""
+"""Two or more jobs side by side (a hyperparameter sweep): what each trained, the hyperparameters
+that differ, the loss curves overlaid, and the metrics in one table with the best value of each row
+marked, unless the jobs differ in kind, base model or data (then it says so and marks no best)."""
 
 from __future__ import annotations
 
 from . import charts
-from .doc import Cell, Document, Image, Section, Table, number
+from .doc import Cell, Document, Image, Section, Table, Text, number
 from .gather import JobOutput
 from .sections import hyperparameters_of, lookup, metrics_of
 
@@ -22,11 +23,28 @@ COMPARED = (
 )
 
 
+SAME_HYPERPARAMETER = {"epochs": "epoch"}  # JumpStart's and the Trainer's names of one setting
+
+
 def differing_hyperparameters(jobs: list[JobOutput]) -> tuple[list[str], list[dict]]:
-    values = [hyperparameters_of(job)[0] for job in jobs]
+    values = [{SAME_HYPERPARAMETER.get(k, k): v for k, v in hyperparameters_of(job)[0].items()} for job in jobs]
     names = sorted({name for v in values for name in v})
     differ = [n for n in names if len({repr(v.get(n)) for v in values}) > 1]
     return differ, values
+
+
+def what_was_trained(job: JobOutput) -> tuple[str, str, str]:
+    """(kind, base model, data format) of a job, "-" where its output does not say."""
+    m = metrics_of(job)
+    kind = m.get("task", "text generation")
+    base = lookup(m, "job.base_model") or m.get("base_model") or "-"
+    return str(kind), str(base), str(lookup(m, "data.format") or "-")
+
+
+def evaluation_rows(jobs: list[JobOutput]) -> list[tuple]:
+    """COMPARED rows for the tasks of the jobs' evaluation channels (metrics.json `evaluation`)."""
+    names = sorted({name for job in jobs for name in (metrics_of(job).get("evaluation") or {})})
+    return [(f"task {name} after", f"evaluation.{name}.after.score", False, 4) for name in names]
 
 
 def _metric_row(label: str, key: str, lower_better, digits: int, jobs: list[JobOutput]) -> list[Cell] | None:
@@ -46,10 +64,15 @@ def _metric_row(label: str, key: str, lower_better, digits: int, jobs: list[JobO
 def build_comparison(jobs: list[JobOutput]) -> Document:
     labels = [job.label for job in jobs]
     differ, values = differing_hyperparameters(jobs)
+    trained = [what_was_trained(job) for job in jobs]
     runs = [[Cell(job.label, css="strong"), Cell("failed" if job.failure else "succeeded",
-                                                 css="worse" if job.failure else ""), Cell(str(job.source))]
-            for job in jobs]
-    sections = [Section("Jobs", [Table(["job", "status", "source"], runs)])]
+                                                 css="worse" if job.failure else ""),
+             *(Cell(v) for v in what), Cell(str(job.source))] for job, what in zip(jobs, trained)]
+    mixed = [name for i, name in enumerate(("kinds", "base models", "data formats")) if len({t[i] for t in trained}) > 1]
+    note = (Text(f"These jobs are not one sweep: they have different {' and '.join(mixed)}. Their numbers are "
+                 "shown side by side, and no best value is marked.", css="warning") if mixed else None)
+    sections = [Section("Jobs", [b for b in (note, Table(["job", "status", "kind", "base model", "data", "source"],
+                                                         runs)) if b is not None])]
     if differ:
         rows = [[Cell(name, css="strong"), *(Cell(str(v.get(name, "-"))) for v in values)] for name in differ]
         sections.append(Section("Hyperparameters that differ", [Table(["hyperparameter", *labels], rows)]))
@@ -58,8 +81,11 @@ def build_comparison(jobs: list[JobOutput]) -> Document:
         sections.append(Section("Loss curves", [Image(chart, "loss curves of every job overlaid", name="chart-compare",
                                                       caption="solid: training loss; dashed: validation loss; "
                                                               "star: baseline evaluation before training")]))
-    rows = [r for r in (_metric_row(label, key, lower, digits, jobs) for label, key, lower, digits in COMPARED) if r]
+    compared = [(label, key, None if mixed else lower, digits)
+                for label, key, lower, digits in (*COMPARED, *evaluation_rows(jobs))]
+    rows = [r for r in (_metric_row(*row, jobs) for row in compared) if r]
     if rows:
-        sections.append(Section("Metrics", [Table(["metric", *labels], rows, caption="green: the best of the row")]))
+        caption = "no best marked: the jobs are not one sweep" if mixed else "green: the best of the row"
+        sections.append(Section("Metrics", [Table(["metric", *labels], rows, caption=caption)]))
     subtitle = f"{len(jobs)} jobs" + (f"; they differ in {', '.join(differ)}" if differ else "")
     return Document("tuneforge comparison: " + " vs ".join(labels), subtitle, sections)
