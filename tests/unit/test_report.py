@@ -272,6 +272,23 @@ def test_compare_says_when_jobs_are_not_one_sweep_and_lists_evaluation_tasks(rec
     assert "| epoch |" not in md and "| epochs |" not in md  # one setting under two names, equal
 
 
+def test_answer_prompts_are_shown_without_chat_markers(tmp_path):
+    samples = [{"prompt": f"<|im_start|>user\nWhat is {q}?<|im_end|>\n<|im_start|>assistant\n", "reference": "x",
+                "before": "y", "after": "x"} for q in ("snow", "coal")]
+    base = write_job(tmp_path / "chat" / "opt" / "ml")
+    (base / "output" / "data" / "samples.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
+    md = write_report(base)[1].read_text()
+    assert "What is snow?" in md and "<|im_start|>" not in md and "<|im_end|>" not in md
+
+
+def test_the_learning_rate_axis_starts_at_zero():
+    from tuneforge.report.charts import lr_axis, lr_chart
+
+    assert lr_axis([1e-4, 1e-4, 1e-4]) == (0.0, pytest.approx(1.15e-4))  # constant: a flat line, not noise
+    assert lr_axis([0.0, 2e-4, 1e-4]) == (0.0, pytest.approx(2.3e-4))
+    assert lr_chart([{"step": s, "learning_rate": 1e-4} for s in (1, 2, 3)]).startswith(b"\x89PNG")
+
+
 def test_strip_common_leaves_what_differs():
     assert strip_common(["Task:\nWhat is the sky?\nAnswer:", "Task:\nWhat is the sea?\nAnswer:"]) == [
         "What is the sky?", "What is the sea?"]  # whole lines: no word is cut

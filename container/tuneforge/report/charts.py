@@ -38,6 +38,10 @@ def _style(axes, xlabel: str, ylabel: str) -> None:
 
         axes.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
         axes.yaxis.set_minor_formatter(FuncFormatter(_minor_label))
+    if xlabel == "optimizer step":  # steps are whole numbers: no tick at 2.5
+        from matplotlib.ticker import MaxNLocator
+
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.set_xlabel(xlabel, fontsize=11)
     axes.set_ylabel(ylabel, fontsize=11)
     axes.tick_params(labelsize=10)
@@ -90,6 +94,13 @@ def loss_chart(history: list[dict], baseline: float | None) -> bytes | None:
     return _png(figure)
 
 
+def lr_axis(rates) -> tuple[float, float]:
+    """The learning-rate axis from 0, a little above the peak: a constant rate is a flat line at
+    its value, not noise on a 0.96-1.04 axis."""
+    top = max(rates)
+    return 0.0, top * 1.15 if top > 0 else 1.0
+
+
 def lr_chart(history: list[dict]) -> bytes | None:
     points = curves(history)["lr"]
     if len(points) < 2:
@@ -98,6 +109,7 @@ def lr_chart(history: list[dict]) -> bytes | None:
     axes = figure.add_subplot()
     steps, rates = zip(*points)
     axes.plot(steps, rates, color=COLOURS[3], linewidth=2)
+    axes.set_ylim(*lr_axis(rates))
     axes.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
     _style(axes, "optimizer step", "learning rate")
     return _png(figure)

@@ -213,7 +213,7 @@ def _change(before, after, lower_better: bool) -> Cell:
 def answers_section(job: JobOutput) -> Section | None:
     if not job.samples:
         return None
-    prompts = [str(s.get("prompt", "")) for s in job.samples]
+    prompts = [_without_markers(str(s.get("prompt", ""))) for s in job.samples]
     shown = strip_common(prompts)
     rows = [[Cell(_clean(q)), Cell(_clean(s.get("reference"))), Cell(_clean(s.get("before"))),
              Cell(_clean(s.get("after")), css=_verdict(s))] for q, s in zip(shown, job.samples)][:ANSWER_ROWS]
@@ -256,6 +256,14 @@ def _common_prefix(texts: list[str]) -> str:
 
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+_CHAT_MARKERS = re.compile(r"<\|[A-Za-z0-9_]+\|>")  # <|im_start|>, <|im_end|>, <|eot_id|>, ...
+
+
+def _without_markers(prompt: str) -> str:
+    """A chat prompt as a reader reads it: the template's <|...|> markers left out, roles kept."""
+    return _CHAT_MARKERS.sub("", prompt).strip()
 
 
 def _clean(text) -> str:
