@@ -183,7 +183,7 @@ def test_markdown_has_the_same_tables(recorded):
     assert "| validation loss | 3.1416 | 0.9000 | -2.2416 (-71.4%) |" in text
     assert "| ROUGE-L | 0.0100 | 0.9500 | +0.9400 |" in text  # a score's change without a share of 0.01
     assert "| learning_rate | 0.001 | set |" in text
-    assert "⟦Blue.</s>⟧" in text and "see report.html" in text
+    assert "⟦Blue.</s>⟧" in text and "see [report.html](report.html)" in text
 
 
 def test_a_failed_job_reports_as_far_as_it_got(tmp_path):
@@ -269,6 +269,7 @@ def test_compare_says_when_jobs_are_not_one_sweep_and_lists_evaluation_tasks(rec
     assert "not one sweep: they have different base models" in md
     assert 'class="better' not in html  # no best crowned across different base models
     assert "| task trivia after | - | 0.7500 |" in md
+    assert "see [compare.html](compare.html)" in md  # the charts are on the page beside it
     assert "| epoch |" not in md and "| epochs |" not in md  # one setting under two names, equal
 
 
@@ -279,6 +280,13 @@ def test_answer_prompts_are_shown_without_chat_markers(tmp_path):
     (base / "output" / "data" / "samples.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
     md = write_report(base)[1].read_text()
     assert "What is snow?" in md and "<|im_start|>" not in md and "<|im_end|>" not in md
+
+
+def test_compared_baselines_stand_side_by_side():
+    from tuneforge.report.charts import baseline_positions
+
+    assert baseline_positions(3, 200) == [0.0, -3.0, -6.0]  # equal baselines no longer hide each other
+    assert baseline_positions(0, 10) == []
 
 
 def test_the_learning_rate_axis_starts_at_zero():

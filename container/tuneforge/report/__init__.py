@@ -27,7 +27,7 @@ def _write(document, out_dir: Path, html_name: str, markdown_name: str) -> tuple
     out_dir.mkdir(parents=True, exist_ok=True)
     html_path, markdown_path = out_dir / html_name, out_dir / markdown_name
     # written whole, then renamed: a reader never sees half a page
-    for path, text in ((html_path, render_html(document)), (markdown_path, render_markdown(document))):
+    for path, text in ((html_path, render_html(document)), (markdown_path, render_markdown(document, html_name))):
         partial = path.with_name(path.name + ".partial")
         partial.write_text(text, encoding="utf-8")
         partial.replace(path)

@@ -115,13 +115,20 @@ def lr_chart(history: list[dict]) -> bytes | None:
     return _png(figure)
 
 
+def baseline_positions(count: int, last_step: float) -> list[float]:
+    """Where the jobs' baseline stars go: side by side just left of step 0, so equal baselines
+    (the same base model) do not hide each other."""
+    gap = 0.015 * max(last_step, 1.0)
+    return [-gap * index for index in range(count)]
+
+
 def compare_chart(jobs: list[tuple[str, list[dict], float | None]]) -> bytes | None:
     """Several jobs' loss curves overlaid: training solid, validation dashed with dots, one colour
     per job; each job's baseline as a star at step 0."""
     figure = _figure(10.5, 4.6)
     axes = figure.add_subplot()
     values: list[float] = []
-    drawn = False
+    drawn, last_step, stars = False, 1.0, []
     for index, (label, history, baseline) in enumerate(jobs):
         colour = COLOURS[index % len(COLOURS)]
         series = curves(history)
@@ -129,7 +136,7 @@ def compare_chart(jobs: list[tuple[str, list[dict], float | None]]) -> bytes | N
             steps, losses = zip(*series["train"])
             axes.plot(steps, losses, color=colour, linewidth=2, label=f"{label}: train")
             values += losses
-            drawn = True
+            drawn, last_step = True, max(last_step, max(steps))
         if series["validation"]:
             steps, losses = zip(*series["validation"])
             axes.plot(steps, losses, color=colour, linewidth=2, linestyle="--", marker="o", markersize=4,
@@ -137,10 +144,12 @@ def compare_chart(jobs: list[tuple[str, list[dict], float | None]]) -> bytes | N
             values += losses
             drawn = True
         if isinstance(baseline, (int, float)):
-            axes.plot([0], [baseline], marker="*", markersize=13, color=colour, linestyle="none")
+            stars.append((baseline, colour))
             values.append(baseline)
     if not drawn:
         return None
+    for x, (baseline, colour) in zip(baseline_positions(len(stars), last_step), stars):
+        axes.plot([x], [baseline], marker="*", markersize=13, color=colour, linestyle="none")
     if _use_log_scale(values):
         axes.set_yscale("log")
     _style(axes, "optimizer step", "loss (log scale)" if axes.get_yscale() == "log" else "loss")

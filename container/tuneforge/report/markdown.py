@@ -1,5 +1,5 @@
 """A Document as markdown (GitHub tables) for terminals and pull requests. Charts are not
-embedded: the markdown points at report.html, which has them."""
+embedded: the markdown links the HTML page beside it (report.html, compare.html), which has them."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ def _fence(text: str) -> list[str]:
     return [fence, text, fence, ""]
 
 
-def _block(block) -> list[str]:
+def _block(block, html_name: str) -> list[str]:
     if isinstance(block, Table):
         return _table(block)
     if isinstance(block, Text):
@@ -44,14 +44,14 @@ def _block(block) -> list[str]:
         caption = (block.caption or "").replace("highlighted", "between ⟦ ⟧")
         return ([f"_{caption}_", ""] if caption else []) + _fence(body)
     if isinstance(block, Image):
-        return [f"_{block.alt}: see report.html_", ""]
+        return [f"_{block.alt}: see [{html_name}]({html_name})_", ""]
     raise TypeError(f"unknown report block {type(block).__name__}")
 
 
-def render_markdown(document: Document) -> str:
+def render_markdown(document: Document, html_name: str = "report.html") -> str:
     lines = [f"# {document.title}", "", document.subtitle, ""]
     for section in document.sections:
         lines += [f"## {section.title}", ""]
         for block in section.blocks:
-            lines += _block(block)
+            lines += _block(block, html_name)
     return "\n".join(lines).rstrip() + "\n"
