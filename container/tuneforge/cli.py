@@ -20,8 +20,13 @@ def _serve(args, rest: list[str]) -> int:
 
 
 def _tiny_model(args) -> int:
+    from transformers.utils import logging as transformers_logging
+
+    from .logs import quiet_known_noise
     from .tiny import build_tiny_model
 
+    quiet_known_noise()  # DeepSpeed's "Setting accelerator to CPU" on import, among others
+    transformers_logging.disable_progress_bar()  # one shard of a few hundred kB needs no progress bar
     for family in args.family:
         out = Path(args.output) / family if len(args.family) > 1 else Path(args.output)
         if family == "stable-diffusion":  # a diffusers pipeline, not a language model

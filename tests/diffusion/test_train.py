@@ -70,7 +70,7 @@ def test_full_unet_job_learns_and_writes_a_pipeline_that_reloads(trained_job, sd
 
 
 @pytest.mark.slow
-def test_lora_text_encoder_and_prior_preservation(job, sd_base):
+def test_lora_text_encoder_and_prior_preservation(job, sd_base, capfd):
     hyperparameters = {**FAST, "peft_type": "lora", "train_text_encoder": "True", "learning_rate": "0.01",
                        "lora_r": "8", "lora_alpha": "8", "with_prior_preservation": "True", "num_class_images": "4",
                        "sample_batch_size": "2", "max_steps": "12", "num_report_images": "0"}
@@ -79,6 +79,11 @@ def test_lora_text_encoder_and_prior_preservation(job, sd_base):
     subject_images(channel / "class_data_dir", count=1, seed=5)
     given = sorted(p.relative_to(channel) for p in channel.rglob("*"))
     assert job.run_in_process() == 0, job.failure.read_text() if job.failure.exists() else ""
+    log = "".join(capfd.readouterr())
+    last = [line for line in log.splitlines() if line.startswith("[metric] train_loss=")][-1]
+    assert last.split(" step=")[1].split()[0] == "12"
+    assert 0 < float(last.split(" epoch=")[1].split()[0]) and "." in last.split(" epoch=")[1]  # epochs done, as the LLM log
+    assert log.count("pipeline written to") == 1
     metrics = job.metrics()
     assert (metrics["method"], metrics["class_images"], metrics["class_images_generated"]) == ("lora", 4, 3)
     assert metrics["final_loss"] < metrics["initial_loss"], metrics

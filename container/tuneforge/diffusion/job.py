@@ -54,5 +54,4 @@ def run_job(paths, raw: dict, *, isolate: bool) -> int:
             stopping.restore(previous)
     if not pipeline_files_present(paths.model_dir):
         raise RuntimeError(f"training finished but {paths.model_dir} holds no complete pipeline")
-    log.info("pipeline written to %s", paths.model_dir)
-    return 0
+    return 0  # the training process logged "pipeline written to ..." once

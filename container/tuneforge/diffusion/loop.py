@@ -38,7 +38,9 @@ def run_loop(job, position: Position) -> list[tuple[int, float]]:
             position.batch += len(group)
             history.append((position.step, loss))
             if position.step % LOG_EVERY == 0 or position.step == job.total_steps:
-                print_metric("train_loss", loss, step=position.step, epoch=position.epoch)
+                # epochs done, as a fraction (the language-model jobs' lines count the same way)
+                done = round(position.epoch + position.batch / max(len(batches), 1), 3)
+                print_metric("train_loss", loss, step=position.step, epoch=done)
             if _should_stop(job, position):
                 return history
         position.epoch, position.batch = position.epoch + 1, 0

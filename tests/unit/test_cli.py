@@ -1,4 +1,5 @@
-"""`tuneforge check-job`: the job's own checks without a model, the job's own first failure line."""
+"""The `tuneforge` commands run as a user runs them: `check-job` runs the job's own checks without a model
+(the job's own first failure line), `tiny-model` prints its folder and nothing else."""
 
 from __future__ import annotations
 
@@ -45,3 +46,10 @@ def test_a_bad_input_fails_with_the_jobs_own_first_line(ready, change, first):
     assert done.returncode == 1
     assert done.stderr.startswith(first), done.stderr
     assert ready.failure.read_text().splitlines()[0] == done.stderr.splitlines()[0]
+
+
+def test_tiny_model_prints_its_folder_and_no_library_noise(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "tuneforge.cli", "tiny-model", "--family", "llama", "--output",
+                           str(tmp_path / "tiny")], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"{tmp_path / 'tiny'}\n" and done.stderr == ""
