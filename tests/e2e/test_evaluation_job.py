@@ -61,3 +61,31 @@ def test_a_bad_task_file_fails_before_training(job, tiny):
     job.hyperparameters(QUICK)
     assert job.run_in_process() == 1
     assert "broken.jsonl:1: `choices` must be a list of at least two non-empty strings" in job.failure_first_line()
+
+
+def test_sigterm_during_the_tasks_stops_and_the_rerun_scores_and_saves(job, tiny, monkeypatch):
+    import os
+    import signal
+
+    from tuneforge.train.recipe import Recipe
+
+    job.add_model(tiny("llama"))
+    job.add_sample_data("instruction", n_train=16, n_val=4)
+    _tasks(job)
+    job.hyperparameters(dict(QUICK, checkpoint_steps="2"))
+    real = Recipe._score_tasks
+
+    def signalled(self, stage):
+        if stage == "after":
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(self, stage)
+
+    monkeypatch.setattr(Recipe, "_score_tasks", signalled)
+    assert job.run_in_process() == 143
+    assert job.failure_first_line().startswith("stopped by SIGTERM during the final evaluation")
+    assert list(job.model_dir.iterdir()) == []
+    assert all("after" not in task for task in job.metrics()["evaluation"].values())
+    monkeypatch.undo()
+    assert job.run_in_process() == 0, job.failure.read_text() if job.failure.exists() else ""
+    evaluation = job.metrics()["evaluation"]
+    assert all({"before", "after"} <= set(task) for task in evaluation.values())
