@@ -89,3 +89,16 @@ def test_sigterm_during_the_tasks_stops_and_the_rerun_scores_and_saves(job, tiny
     assert job.run_in_process() == 0, job.failure.read_text() if job.failure.exists() else ""
     evaluation = job.metrics()["evaluation"]
     assert all({"before", "after"} <= set(task) for task in evaluation.values())
+
+
+def test_tasks_past_the_time_budget_are_reported_unscored(job, tiny, monkeypatch):
+    from tuneforge.train import recipe
+
+    monkeypatch.setattr(recipe, "EVAL_TIME_BUDGET_S", 0.0)
+    job.add_model(tiny("llama"))
+    job.add_sample_data("instruction", n_train=16, n_val=4)
+    _tasks(job)
+    job.hyperparameters(dict(QUICK, eval_min_score="trivia=0.1"))
+    assert job.run_in_process() == 1  # a task with a minimum that was not scored fails the gate
+    assert job.metrics()["evaluation_unscored"] == {"before": ["answers", "trivia"], "after": ["answers", "trivia"]}
+    assert "task 'trivia' has a minimum score but was not scored" in job.failure_first_line()

@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 ROUGE_TIME_BUDGET_S = 300.0
 FINAL_EVALUATION_STOP = "during the final evaluation, before the model was saved"
 EVAL_MAX_NEW_TOKENS = 64  # longest answer of an evaluation task's generation item
+EVAL_TIME_BUDGET_S = 1800.0  # per stage (before, after): tasks not begun by then are reported unscored
 
 
 @dataclass(frozen=True)
@@ -682,8 +683,15 @@ class Recipe:
         self.phases.begin(f"evaluation tasks ({stage} training)")
         view = self._scoring_view()
         scores = self.results.setdefault("evaluation", {})
-        for task in self.eval_tasks:
+        end = time.monotonic() + EVAL_TIME_BUDGET_S
+        for index, task in enumerate(self.eval_tasks):
             if stopping.requested() is not None:
+                break
+            if time.monotonic() >= end:  # said, never silently cut: the gate counts them as unscored
+                left = [t.name for t in self.eval_tasks[index:]]
+                self.results.setdefault("evaluation_unscored", {})[stage] = left
+                log.warning("evaluation tasks %s training: the %g s budget is spent; not scored: %s", stage,
+                            EVAL_TIME_BUDGET_S, ", ".join(left))
                 break
             result = score_task(task, view, max_new_tokens=EVAL_MAX_NEW_TOKENS)
             scores.setdefault(task.name, {})[stage] = {k: v for k, v in result.items() if k != "details"}
