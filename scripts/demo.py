@@ -54,6 +54,8 @@ def layout(base: Path, model: str, hyperparameters: dict) -> None:
         (data / "model" / gguf.name).symlink_to(gguf)  # the channel holds the .gguf file as it is
     shutil.move(str(channels["train"]), data / "training")
     shutil.move(str(channels["validation"]), data / "validation")
+    if "evaluation" in channels:  # held-out tickets, scored before and after training
+        shutil.move(str(channels["evaluation"]), data / "evaluation")
     shutil.rmtree(base / "staging")
     config = base / "input" / "config"
     config.mkdir(parents=True)
@@ -68,6 +70,10 @@ def _question(prompt: str) -> str:
     return prompt.split("### Instruction:\n")[-1].split("\n")[0]
 
 
+def _number(value) -> str:
+    return f"{value:.4f}" if isinstance(value, (int, float)) else "-"
+
+
 def show(base: Path, seconds: float) -> None:
     metrics = json.loads((base / "output" / "data" / "metrics.json").read_text())
     print("\n=== metrics (output/data/metrics.json) ===")
@@ -77,9 +83,11 @@ def show(base: Path, seconds: float) -> None:
     rows += [(key, metrics.get("rouge_before", {}).get(key), metrics.get(key)) for key in ("rougeL", "exact_match")]
     if knowledge:
         rows.append(("general knowledge", knowledge["before"]["score"], knowledge["after"]["score"]))
+    rows += [(f"task {name}", task.get("before", {}).get("score"), task.get("after", {}).get("score"))
+             for name, task in metrics.get("evaluation", {}).items()]
     print(f"{'':20}{'base':>12}{'fine-tuned':>12}")
     for name, before, after in rows:
-        print(f"{name:20}{before:>12.4f}{after:>12.4f}")
+        print(f"{name:20}{_number(before):>12}{_number(after):>12}")
     print(f"train loss {metrics['train_loss']:.4f} over {metrics['steps']} steps in {metrics['train_runtime_s']} s "
           f"({metrics['train_tokens_per_second']} tokens/s); the whole job took {seconds:.0f} s")
     print("\n=== base vs fine-tuned answers (output/data/samples.jsonl) ===")

@@ -152,6 +152,12 @@ def ticket_rows(n: int, seed: int, *, replay_share: float = 0.0) -> list[dict]:
     return rows
 
 
+def ticket_task(n: int, seed: int) -> list[dict]:
+    """Tickets the job never trains on, as generation items: the user turn and the team to answer."""
+    return [{"messages": row["messages"][:1], "reference": row["messages"][1]["content"]}
+            for row in ticket_rows(n, seed)]
+
+
 def domain_text(n_paragraphs: int, seed: int) -> list[str]:
     rng = random.Random(seed)
     paragraphs = []
@@ -170,7 +176,8 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 
 
 def write_sample_data(kind: str, out_dir: Path, *, n_train: int = 320, n_val: int = 48) -> dict[str, Path]:
-    """Write train/ and validation/ channels for one data format; returns the channel dirs."""
+    """Write train/ and validation/ channels for one data format (tickets: an evaluation/ task too);
+    returns the channel dirs."""
     out_dir = Path(out_dir)
     channels = {"train": out_dir / "train", "validation": out_dir / "validation"}
     for name, n, seed in (("train", n_train, 1), ("validation", n_val, 2)):
@@ -190,6 +197,9 @@ def write_sample_data(kind: str, out_dir: Path, *, n_train: int = 320, n_val: in
             write_jsonl(folder / "dialogs.jsonl", chat_rows(n, seed))
         elif kind == "tickets":  # the real model's task; general questions mixed into training only
             write_jsonl(folder / "tickets.jsonl", ticket_rows(n, seed, replay_share=0.25 if name == "train" else 0.0))
+            if name == "validation":  # held-out tickets as an evaluation task (docs/evaluation.md)
+                channels["evaluation"] = out_dir / "evaluation"
+                write_jsonl(channels["evaluation"] / "tickets.jsonl", ticket_task(n_val, seed=3))
         elif kind == "domain":
             (folder / "corpus.txt").write_text("\n".join(domain_text(n, seed)) + "\n")
         elif kind == "table":

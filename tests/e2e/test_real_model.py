@@ -48,7 +48,7 @@ def test_convert_writes_a_plain_safetensors_folder_that_answers(gguf, tmp_path):
 
 def test_fine_tuned_smollm2_learns_the_task_keeps_what_it_knew_and_serves(gguf, job, tmp_path):
     channels = write_sample_data("tickets", tmp_path / "data", n_train=64, n_val=16)
-    for name, target in (("train", "training"), ("validation", "validation")):
+    for name, target in (("train", "training"), ("validation", "validation"), ("evaluation", "evaluation")):
         channels[name].rename(job.channel(target))
     (job.channel("model") / gguf.name).symlink_to(gguf)
     job.hyperparameters(TICKETS_HYPERPARAMETERS)
@@ -61,6 +61,8 @@ def test_fine_tuned_smollm2_learns_the_task_keeps_what_it_knew_and_serves(gguf, 
     knowledge = metrics["general_knowledge"]
     assert knowledge["before"]["right"] >= 6, knowledge["before"]  # the base knows these
     assert knowledge["after"]["right"] >= knowledge["before"]["right"] - 1, knowledge["after"]
+    tickets = metrics["evaluation"]["tickets"]  # held-out tickets, the demo's evaluation task
+    assert tickets["before"]["score"] <= 0.2 and tickets["after"]["exact_match"] >= 0.8, tickets
     saved = json.loads((job.model_dir / "tuneforge.json").read_text())
     assert saved["metrics"]["general_knowledge"]
     assert saved["base_model"] == "SmolLM2-135M-Instruct"  # not the temporary conversion folder (pid-...)
