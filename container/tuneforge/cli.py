@@ -71,21 +71,13 @@ def _check_job_inputs(paths, raw: dict) -> None:
     """What the job itself checks before it loads a model: the hyperparameters, the channel layout,
     the data (format, templates, rows) and the evaluation task files; the first problem raises."""
     from .config import parse_hyperparameters
-    from .data import read_channel
+    from .data import read_job_channels
     from .diffusion import is_text_to_image_job
-    from .errors import DataError
     from .evaluation.tasks import load_tasks
 
     if is_text_to_image_job(paths, raw):  # its own hyperparameters and data, checked by its job
         return
-    config = parse_hyperparameters(raw)
-    channel = paths.train_channel()
-    if channel is None:
-        raise DataError("no training data channel", where=str(paths.data_dir),
-                        fix="provide the data in a channel named `train` or `training`")
-    data = read_channel(channel, config)
-    if paths.validation_channel() is not None:
-        read_channel(paths.validation_channel(), config, prompt=data.prompt, fmt=data.format)
+    read_job_channels(paths, parse_hyperparameters(raw))
     if paths.evaluation_channel() is not None:
         load_tasks(paths.evaluation_channel())
 

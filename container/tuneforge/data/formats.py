@@ -108,6 +108,18 @@ def read_channel(folder: Path, config, *, prompt: PromptFormat | None = None,
     return data
 
 
+def read_job_channels(paths, config) -> tuple[LoadedData, LoadedData | None]:
+    """The job's training channel and its validation channel, if any, read as the job reads them
+    (the job, and `tuneforge check-job` before it)."""
+    channel = paths.train_channel()
+    if channel is None:
+        raise DataError("no training data channel", where=str(paths.data_dir),
+                        fix="provide the data in a channel named `train` or `training`")
+    data = read_channel(channel, config)
+    val_channel = paths.validation_channel()
+    return data, read_channel(val_channel, config, prompt=data.prompt, fmt=data.format) if val_channel else None
+
+
 # ---------------------------------------------------------------- instruction
 def _read_instruction(folder: Path, files: list[Path], config, prompt: PromptFormat | None) -> LoadedData:
     jsonl = [p for p in files if p.suffix == ".jsonl"]

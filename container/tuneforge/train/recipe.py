@@ -25,7 +25,7 @@ from .. import archives
 from ..contract import Paths, train_env
 from ..logs import Phases, never_fail
 from ..model_folder import model_name
-from ..data import Collator, arrow, read_channel, select_and_split, validation_overlap
+from ..data import Collator, arrow, read_job_channels, select_and_split, validation_overlap
 from ..errors import DataError, ResourceError
 from ..modeling import (apply_lora, count_parameters, has_cuda, load_model, load_tokenizer, pick_dtype,
                         read_model_config, resolve_base_model)
@@ -266,12 +266,7 @@ class Recipe:
         """The train channel (and a validation channel if any), split into train and validation rows."""
         cfg = self.config
         channel = self.paths.train_channel()
-        if channel is None:
-            raise DataError("no training data channel", where=str(self.paths.data_dir),
-                            fix="provide the data in a channel named `train` or `training`")
-        data = read_channel(channel, cfg)
-        val_channel = self.paths.validation_channel()
-        val_data = read_channel(val_channel, cfg, prompt=data.prompt, fmt=data.format) if val_channel else None
+        data, val_data = read_job_channels(self.paths, cfg)
         train_examples, val_examples = select_and_split(data.examples, val_data.examples if val_data else None, cfg)
         overlap = validation_overlap(train_examples, val_examples or [])
         if overlap:  # metrics.json and the run report carry it too
@@ -635,8 +630,7 @@ class Recipe:
         `deadline` (time.monotonic), so the answers may cover only the first prompts. Under
         lockstep generation the ranks agree on stopping. The model is back in training mode after."""
         data, loaded = self.prepared.data, self.prepared.model.loaded
-        trainer = self.trainer
-        model = trainer.accelerator.unwrap_model(trainer.model) if trainer else self.prepared.model.module
+        model = self._live_model()
         batch_size = max(self.config.eval_batch_size, 8)
         lockstep = self._generation_ranks() == "all"
         answers: list[str] = []
@@ -698,10 +692,14 @@ class Recipe:
             metrics.print_metric(f"{'base' if stage == 'before' else 'final'}_eval_{task.name}", result["score"])
         view.model.train()
 
+    def _live_model(self):
+        """The model being trained, unwrapped (before train() starts: the prepared module)."""
+        trainer = self.trainer
+        return trainer.accelerator.unwrap_model(trainer.model) if trainer else self.prepared.model.module
+
     def _scoring_view(self) -> SimpleNamespace:
         """The model being trained, as evaluation/scoring.py reads a loaded model."""
-        data, trainer = self.prepared.data, self.trainer
-        model = trainer.accelerator.unwrap_model(trainer.model) if trainer else self.prepared.model.module
+        data, model = self.prepared.data, self._live_model()
         model.eval()
         return SimpleNamespace(model=model, tokenizer=data.tokenizer, seq2seq=self.prepared.model.loaded.seq2seq,
                                max_input_tokens=data.max_len, info=SimpleNamespace(prompt=data.prompt))
