@@ -142,11 +142,8 @@ def render_chat(tokenizer, messages: list[dict], *, add_generation_prompt: bool,
 
     template = chat_template or chat_template_for(tokenizer)
     try:
-        with time_limit(RENDER_SECONDS):
-            text = tokenizer.apply_chat_template(
-                [{"role": m["role"], "content": m["content"]} for m in messages],
-                chat_template=template, tokenize=False, add_generation_prompt=add_generation_prompt,
-            )
+        text = apply_template(tokenizer, [{"role": m["role"], "content": m["content"]} for m in messages], template,
+                              add_generation_prompt=add_generation_prompt)
     except TemplateError as exc:
         raise chat_template_error(exc, tokenizer, template) from None
     except TemplateTooSlow:
@@ -158,6 +155,15 @@ def render_chat(tokenizer, messages: list[dict], *, add_generation_prompt: bool,
         raise kind(f"the chat template made {len(text):,} characters of one conversation, over the limit of "
                    f"{MAX_RENDERED_CHARS:,} characters", where=where, fix=BOUNDED_FIX)
     return text
+
+
+def apply_template(tokenizer, messages: list[dict], template: str, *, add_generation_prompt: bool,
+                   tools: list | None = None) -> str:
+    """tokenizer.apply_chat_template within RENDER_SECONDS (TemplateTooSlow past them): training's
+    and serving's one way to run a chat template."""
+    with time_limit(RENDER_SECONDS):
+        return tokenizer.apply_chat_template(messages, tools=tools, chat_template=template, tokenize=False,
+                                             add_generation_prompt=add_generation_prompt)
 
 
 class TemplateTooSlow(Exception):

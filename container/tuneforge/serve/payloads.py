@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import time
 
-from ..prompt import RENDER_SECONDS, TemplateTooSlow, chat_template_for, encode_prompt, template_fields, time_limit
+from ..prompt import RENDER_SECONDS, TemplateTooSlow, apply_template, chat_template_for, encode_prompt, template_fields
 from .bodies import (ChatRequest, CompletionRequest, DialogRequest, FlanRequest, SamplingParameters, TGIParameters,
                      TGIRequest)
 from .engine import GenerationRequest, Sampling
@@ -223,10 +223,8 @@ class Parser:
         template = self.prompt_format.chat_template or chat_template_for(self.tokenizer)
         plan = tools or ToolPlan()
         try:
-            with time_limit(RENDER_SECONDS):  # a template that loops must not hold a thread and a core
-                return self.tokenizer.apply_chat_template(
-                    template_messages(clean, plan, template), tools=[t for t in plan.tools] or None,
-                    chat_template=template, tokenize=False, add_generation_prompt=True)
+            return apply_template(self.tokenizer, template_messages(clean, plan, template), template,
+                                  add_generation_prompt=True, tools=list(plan.tools) or None)
         except TemplateTooSlow:
             raise PayloadError(500, f"the model's chat template did not render this conversation within "
                                f"{RENDER_SECONDS:g} s (a loop in the template); fix the template in the model "
