@@ -10,15 +10,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+from .evaluation.gate import parse_thresholds
 from .hyperparameters import (FALSE_WORDS, IGNORED_KEYS, TRUE_WORDS, Bits, FieldSpec, Flag, Float, Int, ModuleList,
                               OptionalInt, Rule, SageMakerHyperparameters, Text, TriState, hp, markdown_cell,
                               parse_flag, zero_refused)
-
-def _thresholds(text: str):
-    from .evaluation.gate import parse_thresholds
-
-    return parse_thresholds(text)
-
 
 __all__ = ["ALIASES", "FALSE_WORDS", "FIELDS", "IGNORED_KEYS", "TRUE_WORDS", "FieldSpec", "Flag", "Float", "Int",
            "OptionalInt", "Text", "TrainConfig", "markdown_table", "parse_flag", "parse_hyperparameters"]
@@ -105,7 +100,7 @@ class TrainConfig(SageMakerHyperparameters):
 
     # Combinations no field can check alone; the message may name fields.
     COMBINATION_RULES = (
-        Rule(lambda c: _thresholds(c.eval_min_score) is None, "eval_min_score is not task=score pairs",
+        Rule(lambda c: parse_thresholds(c.eval_min_score) is None, "eval_min_score is not task=score pairs",
              "hyperparameter eval_min_score", "write e.g. tickets=0.9,general_knowledge=0.5"),
         Rule(lambda c: c.instruction_tuned and c.chat_dataset, "instruction_tuned and chat_dataset are both true",
              "hyperparameters instruction_tuned/chat_dataset", "set at most one of them to True"),
