@@ -228,3 +228,11 @@ def test_markdown_table_cells_never_split():
     widths = {len(re.findall(r"(?<!\\)\|", row)) for row in rows[:len(FIELDS)]}
     assert widths == {6}, "a bare | inside a cell (e.g. `int | None`) splits the row"
     assert "int \\| None" in markdown_table()
+
+
+@pytest.mark.parametrize("value", ["tickets", "tickets=high", "=0.5", "a=0.5,b"])
+def test_eval_min_score_must_be_task_score_pairs(value):
+    with pytest.raises(HyperparameterError, match="eval_min_score is not task=score pairs"):
+        parse_hyperparameters({"eval_min_score": value})
+    config = parse_hyperparameters({"eval_min_score": "tickets=0.9, general_knowledge=0.5"})
+    assert config.eval_min_score == "tickets=0.9, general_knowledge=0.5"
