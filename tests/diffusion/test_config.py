@@ -49,7 +49,7 @@ def test_sagemaker_keys_ignored_and_aliases_accepted():
     ({"center_crop": "maybe"}, "center_crop", "true or false"),
     ({"lr_scheduler": "exponential"}, "lr_scheduler", "constant"),
     ({"resolution": "500"}, "resolution", "multiple of 8"),
-    ({"compute_fid": "True"}, "compute_fid", "compute_fid to False"),
+    ({"fid_images": "1"}, "fid_images", ">= 2"),
     ({"epochs": "3", "num_train_epochs": "4"}, "epochs", "keep one"),
 ])
 def test_bad_values_name_the_key_and_the_fix(raw, where, fix):

@@ -56,7 +56,8 @@ class DreamBoothConfig(SageMakerHyperparameters):
     guidance_scale: Float = hp(7.5, "Classifier-free guidance of those images.", ge=0.0, le=100.0)
     sample_batch_size: Int = hp(4, "Class images generated per call.", ge=1, le=256)
     num_report_images: Int = hp(2, "Images of the instance prompt made before and after training (output/data/image_grid.png); 0 = none.", ge=0, le=16)
-    compute_fid: Flag = hp(False, "Report fid_score (needs Inception-v3 weights, which the image does not ship: True fails at the start).")
+    compute_fid: Flag = hp(False, "Report fid_score: the FID between the training images and images of the instance prompt drawn before and after training. Needs the `fid` channel holding pytorch-fid's Inception-v3 weights (pt_inception-2015-12-05-6726825d.pth); without it True fails at the start.")
+    fid_images: Int = hp(8, "Images of the instance prompt drawn (before and after training) for fid_score with compute_fid.", ge=2, le=1000)
     # --- model and checkpoints ---
     model_id: Text = hp("", "Local pipeline folder with the base model, used when there is no `model` channel.")
     checkpoint_steps: Int = hp(500, "Save a resumable checkpoint to /opt/ml/checkpoints every this many steps; 0 = only when stopped (SIGTERM).", ge=0,
@@ -67,9 +68,6 @@ class DreamBoothConfig(SageMakerHyperparameters):
     COMBINATION_RULES = (
         Rule(lambda c: c.resolution % 8, "{resolution} is not a multiple of 8", "hyperparameter resolution",
              "use a multiple of 8 (512 for Stable Diffusion 2.1 base, 768 for 2.1) or 0 for the model's own"),
-        Rule(lambda c: c.compute_fid, "fid_score needs the Inception-v3 weights of pytorch-fid, which this image does "
-             "not ship (no weights are downloaded at run time)", "hyperparameter compute_fid",
-             "set compute_fid to False; compare the before/after images in output/data/image_grid.png"),
     )
 
     @property

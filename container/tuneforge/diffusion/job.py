@@ -30,6 +30,15 @@ def is_first_host(paths) -> bool:
     return not hosts or resources.get("current_host", hosts[0]) == hosts[0]
 
 
+def check_channels(paths, config) -> None:
+    """What the settings need from the channels beyond the training data: with compute_fid, the
+    Inception weights in the `fid` channel (ModelError naming the channel and the file)."""
+    if config.compute_fid:
+        from .fid import weights_file
+
+        weights_file(paths)
+
+
 def run_job(paths, raw: dict, *, isolate: bool) -> int:
     """Train; 0 when model/ holds the pipeline. Errors propagate to the launcher's failure file."""
     from ..train import stopping
@@ -37,6 +46,7 @@ def run_job(paths, raw: dict, *, isolate: bool) -> int:
     from .config import parse_diffusion_hyperparameters
 
     config = parse_diffusion_hyperparameters(raw)  # bad hyperparameters fail before a process starts
+    check_channels(paths, config)
     if not is_first_host(paths):
         log.info("text-to-image training runs on the first host only; this host has nothing to do")
         return 0

@@ -1,0 +1,94 @@
+"""fid_score: the FID Inception network loads pytorch-fid's weights file strictly, a wrong file or a
+missing `fid` channel fails with the file's name and the fix, and the Frechet distance matches a
+hand computation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tests.diffusion.conftest import FAST, dreambooth_job
+from tuneforge.diffusion.fid import (FID_CHANNEL, WEIGHTS_FILE, features, fid_score, frechet_distance, load_inception,
+                                     statistics)
+from tuneforge.errors import ModelError
+
+
+@pytest.fixture(scope="session")
+def fid_weights(tmp_path_factory):
+    """A weights file of the real layout (pytorch-fid's names and shapes) with random values."""
+    from tuneforge.diffusion.inception import FIDInceptionV3
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("fid") / WEIGHTS_FILE
+    torch.save(FIDInceptionV3().state_dict(), path)
+    return path
+
+
+def test_the_standard_layout_loads_strictly_and_gives_2048_features(fid_weights):
+    from PIL import Image
+
+    state = torch.load(fid_weights, weights_only=True)
+    # the layout of pytorch-fid's file: torchvision's Inception3 names, 1008 classes, no aux head
+    assert state["Conv2d_1a_3x3.conv.weight"].shape == (32, 3, 3, 3)
+    assert state["Mixed_7c.branch_pool.conv.weight"].shape == (192, 2048, 1, 1)
+    assert state["fc.weight"].shape == (1008, 2048) and not any(k.startswith("AuxLogits") for k in state)
+    network = load_inception(fid_weights)
+    assert torch.equal(network.state_dict()["Mixed_6e.branch7x7dbl_5.bn.running_var"],
+                       state["Mixed_6e.branch7x7dbl_5.bn.running_var"])
+    images = [Image.new("RGB", (64, 64), (i * 40, 20, 200)) for i in range(3)]
+    rows = features(network, images)
+    assert rows.shape == (3, 2048) and np.isfinite(rows).all()
+
+
+def test_a_wrong_weights_file_names_the_file_and_the_fix(tmp_path, fid_weights):
+    state = torch.load(fid_weights, weights_only=True)
+    state["fc.weight"] = torch.zeros(1000, 2048)  # torchvision's ImageNet head, not the FID graph's
+    del state["Mixed_5b.branch1x1.bn.running_mean"]
+    wrong = tmp_path / WEIGHTS_FILE
+    torch.save(state, wrong)
+    with pytest.raises(ModelError) as caught:
+        load_inception(wrong)
+    message = caught.value.render()
+    assert f"{WEIGHTS_FILE} is not the FID Inception-v3 weights file" in message and str(wrong) in message
+    assert "Mixed_5b.branch1x1.bn.running_mean" in message and "fc.weight" in message
+    assert f"replace it with {WEIGHTS_FILE} unchanged" in message and "pytorch-fid/releases" in message
+    (tmp_path / "text" / WEIGHTS_FILE).parent.mkdir()
+    (tmp_path / "text" / WEIGHTS_FILE).write_text("not a checkpoint")
+    with pytest.raises(ModelError, match="is not the FID Inception-v3 weights file"):
+        load_inception(tmp_path / "text" / WEIGHTS_FILE)
+
+
+def test_identical_feature_sets_are_at_distance_zero():
+    rows = np.random.default_rng(0).normal(size=(40, 6))
+    assert abs(fid_score(rows, rows.copy())) < 1e-6
+
+
+def test_frechet_distance_matches_a_hand_computation():
+    # diagonal Gaussians: ||mu1-mu2||^2 + sum (s1 + s2 - 2 sqrt(s1 s2)) = sum (sqrt s1 - sqrt s2)^2 + ...
+    mu1, mu2 = np.array([0.0, 1.0]), np.array([3.0, -1.0])
+    s1, s2 = np.diag([4.0, 1.0]), np.diag([1.0, 9.0])
+    expected = (3 ** 2 + 2 ** 2) + (2 - 1) ** 2 + (1 - 3) ** 2  # 13 + 1 + 4
+    assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(expected, abs=1e-9)
+    # a rotated covariance: the same distance as its diagonal form (the trace terms do not depend on the basis)
+    rotation = np.array([[np.cos(0.7), -np.sin(0.7)], [np.sin(0.7), np.cos(0.7)]])
+    assert frechet_distance(rotation @ mu1, rotation @ s1 @ rotation.T, rotation @ mu2,
+                            rotation @ s2 @ rotation.T) == pytest.approx(expected, abs=1e-9)
+    # from samples: statistics() is the sample mean and the unbiased covariance
+    rows = np.array([[1.0, 2.0], [3.0, 6.0], [5.0, 4.0]])
+    mean, covariance = statistics(rows)
+    assert mean.tolist() == [3.0, 4.0] and covariance.tolist() == [[4.0, 2.0], [2.0, 4.0]]
+
+
+def test_compute_fid_without_the_channel_fails_at_once_naming_it(job, sd_base):
+    dreambooth_job(job, sd_base, {**FAST, "max_steps": "2", "compute_fid": "True"})
+    assert job.run_in_process() != 0
+    first = job.failure_first_line()
+    assert f"needs the Inception-v3 weights file {WEIGHTS_FILE}" in first and f"no `{FID_CHANNEL}` channel" in first
+    assert "pytorch-fid/releases/download" in job.failure.read_text() and "compute_fid to False" in job.failure.read_text()
+    assert not (job.base / "output" / "data" / "images").exists()  # nothing was drawn or trained
+    job.channel(FID_CHANNEL).mkdir(parents=True, exist_ok=True)
+    (job.channel(FID_CHANNEL) / "inception.pth").write_bytes(b"x")
+    job.failure.unlink()
+    assert job.run_in_process() != 0
+    assert f"the `{FID_CHANNEL}` channel holds no {WEIGHTS_FILE} (found: inception.pth)" in job.failure_first_line()
