@@ -102,3 +102,51 @@ def test_tasks_past_the_time_budget_are_reported_unscored(job, tiny, monkeypatch
     assert job.run_in_process() == 1  # a task with a minimum that was not scored fails the gate
     assert job.metrics()["evaluation_unscored"] == {"before": ["answers", "trivia"], "after": ["answers", "trivia"]}
     assert "task 'trivia' has a minimum score but was not scored" in job.failure_first_line()
+
+
+def _lm_eval_hf(model_dir, channel, tasks: list[str], **options) -> dict:
+    """lm-eval's own `hf` model on the channel's YAMLs (run from the channel: their data_files are relative)."""
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    return lm_eval.simple_evaluate(model="hf", model_args=f"pretrained={model_dir},dtype=float32", tasks=tasks,
+                                   device="cpu", batch_size=8, bootstrap_iters=0,
+                                   task_manager=TaskManager(include_path=str(channel), include_defaults=False),
+                                   **options)
+
+
+def test_lm_eval_yaml_tasks_score_as_lm_eval_scores_the_base_and_the_fine_tune(job, tiny, capfd, monkeypatch):
+    """trivia.yaml (multiple choice, first metric acc_norm) and qa.yaml (generate_until, exact_match)
+    with their data in the channel's data/ folder: the job's before/after scores are lm-eval's own
+    `hf` model's on the base model and on the saved model/."""
+    import re
+    import shutil
+    from pathlib import Path
+
+    channel = job.channel("evaluation")
+    shutil.copytree(Path(__file__).parents[1] / "unit" / "lm_eval_channel", channel, dirs_exist_ok=True)
+    monkeypatch.chdir(channel)
+    # qa's references are the base model's own greedy answers: 1.0 before; training changes the answers
+    base = _lm_eval_hf(tiny("llama"), channel, ["tiny_qa"], log_samples=True)["samples"]["tiny_qa"]
+    answers = {s["doc_id"]: s["filtered_resps"][0] for s in base}
+    rows = [json.loads(line) for line in (channel / "data" / "qa.jsonl").read_text().splitlines()]
+    (channel / "data" / "qa.jsonl").write_text("".join(json.dumps(dict(row, answer=answers[i])) + "\n"
+                                                       for i, row in enumerate(rows)))
+    job.add_model(tiny("llama"))
+    job.add_sample_data("instruction", n_train=16, n_val=4)
+    job.hyperparameters(dict(QUICK, learning_rate="0.01"))
+    assert job.run_in_process() == 0, job.failure.read_text() if job.failure.exists() else ""
+    log = "".join(capfd.readouterr())
+    evaluation = job.metrics()["evaluation"]
+    assert set(evaluation) == {"qa", "trivia"}  # data/*.jsonl are the YAMLs' data, not tasks
+    assert evaluation["qa"]["before"]["score"] == 1.0 and evaluation["qa"]["after"]["score"] < 1.0
+    for stage, model_dir, prefix in (("before", tiny("llama"), "base"), ("after", job.model_dir, "final")):
+        theirs = _lm_eval_hf(model_dir, channel, ["tiny_trivia", "tiny_qa"])["results"]
+        trivia, qa = evaluation["trivia"][stage], evaluation["qa"][stage]
+        assert trivia["metric"] == "acc_norm,none" and trivia["items"] == 6 and qa["items"] == 4
+        assert trivia["score"] == pytest.approx(theirs["tiny_trivia"]["acc_norm,none"], abs=1e-9)
+        assert trivia["metrics"]["acc,none"] == pytest.approx(theirs["tiny_trivia"]["acc,none"], abs=1e-9)
+        assert qa["score"] == pytest.approx(theirs["tiny_qa"]["exact_match,none"], abs=1e-9)
+        for name in ("trivia", "qa"):
+            line = re.search(rf"\[metric\] {prefix}_eval_{name}=([0-9.]+)", log)
+            assert line and float(line.group(1)) == pytest.approx(evaluation[name][stage]["score"], abs=1e-6)

@@ -8,6 +8,7 @@ import torch
 
 from ..errors import DataError
 from ..prompt import render_chat, template_fields
+from .harness import HARNESS, score_harness_task
 from .tasks import GENERATION, Task
 
 MC_CONTEXT = "Question: {question}\nAnswer:"  # MMLU/ARC style, as lm-eval task YAMLs write it
@@ -18,6 +19,8 @@ def score_task(task: Task, loaded, *, max_new_tokens: int = 64) -> dict:
     """{"kind", "items", "score" (the task's headline number), the metrics, "details"}."""
     if task.kind == GENERATION:
         return _generation(task, loaded, max_new_tokens)
+    if task.kind == HARNESS:
+        return score_harness_task(task, loaded)
     if loaded.seq2seq:
         raise DataError("multiple-choice items are scored by a causal model's log-likelihoods; this model is "
                         "an encoder-decoder", where=str(task.path), fix="use generation items for this model")

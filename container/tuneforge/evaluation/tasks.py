@@ -1,6 +1,7 @@
-"""Task files: each `<name>.jsonl` of a tasks folder is one task, named after the file.
+"""Task files: each `<name>.jsonl` (or lm-evaluation-harness `<name>.yaml`, harness.py) of a tasks
+folder is one task, named after the file. A .jsonl file a YAML reads as its data is not a task.
 
-Two kinds of items, one kind per file:
+Two kinds of items, one kind per .jsonl file:
 - generation: `{"prompt": str, "reference": str}` (or `"messages": [...]`, or the fine-tune's
   template fields such as `"instruction"`, `"context"`), scored by exact match and ROUGE-L of the
   greedy answer;
@@ -12,7 +13,7 @@ Two kinds of items, one kind per file:
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import DataError
@@ -26,15 +27,33 @@ class Task:
     kind: str
     items: tuple[dict, ...]
     path: Path
+    config: dict | None = field(default=None, compare=False)  # an lm-eval YAML task's config (harness.py)
+    data_files: tuple[Path, ...] = ()                         # the files that YAML reads
 
 
 def load_tasks(folder: Path) -> list[Task]:
     folder = Path(folder)
-    files = sorted(folder.glob("*.jsonl")) if folder.is_dir() else []
-    if not files:
-        raise DataError(f"no task files (*.jsonl) in {folder}", where=str(folder),
-                        fix="put one JSON Lines file per task there (docs/evaluation.md)")
-    return [load_task(path) for path in files]
+    yamls = sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")]) if folder.is_dir() else []
+    jsonl = sorted(folder.glob("*.jsonl")) if folder.is_dir() else []
+    if not yamls and not jsonl:
+        raise DataError(f"no task files (*.jsonl, lm-eval *.yaml) in {folder}", where=str(folder),
+                        fix="put one JSON Lines file (or lm-evaluation-harness YAML) per task there (docs/evaluation.md)")
+    harness = [load_yaml_task(path) for path in yamls]
+    data = {file for task in harness for file in task.data_files}
+    tasks = harness + [load_task(path) for path in jsonl if path.resolve() not in data]
+    names = [task.name for task in tasks]
+    for task in tasks:
+        if names.count(task.name) > 1:
+            raise DataError(f"two task files are named {task.name}", where=str(folder),
+                            fix="rename one: a task is named after its file, without the extension")
+    return sorted(tasks, key=lambda task: task.name)
+
+
+def load_yaml_task(path: Path) -> Task:
+    from .harness import HARNESS, read_yaml_task  # lm_eval is imported only for a folder with YAML tasks
+
+    config, files = read_yaml_task(path)
+    return Task(path.stem, HARNESS, (), path, config=config, data_files=tuple(files))
 
 
 def load_task(path: Path) -> Task:
