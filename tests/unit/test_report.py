@@ -28,15 +28,18 @@ class _Page(HTMLParser):
     def __init__(self):
         super().__init__()
         self.images: dict[str, str] = {}
+        self.phone_images: list[str] = []  # <picture><source srcset>: the charts' phone renderings
         self.urls: list[str] = []
         self.numbers: list[tuple[str, float, str]] = []  # (data-key, data-value, shown text)
         self._cell: dict | None = None
 
     def handle_starttag(self, tag, attrs):
         attrs = dict(attrs)
-        for name in ("src", "href", "action", "data", "poster"):
+        for name in ("src", "srcset", "href", "action", "data", "poster"):
             if name in attrs:
                 self.urls.append(attrs[name])
+        if tag == "source":
+            self.phone_images.append(attrs["srcset"])
         if tag == "img":
             self.images[attrs.get("id", f"img-{len(self.images)}")] = attrs["src"]
         if tag in ("td", "th") and "data-key" in attrs:
@@ -165,6 +168,10 @@ def test_report_is_self_contained_with_drawn_charts_and_the_numbers_of_metrics_j
     width, height = png_has_drawing(page.images["chart-loss"])
     assert width >= 1000 and height >= 400  # legible at 1280 px without upscaling
     png_has_drawing(page.images["chart-lr"])
+    assert len(page.phone_images) == 2  # each chart drawn again for phones: narrower and taller
+    for phone in page.phone_images:
+        phone_width, phone_height = png_has_drawing(phone)
+        assert 600 <= phone_width <= 800 and phone_height > 0.6 * phone_width
     assert check_numbers_match(page, METRICS) >= 25
     keys = {key for key, _, _ in page.numbers}
     assert {"eval_loss_before", "eval_loss", "rouge_before.rougeL", "rougeL", "general_knowledge.after.score",
@@ -173,8 +180,9 @@ def test_report_is_self_contained_with_drawn_charts_and_the_numbers_of_metrics_j
     # before/after answers, the template and the marked example, the defaults marked
     assert "Blue." in html and "Red." in html and "ell c\\x7f x" in html
     assert "<mark>Blue.&lt;/s&gt;</mark>" in html
-    assert re.search(r"<td class=\"strong\">learning_rate</td><td>0.001</td><td>set</td>", html)
-    assert re.search(r"<td>lora_r</td><td>8</td><td class=\"muted\">default</td>", html)
+    cells = html.replace("<wbr>", "")  # names may wrap after their underscores
+    assert re.search(r"<td class=\"strong\">learning_rate</td><td>0.001</td><td>set</td>", cells)
+    assert re.search(r"<td>lora_r</td><td>8</td><td class=\"muted\">default</td>", cells)
 
 
 def test_markdown_has_the_same_tables(recorded):
@@ -182,6 +190,8 @@ def test_markdown_has_the_same_tables(recorded):
     text = md_path.read_text()
     assert "| validation loss | 3.1416 | 0.9000 | -2.2416 (-71.4%) |" in text
     assert "| ROUGE-L | 0.0100 | 0.9500 | +0.9400 |" in text  # a score's change without a share of 0.01
+    assert "| perplexity | 23.10 | 2.46 | -20.64 (-89.4%) |" in text  # rounded as its values are
+    assert "| exact match | 0.0000 | 0.5000 | +0.5000 |" in text and "| training perplexity | - | 4.95 |  |" in text
     assert "| learning_rate | 0.001 | set |" in text
     assert "⟦Blue.</s>⟧" in text and "see [report.html](report.html)" in text
 
@@ -294,7 +304,37 @@ def test_the_learning_rate_axis_starts_at_zero():
 
     assert lr_axis([1e-4, 1e-4, 1e-4]) == (0.0, pytest.approx(1.15e-4))  # constant: a flat line, not noise
     assert lr_axis([0.0, 2e-4, 1e-4]) == (0.0, pytest.approx(2.3e-4))
-    assert lr_chart([{"step": s, "learning_rate": 1e-4} for s in (1, 2, 3)]).startswith(b"\x89PNG")
+    chart = lr_chart([{"step": s, "learning_rate": 1e-4} for s in (1, 2, 3)])
+    assert chart.desktop.png.startswith(b"\x89PNG") and chart.phone.png.startswith(b"\x89PNG")
+
+
+def test_each_chart_is_drawn_for_a_desktop_and_for_a_phone_with_text_that_stays_legible():
+    from tuneforge.report.charts import compare_chart, loss_chart
+
+    history = HISTORY * 1
+    for chart in (loss_chart(history, 3.1), compare_chart([("a", history, 3.1), ("b", history, 3.0)])):
+        desktop_width, phone_width = (_png_size(r.png)[0] for r in (chart.desktop, chart.phone))
+        # shown ~1150 px and ~360 px wide: the smallest text stays >= 11 px on either screen
+        assert chart.desktop.text_px * 1136 / desktop_width >= 11
+        assert chart.phone.text_px * 360 / phone_width >= 11
+        assert chart.phone.text_px > chart.desktop.text_px
+
+
+def _png_size(png: bytes) -> tuple[int, int]:
+    from PIL import Image
+
+    return Image.open(io.BytesIO(png)).size
+
+
+def test_changes_are_rounded_as_their_values_and_shares_only_where_they_mean_something():
+    from tuneforge.report.doc import fmt_change
+    from tuneforge.report.sections import _change
+
+    assert _change(902.8073, 195.6027, True, 2).text == "-707.20 (-78.3%)"  # perplexity: 2 decimals
+    assert _change(0.045, 1.0, False).text == "+0.9550"  # a score: no "+2122%"
+    assert _change(0.4, 0.4, False).text == "no change" and _change(0.4, 0.4, False).css == "muted"
+    assert _change(0.1, 2.5, True).text == "+2.4000"  # a loss grown 25-fold: the ratio says nothing more
+    assert fmt_change(12345.678, 2) == "+12,345.7" and fmt_change(-0.0003) == "-0.0003"
 
 
 def test_strip_common_leaves_what_differs():

@@ -1,27 +1,57 @@
-"""Charts as PNG bytes, drawn with matplotlib's Agg canvas (no display, no pyplot global state)."""
+"""Charts as PNG bytes, drawn with matplotlib's Agg canvas (no display, no pyplot global state).
+
+Each chart is drawn twice (a doc.Chart): 10.5 inches wide for a desktop page, and 4.6 inches wide,
+taller, with larger text and the legend below the plot for a phone, where the page shows it about
+360 px wide: text of 11 pt then stays about 12 px tall on the screen."""
 
 from __future__ import annotations
 
 import io
 import math
+from dataclasses import dataclass
+
+from .doc import Chart, Rendering
 
 COLOURS = ("#1f6fb4", "#d9480f", "#2b8a3e", "#862e9c", "#c92a2a", "#5c7cfa", "#e67700", "#0b7285")
-DPI = 110
 
 
-def _figure(width: float, height: float):
+@dataclass(frozen=True)
+class Screen:
+    width: float  # inches
+    dpi: int
+    tick_pt: float
+    label_pt: float
+    legend_below: bool  # a narrow plot has no room for a legend inside it
+
+
+DESKTOP = Screen(width=10.5, dpi=110, tick_pt=10, label_pt=11, legend_below=False)
+PHONE = Screen(width=4.6, dpi=165, tick_pt=11, label_pt=12, legend_below=True)  # 1.5x pixels: sharp on phones
+
+
+def _figure(screen: Screen, height: float):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+    figure = Figure(figsize=(screen.width, height), dpi=screen.dpi, layout="constrained")
     FigureCanvasAgg(figure)
     return figure
 
 
-def _png(figure) -> bytes:
+def _rendering(figure) -> Rendering:
+    from matplotlib.text import Text
+
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=DPI, facecolor="white")
-    return buffer.getvalue()
+    figure.savefig(buffer, format="png", dpi=figure.dpi, facecolor="white")
+    renderer = figure.canvas.get_renderer()
+    box = figure.bbox
+    sizes = [t.get_fontsize() for t in figure.findobj(Text) if t.get_visible() and t.get_text()
+             and box.overlaps(t.get_window_extent(renderer))]  # tick labels beyond the axes are not drawn
+    return Rendering(buffer.getvalue(), min(sizes) * figure.dpi / 72 if sizes else 0.0)
+
+
+def _twice(draw) -> Chart:
+    """draw(screen) -> a figure, for the desktop and for the phone."""
+    return Chart(desktop=_rendering(draw(DESKTOP)), phone=_rendering(draw(PHONE)))
 
 
 def _minor_label(value: float, _position) -> str:
@@ -32,7 +62,7 @@ def _minor_label(value: float, _position) -> str:
     return f"{value:g}" if any(abs(mantissa - m) < 1e-6 for m in (2, 3, 5)) else ""
 
 
-def _style(axes, xlabel: str, ylabel: str) -> None:
+def _style(axes, screen: Screen, xlabel: str, ylabel: str) -> None:
     if axes.get_yscale() == "log":  # plain numbers (0.5, 2), not 5x10^-1
         from matplotlib.ticker import FuncFormatter
 
@@ -41,12 +71,19 @@ def _style(axes, xlabel: str, ylabel: str) -> None:
     if xlabel == "optimizer step":  # steps are whole numbers: no tick at 2.5
         from matplotlib.ticker import MaxNLocator
 
-        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
-    axes.set_xlabel(xlabel, fontsize=11)
-    axes.set_ylabel(ylabel, fontsize=11)
-    axes.tick_params(labelsize=10)
+        axes.xaxis.set_major_locator(MaxNLocator(nbins="auto", integer=True))
+    axes.set_xlabel(xlabel, fontsize=screen.label_pt)
+    axes.set_ylabel(ylabel, fontsize=screen.label_pt)
+    axes.tick_params(which="both", labelsize=screen.tick_pt)
     axes.grid(True, color="#dddddd", linewidth=0.8)
     axes.spines[["top", "right"]].set_visible(False)
+
+
+def _legend(figure, axes, screen: Screen, columns: int = 1) -> None:
+    if screen.legend_below:
+        figure.legend(loc="outside lower center", fontsize=screen.tick_pt, frameon=False, ncols=1)
+    else:
+        axes.legend(fontsize=screen.tick_pt, frameon=False, ncols=columns)
 
 
 def curves(history: list[dict]) -> dict[str, list[tuple[float, float]]]:
@@ -69,12 +106,16 @@ def _use_log_scale(values: list[float]) -> bool:
     return len(positive) == len(values) and len(values) > 1 and max(positive) / min(positive) > 20
 
 
-def loss_chart(history: list[dict], baseline: float | None) -> bytes | None:
+def loss_chart(history: list[dict], baseline: float | None) -> Chart | None:
     """Training and validation loss against steps; the baseline evaluation as a star at step 0."""
     series = curves(history)
     if not series["train"] and not series["validation"] and baseline is None:
         return None
-    figure = _figure(10.5, 4.2)
+    return _twice(lambda screen: _draw_loss(screen, series, baseline))
+
+
+def _draw_loss(screen: Screen, series: dict, baseline: float | None):
+    figure = _figure(screen, 4.2 if screen is DESKTOP else 4.4)
     axes = figure.add_subplot()
     values: list[float] = []
     for name, style in (("train", dict(color=COLOURS[0], linewidth=2)),
@@ -89,9 +130,9 @@ def loss_chart(history: list[dict], baseline: float | None) -> bytes | None:
         values.append(baseline)
     if _use_log_scale(values):
         axes.set_yscale("log")
-    _style(axes, "optimizer step", "loss (log scale)" if axes.get_yscale() == "log" else "loss")
-    axes.legend(fontsize=10, frameon=False)
-    return _png(figure)
+    _style(axes, screen, "optimizer step", "loss (log scale)" if axes.get_yscale() == "log" else "loss")
+    _legend(figure, axes, screen)
+    return figure
 
 
 def lr_axis(rates) -> tuple[float, float]:
@@ -101,18 +142,23 @@ def lr_axis(rates) -> tuple[float, float]:
     return 0.0, top * 1.15 if top > 0 else 1.0
 
 
-def lr_chart(history: list[dict]) -> bytes | None:
+def lr_chart(history: list[dict]) -> Chart | None:
     points = curves(history)["lr"]
     if len(points) < 2:
         return None
-    figure = _figure(10.5, 2.6)
+    return _twice(lambda screen: _draw_lr(screen, points))
+
+
+def _draw_lr(screen: Screen, points: list[tuple[float, float]]):
+    figure = _figure(screen, 2.6 if screen is DESKTOP else 2.9)
     axes = figure.add_subplot()
     steps, rates = zip(*points)
     axes.plot(steps, rates, color=COLOURS[3], linewidth=2)
     axes.set_ylim(*lr_axis(rates))
     axes.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
-    _style(axes, "optimizer step", "learning rate")
-    return _png(figure)
+    axes.yaxis.get_offset_text().set_fontsize(screen.tick_pt)
+    _style(axes, screen, "optimizer step", "learning rate")
+    return figure
 
 
 def baseline_positions(count: int, last_step: float) -> list[float]:
@@ -122,36 +168,40 @@ def baseline_positions(count: int, last_step: float) -> list[float]:
     return [-gap * index for index in range(count)]
 
 
-def compare_chart(jobs: list[tuple[str, list[dict], float | None]]) -> bytes | None:
+def compare_chart(jobs: list[tuple[str, list[dict], float | None]]) -> Chart | None:
     """Several jobs' loss curves overlaid: training solid, validation dashed with dots, one colour
     per job; each job's baseline as a star at step 0."""
-    figure = _figure(10.5, 4.6)
+    drawn = [(label, curves(history), baseline) for label, history, baseline in jobs]
+    if not any(series["train"] or series["validation"] for _, series, _ in drawn):
+        return None
+    return _twice(lambda screen: _draw_compare(screen, drawn))
+
+
+def _draw_compare(screen: Screen, jobs: list[tuple[str, dict, float | None]]):
+    entries = sum(bool(series[name]) for _, series, _ in jobs for name in ("train", "validation"))
+    figure = _figure(screen, 4.6 if screen is DESKTOP else 3.4 + 0.25 * entries)  # the legend below grows
     axes = figure.add_subplot()
     values: list[float] = []
-    drawn, last_step, stars = False, 1.0, []
-    for index, (label, history, baseline) in enumerate(jobs):
+    last_step, stars = 1.0, []
+    for index, (label, series, baseline) in enumerate(jobs):
         colour = COLOURS[index % len(COLOURS)]
-        series = curves(history)
         if series["train"]:
             steps, losses = zip(*series["train"])
             axes.plot(steps, losses, color=colour, linewidth=2, label=f"{label}: train")
             values += losses
-            drawn, last_step = True, max(last_step, max(steps))
+            last_step = max(last_step, max(steps))
         if series["validation"]:
             steps, losses = zip(*series["validation"])
             axes.plot(steps, losses, color=colour, linewidth=2, linestyle="--", marker="o", markersize=4,
                       label=f"{label}: validation")
             values += losses
-            drawn = True
         if isinstance(baseline, (int, float)):
             stars.append((baseline, colour))
             values.append(baseline)
-    if not drawn:
-        return None
     for x, (baseline, colour) in zip(baseline_positions(len(stars), last_step), stars):
         axes.plot([x], [baseline], marker="*", markersize=13, color=colour, linestyle="none")
     if _use_log_scale(values):
         axes.set_yscale("log")
-    _style(axes, "optimizer step", "loss (log scale)" if axes.get_yscale() == "log" else "loss")
-    axes.legend(fontsize=9, frameon=False, ncols=2 if len(jobs) > 2 else 1)
-    return _png(figure)
+    _style(axes, screen, "optimizer step", "loss (log scale)" if axes.get_yscale() == "log" else "loss")
+    _legend(figure, axes, screen, columns=2 if len(jobs) > 2 else 1)
+    return figure

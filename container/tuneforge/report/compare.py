@@ -13,7 +13,7 @@ from .sections import hyperparameters_of, lookup, metrics_of
 COMPARED = (
     ("validation loss before", "eval_loss_before", None, 4),
     ("validation loss after", "eval_loss", True, 4),
-    ("perplexity after", "perplexity", True, 4),
+    ("perplexity after", "perplexity", True, 2),
     ("ROUGE-1", "rouge1", False, 4), ("ROUGE-2", "rouge2", False, 4), ("ROUGE-L", "rougeL", False, 4),
     ("ROUGE-Lsum", "rougeLsum", False, 4), ("exact match", "exact_match", False, 4),
     ("general knowledge after", "general_knowledge.after.score", False, 4),

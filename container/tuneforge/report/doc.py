@@ -44,8 +44,22 @@ class Marked:
 
 
 @dataclass
-class Image:
+class Rendering:
     png: bytes
+    text_px: float  # the smallest text's font size in the PNG's own pixels
+
+
+@dataclass
+class Chart:
+    """A chart drawn twice: wide for a desktop page, and narrower and taller, its legend below the
+    plot, for a phone, where the wide one would shrink to a third and its text to 4-5 px."""
+    desktop: Rendering
+    phone: Rendering
+
+
+@dataclass
+class Image:
+    png: bytes | Chart  # a picture as it is, or a chart drawn for both screen sizes
     alt: str
     caption: str | None = None
     name: str = "chart"  # html id: chart-loss, chart-lr, image-grid
@@ -81,6 +95,16 @@ def fmt(value, digits: int = 4) -> str:
             return f"{value:,.1f}"
         return f"{value:.{digits}f}"
     return str(value)
+
+
+def fmt_change(delta: float, digits: int = 4) -> str:
+    """A difference, signed, rounded as fmt rounds the numbers it is the difference of (no
+    exponent: a change of 0.0003 in a column of 4 decimals reads +0.0003)."""
+    if delta == 0:
+        return "no change"
+    size = abs(delta)
+    text = fmt(size, digits) if size >= 1e6 else f"{size:,.1f}" if size >= 1000 else f"{size:.{digits}f}"
+    return ("+" if delta > 0 else "-") + text
 
 
 def number(value, key: str | None = None, digits: int = 4, css: str = "") -> Cell:

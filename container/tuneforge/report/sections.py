@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 
 from . import charts
-from .doc import Cell, Document, Image, Marked, Pre, Section, Table, Text, fmt, number
+from .doc import Cell, Document, Image, Marked, Pre, Section, Table, Text, fmt, fmt_change, number
 from .gather import JobOutput
 
 ROUGE = ("rouge1", "rouge2", "rougeL", "rougeLsum")
@@ -148,8 +148,9 @@ def metrics_section(job: JobOutput) -> Section | None:
         before, after = lookup(m, before_key), m.get(after_key)
         if before is None and after is None:
             continue
-        rows.append([Cell(label, css="strong"), number(before, before_key), number(after, after_key),
-                     _change(before, after, lower_better)])
+        digits = digits_of(after_key)
+        rows.append([Cell(label, css="strong"), number(before, before_key, digits), number(after, after_key, digits),
+                     _change(before, after, lower_better, digits)])
     knowledge = m.get("general_knowledge") or {}
     if knowledge:
         score = {stage: r.get("score") if isinstance(r, dict) else r for stage, r in knowledge.items()}
@@ -160,7 +161,7 @@ def metrics_section(job: JobOutput) -> Section | None:
     rows += evaluation_rows(m)
     for label, key in (("training loss", "train_loss"), ("training perplexity", "train_perplexity")):
         if m.get(key) is not None:
-            rows.append([Cell(label, css="strong"), Cell("-"), number(m[key], key), Cell("")])
+            rows.append([Cell(label, css="strong"), Cell("-"), number(m[key], key, digits_of(key)), Cell("")])
     if not rows:
         return None
     table = Table(["metric", "base model", "fine-tuned", "change"], rows)
@@ -198,16 +199,21 @@ def overlap_warning(m: dict) -> Text | None:
     return Text(f"Warning: {overlap['note']}.", css="warning")
 
 
-def _change(before, after, lower_better: bool) -> Cell:
+def _change(before, after, lower_better: bool, digits: int = 4) -> Cell:
     if not isinstance(before, (int, float)) or not isinstance(after, (int, float)):
         return Cell("")
     delta = after - before
     better = delta < 0 if lower_better else delta > 0
-    css = "" if delta == 0 else ("better" if better else "worse")
+    css = "muted" if delta == 0 else ("better" if better else "worse")
     # A share of the baseline only where it reads as one: losses and perplexities, not scores that
     # start near zero (0.045 -> 1.0 is "+2122%", which says nothing the scores do not)
-    relative = f" ({delta / before:+.1%})" if lower_better and before and abs(delta / before) < 10 else ""
-    return Cell(f"{delta:+.4f}{relative}", css=css)
+    relative = f" ({delta / before:+.1%})" if lower_better and delta and before and abs(delta / before) < 10 else ""
+    return Cell(f"{fmt_change(delta, digits)}{relative}", css=css)
+
+
+def digits_of(key: str) -> int:
+    """Decimals shown: perplexities (exp of a loss, often in the hundreds) 2, losses and scores 4."""
+    return 2 if "perplexity" in key else 4
 
 
 def answers_section(job: JobOutput) -> Section | None:
@@ -354,6 +360,10 @@ SHOWN_KEYS = {"eval_loss", "eval_loss_before", "perplexity", "perplexity_before"
 
 def build_document(job: JobOutput) -> Document:
     task = metrics_of(job).get("task", "text generation")
+    if task == "text-to-image":  # its own sections: report/image_sections.py
+        from .image_sections import build_image_document
+
+        return build_image_document(job)
     # results first (what a person opens the page for), then how they came about
     builders = (status_section, images_section, metrics_section, curves_section, model_section, data_section,
                 answers_section, speed_section, hyperparameter_section)
