@@ -44,6 +44,9 @@ def _block(block, html_name: str) -> list[str]:
         caption = (block.caption or "").replace("highlighted", "between ⟦ ⟧")
         return ([f"_{caption}_", ""] if caption else []) + _fence(body)
     if isinstance(block, Image):
+        saved = getattr(block, "file", "")  # a picture saved beside the report (image_sections.SavedImage)
+        if saved:
+            return [f"![{block.alt}]({saved})", ""] + ([f"_{block.caption}_", ""] if block.caption else [])
         return [f"_{block.alt}: see [{html_name}]({html_name})_", ""]
     raise TypeError(f"unknown report block {type(block).__name__}")
 
