@@ -1,4 +1,5 @@
-"""`tuneforge train|serve|check-job|convert|tiny-model|sample-data|report|hyperparameters`; `serve` console script."""
+"""`tuneforge train|serve|check-job|convert|tiny-model|sample-data|report|hyperparameters|evaluate|
+metric-definitions`; `serve` console script."""
 
 from __future__ import annotations
 
@@ -130,6 +131,12 @@ def _evaluate(args) -> int:
     return evaluate_main(args)
 
 
+def _metric_definitions(args) -> int:
+    from .evaluation.cli import metric_definitions_main
+
+    return metric_definitions_main(args)
+
+
 def parser() -> argparse.ArgumentParser:
     from .tiny import FAMILIES
 
@@ -175,6 +182,11 @@ def parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--max-new-tokens", type=int, default=64, help="longest answer of generation items")
     evaluate.add_argument("--json", help="also write the scores and every item's details to this file")
     evaluate.set_defaults(func=_evaluate)
+    definitions = sub.add_parser("metric-definitions", help="print SageMaker MetricDefinitions (JSON) for the job's "
+                                 "metric lines, with --tasks each evaluation task's too")
+    definitions.add_argument("--tasks", help="the evaluation channel's folder of task files")
+    definitions.add_argument("--tasks-only", action="store_true", help="only the tasks' definitions")
+    definitions.set_defaults(func=_metric_definitions)
     hps = sub.add_parser("hyperparameters", help="print the hyperparameter reference")
     hps.add_argument("--markdown", action="store_true", help="with a document header")
     hps.set_defaults(func=_hyperparameters)

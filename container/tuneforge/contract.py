@@ -292,3 +292,15 @@ METRIC_DEFINITIONS = [
     {"Name": "huggingface-textgeneration:eval-loss", "Regex": r"eval_epoch_loss=tensor\(([0-9\.]+)"},
     {"Name": "huggingface-textgeneration:eval-ppl", "Regex": r"eval_ppl=tensor\(([0-9\.]+)"},
 ]
+
+# SageMaker allows 40 MetricDefinitions per training job.
+SAGEMAKER_MAX_METRIC_DEFINITIONS = 40
+
+
+def task_metric_definitions(task_names) -> list[dict]:
+    """MetricDefinitions for the evaluation tasks' lines, `[metric] base_eval_<task>=<score>` (before
+    training) and `[metric] final_eval_<task>=<score>` (after); task names are the user's file names."""
+    import re
+
+    return [{"Name": f"{stage}:eval_{name}", "Regex": rf"\[metric\] {stage}_eval_{re.escape(name)}=(-?[0-9.]+)"}
+            for name in task_names for stage in ("base", "final")]

@@ -35,8 +35,26 @@ def test_tasks_are_scored_before_and_after_training(job, tiny, capfd):
         assert evaluation["answers"][stage]["kind"] == "generation"
     log = "".join(capfd.readouterr())
     assert "[metric] base_eval_trivia=" in log and "[metric] final_eval_answers=" in log
+    _check_metric_definitions(log, evaluation)
     report = (job.base / "output" / "data" / "report.md").read_text()
     assert "task trivia (accuracy)" in report and "task answers (ROUGE-L)" in report
+
+
+def _check_metric_definitions(log: str, evaluation: dict) -> None:
+    """`tuneforge metric-definitions --tasks` regexes, as SageMaker applies them to the job's log: each
+    task's base/final definition finds its one line and value; none of the fixed ones finds a task line."""
+    import re
+
+    from tuneforge.contract import METRIC_DEFINITIONS, task_metric_definitions
+
+    for definition in task_metric_definitions(sorted(evaluation)):
+        stage, name = definition["Name"].split(":eval_")
+        score = evaluation[name]["before" if stage == "base" else "after"]["score"]
+        assert [float(v) for v in re.findall(definition["Regex"], log)] == [pytest.approx(score, abs=1e-6)]
+    names = "|".join(map(re.escape, evaluation))
+    task_lines = [line for line in log.splitlines() if re.match(rf"\[metric\] (base|final)_eval_({names})=", line)]
+    assert len(task_lines) == 2 * len(evaluation)
+    assert not [d["Name"] for d in METRIC_DEFINITIONS for line in task_lines if re.search(d["Regex"], line)]
 
 
 def test_a_missed_gate_fails_the_job_and_keeps_the_model(job, tiny):

@@ -98,3 +98,52 @@ def test_the_cli_prints_the_table_and_the_gate_fails_the_run(tiny, tmp_path):
                             timeout=300, env=env)
     assert failed.returncode == 1
     assert f"evaluate: gate failed: task choice: score {score:.4f} is below the minimum {score + 0.01:g}" in failed.stderr
+
+
+def _metric_definitions(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tuneforge.cli", "metric-definitions", *args], capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_metric_definitions_for_the_tasks_match_their_lines_only(tmp_path):
+    import contextlib
+    import io
+    import re
+
+    from tuneforge.contract import METRIC_DEFINITIONS
+    from tuneforge.train.metrics import print_metric
+
+    for name in ("qa.v2", "qa_v2", "qa"):
+        (tmp_path / f"{name}.jsonl").write_text(json.dumps({"prompt": "q", "reference": "a"}) + "\n")
+    out = _metric_definitions("--tasks", str(tmp_path))
+    assert out.returncode == 0, out.stderr
+    definitions = json.loads(out.stdout)
+    assert definitions[:len(METRIC_DEFINITIONS)] == METRIC_DEFINITIONS
+    tasks = definitions[len(METRIC_DEFINITIONS):]
+    assert [d["Name"] for d in tasks] == ["base:eval_qa", "final:eval_qa", "base:eval_qa.v2", "final:eval_qa.v2",
+                                          "base:eval_qa_v2", "final:eval_qa_v2"]
+    # the lines the job prints (recipe._score_tasks through metrics.print_metric), each found by its own regex only
+    lines = {}
+    for number, (stage, name) in enumerate((s, n) for n in ("qa", "qa.v2", "qa_v2") for s in ("base", "final")):
+        with contextlib.redirect_stdout(io.StringIO()) as printed:
+            print_metric(f"{stage}_eval_{name}", number / 10)
+        lines[f"{stage}:eval_{name}"] = printed.getvalue()
+    for definition in tasks:
+        found = {key: re.findall(definition["Regex"], line) for key, line in lines.items()}
+        value = lines[definition["Name"]].split("=")[1].strip()
+        assert {key: v for key, v in found.items() if v} == {definition["Name"]: [value]}
+    only = _metric_definitions("--tasks", str(tmp_path), "--tasks-only")
+    assert json.loads(only.stdout) == tasks
+
+
+def test_metric_definitions_past_sagemaker_limit_and_a_reserved_name(tmp_path):
+    for number in range(14):  # 13 fixed + 28 > 40
+        (tmp_path / f"t{number}.jsonl").write_text(json.dumps({"prompt": "q", "reference": "a"}) + "\n")
+    refused = _metric_definitions("--tasks", str(tmp_path))
+    assert refused.returncode == 2
+    assert "41 definitions, more than the 40 a SageMaker training job takes; pass --tasks-only" in refused.stderr
+    assert len(json.loads(_metric_definitions("--tasks", str(tmp_path), "--tasks-only").stdout)) == 28
+    (tmp_path / "loss.jsonl").write_text(json.dumps({"prompt": "q", "reference": "a"}) + "\n")
+    with pytest.raises(DataError, match="loss.jsonl: a task named loss would print the line final_eval_loss, "
+                       "the job's validation loss. Fix: rename the file"):
+        load_tasks(tmp_path)

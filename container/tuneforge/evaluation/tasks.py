@@ -19,6 +19,7 @@ from pathlib import Path
 from ..errors import DataError
 
 GENERATION, MULTIPLE_CHOICE = "generation", "multiple_choice"
+RESERVED_NAMES = {"loss": "validation loss"}  # [metric] final_eval_loss= is that line (contract.METRIC_DEFINITIONS)
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,9 @@ def load_tasks(folder: Path) -> list[Task]:
     tasks = harness + [load_task(path) for path in jsonl if path.resolve() not in data]
     names = [task.name for task in tasks]
     for task in tasks:
+        if task.name in RESERVED_NAMES:
+            raise DataError(f"a task named {task.name} would print the line final_eval_{task.name}, the job's "
+                            f"{RESERVED_NAMES[task.name]}", where=str(task.path), fix="rename the file")
         if names.count(task.name) > 1:
             raise DataError(f"two task files are named {task.name}", where=str(folder),
                             fix="rename one: a task is named after its file, without the extension")
