@@ -58,6 +58,7 @@ class TrainConfig(SageMakerHyperparameters):
     label_smoothing_factor: Float = hp(0.0, "Label smoothing.", ge=0.0, le=1.0)
     seed: Int = hp(10, "Random seed for initialization, dropout and data order.", ge=0)
     logging_steps: Int = hp(10, "Log the training loss every this many steps.", ge=1)
+    tensorboard: Flag = hp(False, "Write the training scalars (loss, learning rate, gradient norm, evaluation loss and perplexity, tokens/s, final metrics) as TensorBoard event files to /opt/ml/output/tensorboard (docs/trackers.md). They are written whenever that folder exists (SageMaker's TensorBoardOutputConfig creates it), even with False.")
     evaluation_strategy: Literal["epoch", "steps", "no"] = hp("epoch", "When to evaluate: every epoch, every eval_steps, or never.",
                                                               aliases={"eval_strategy": None})
     eval_steps: Int = hp(20, "Steps between evaluations when evaluation_strategy=steps.", ge=1)

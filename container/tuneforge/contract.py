@@ -63,6 +63,22 @@ class TrainEnv(BaseSettings):
                                        "Run int8/4-bit bases on CPU (slow; for tests).")
     skip_preflight: Flag = env("TUNEFORGE_SKIP_PREFLIGHT", False, "Skip the GPU memory estimate before loading.")
     tiny_cache: Path | None = env("TUNEFORGE_TINY_CACHE", None, "Where the tiny test models are built.")
+    # experiment trackers (docs/trackers.md)
+    mlflow_tracking_uri: str | None = env("MLFLOW_TRACKING_URI", None,
+                                          "MLflow server (http(s)://, file:, a SageMaker MLflow ARN); unset: no MLflow.")
+    mlflow_experiment_name: str = env("MLFLOW_EXPERIMENT_NAME", "tuneforge", "MLflow experiment the job's run goes to.")
+    mlflow_run_name: str | None = env("MLFLOW_RUN_NAME", None, "MLflow run name; unset: the training job's name.")
+    training_job_name: str | None = env("TRAINING_JOB_NAME", None, "The SageMaker training job's name.")
+    sm_training_env: str | None = env("SM_TRAINING_ENV", None, "The sagemaker-training toolkit's JSON (job_name).")
+
+    def job_name(self) -> str | None:
+        """The training job's name: TRAINING_JOB_NAME, else SM_TRAINING_ENV's job_name."""
+        if self.training_job_name:
+            return self.training_job_name
+        try:
+            return json.loads(self.sm_training_env or "{}").get("job_name") or None
+        except (ValueError, AttributeError):
+            return None
 
 
 def train_env(environ: dict | None = None) -> TrainEnv:
@@ -157,6 +173,11 @@ class Paths:
     @property
     def failure_file(self) -> Path:
         return self.output_dir / "failure"
+
+    @property
+    def tensorboard_dir(self) -> Path:
+        """Where SageMaker's TensorBoardOutputConfig (default LocalPath) syncs event files from."""
+        return self.output_dir / "tensorboard"
 
     @property
     def checkpoint_dir(self) -> Path:

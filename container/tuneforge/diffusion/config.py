@@ -36,6 +36,7 @@ class DreamBoothConfig(SageMakerHyperparameters):
     gradient_accumulation_steps: Int = hp(1, "Micro-batches per optimizer step.", ge=1, le=1024)
     max_grad_norm: Float = hp(1.0, "Gradient clipping norm (0 = off).", ge=0.0)
     seed: Int = hp(0, "Seed of noise, timesteps, data order, LoRA initialization and the before/after images.", ge=0)
+    tensorboard: Flag = hp(False, "Write the loss and learning rate of every step as TensorBoard event files to /opt/ml/output/tensorboard (docs/trackers.md); written whenever that folder exists (SageMaker's TensorBoardOutputConfig), even with False.")
     # --- data ---
     with_prior_preservation: Flag = hp(False, "Also train on class images (class_data_dir/, the rest generated from class_prompt) so the model keeps its idea of the class.")
     num_class_images: Int = hp(100, "Class images used with prior preservation; missing ones are generated with the base model.", ge=1, le=100000)

@@ -18,7 +18,7 @@ from . import stopping
 from .checkpoints import commit, disk_full_error, relocate, rotate
 from .background_checkpoints import CheckpointWriter
 from .distributed import any_rank, barrier, dist_ready
-from .metrics import perplexity
+from .metrics import perplexity, tracker_scalars
 
 log = logging.getLogger(__name__)
 
@@ -37,12 +37,12 @@ class MetricLines(TrainerCallback):
     def __init__(self):
         self.started: float | None = None
         self.first_step = 0
-        self.last: tuple[float, int] | None = None  # (time, tokens seen) at the previous logging step
+        self.rate = TokenRate()
         self.training_over = False
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.started, self.first_step = time.monotonic(), state.global_step
-        self.last = (self.started, state.num_input_tokens_seen)
+        self.rate.start(state.num_input_tokens_seen)
         self.training_over = False
 
     def on_train_end(self, args, state, control, **kwargs):
@@ -61,10 +61,8 @@ class MetricLines(TrainerCallback):
                   f"{_seconds(logs.get('eval_before_runtime'))}", flush=True)
 
     def progress_line(self, state, logs: dict) -> str:
-        now, tokens = time.monotonic(), state.num_input_tokens_seen
+        now, rate = time.monotonic(), self.rate.since_last(state.num_input_tokens_seen)
         step, total = state.global_step, state.max_steps
-        rate = (tokens - self.last[1]) / (now - self.last[0]) if self.last and now > self.last[0] else 0.0
-        self.last = (now, tokens)
         done = step - self.first_step
         eta = (now - self.started) / done * (total - step) if self.started is not None and done > 0 else None
         share = f" ({step / total:.0%})" if total else ""
@@ -84,6 +82,48 @@ class MetricLines(TrainerCallback):
         context = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 3)}
         fields = metric_fields("eval_loss", loss) + " " + metric_fields("eval_perplexity", perplexity(loss), **context)
         return f"evaluation at step {state.global_step}/{state.max_steps}: {summary} {fields}"
+
+
+class TokenRate:
+    """Tokens per second between consecutive logging steps (the Trainer's num_input_tokens_seen)."""
+
+    def __init__(self):
+        self.last: tuple[float, int] | None = None  # (time, tokens seen) at the previous logging step
+
+    def start(self, tokens: int) -> None:
+        self.last = (time.monotonic(), tokens)
+
+    def since_last(self, tokens: int) -> float:
+        now = time.monotonic()
+        rate = (tokens - self.last[1]) / (now - self.last[0]) if self.last and now > self.last[0] else 0.0
+        self.last = (now, tokens)
+        return rate
+
+
+class TrackerLogs(TrainerCallback):
+    """Each logging step and evaluation to the job's trackers (TensorBoard, MLflow: tuneforge/trackers)
+    as train/* and eval/* scalars, from rank 0. The evaluation after training is left out (and the
+    Trainer's closing summary has no step values): the job's final metrics (final/*) are sent when it ends."""
+
+    def __init__(self, trackers):
+        self.trackers = trackers
+        self.rate = TokenRate()
+        self.training_over = False
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.rate.start(state.num_input_tokens_seen)
+        self.training_over = False
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.training_over = True
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs or not self.trackers.active:
+            return
+        if self.training_over and "eval_loss" in logs:
+            return
+        rate = self.rate.since_last(state.num_input_tokens_seen) if "loss" in logs else None
+        self.trackers.scalars(tracker_scalars(logs, rate), state.global_step)
 
 
 def metric_fields(name: str, value: float, **context) -> str:

@@ -86,3 +86,36 @@ def rouge(predictions: list[str], references: list[str]) -> dict[str, float]:
     same = [p.strip().lower() == r.strip().lower() for p, r in zip(predictions, references)]
     scores["exact_match"] = sum(same) / len(same)
     return scores
+
+
+# results -> tracker metrics (trackers/): final/<name> after training, base/<name> before it
+FINAL_KEYS = ("train_loss", "train_perplexity", "eval_loss", "perplexity", *SCORE_KEYS, "train_tokens_per_second",
+              "train_runtime_s", "mfu", "steps")
+BASE_KEYS = {"eval_loss_before": "eval_loss", "perplexity_before": "perplexity"}
+
+
+def tracker_finals(results: dict) -> dict[str, float]:
+    """The job's final numbers as trackers name them: final/train_loss, final/rouge1,
+    final/eval_<task> (evaluation channel), base/eval_loss (the untouched model), ..."""
+    values = {f"final/{k}": results.get(k) for k in FINAL_KEYS}
+    values.update({f"base/{name}": results.get(key) for key, name in BASE_KEYS.items()})
+    for task, stages in (results.get("evaluation") or {}).items():
+        for stage, result in stages.items():
+            values[f"{'base' if stage == 'before' else 'final'}/eval_{task}"] = (result or {}).get("score")
+    for stage, result in (results.get("general_knowledge") or {}).items():
+        values[f"{'base' if stage == 'before' else 'final'}/general_knowledge"] = (result or {}).get("score")
+    return {k: v for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def tracker_scalars(logs: dict, tokens_per_second: float | None = None) -> dict[str, float]:
+    """One Trainer log (a logging step or an evaluation) as tracker scalars: train/loss,
+    train/learning_rate, train/grad_norm, train/epoch, train/tokens_per_second; eval/loss and
+    eval/perplexity (the baseline evaluation before training too, at step 0)."""
+    values = {}
+    if "loss" in logs:
+        values = {f"train/{k}": logs.get(k) for k in ("loss", "learning_rate", "grad_norm", "epoch")}
+        values["train/tokens_per_second"] = tokens_per_second or None
+    loss = logs.get("eval_loss", logs.get("eval_before_loss"))
+    if isinstance(loss, (int, float)):
+        values.update({"eval/loss": loss, "eval/perplexity": perplexity(loss)})
+    return {k: v for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}

@@ -165,6 +165,14 @@ class Recipe:
 
     # ------------------------------------------------------------------ run: the stages in order
     def run(self) -> dict:
+        """The job, its curves and final metrics sent to TensorBoard/MLflow where asked (tuneforge/trackers)."""
+        from ..trackers import job_trackers
+
+        with job_trackers(self.paths, self.config, task="text-generation", report=self.paths.output_data_dir,
+                          final=lambda: metrics.tracker_finals(self.results)) as self.trackers:
+            return self._run_and_gate()
+
+    def _run_and_gate(self) -> dict:
         from .resume import weights_only_loads
 
         try:
@@ -439,14 +447,15 @@ class Recipe:
 
         from .background_checkpoints import with_background_checkpoints
         from .batching import describe, with_length_grouping
-        from .callbacks import CommitCheckpoints, FailOnNonFinite, MetricLines, StopOnSignal
+        from .callbacks import CommitCheckpoints, FailOnNonFinite, MetricLines, StopOnSignal, TrackerLogs
         from .throughput import TokensSeen
 
         cfg, data, engine, args = self.config, prepared.data, prepared.engine, prepared.engine.args
         has_val = bool(data.val_tokens and data.val_tokens.features)
         kept = SimpleNamespace(stop=StopOnSignal(), tokens_seen=TokensSeen(), commit=CommitCheckpoints(
             engine.checkpoint_staging, self.paths.checkpoint_dir, cfg.save_total_limit, writer=self._checkpoint_writer(engine)))
-        callbacks = [MetricLines(), FailOnNonFinite(cfg.learning_rate), kept.stop, kept.commit, kept.tokens_seen]
+        callbacks = [MetricLines(), FailOnNonFinite(cfg.learning_rate), kept.stop, kept.commit, kept.tokens_seen,
+                     TrackerLogs(self.trackers)]
         if args.load_best_model_at_end and cfg.early_stopping_patience > 0:
             callbacks.append(EarlyStoppingCallback(cfg.early_stopping_patience, cfg.early_stopping_threshold))
         self.results["batching"] = describe(data.train_tokens.features, cfg.group_by_length,
