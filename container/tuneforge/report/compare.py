@@ -61,6 +61,11 @@ def _metric_row(label: str, key: str, lower_better, digits: int, jobs: list[JobO
     return [Cell(label, css="strong"), *cells]
 
 
+def _names(differ: list[str], most: int = 6) -> str:
+    """The differing hyperparameters by name, or their number where a list would fill a phone's screen."""
+    return ", ".join(differ) if len(differ) <= most else f"{len(differ)} hyperparameters (the table below)"
+
+
 def build_comparison(jobs: list[JobOutput]) -> Document:
     labels = [job.label for job in jobs]
     differ, values = differing_hyperparameters(jobs)
@@ -87,5 +92,5 @@ def build_comparison(jobs: list[JobOutput]) -> Document:
     if rows:
         caption = "no best marked: the jobs are not one sweep" if mixed else "green: the best of the row"
         sections.append(Section("Metrics", [Table(["metric", *labels], rows, caption=caption)]))
-    subtitle = f"{len(jobs)} jobs" + (f"; they differ in {', '.join(differ)}" if differ else "")
+    subtitle = f"{len(jobs)} jobs" + (f"; they differ in {_names(differ)}" if differ else "")
     return Document("tuneforge comparison: " + " vs ".join(labels), subtitle, sections)
