@@ -20,8 +20,12 @@ def fid_weights(tmp_path_factory):
     from tuneforge.diffusion.inception import FIDInceptionV3
 
     torch.manual_seed(0)
+    network = FIDInceptionV3()
+    for module in network.modules():  # scaled so the features neither vanish nor explode over 94 layers
+        if isinstance(module, torch.nn.Conv2d):
+            torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
     path = tmp_path_factory.mktemp("fid") / WEIGHTS_FILE
-    torch.save(FIDInceptionV3().state_dict(), path)
+    torch.save(network.state_dict(), path)
     return path
 
 
@@ -62,6 +66,16 @@ def test_a_wrong_weights_file_names_the_file_and_the_fix(tmp_path, fid_weights):
 def test_identical_feature_sets_are_at_distance_zero():
     rows = np.random.default_rng(0).normal(size=(40, 6))
     assert abs(fid_score(rows, rows.copy())) < 1e-6
+    few = np.random.default_rng(1).normal(size=(5, 2048))  # fewer images than features, as in a job
+    assert abs(fid_score(few, few.copy())) < 1e-6
+
+
+def test_the_few_images_shortcut_equals_the_full_square_root():
+    """fid_score's n x n eigenvalue form gives what pytorch-fid's sqrtm of the d x d product gives."""
+    rng = np.random.default_rng(2)
+    real, drawn = rng.normal(size=(7, 48)), rng.normal(size=(4, 48)) * 1.5 + 0.3
+    assert fid_score(real, drawn) == pytest.approx(frechet_distance(*statistics(real), *statistics(drawn)), rel=1e-5)
+    assert fid_score(real, drawn) > 50  # far apart: not a formula that always answers 0
 
 
 def test_frechet_distance_matches_a_hand_computation():
@@ -92,3 +106,23 @@ def test_compute_fid_without_the_channel_fails_at_once_naming_it(job, sd_base):
     job.failure.unlink()
     assert job.run_in_process() != 0
     assert f"the `{FID_CHANNEL}` channel holds no {WEIGHTS_FILE} (found: inception.pth)" in job.failure_first_line()
+
+
+@pytest.mark.slow
+def test_a_job_with_the_fid_channel_reports_fid_score(job, sd_base, fid_weights, capfd):
+    import shutil
+
+    dreambooth_job(job, sd_base, {**FAST, "max_steps": "6", "compute_fid": "True", "fid_images": "3"})
+    shutil.copy(fid_weights, job.channel(FID_CHANNEL))
+    assert job.run_in_process() == 0, job.failure.read_text() if job.failure.exists() else ""
+    log = "".join(capfd.readouterr())
+    metrics = job.metrics()
+    for key in ("fid_score_before", "fid_score"):
+        assert metrics[key] > 0 and np.isfinite(metrics[key]), metrics
+        assert f"[metric] {key}={metrics[key]:.6f}" in log
+    assert metrics["fid_images"] == 3 and metrics["phases"]["fid_score"] < 120
+    assert metrics["fid_score"] != metrics["fid_score_before"]  # the fine-tuned model draws other pictures
+    page = (job.base / "output" / "data" / "report.html").read_text()
+    assert f'data-key="fid_score" data-value="{metrics["fid_score"]!r}"' in page
+    assert f'data-key="fid_score_before" data-value="{metrics["fid_score_before"]!r}"' in page
+    assert "fid_score against the training images" in (job.base / "output" / "data" / "report.md").read_text()

@@ -98,5 +98,52 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
 
 
 def fid_score(real: np.ndarray, generated: np.ndarray) -> float:
-    """FID of two feature sets (rows: images); never below 0 (rounding can give -1e-9)."""
-    return max(0.0, frechet_distance(*statistics(real), *statistics(generated)))
+    """FID of two feature sets (rows: images), equal to frechet_distance of their statistics.
+
+    With fewer images than features (a DreamBooth job has a handful against 2048) the covariances
+    are A^T A / (n - 1) of the centered rows A, and Tr sqrt(S1 S2) is Tr sqrt(M) of the small
+    symmetric M = A1 S2 A1^T / (n1 - 1) (S1 S2 = X Y and Y X = M share their nonzero eigenvalues):
+    the eigenvalues of an n1 x n1 matrix instead of the square root of a 2048 x 2048 one, which
+    takes minutes on a CPU."""
+    from scipy import linalg
+
+    mu1, sigma1 = statistics(real)
+    mu2, sigma2 = statistics(generated)
+    if len(real) >= real.shape[1]:
+        return max(0.0, frechet_distance(mu1, sigma1, mu2, sigma2))
+    centered = real - mu1
+    small = centered @ sigma2 @ centered.T / (len(real) - 1)
+    # M is symmetric positive semi-definite: the trace of its root is the sum of its eigenvalues' roots
+    trace_root = float(np.sqrt(np.clip(linalg.eigvalsh((small + small.T) / 2), 0.0, None)).sum())
+    diff = mu1 - mu2
+    return max(0.0, float(diff.dot(diff) + np.trace(sigma1) + np.trace(sigma2) - 2 * trace_root))
+
+
+class FidMeter:
+    """fid_score for the job: the training images' features once, each set of drawn pictures against them."""
+
+    def __init__(self, network, device: str):
+        self.network, self.device = network, device
+        self.real: np.ndarray | None = None
+
+    @classmethod
+    def for_job(cls, paths, device: str) -> FidMeter:
+        path = weights_file(paths)
+        meter = cls(load_inception(path, device), device)
+        log.info("fid_score: FID Inception-v3 weights from %s", path)
+        return meter
+
+    def set_real(self, images: list, resolution: int) -> None:
+        """The training images as the model learns them: square, at the training resolution."""
+        from PIL import Image, ImageOps
+
+        if len(images) < 2:
+            from ..errors import DataError
+
+            raise DataError(f"fid_score needs at least 2 training images, the channel has {len(images)}",
+                            fix="add more pictures of the subject, or set compute_fid to False")
+        square = [ImageOps.fit(image, (resolution, resolution), method=Image.BICUBIC) for image in images]
+        self.real = features(self.network, square, self.device)
+
+    def score(self, images: list) -> float:
+        return fid_score(self.real, features(self.network, images, self.device))

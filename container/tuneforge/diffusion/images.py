@@ -83,20 +83,47 @@ def _save_atomically(image, path: Path) -> None:
     os.replace(partial, path)
 
 
-def grid(before: list, after: list):
-    """Two labelled rows, before over after, of equal-sized images."""
-    from PIL import Image, ImageDraw
+GRID_TILE = 256  # smaller pictures are enlarged (pixels repeated) to this side in the grid
+GRID_FONT = 22
+GRID_LABEL_WIDTH = 180
+GRID_GAP = 8
+
+
+def grid(before: list, after: list, prompt: str = ""):
+    """Two labelled rows, base model over fine-tuned, of equal-sized pictures: the prompt on top, the
+    row names on the left, in a font read at a glance; pictures under GRID_TILE px are enlarged
+    with their pixels repeated (no smoothing that would hide what the model drew)."""
+    from PIL import Image, ImageDraw, ImageFont
 
     width, height = before[0].size
-    label = 14
-    canvas = Image.new("RGB", (width * len(before), 2 * (height + label)), "white")
+    scale = max(1, -(-GRID_TILE // max(width, height)))  # ceil
+    tile_w, tile_h = width * scale, height * scale
+    font = ImageFont.load_default(size=GRID_FONT)
+    top = GRID_FONT * 2 + GRID_GAP if prompt else GRID_GAP
+    columns = len(before)
+    canvas = Image.new("RGB", (GRID_LABEL_WIDTH + columns * (tile_w + GRID_GAP), top + 2 * (tile_h + GRID_GAP)), "white")
     draw = ImageDraw.Draw(canvas)
-    for row, (name, images) in enumerate((("before", before), ("after", after))):
-        top = row * (height + label)
-        draw.text((2, top + 1), name, fill="black")
-        for column, image in enumerate(images):
-            canvas.paste(image, (column * width, top + label))
+    if prompt:
+        draw.text((GRID_GAP, GRID_GAP), _fitted(f"prompt: {prompt}", font, canvas.width - 2 * GRID_GAP), fill="black",
+                  font=font)
+    rows = (("before", "(base model)", before), ("after", "(fine-tuned)", after))
+    for row, (name, note, pictures) in enumerate(rows):
+        y = top + row * (tile_h + GRID_GAP)
+        draw.text((GRID_GAP, y + tile_h // 2 - GRID_FONT), name, fill="black", font=font)
+        draw.text((GRID_GAP, y + tile_h // 2 + 4), note, fill="#555555", font=font)
+        for column, picture in enumerate(pictures):
+            enlarged = picture.resize((tile_w, tile_h), Image.NEAREST) if scale > 1 else picture
+            canvas.paste(enlarged, (GRID_LABEL_WIDTH + column * (tile_w + GRID_GAP), y))
     return canvas
+
+
+def _fitted(text: str, font, width: int) -> str:
+    """The text, cut with an ellipsis where it would run past `width` pixels."""
+    if font.getlength(text) <= width:
+        return text
+    while text and font.getlength(text + " ...") > width:
+        text = text[:-1]
+    return text + " ..."
 
 
 def write_report_images(output_data_dir: Path, prompt: str, before: list, after: list) -> dict:
@@ -109,5 +136,5 @@ def write_report_images(output_data_dir: Path, prompt: str, before: list, after:
             name = f"{kind}-{number}.png"
             image.save(folder / name)
             names[kind].append(f"{IMAGES_DIR}/{name}")
-    grid(before, after).save(output_data_dir / GRID_FILE)
+    grid(before, after, prompt).save(output_data_dir / GRID_FILE)
     return {"prompt": prompt, "grid": GRID_FILE, **names}

@@ -23,7 +23,7 @@ from ..model_folder import ModelMetadata
 from ..train import stopping
 from ..train.artifacts import ModelWriter, is_disk_full
 from ..train.metrics import print_metric
-from . import images, state
+from . import facts, images, state
 from .data import read_channel
 from .examples import Examples
 from .model import (TEXT_LORA_TARGETS, UNET_LORA_TARGETS, add_lora, inference_pipeline, load_parts, merge_lora,
@@ -45,6 +45,8 @@ class DreamBooth:
         self.device = pick_device()
         self.results: dict = {"task": TASK}
         self.before: list = []
+        self.clock = facts.PhaseClock()
+        self.fid = None  # fid.FidMeter with compute_fid
 
     def run(self) -> None:
         started = time.monotonic()
@@ -57,19 +59,28 @@ class DreamBooth:
     def setup(self) -> None:
         cfg = self.config
         self.data = read_channel(self.paths.train_channel(), with_prior_preservation=cfg.with_prior_preservation)
+        if cfg.compute_fid:  # a wrong weights file fails before the pipeline loads
+            from .fid import FidMeter
+
+            self.fid = FidMeter.for_job(self.paths, self.device)
         self.base_dir = resolve_base_pipeline(self.paths, cfg.model_id)
         self.parts = load_parts(self.base_dir)
         for module in (self.parts.unet, self.parts.vae, self.parts.text_encoder):
             module.to(self.device).requires_grad_(False)
         self.resolution = cfg.resolution or self.native_resolution()
         pipeline = inference_pipeline(self.base_dir, self.parts, self.device)
+        self.clock.mark("loading data and model")
         class_images, generated = [], 0
         if cfg.with_prior_preservation:
             class_images, generated = images.ensure_class_images(self.paths, pipeline, self.data, cfg,
                                                                  self.resolution, stopping.requested)
+            self.clock.mark("class images")
         self.results.update(instance_images=len(self.data.instance_files), class_images=len(class_images),
-                            class_images_generated=generated, resolution=self.resolution)
+                            class_images_generated=generated, resolution=self.resolution,
+                            data=facts.data_facts(self.data, len(class_images), generated, self.resolution, cfg))
         self.before = self.sample(pipeline)
+        self.clock.mark("images before training")
+        self.measure_fid(pipeline, "fid_score_before")
         self.examples = Examples(self.data, class_images, self.parts.tokenizer, self.resolution, cfg.center_crop,
                                  cfg.seed)
         self.identity = state.identity(cfg, self.base_dir, self.data, len(class_images), self.resolution)
@@ -96,6 +107,7 @@ class DreamBooth:
             parts.unet.enable_gradient_checkpointing()
         params = list(state.trainable(self.modules).values())
         self.results["trainable_parameters"] = sum(p.numel() for p in params)
+        self.results["parameters"] = facts.parameters(parts, self.results["trainable_parameters"])
         self.optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
                                            eps=cfg.adam_epsilon, weight_decay=cfg.adam_weight_decay)
         batches = math.ceil(len(self.examples) / cfg.batch_size)
@@ -170,10 +182,17 @@ class DreamBooth:
         log.info("training %s: %d steps (%d per epoch), batch %d x %d accumulation, resolution %d, on %s",
                  "LoRA" if cfg.use_lora else "the full UNet", self.total_steps, self.steps_per_epoch, cfg.batch_size,
                  cfg.gradient_accumulation_steps, self.resolution, self.device)
+        self.clock.mark("preparing training, loss before")
         history = run_loop(self, position)
-        self.results.update(steps=self.total_steps, loss_history=history,
+        seconds = self.clock.mark("training")
+        trained = facts.images_trained([step for step, _ in history], len(self.data.instance_files), cfg,
+                                       bool(self.examples.klass))
+        self.results.update(steps=self.total_steps, loss_history=history, epochs=facts.epochs_done(
+                            self.total_steps, self.steps_per_epoch), train_images=trained,
+                            train_images_per_second=facts.per_second(trained, seconds),
                             train_loss=_tail_mean([loss for _, loss in history], self.steps_per_epoch))
         self.results["final_loss"] = self.fixed_loss()
+        self.clock.mark("loss after training")
         if self.results.get("train_loss") is not None:
             print_metric("final_train_loss", self.results["train_loss"])
         print_metric("final_loss", self.results["final_loss"])
@@ -206,6 +225,7 @@ class DreamBooth:
                                     fix="give the job more disk (VolumeSizeInGB) or free space there") from exc
             raise
         log.info("pipeline written to %s", self.paths.model_dir)
+        self.clock.mark("saving the pipeline")
 
     def metadata(self) -> dict:
         cfg = self.config
@@ -224,14 +244,34 @@ class DreamBooth:
         return images.generate(pipeline, self.data.instance_prompt, cfg.num_report_images, seed=cfg.seed,
                                resolution=self.resolution, steps=cfg.num_inference_steps, guidance=cfg.guidance_scale)
 
+    def measure_fid(self, pipeline, key: str) -> None:
+        """fid_score (key) of fid_images pictures of the instance prompt against the training images."""
+        if self.fid is None:
+            return
+        cfg = self.config
+        if self.fid.real is None:
+            self.fid.set_real(self.data.instance_images, self.resolution)
+        drawn = []
+        for start in range(0, cfg.fid_images, cfg.sample_batch_size):  # the same pictures before and after
+            drawn += images.generate(pipeline, self.data.instance_prompt, min(cfg.sample_batch_size, cfg.fid_images - start),
+                                     seed=cfg.seed + 1 + start, resolution=self.resolution,
+                                     steps=cfg.num_inference_steps, guidance=cfg.guidance_scale)
+        self.results[key] = self.fid.score(drawn)
+        self.results["fid_images"] = cfg.fid_images
+        print_metric(key, self.results[key])
+        self.clock.mark("fid_score")
+
     def report(self, runtime_s: float) -> None:
         out = self.paths.output_data_dir
         out.mkdir(parents=True, exist_ok=True)
         if self.before:
             after = self.sample(self.pipeline)
             self.results["images"] = images.write_report_images(out, self.data.instance_prompt, self.before, after)
+            self.clock.mark("images after training")
+        self.measure_fid(self.pipeline, "fid_score")
         self.results.update(train_runtime_s=round(runtime_s, 2), method="lora" if self.config.use_lora else "full",
-                            instance_prompt=self.data.instance_prompt)
+                            instance_prompt=self.data.instance_prompt, job=facts.job_facts(self),
+                            phases=self.clock.seconds)
         (out / "metrics.json").write_text(json.dumps(self.results, indent=2, default=str) + "\n")
         from ..report import write_job_report
 
