@@ -107,3 +107,20 @@ def test_an_unreachable_mlflow_server_is_a_warning_and_the_job_succeeds(job, tin
 
 def logged_at(line: str) -> float:
     return datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+
+
+def test_a_failed_job_is_a_failed_mlflow_run_with_what_it_got_to(job, tiny, tmp_path, monkeypatch):
+    from mlflow import MlflowClient
+
+    store = (tmp_path / "mlruns").as_uri()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    prepared(job, tiny, epoch="1")
+    with open(job.base / "input" / "data" / "train" / "data.jsonl", "a") as handle:
+        handle.write("{broken\n")
+    result = job.run_cli()
+    assert result.returncode == 1 and "malformed JSON" in job.failure_first_line()
+    client = MlflowClient(store)
+    [run] = client.search_runs([client.get_experiment_by_name("tuneforge").experiment_id])
+    assert run.info.status == "FAILED" and run.data.params["epoch"] == "1"
+    assert "metrics.json" in {a.path for a in client.list_artifacts(run.info.run_id)}
