@@ -400,12 +400,14 @@ def _state(step, total, epoch, tokens):
 def test_one_line_per_logging_step_and_per_evaluation(capsys, monkeypatch):
     from tuneforge.train import callbacks
 
-    clock = iter([100.0, 110.0, 120.0])
-    monkeypatch.setattr(callbacks.time, "monotonic", lambda: next(clock))
+    now = [100.0]  # a clock that moves only where the test moves it, however often it is read
+    monkeypatch.setattr(callbacks.time, "monotonic", lambda: now[0])
     lines = callbacks.MetricLines()
     lines.on_log(None, _state(0, 40, 0.0, 0), None, logs={"eval_before_loss": 2.5, "eval_before_runtime": 0.5})
     lines.on_train_begin(None, _state(0, 40, 0.0, 0), None)
+    now[0] = 110.0
     lines.on_log(None, _state(10, 40, 0.5, 5000), None, logs={"loss": 2.0, "learning_rate": 2e-4, "epoch": 0.5})
+    now[0] = 120.0
     lines.on_log(None, _state(20, 40, 1.0, 10000), None, logs={"loss": 1.5, "learning_rate": 1e-4, "epoch": 1.0})
     lines.on_log(None, _state(20, 40, 1.0, 10000), None, logs={"eval_loss": 1.25, "eval_runtime": 1.5})
     lines.on_train_end(None, _state(40, 40, 2.0, 20000), None)
