@@ -45,6 +45,14 @@ def test_the_standard_layout_loads_strictly_and_gives_2048_features(fid_weights)
     assert rows.shape == (3, 2048) and np.isfinite(rows).all()
 
 
+def test_a_file_without_batch_counts_loads(tmp_path, fid_weights):
+    """Files saved before PyTorch 0.4.1 have no num_batches_tracked; everything else must match."""
+    state = {k: v for k, v in torch.load(fid_weights, weights_only=True).items() if "num_batches_tracked" not in k}
+    torch.save(state, tmp_path / WEIGHTS_FILE)
+    network = load_inception(tmp_path / WEIGHTS_FILE)
+    assert torch.equal(network.state_dict()["Mixed_7c.branch1x1.conv.weight"], state["Mixed_7c.branch1x1.conv.weight"])
+
+
 def test_a_wrong_weights_file_names_the_file_and_the_fix(tmp_path, fid_weights):
     state = torch.load(fid_weights, weights_only=True)
     state["fc.weight"] = torch.zeros(1000, 2048)  # torchvision's ImageNet head, not the FID graph's

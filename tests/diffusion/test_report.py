@@ -50,3 +50,15 @@ def test_the_report_of_a_real_job_has_the_language_model_pages_depth(trained_job
     assert "![the instance prompt drawn before and after fine-tuning](image_grid.png)" in markdown
     assert f'prompt "{INSTANCE_PROMPT}"; seed 0; top row: the base model, bottom row: the fine-tuned model' in markdown
     assert (out / "image_grid.png").is_file()
+
+
+def test_images_trained_counts_the_short_last_batch_and_the_class_pictures():
+    from types import SimpleNamespace
+
+    from tuneforge.diffusion.facts import epochs_done, examples_per_step, images_trained
+
+    assert examples_per_step(5, 2, 1) == [2, 2, 1] and examples_per_step(5, 2, 2) == [4, 1]
+    config = SimpleNamespace(batch_size=2, gradient_accumulation_steps=1)
+    assert images_trained([1, 2, 3, 4], 5, config, prior=False) == 2 + 2 + 1 + 2  # step 4 starts epoch 2
+    assert images_trained([3, 4], 5, config, prior=True) == 2 * (1 + 2)  # a resumed run counts its own steps
+    assert epochs_done(12, 5) == 2.4

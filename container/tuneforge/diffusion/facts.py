@@ -48,8 +48,8 @@ def examples_per_step(examples: int, batch_size: int, accumulation: int) -> list
 
 
 def images_trained(steps: list[int], examples: int, config, prior: bool) -> int:
-    """Images the UNet trained on in these (1-based) optimizer steps; with prior preservation every
-    instance image comes with a class image."""
+    """Images the UNet trained on in these (1-based) optimizer steps of epochs `examples` long; with
+    prior preservation every instance image comes with a class image."""
     per_step = examples_per_step(examples, config.batch_size, config.gradient_accumulation_steps)
     total = sum(per_step[(step - 1) % len(per_step)] for step in steps)
     return total * (2 if prior else 1)

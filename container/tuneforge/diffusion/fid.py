@@ -52,12 +52,22 @@ def load_inception(path: Path, device: str = "cpu"):
         state = torch.load(path, map_location="cpu", weights_only=True)
         if not isinstance(state, dict):
             raise TypeError(f"it holds a {type(state).__name__}, not a state dict")
-        network.load_state_dict(state, strict=True)
+        network.load_state_dict(_with_batch_counts(state, network), strict=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable or mismatched file gets the same answer
         reason = " ".join(str(exc).split())[:300]
         raise ModelError(f"{path.name} is not the FID Inception-v3 weights file ({type(exc).__name__}: {reason})",
                          where=str(path), fix=f"replace it with {WEIGHTS_FILE} unchanged: {GET_WEIGHTS}") from None
     return network.eval().requires_grad_(False).to(device)
+
+
+def _with_batch_counts(state: dict, network) -> dict:
+    """The state with BatchNorm's num_batches_tracked where a file saved before PyTorch 0.4.1 has
+    none (BatchNorm fills them so itself for such files; unused in evaluation); all else as it is."""
+    import torch
+
+    missing = {key: torch.tensor(0) for key in network.state_dict()
+               if key.endswith(".num_batches_tracked") and key not in state}
+    return {**state, **missing} if missing else state
 
 
 def features(network, images: list, device: str = "cpu") -> np.ndarray:

@@ -185,8 +185,7 @@ class DreamBooth:
         self.clock.mark("preparing training, loss before")
         history = run_loop(self, position)
         seconds = self.clock.mark("training")
-        trained = facts.images_trained([step for step, _ in history], len(self.data.instance_files), cfg,
-                                       bool(self.examples.klass))
+        trained = facts.images_trained([step for step, _ in history], len(self.examples), cfg, bool(self.examples.klass))
         self.results.update(steps=self.total_steps, loss_history=history, epochs=facts.epochs_done(
                             self.total_steps, self.steps_per_epoch), train_images=trained,
                             train_images_per_second=facts.per_second(trained, seconds),
