@@ -172,10 +172,13 @@ def parser() -> argparse.ArgumentParser:
                         help="put two or more jobs side by side (compare.html, compare.md)")
     report.add_argument("--out", help="folder to write to (default: the job's output/data, or . for --compare)")
     report.set_defaults(func=_report)
-    evaluate = sub.add_parser("evaluate", help="score a model folder on task files (docs/evaluation.md)")
-    evaluate.add_argument("--model-dir", required=True, help="a model folder (training's model/, or plain HF)")
-    evaluate.add_argument("--tasks", required=True, help="a folder of <task>.jsonl files")
-    evaluate.add_argument("--compare-to", help="another model folder (e.g. the base) scored on the same tasks")
+    evaluate = sub.add_parser("evaluate", help="score a model folder or a served model on task files "
+                              "(docs/evaluation.md)")
+    evaluate.add_argument("--model-dir", required=True, help="a model folder (training's model/, or plain HF), or "
+                          "a tuneforge server's URL (http://host:port)")
+    evaluate.add_argument("--tasks", required=True, help="a folder of <task>.jsonl files (and lm-eval task YAMLs)")
+    evaluate.add_argument("--compare-to", help="another model folder or server URL (e.g. the base) scored on the "
+                          "same tasks")
     evaluate.add_argument("--min-score", help="gate: task=score pairs, e.g. tickets=0.9,general=0.5")
     evaluate.add_argument("--max-regression", type=float,
                           help="gate: points any task may lose against --compare-to, e.g. 0.02")

@@ -1,5 +1,6 @@
-"""`tuneforge evaluate`: a model folder's scores on a tasks folder, beside another model's, with an
-optional gate (exit 1 when a task scores too low or lost too much against the other model)."""
+"""`tuneforge evaluate`: a model folder's (or a served model's) scores on a tasks folder, beside
+another model's, with an optional gate (exit 1 when a task scores too low or lost too much against
+the other model); `tuneforge metric-definitions`."""
 
 from __future__ import annotations
 
@@ -13,11 +14,16 @@ from .scoring import score_task
 from .tasks import load_tasks
 
 
-def evaluate(model_dir: Path, tasks_dir: Path, max_new_tokens: int = 64) -> dict[str, dict]:
+def evaluate(model_dir: str | Path, tasks_dir: Path, max_new_tokens: int = 64) -> dict[str, dict]:
+    """Every task's scores on a model folder, or on a served model (an http(s):// URL; endpoint.py)."""
+    from .endpoint import is_url, score_endpoint
+
+    tasks = load_tasks(tasks_dir)  # before the model: a bad task file fails at once
+    if is_url(model_dir):
+        return score_endpoint(str(model_dir), tasks, max_new_tokens=max_new_tokens)
     from ..serve.loader import load_model
     from ..serve.settings import ServeSettings
 
-    tasks = load_tasks(tasks_dir)  # before the model: a bad task file fails at once
     loaded = load_model(ServeSettings(model_dir=Path(model_dir), dtype="float32"))
     return {task.name: score_task(task, loaded, max_new_tokens=max_new_tokens) for task in tasks}
 
@@ -41,8 +47,8 @@ def main(args) -> int:
         if thresholds is None:
             raise HyperparameterError(f"{args.min_score!r} is not task=score pairs", where="--min-score",
                                       fix="write e.g. tickets=0.9,general=0.5")
-        results = evaluate(Path(args.model_dir), Path(args.tasks), args.max_new_tokens)
-        baseline = evaluate(Path(args.compare_to), Path(args.tasks), args.max_new_tokens) if args.compare_to else None
+        results = evaluate(args.model_dir, Path(args.tasks), args.max_new_tokens)
+        baseline = evaluate(args.compare_to, Path(args.tasks), args.max_new_tokens) if args.compare_to else None
     except UserError as exc:
         print(f"evaluate: {exc}", file=sys.stderr)
         return 2

@@ -28,11 +28,17 @@ def score_task(task: Task, loaded, *, max_new_tokens: int = 64) -> dict:
 
 
 def _multiple_choice(task: Task, loaded) -> dict:
+    return multiple_choice_scores(task, lambda context, continuation: loglikelihood(loaded.model, loaded.tokenizer,
+                                                                                    context, continuation))
+
+
+def multiple_choice_scores(task: Task, loglikelihood_of) -> dict:
+    """acc and acc_norm of the items, `loglikelihood_of(context, continuation)` scoring each choice."""
     right = right_norm = 0
     details = []
     for item in task.items:
         context = MC_CONTEXT.format(question=item["question"])
-        scores = [loglikelihood(loaded.model, loaded.tokenizer, context, DELIMITER + c) for c in item["choices"]]
+        scores = [loglikelihood_of(context, DELIMITER + c) for c in item["choices"]]
         best = max(range(len(scores)), key=scores.__getitem__)
         best_norm = max(range(len(scores)), key=lambda i: scores[i] / len(item["choices"][i]))
         right += best == item["answer"]
@@ -44,13 +50,19 @@ def _multiple_choice(task: Task, loaded) -> dict:
             "details": details}
 
 
+def split_pair(context: str, continuation: str) -> tuple[str, str]:
+    """lm-eval's split: the context's trailing spaces move to the continuation."""
+    spaces = len(context) - len(context.rstrip())
+    if spaces:
+        context, continuation = context[:-spaces], context[-spaces:] + continuation
+    return context, continuation
+
+
 @torch.no_grad()
 def loglikelihood(model, tokenizer, context: str, continuation: str) -> float:
     """log p(continuation | context), tokenized as lm-eval pairs them: the context's trailing
     spaces move to the continuation, whose tokens are the whole text's beyond the context's."""
-    spaces = len(context) - len(context.rstrip())
-    if spaces:
-        context, continuation = context[:-spaces], context[-spaces:] + continuation
+    context, continuation = split_pair(context, continuation)
     whole = tokenizer(context + continuation, add_special_tokens=False)["input_ids"]
     context_ids = tokenizer(context, add_special_tokens=False)["input_ids"]
     target = whole[len(context_ids):]
@@ -63,9 +75,18 @@ def _generation(task: Task, loaded, max_new_tokens: int) -> dict:
     from ..train import metrics
 
     prompts = [render_item(item, loaded, f"{task.path}:{i + 1}") for i, item in enumerate(task.items)]
-    references = [item["reference"] for item in task.items]
     answers = metrics.generate(loaded.model, loaded.tokenizer, prompts, seq2seq=loaded.seq2seq,
                                max_new_tokens=max_new_tokens, max_input_length=loaded.max_input_tokens)
+    return generation_scores(task, prompts, answers)
+
+
+def generation_scores(task: Task, prompts: list, answers: list[str]) -> dict:
+    """Exact match and ROUGE-L of the answers against the items' references (ROUGE-L is the score)."""
+    from ..train import metrics
+
+    references = [item["reference"] for item in task.items]
+    # a character cut short by the token limit: decoded as U+FFFD here, held back by a server
+    answers = [answer.rstrip("\ufffd").strip() for answer in answers]
     scores = metrics.rouge(answers, references)
     return {"kind": task.kind, "items": len(answers), "score": scores["rougeL"], "exact_match": scores["exact_match"],
             "rougeL": scores["rougeL"],
@@ -75,6 +96,12 @@ def _generation(task: Task, loaded, max_new_tokens: int) -> dict:
 def render_item(item: dict, loaded, where: str) -> str:
     """The item's prompt the way the model was fine-tuned to read one (its saved template)."""
     fmt = loaded.info.prompt
+    if "messages" in item and fmt.takes_fields:  # an instruction fine-tune reads a chat as the server renders it
+        try:
+            return fmt.render_messages(item["messages"])
+        except ValueError as exc:
+            raise DataError(str(exc), where=where, fix="write the chat as one user message (after at most one "
+                            "system message), or the template's fields") from None
     if "messages" in item:
         return render_chat(loaded.tokenizer, item["messages"], add_generation_prompt=True,
                            chat_template=fmt.chat_template)
