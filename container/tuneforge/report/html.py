@@ -81,9 +81,10 @@ def _cell(cell: Cell, header: bool = False, label: str = "") -> str:
 
 
 def breakable(text: str) -> str:
-    """Escaped text that may wrap after a "/" or "_" (<wbr>): a long path or snake_case name in a
-    narrow column or on a phone breaks between its parts, not inside a word."""
-    return escape(text).replace("/", "/<wbr>").replace("_", "_<wbr>")
+    """Escaped text that may wrap after a path's "/" (<wbr>): a long path in a narrow column or on a
+    phone breaks between its folders, not inside a name. snake_case names stay whole (searchable
+    as written); a table of them scrolls in its own box."""
+    return escape(text).replace("/", "/<wbr>")
 
 
 def _table(table: Table) -> str:
