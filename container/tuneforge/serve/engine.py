@@ -5,7 +5,13 @@ worker takes the oldest waiting job, lets it wait up to max_batch_wait_ms for co
 the same sampling settings, and runs them as one left-padded generate call. Per-sequence work
 (stop sequences, per-request max_new_tokens, deadlines, streaming, logprobs) happens in a
 StoppingCriteria that sees every new token, so a short answer leaves the batch early without
-waiting for its neighbours, and its tokens reach a streaming client as they are made.
+waiting for its neighbours (its caller gets it at once), and its tokens reach a streaming client
+as they are made.
+
+Long generations do not starve short requests: a generate call that has run batch_slice_s while
+other requests wait stops, and its unfinished sequences go back to the end of the queue with
+what they generated so far (their next call reads it as prompt). Seeded sampling (its random
+stream must not depend on load) and seq2seq models are not cut.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ __all__ = ["DeadlineExceeded", "Engine", "GenerationFailed", "GenerationRequest"
 
 log = logging.getLogger(__name__)
 SCORE_CHUNK = 512  # prompt positions turned into float32 log-probabilities at a time
+CUT_COST = 4  # a cut generate call has decoded at least this many times its prefill time
 
 
 @dataclass(frozen=True)
@@ -121,6 +128,9 @@ class Job:
         self.error: Exception | None = None
         self.cancelled = False
         self.seed: int | None = None  # set when its batch starts, before the first token
+        self.sequences: list[_Row] | None = None  # made by its first generate call, kept across slices
+        self.prompt_scores: list[Token] | None = None
+        self.inference_time = 0.0  # seconds in generate calls, summed over its slices
 
     def rows(self) -> int:
         return self.request.n
@@ -164,8 +174,9 @@ class Engine:
         self.max_batch_tokens = settings.max_batch_tokens
         self.max_wait = settings.max_batch_wait_ms / 1000.0
         self.max_queue = settings.max_queue
+        self.slice_s = settings.batch_slice_s
         self.metrics = metrics or ServeMetrics()
-        self._waiting: list[Job] = []
+        self._waiting: list[Job] = []  # new jobs and the unfinished ones of a cut generate call
         self._cond = threading.Condition()
         self._stopping = False
         self._thread = threading.Thread(target=self._loop, name="tuneforge-batcher", daemon=True)
@@ -260,40 +271,67 @@ class Engine:
             return
         started = time.monotonic()
         with _adapter_active(self.model, self.loaded.info.adapters, live[0].request.adapter):
-            scores = {job.id: self._score_prompt(job) for job in live if job.request.prompt_logprobs is not None}
-            rows = [_Row(job, i, self.tokenizer, self.loaded) for job in live if job.request.max_new_tokens > 0
-                    for i in range(job.rows())]
-            seed = self._seed(live)
+            for job in live:
+                if job.sequences is None:  # its first call
+                    if job.request.prompt_logprobs is not None:
+                        job.prompt_scores = self._score_prompt(job)
+                    job.sequences = [_Row(job, i, self.tokenizer, self.loaded) for i in range(job.rows())
+                                     if job.request.max_new_tokens > 0]
+            rows = [row for job in live for row in job.sequences if not row.finished]
+            self._seed(live)
+            cut = _Slice(started, self.slice_s, self._waiting) if self._may_cut(live) else None
             if rows:
-                self._generate(rows, live[0].request.sampling)
-        elapsed = time.monotonic() - started
-        self.metrics.batch_duration.observe(elapsed)
+                self._generate(rows, live[0].request.sampling, cut, started)
+        self.metrics.batch_duration.observe(time.monotonic() - started)
         for job in live:
-            own = [row for row in rows if row.job is job]
-            if job.request.deadline is not None and any(r.finish_reason == "deadline" for r in own):
-                job._finish(error=DeadlineExceeded(DEADLINE_PASSED))
+            if job.done.is_set():
                 continue
-            # max_new_tokens 0 (an echoed prompt scored, nothing generated): empty sequences
-            sequences = [row.sequence() for row in own] or [Sequence(i, "", [], "length") for i in range(job.rows())]
-            result = Result(sequences=sequences, prompt_tokens=len(job.request.prompt_ids), seed=seed,
-                            queue_time=job.started - job.created, inference_time=elapsed,
-                            prompt_scores=scores.get(job.id))
-            self.metrics.generated_tokens.inc(result.generated_tokens)
-            job._finish(result)
+            if any(not row.finished for row in job.sequences):
+                self._requeue(job, started)
+            else:
+                self._complete(job, started)
+
+    def _may_cut(self, live: list[Job]) -> bool:
+        sampling = live[0].request.sampling
+        return self.slice_s > 0 and not self.loaded.seq2seq and not (sampling.do_sample and sampling.seed is not None)
+
+    def _requeue(self, job: Job, started: float) -> None:
+        """A job of a cut generate call: back to the end of the queue, its sequences kept."""
+        job.inference_time += time.monotonic() - started
+        with self._cond:
+            self._waiting.append(job)
+            self._cond.notify()
+        self.metrics.queue_depth.refresh()
+
+    def _complete(self, job: Job, started: float) -> None:
+        """Answer a job whose sequences all ended (called as soon as they do, mid-batch too)."""
+        job.inference_time += time.monotonic() - started
+        own = job.sequences
+        if job.request.deadline is not None and any(r.finish_reason == "deadline" for r in own):
+            job._finish(error=DeadlineExceeded(DEADLINE_PASSED))
+            return
+        # max_new_tokens 0 (an echoed prompt scored, nothing generated): empty sequences
+        sequences = [row.sequence() for row in own] or [Sequence(i, "", [], "length") for i in range(job.rows())]
+        result = Result(sequences=sequences, prompt_tokens=len(job.request.prompt_ids), seed=job.seed,
+                        queue_time=job.started - job.created, inference_time=job.inference_time,
+                        prompt_scores=job.prompt_scores)
+        self.metrics.generated_tokens.inc(result.generated_tokens)
+        job._finish(result)
 
     def _admit(self, jobs: list[Job]) -> list[Job]:
         """The jobs still wanted: neither cancelled nor past their deadline."""
         now = time.monotonic()
         live = []
         for job in jobs:
-            job.started = now
-            self.metrics.queue_time.observe(now - job.created)
+            if job.started is None:
+                job.started = now
+                self.metrics.queue_time.observe(now - job.created)
             if job.cancelled:
                 job._finish(error=DeadlineExceeded("the client went away"))
             elif job.request.deadline is not None and now >= job.request.deadline:
-                job._finish(error=DeadlineExceeded(
+                job._finish(error=DeadlineExceeded(DEADLINE_PASSED if job.sequences is not None else (
                     "the request waited in the queue past the server deadline (TUNEFORGE_REQUEST_DEADLINE); raise "
-                    "it, add workers or instances, or stream the answer (streams have no deadline)"))
+                    "it, add workers or instances, or stream the answer (streams have no deadline)")))
             else:
                 live.append(job)
         return live
@@ -307,23 +345,25 @@ class Engine:
             seed = sampling.seed if sampling.seed is not None else random.randrange(1 << 63)
             torch.manual_seed(seed)
         for job in live:
-            job.seed = seed
+            if job.seed is None:  # a job cut before keeps the seed it reported
+                job.seed = seed
         return seed
 
-    def _generate(self, rows: list["_Row"], sampling: Sampling) -> None:
+    def _generate(self, rows: list["_Row"], sampling: Sampling, cut: "_Slice | None", started: float) -> None:
         import torch
         from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 
         from .guided import GuidedLogits
 
-        input_ids, attention_mask = self._pad([row.job.request.prompt_ids for row in rows])
+        # a sequence cut before goes on from what it made: prompt + its tokens so far
+        input_ids, attention_mask = self._pad([row.job.request.prompt_ids + row.ids for row in rows])
         recorder = _LogprobRecorder()
-        tracker = _RowTracker(rows, recorder, self.tokenizer)
+        tracker = _RowTracker(rows, recorder, self.tokenizer, cut, lambda job: self._complete(job, started))
         guided = [GuidedLogits(rows)] if any(row.guide is not None for row in rows) else []
         processors = LogitsProcessorList(guided + _warpers(sampling) + [recorder])
         loaded = self.loaded
         config = GenerationConfig(
-            max_new_tokens=max(row.max_new_tokens for row in rows), do_sample=sampling.do_sample,
+            max_new_tokens=max(row.max_new_tokens - len(row.ids) for row in rows), do_sample=sampling.do_sample,
             num_beams=1, temperature=None, top_k=None, top_p=None,
             pad_token_id=loaded.pad_token_id, eos_token_id=loaded.eos_token_ids or None,
             bos_token_id=loaded.model.generation_config.bos_token_id,
@@ -334,9 +374,10 @@ class Engine:
                                 attention_mask=attention_mask.to(loaded.device),
                                 generation_config=config, logits_processor=processors,
                                 stopping_criteria=StoppingCriteriaList([tracker]))
-        for row in rows:
-            if not row.finished:  # generate ended without our tracker seeing the last token
-                row.finish("length")
+        if cut is None or not cut.taken:
+            for row in rows:
+                if not row.finished:  # generate ended without our tracker seeing the last token
+                    row.finish("length")
 
     def _score_prompt(self, job: Job) -> list[Token]:
         """Each prompt token's log-probability given the tokens before it (the prompt alone, no
@@ -432,9 +473,11 @@ def _top_tokens(logprobs, k: int, tokenizer) -> list[list[tuple[int, str, float]
 class _RowTracker:
     """A StoppingCriteria that does each sequence's bookkeeping after every step."""
 
-    def __init__(self, rows: list["_Row"], recorder: _LogprobRecorder, tokenizer):
+    def __init__(self, rows: list["_Row"], recorder: _LogprobRecorder, tokenizer, cut: "_Slice | None",
+                 on_job_done):
         self.rows, self.recorder, self.tokenizer = rows, recorder, tokenizer
         self.top = max(row.job.request.top_logprobs for row in rows)
+        self.cut, self.on_job_done = cut, on_job_done
 
     def __call__(self, input_ids, scores, **kwargs):
         import torch
@@ -453,8 +496,31 @@ class _RowTracker:
                     row.finish("deadline")
                 else:
                     row.add(token_id, logprob, top[:row.job.request.top_logprobs])
+                if row.finished and all(other.finished for other in row.job.sequences):
+                    self.on_job_done(row.job)  # its caller need not wait for the rest of the batch
             done.append(row.finished)
+        if self.cut is not None and not all(done) and self.cut.due(now):
+            done = [True] * len(done)  # the unfinished rows go on in a later call
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+
+class _Slice:
+    """When a generate call yields: it has decoded `seconds` (and CUT_COST times as long as its
+    prefill took, so re-reading the prompts when it goes on costs at most 1/CUT_COST more) and
+    someone is waiting."""
+
+    def __init__(self, started: float, seconds: float, waiting: list):
+        self.started, self.seconds, self.waiting = started, seconds, waiting
+        self.decoding: float | None = None  # when the first new token came
+        self.taken = False
+
+    def due(self, now: float) -> bool:
+        if self.decoding is None:
+            self.decoding = now
+            self.seconds = max(self.seconds, CUT_COST * (now - self.started))
+        if now - self.decoding >= self.seconds and self.waiting:
+            self.taken = True
+        return self.taken
 
 
 class _Row:

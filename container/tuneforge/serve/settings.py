@@ -65,6 +65,10 @@ class ServeSettings(BaseSettings):
                                    "waits for company", ge=0, le=60_000, allow_inf_nan=False)
     max_batch_tokens: int = env(65536, "TUNEFORGE_MAX_BATCH_TOKENS", doc="bound on sequences x (longest prompt "
                                 "+ most new tokens)", **POSITIVE_INT)
+    batch_slice_s: float = env(2.0, "TUNEFORGE_BATCH_SLICE_S", doc="a generate call that has run this long "
+                               "while other requests wait yields to them; its unfinished sequences go on in a "
+                               "later call (fair to short requests; 0 = never yield)", ge=0, le=3600,
+                               allow_inf_nan=False)
     max_queue: int = env(128, "TUNEFORGE_MAX_QUEUE", doc="waiting requests per worker before 429", **POSITIVE_INT)
     max_body_mb: float = env(6.0, "SAGEMAKER_MAX_PAYLOAD_IN_MB", "TUNEFORGE_MAX_BODY_MB",
                              doc="larger bodies get 413", **POSITIVE)
