@@ -29,13 +29,13 @@ def server(model_dirs, tmp_path_factory):
 class Stream(threading.Thread):
     """An OpenAI completions stream of n greedy copies; `texts` holds each copy's text."""
 
-    def __init__(self, server: Server, n: int = 8):
+    def __init__(self, server: Server, n: int = 8, tokens: int = LONG):
         super().__init__(daemon=True)
-        self.server, self.started, self.n = server, threading.Event(), n
+        self.server, self.started, self.n, self.tokens = server, threading.Event(), n, tokens
         self.texts, self.finish = [""] * n, [None] * n
 
     def run(self):
-        body = {"model": "m", "prompt": PROMPT, "max_tokens": LONG, "n": self.n, "temperature": 0, "stream": True}
+        body = {"model": "m", "prompt": PROMPT, "max_tokens": self.tokens, "n": self.n, "temperature": 0, "stream": True}
         with self.server.post("/v1/completions", json=body, stream=True, timeout=600) as response:
             for line in response.iter_lines(decode_unicode=True):
                 if line.startswith("data:") and line != "data: [DONE]":

@@ -250,3 +250,16 @@ def test_serve_check_refuses_truncated_or_corrupt_safetensors(tiny, tmp_path):
                               timeout=120)
         assert done.returncode == 2, done.stderr
         assert words in done.stderr and str(weights) in done.stderr and "copy the file again" in done.stderr
+
+
+def test_admission_refuses_only_deadline_requests_behind_a_long_wait():
+    from tuneforge.serve import admission
+    from tuneforge.serve.engine import GenerationRequest
+    from tuneforge.serve.errors import Overloaded
+
+    timed, stream = GenerationRequest([1], 4, deadline=100.0), GenerationRequest([1], 4, stream=True)
+    for request, wait in ((timed, None), (timed, 27.5), (stream, 40.0)):
+        admission.admit(request, wait, 55.0)  # nothing waits, a wait under half the deadline, a stream
+    with pytest.raises(Overloaded) as refused:
+        admission.admit(timed, 27.6, 55.0)
+    assert refused.value.retry_after == 28 and "(TUNEFORGE_REQUEST_DEADLINE)" in str(refused.value)

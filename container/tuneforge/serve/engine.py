@@ -23,6 +23,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from . import admission
 from .errors import DEADLINE_PASSED, DeadlineExceeded, GenerationFailed, Overloaded
 from .metrics import ServeMetrics
 
@@ -175,6 +176,7 @@ class Engine:
         self.max_wait = settings.max_batch_wait_ms / 1000.0
         self.max_queue = settings.max_queue
         self.slice_s = settings.batch_slice_s
+        self.deadline_s = settings.request_deadline
         self.metrics = metrics or ServeMetrics()
         self._waiting: list[Job] = []  # new jobs and the unfinished ones of a cut generate call
         self._cond = threading.Condition()
@@ -188,6 +190,8 @@ class Engine:
         with self._cond:
             if len(self._waiting) >= self.max_queue:
                 raise Overloaded(f"the server queue is full ({self.max_queue} requests waiting); retry later")
+            unstarted = [waiting.created for waiting in self._waiting if waiting.started is None]
+            admission.admit(request, job.created - min(unstarted) if unstarted else None, self.deadline_s)
             self._waiting.append(job)
             self._cond.notify()
         self.metrics.input_tokens.inc(len(request.prompt_ids))

@@ -20,7 +20,11 @@ def invalid(message: str) -> PayloadError:
 
 
 class Overloaded(Exception):
-    """The wait queue is full (answered 429)."""
+    """The wait queue is full, or its wait too long (answered 429, Retry-After `retry_after` s)."""
+
+    def __init__(self, message: str, retry_after: int | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class DeadlineExceeded(Exception):
@@ -75,6 +79,9 @@ def add_error_handlers(app, respond, body_limit_message: str, known=status_of) -
     def _any_error(exc: Exception):
         answer = known(exc)
         if answer is not None:
-            return respond(answer[0], str(exc), answer[1])
+            response = respond(answer[0], str(exc), answer[1])
+            if getattr(exc, "retry_after", None):
+                response.headers["Retry-After"] = str(exc.retry_after)
+            return response
         log.exception("unhandled error")
         return respond(500, f"internal error: {type(exc).__name__}", "internal")

@@ -17,6 +17,7 @@ import random
 import threading
 import time
 
+from . import admission
 from .engine import GenerationRequest, Job, Result, Sequence, Token, _Row
 from .errors import DEADLINE_PASSED, DeadlineExceeded, GenerationFailed, Overloaded
 from .metrics import ServeMetrics
@@ -35,7 +36,8 @@ class VllmEngine:
         self.host, self.port = host, int(port)
         self.max_queue = settings.max_queue
         self.metrics = metrics or ServeMetrics()
-        self._waiting = 0  # submitted and not yet given a first token by vLLM
+        self.deadline_s = settings.request_deadline
+        self._waiting: dict[int, float] = {}  # job id -> submitted, until vLLM gives its first token
         self._in_flight = 0
         self._lock = threading.Lock()
         self._closed = False
@@ -49,8 +51,10 @@ class VllmEngine:
             if self._in_flight >= self.max_queue:
                 raise Overloaded(f"the server has {self.max_queue} requests in flight (TUNEFORGE_MAX_QUEUE); "
                                  "retry later")
+            oldest = min(self._waiting.values(), default=None)
+            admission.admit(request, None if oldest is None else job.created - oldest, self.deadline_s)
             self._in_flight += 1
-            self._waiting += 1
+            self._waiting[job.id] = job.created
         self.metrics.input_tokens.inc(len(request.prompt_ids))
         self.metrics.queue_depth.refresh()
         threading.Thread(target=self._run, args=(job,), name=f"tuneforge-vllm-{job.id}", daemon=True).start()
@@ -61,7 +65,7 @@ class VllmEngine:
             job.cancelled = True
 
     def queue_depth(self) -> int:
-        return self._waiting
+        return len(self._waiting)
 
     def close(self) -> None:
         self._closed = True
@@ -124,8 +128,7 @@ class VllmEngine:
         finally:
             with self._lock:
                 self._in_flight -= 1
-                if started is None:
-                    self._waiting -= 1
+                self._waiting.pop(job.id, None)
             self.metrics.queue_depth.refresh()
 
     def _first_token_seen(self, job: Job, started: float | None) -> float | None:
@@ -133,7 +136,7 @@ class VllmEngine:
             return started
         job.started = time.monotonic()
         with self._lock:
-            self._waiting -= 1
+            self._waiting.pop(job.id, None)
         self.metrics.queue_time.observe(job.started - job.created)
         return job.started
 
