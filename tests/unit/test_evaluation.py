@@ -147,3 +147,15 @@ def test_metric_definitions_past_sagemaker_limit_and_a_reserved_name(tmp_path):
     with pytest.raises(DataError, match="loss.jsonl: a task named loss would print the line final_eval_loss, "
                        "the job's validation loss. Fix: rename the file"):
         load_tasks(tmp_path)
+
+
+def test_the_gate_refuses_a_loss_it_cannot_measure():
+    from tuneforge.evaluation.gate import failures
+
+    assert failures({"a": 0.5, "b": 0.9}, {"a": 0.51, "b": 0.8}, {}, 0.02) == []
+    assert failures({"a": 0.5}, {"a": 0.53}, {}, 0.02) == [
+        "task a: score fell from 0.5300 to 0.5000, more than the allowed 0.02"]
+    refused = failures({"a": 0.5, "b": 0.9}, {"a": 0.5}, {}, 0.02)  # b has no base score (e.g. ZeRO-3)
+    assert refused == ["task b: scored 0.9000 but has no base score to measure a loss against, and the largest "
+                       "allowed loss is 0.02 (metrics.json says why: evaluation_skipped, evaluation_unscored)"]
+    assert failures({"a": 0.5, "b": 0.9}, {"a": 0.5}, {}, None) == []  # no regression limit: nothing to measure

@@ -29,7 +29,11 @@ def failures(scores: dict[str, float], before: dict[str, float] | None, min_scor
             out.append(f"task {name}: score {scores[name]:.4f} is below the minimum {limit:g}")
     if before is not None and max_regression is not None:
         for name, after in scores.items():
-            if name in before and before[name] - after > max_regression:
+            if name not in before:  # a loss that cannot be measured is not let through
+                out.append(f"task {name}: scored {after:.4f} but has no base score to measure a loss against, and "
+                           f"the largest allowed loss is {max_regression:g} (metrics.json says why: "
+                           "evaluation_skipped, evaluation_unscored)")
+            elif before[name] - after > max_regression:
                 out.append(f"task {name}: score fell from {before[name]:.4f} to {after:.4f}, more than the allowed "
                            f"{max_regression:g}")
     return out

@@ -76,8 +76,9 @@ def _localize_data(config: dict, path: Path) -> list[Path]:
     return files
 
 
-def score_harness_task(task, loaded) -> dict:
-    """{"kind", "items", "score" (the first metric), "metric", every metric lm-eval reported}."""
+def score_harness_task(task, loaded) -> dict | None:
+    """{"kind", "items", "score" (the first metric), "metric", every metric lm-eval reported}; None on
+    a rank other than a node's first, which lm-eval gives no results."""
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")  # the sources were checked local; this keeps it so
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from lm_eval import simple_evaluate
@@ -93,6 +94,8 @@ def score_harness_task(task, loaded) -> dict:
         raise DataError(f"lm-evaluation-harness could not run the task ({type(exc).__name__}: {exc})",
                         where=str(task.path), fix="check the YAML against lm-eval's task guide and its data "
                         "file") from None
+    if out is None:  # lm-eval answers on LOCAL_RANK 0 only; this rank ran the same passes (ZeRO-3 lockstep)
+        return None
     return harness_result(task, out["results"][task.name])
 
 

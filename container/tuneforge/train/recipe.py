@@ -672,34 +672,51 @@ class Recipe:
             log.info("general knowledge %s training: %d of %d right", stage, result["right"], result["asked"])
 
     def _score_tasks(self, stage: str) -> None:
-        """The `evaluation` channel's tasks (docs/evaluation.md) on rank 0, before and after training."""
+        """The `evaluation` channel's tasks (docs/evaluation.md), before and after training: on rank 0,
+        or under ZeRO-3 on every rank in lockstep (each forward gathers the shards), rank 0 recording."""
         from ..evaluation.scoring import score_task
 
-        if not self.eval_tasks:
+        ranks = self._generation_ranks()
+        if not self.eval_tasks or self._tasks_skipped(stage, ranks) or (ranks == "main" and not is_main_process()):
             return
-        if self._generation_ranks() != "main":
-            self.results["evaluation_skipped"] = ("the model is sharded (ZeRO-3 or FSDP) and is not scored in the "
-                                                  "job; run `tuneforge evaluate` on model/")
-            return
-        if not is_main_process():
-            return
-        self.phases.begin(f"evaluation tasks ({stage} training)")
+        lockstep = ranks == "all"
+        if is_main_process():
+            self.phases.begin(f"evaluation tasks ({stage} training)")
         view = self._scoring_view()
-        scores = self.results.setdefault("evaluation", {})
         end = time.monotonic() + EVAL_TIME_BUDGET_S
         for index, task in enumerate(self.eval_tasks):
-            if stopping.requested() is not None:
+            stop, late = stopping.requested() is not None, time.monotonic() >= end
+            if lockstep:  # every rank stops at the same task, or the others wait on its gathers forever
+                stop, late = distributed.any_rank(stop), distributed.any_rank(late)
+            if stop:
                 break
-            if time.monotonic() >= end:  # said, never silently cut: the gate counts them as unscored
+            if late:  # said, never silently cut: the gate counts them as unscored
                 left = [t.name for t in self.eval_tasks[index:]]
                 self.results.setdefault("evaluation_unscored", {})[stage] = left
                 log.warning("evaluation tasks %s training: the %g s budget is spent; not scored: %s", stage,
                             EVAL_TIME_BUDGET_S, ", ".join(left))
                 break
             result = score_task(task, view, max_new_tokens=EVAL_MAX_NEW_TOKENS)
-            scores.setdefault(task.name, {})[stage] = {k: v for k, v in result.items() if k != "details"}
-            metrics.print_metric(f"{'base' if stage == 'before' else 'final'}_eval_{task.name}", result["score"])
+            if is_main_process():
+                scores = self.results.setdefault("evaluation", {}).setdefault(task.name, {})
+                scores[stage] = {k: v for k, v in result.items() if k != "details"}
+                metrics.print_metric(f"{'base' if stage == 'before' else 'final'}_eval_{task.name}", result["score"])
         view.model.train()
+
+    def _tasks_skipped(self, stage: str, ranks: str) -> bool:
+        """FSDP: not scored; ZeRO-3 before training: the weights are partitioned and DeepSpeed gathers
+        them only once training set it up, so the base is not scored (said in metrics.json)."""
+        if ranks == "skip":
+            reason = "FSDP shards the weights; run `tuneforge evaluate` on model/ (and on the base)"
+        elif ranks == "all" and stage == "before":
+            reason = ("ZeRO-3 partitions the base's weights before training starts; score the base with "
+                      "`tuneforge evaluate`")
+        else:
+            return False
+        self.results.setdefault("evaluation_skipped", {})[stage] = reason
+        if is_main_process():
+            log.warning("evaluation tasks %s training are not scored: %s", stage, reason)
+        return True
 
     def _live_model(self):
         """The model being trained, unwrapped (before train() starts: the prepared module)."""
