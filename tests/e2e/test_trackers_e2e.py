@@ -1,14 +1,19 @@
 """Experiment trackers on real jobs (docs/trackers.md): a tiny job's scalars read back from its
-TensorBoard event files and from its MLflow run (a local file store, through MlflowClient), each
-equal to the job's own metric lines and metrics.json; an MLflow server that cannot be reached is
-a warning naming it, and the job still succeeds."""
+TensorBoard event files and from its MLflow run (a local file store, and a real `mlflow server`
+over HTTP with a sqlite store and proxied artifacts, through MlflowClient), each equal to the
+job's own metric lines and metrics.json; an MLflow server that cannot be reached is a warning
+naming it, and the job still succeeds."""
 
 from __future__ import annotations
 
 import json
 import re
 import socket
+import subprocess
+import sys
+import time
 from datetime import datetime
+from pathlib import Path
 
 import pytest
 
@@ -33,11 +38,48 @@ def closed_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_tensorboard_and_mlflow_get_the_jobs_numbers(job, tiny, tmp_path, monkeypatch):
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """`mlflow server` on a free port: runs in sqlite, artifacts proxied to a folder."""
+    port = closed_port()
+    mlflow = Path(sys.executable).with_name("mlflow")
+    log = open(tmp_path / "mlflow-server.log", "w")
+    server = subprocess.Popen([str(mlflow), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+                               "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
+                               "--artifacts-destination", str(tmp_path / "mlflow-artifacts")],
+                              stdout=log, stderr=subprocess.STDOUT)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        end = time.monotonic() + 120
+        while not _answers(uri + "/health"):
+            assert server.poll() is None and time.monotonic() < end, (tmp_path / "mlflow-server.log").read_text()[-3000:]
+            time.sleep(0.5)
+        yield uri
+    finally:
+        server.terminate()
+        server.wait(30)
+        log.close()
+
+
+def _answers(url: str) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("store_kind", ["file store", "tracking server"])
+def test_tensorboard_and_mlflow_get_the_jobs_numbers(store_kind, job, tiny, tmp_path, monkeypatch, request):
     from mlflow import MlflowClient
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    store = (tmp_path / "mlruns").as_uri()
+    if store_kind == "file store":
+        store = (tmp_path / "mlruns").as_uri()
+    else:
+        store = request.getfixturevalue("mlflow_server")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "tracker-test")
     monkeypatch.setenv("TRAINING_JOB_NAME", "tiny-llama-job")
