@@ -76,7 +76,14 @@ def _check_job_inputs(paths, raw: dict) -> None:
     from .diffusion import is_text_to_image_job
     from .evaluation.tasks import load_tasks
 
-    if is_text_to_image_job(paths, raw):  # its own hyperparameters and data, checked by its job
+    if is_text_to_image_job(paths, raw):  # its own hyperparameters, channels and images
+        from .diffusion.config import parse_diffusion_hyperparameters
+        from .diffusion.data import read_channel
+        from .diffusion.job import check_channels
+
+        config = parse_diffusion_hyperparameters(raw)
+        check_channels(paths, config)
+        read_channel(paths.train_channel(), with_prior_preservation=config.with_prior_preservation)
         return
     read_job_channels(paths, parse_hyperparameters(raw))
     if paths.evaluation_channel() is not None:

@@ -174,7 +174,8 @@ def evaluation_rows(m: dict) -> list[list[Cell]]:
     rows = []
     for name, stages in sorted((m.get("evaluation") or {}).items()):
         before, after = stages.get("before") or {}, stages.get("after") or {}
-        metric = "ROUGE-L" if (after or before).get("kind") == "generation" else "accuracy"
+        result = after or before  # a YAML task names its own metric (its first in metric_list)
+        metric = result.get("metric") or ("ROUGE-L" if result.get("kind") == "generation" else "accuracy")
         rows.append([Cell(f"task {name} ({metric})", css="strong"),
                      number(before.get("score"), f"evaluation.{name}.before.score"),
                      number(after.get("score"), f"evaluation.{name}.after.score"),
