@@ -309,6 +309,17 @@ METRIC_DEFINITIONS = [
     {"Name": "final:rougeL", "Regex": r"\[metric\] final_rougeL=([0-9.]+)"},
     {"Name": "final:rougeLsum", "Regex": r"\[metric\] final_rougeLsum=([0-9.]+)"},
     {"Name": "final:exact_match", "Regex": r"\[metric\] final_exact_match=([0-9.]+)"},
+    # preference methods (training_method=dpo, docs/preference.md); margins and log-probabilities may be negative
+    {"Name": "train:reward_accuracy", "Regex": r"\[metric\] train_reward_accuracy=([0-9.]+)"},
+    {"Name": "train:reward_margin", "Regex": r"\[metric\] reward_margin=(-?[0-9.]+)"},
+    {"Name": "train:chosen_logps", "Regex": r"\[metric\] train_chosen_logps=(-?[0-9.]+)"},
+    {"Name": "train:rejected_logps", "Regex": r"\[metric\] train_rejected_logps=(-?[0-9.]+)"},
+    {"Name": "validation:reward_accuracy", "Regex": r"\[metric\] eval_reward_accuracy=([0-9.]+)"},
+    {"Name": "validation:reward_margin", "Regex": r"\[metric\] eval_reward_margin=(-?[0-9.]+)"},
+    {"Name": "final:reward_accuracy", "Regex": r"\[metric\] final_reward_accuracy=([0-9.]+)"},
+    {"Name": "final:reward_margin", "Regex": r"\[metric\] final_reward_margin=(-?[0-9.]+)"},
+    {"Name": "final:chosen_logps", "Regex": r"\[metric\] final_chosen_logps=(-?[0-9.]+)"},
+    {"Name": "final:rejected_logps", "Regex": r"\[metric\] final_rejected_logps=(-?[0-9.]+)"},
     # JumpStart's own definitions for its Llama fine-tuning keep working:
     {"Name": "huggingface-textgeneration:eval-loss", "Regex": r"eval_epoch_loss=tensor\(([0-9\.]+)"},
     {"Name": "huggingface-textgeneration:eval-ppl", "Regex": r"eval_ppl=tensor\(([0-9\.]+)"},

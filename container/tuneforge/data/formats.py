@@ -4,6 +4,7 @@
 - chat: *.jsonl rows holding [{role, content}, ...] under dialog, messages or conversations
 - domain: exactly one CSV, JSON/JSONL or TXT file of free text
 - table: CSV or Parquet files with exactly the columns input and output (Autopilot)
+- preference: *.jsonl rows with chosen and rejected answers, for DPO (data/preference.py)
 Every problem is a DataError naming the file, the line and the field.
 """
 
@@ -65,6 +66,10 @@ def visible_files(folder: Path) -> list[Path]:
 def detect_format(folder: Path, config) -> str:
     if config.data_format != "auto":
         return config.data_format
+    from .preference import sniff_preference
+
+    if sniff_preference(visible_files(folder)):  # chosen/rejected rows: DPO data (data/preference.py)
+        return "preference"
     if config.instruction_tuned:
         return "instruction"
     if config.chat_dataset:
@@ -94,9 +99,12 @@ def read_channel(folder: Path, config, *, prompt: PromptFormat | None = None,
     if not files:
         raise DataError("the channel is empty", where=str(folder),
                         fix="put the training files in this folder (see docs/data-formats.md)")
+    from .preference import check_method, read_preference
+
     fmt = fmt or detect_format(folder, config)
+    check_method(fmt, config, str(folder))
     reader = {"instruction": _read_instruction, "chat": _read_chat, "domain": _read_domain,
-              "table": _read_table}[fmt]
+              "table": _read_table, "preference": read_preference}[fmt]
     data = reader(folder, files, config, prompt)
     ignored = [p.name for p in files if str(p) not in data.files and not (fmt == "instruction" and p.suffix == ".json")]
     if ignored:

@@ -149,6 +149,14 @@ def resolve_max_length(config, tokenizer, model_config) -> int:
 
 
 class Recipe:
+    def __new__(cls, paths: Paths | None = None, config=None, raw_hyperparameters: dict | None = None):
+        """training_method picks the recipe: sft is this class, dpo train/preference.py's PreferenceRecipe."""
+        if cls is Recipe and getattr(config, "training_method", "sft") != "sft":
+            from .preference import PreferenceRecipe
+
+            cls = PreferenceRecipe
+        return super().__new__(cls)
+
     def __init__(self, paths: Paths, config, raw_hyperparameters: dict | None = None):
         from ..report.jobfacts import hyperparameter_facts
 

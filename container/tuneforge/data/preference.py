@@ -1,0 +1,143 @@
+"""Preference data for DPO: JSON Lines rows that pair a chosen and a rejected answer to one prompt.
+
+- paired: {"prompt": str, "chosen": str, "rejected": str}
+- conversational: {"chosen": [messages], "rejected": [messages]}: the same turns up to a last
+  assistant turn that differs (an optional "prompt": [messages] holds the shared turns instead)
+Rows are kept as text here; train/preference.py renders them with the prompt format and chat
+template the job uses (the tokenizer is loaded later). Every problem names file:line and the fix.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import DataError
+from ..prompt import DEMARCATION_KEY, PromptFormat
+from .formats import Example, LoadedData, _jsonl_rows, _messages
+
+PREFERENCE_METHODS = ("dpo",)
+ROW_SHAPES = ('{"prompt": "...", "chosen": "...", "rejected": "..."} or '
+              '{"chosen": [turns], "rejected": [turns]}')
+
+
+@dataclass
+class PreferenceExample(Example):
+    """One pair. Paired rows: `prompt` (raw text), `completion` = chosen, `rejected`. Conversational
+    rows: `messages` = the shared turns, `chosen_turn`/`rejected_turn` the two last assistant turns."""
+    rejected: str = ""
+    chosen_turn: dict | None = None
+    rejected_turn: dict | None = None
+
+    @property
+    def conversational(self) -> bool:
+        return self.chosen_turn is not None
+
+
+def is_preference_row(row: dict) -> bool:
+    return isinstance(row, dict) and "chosen" in row and "rejected" in row
+
+
+def sniff_preference(files: list[Path]) -> bool:
+    """Whether the channel's first JSON Lines row holds a chosen and a rejected answer."""
+    for path in files:
+        if path.suffix != ".jsonl":
+            continue
+        try:
+            with open(path, encoding="utf-8", errors="replace") as handle:
+                for text in handle:
+                    if text.strip():
+                        return is_preference_row(json.loads(text))
+        except (json.JSONDecodeError, OSError):
+            return False
+    return False
+
+
+def check_method(fmt: str, config, where: str) -> None:
+    """A format the chosen training_method cannot train on is refused, naming the one that can."""
+    method = getattr(config, "training_method", "sft")
+    if fmt == "preference" and method not in PREFERENCE_METHODS:
+        raise DataError(f"the rows are preference pairs (chosen/rejected), which training_method={method} cannot "
+                        "train on", where=where,
+                        fix=f"set training_method={PREFERENCE_METHODS[0]} to train on them (docs/preference.md), or "
+                            "give prompt/completion rows or conversations for sft")
+    if fmt != "preference" and method in PREFERENCE_METHODS:
+        raise DataError(f"training_method={method} needs preference pairs and the channel holds {fmt} data, which "
+                        "training_method=sft trains on", where=where,
+                        fix=f"set training_method=sft for this data, or write rows as {ROW_SHAPES}")
+
+
+def read_preference(folder: Path, files: list[Path], config, prompt: PromptFormat | None) -> LoadedData:
+    jsonl = [p for p in files if p.suffix == ".jsonl"]
+    if not jsonl:
+        raise DataError("preference data needs *.jsonl files and found none", where=str(folder),
+                        fix=f"save one pair per line in a .jsonl file: {ROW_SHAPES}")
+    examples = [_pair(row, f"{path}:{line}", f"{path.name}:{line}")
+                for path in jsonl for line, row in _jsonl_rows(path)]
+    kinds = {e.conversational for e in examples}
+    if len(kinds) > 1:
+        first = next(e for e in examples if e.conversational != examples[0].conversational)
+        raise DataError("the rows mix text pairs and conversation pairs", where=first.source,
+                        fix=f"write every row in one shape: {ROW_SHAPES}")
+    if prompt is None:
+        prompt = (PromptFormat(kind="chat", prompt_template="", completion_template="",
+                               chat_template=config.chat_template or None) if examples[0].conversational else
+                  PromptFormat(kind="instruction", prompt_template="{prompt}", completion_template="{completion}",
+                               demarcation=DEMARCATION_KEY if config.add_input_output_demarcation_key else ""))
+    return LoadedData("preference", examples, [str(p) for p in jsonl], prompt)
+
+
+def _pair(row: dict, where: str, source: str) -> PreferenceExample:
+    for key in ("chosen", "rejected"):
+        if key not in row:
+            raise DataError(f"the row has no {key!r} (keys: {', '.join(sorted(row)) or 'none'})", where=where,
+                            fix=f"write every row as {ROW_SHAPES}")
+    if isinstance(row["chosen"], list) or isinstance(row["rejected"], list):
+        return _conversation_pair(row, where, source)
+    if "prompt" not in row:
+        raise DataError("the row has no 'prompt'", where=where, fix=f"write every row as {ROW_SHAPES}")
+    texts = {}
+    for key in ("prompt", "chosen", "rejected"):
+        value = row[key]
+        if not isinstance(value, str):
+            raise DataError(f"{key!r} must be a string, not {type(value).__name__}", where=where,
+                            fix=f"write every row as {ROW_SHAPES}")
+        if key != "prompt" and not value.strip():
+            raise DataError(f"{key!r} is empty", where=where, fix="give both answers some text, or drop the row")
+        texts[key] = value
+    _check_different(texts["chosen"], texts["rejected"], where)
+    return PreferenceExample(source=source, prompt=texts["prompt"], completion=texts["chosen"],
+                             rejected=texts["rejected"])
+
+
+def _conversation_pair(row: dict, where: str, source: str) -> PreferenceExample:
+    shared = None
+    if isinstance(row.get("prompt"), list):
+        shared = _messages({"messages": row["prompt"] + [{"role": "assistant", "content": "-"}]}, where)[:-1]
+    sides = {}
+    for key in ("chosen", "rejected"):
+        turns = row[key]
+        if not isinstance(turns, list) or not turns:
+            raise DataError(f"{key!r} must be a non-empty list of turns", where=where,
+                            fix=f"write every row as {ROW_SHAPES}")
+        sides[key] = _messages({"messages": (shared or []) + turns}, where)
+        if sides[key][-1]["role"] != "assistant":
+            raise DataError(f"the last turn of {key!r} is not the assistant's answer", where=where,
+                            fix="end both conversations with the assistant turn being compared")
+        if not sides[key][-1]["content"].strip():
+            raise DataError(f"the last assistant turn of {key!r} is empty", where=where,
+                            fix="give both answers some text, or drop the row")
+    if sides["chosen"][:-1] != sides["rejected"][:-1]:
+        raise DataError("'chosen' and 'rejected' differ before their last assistant turn: the prompts must be the "
+                        "same", where=where, fix="keep the same turns in both and change only the last answer")
+    _check_different(sides["chosen"][-1]["content"], sides["rejected"][-1]["content"], where)
+    return PreferenceExample(source=source, messages=sides["chosen"][:-1], completion=sides["chosen"][-1]["content"],
+                             rejected=sides["rejected"][-1]["content"], chosen_turn=sides["chosen"][-1],
+                             rejected_turn=sides["rejected"][-1])
+
+
+def _check_different(chosen: str, rejected: str, where: str) -> None:
+    if chosen.strip() == rejected.strip():
+        raise DataError("'chosen' and 'rejected' are the same answer, so there is no preference to learn",
+                        where=where, fix="fix the rejected answer or drop the row")

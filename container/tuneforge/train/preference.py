@@ -1,0 +1,208 @@
+"""The preference recipe (training_method=dpo): the SFT recipe's job around TRL's DPOTrainer.
+
+Everything a job is stays the Recipe's: reading the channels (preference rows, data/preference.py),
+the failure file, SIGTERM and checkpoints (CommitCheckpoints, StopOnSignal, resume), the tasks of
+the evaluation channel, saving model/ as an ordinary model folder. What differs is here: the rows
+are rendered, not tokenized (TRL tokenizes them); with LoRA the reference model is the base with
+the adapter turned off (TRL's peft_config path, no copy); with full fine-tuning TRL keeps a frozen
+copy or, with precompute_ref_log_probs, computes the reference log-probabilities once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from types import SimpleNamespace
+
+from ..errors import DataError
+from ..model_folder import ModelMetadata
+from ..modeling import resolve_base_model
+from . import metrics
+from .preference_data import preference_rows
+from .preference_metrics import PreferenceMetricLines, final_reward_metrics, preference_accuracy
+from .recipe import FINAL_EVALUATION_STOP, DataBundle, EngineBundle, ModelBundle, Recipe, _Source, is_main_process
+
+log = logging.getLogger(__name__)
+
+
+def dpo_arguments(args, config, max_len: int):
+    """TRL's DPOConfig holding the Recipe's TrainingArguments and the DPO hyperparameters."""
+    from transformers import TrainingArguments
+    from trl import DPOConfig
+
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainingArguments)
+              if f.init and hasattr(args, f.name)}
+    values.update(train_sampling_strategy="random", remove_unused_columns=True)  # TRL picks its columns itself
+    return DPOConfig(**values, beta=config.beta, loss_type=[config.dpo_loss_type],
+                     label_smoothing=config.label_smoothing, max_length=max_len,
+                     precompute_ref_log_probs=config.precompute_ref_log_probs and not config.use_lora,
+                     padding_free=False, dataset_num_proc=None)
+
+
+class PreferenceRecipe(Recipe):
+    lora_config = None   # set by _setup_model under LoRA: TRL wraps the base itself (reference = adapter off)
+    reward_lines = None  # PreferenceMetricLines, set by _trainer
+
+    # ------------------------------------------------------------------ data
+    def _read_rows(self) -> _Source:
+        """The rows; a model channel written by an SFT job lends its prompt format (chaining)."""
+        source = super()._read_rows()
+        saved = self._saved_prompt(source.prompt)
+        return dataclasses.replace(source, prompt=saved) if saved else source
+
+    def _saved_prompt(self, data_prompt):
+        metadata = ModelMetadata.read(resolve_base_model(self.paths, self.config))
+        if metadata is None or not metadata.prompt:
+            return None
+        saved = metadata.prompt_format()
+        chat = data_prompt.kind == "chat"
+        if chat != (saved.kind == "chat") or saved.kind not in ("chat", "instruction", "table"):
+            log.warning("the base model was fine-tuned on %s data and these pairs are %s: the pairs keep their own "
+                        "prompt format", saved.kind, "conversations" if chat else "text")
+            return None
+        log.info("the base model is a tuneforge fine-tune: its saved %s prompt format renders the pairs", saved.kind)
+        return saved
+
+    def _tokenize(self, source: _Source, tokenizer, max_len: int, seq2seq: bool) -> DataBundle:
+        cfg = self.config
+        if seq2seq:
+            raise DataError("DPO trains decoder-only (causal) models and the base model is seq2seq",
+                            where="the model channel", fix="use a causal model (Llama, Mistral, Qwen, ...)")
+        self.phases.begin(f"rendering {source.n_train + len(source.val_examples or [])} preference pairs")
+        identity = {"method": cfg.training_method, "beta": cfg.beta, "loss": cfg.dpo_loss_type,
+                    "label_smoothing": cfg.label_smoothing}
+        train = preference_rows(source.train_examples, tokenizer, source.prompt, identity)
+        val = preference_rows(source.val_examples, tokenizer, source.prompt, identity) if source.val_examples else None
+        return DataBundle(
+            tokenizer=tokenizer, prompt=source.prompt, format=source.prompt.kind, files=source.files,
+            validation_source="channel" if source.validation_channel else f"split {cfg.validation_split_ratio}",
+            max_len=max_len, val_examples=list(val.features) if val else None, train_tokens=train, val_tokens=val)
+
+    def _preflight(self, data: DataBundle, engine: EngineBundle, model_config) -> None:
+        """On GPUs: the SFT estimate for twice the batch (chosen and rejected go through together), plus
+        the frozen reference copy that full fine-tuning keeps unless precompute_ref_log_probs."""
+        from ..preflight import PlanInputs, preflight
+
+        cfg = self.config
+        inputs = PlanInputs(config=cfg, dtype=engine.dtype, fsdp_active=engine.fsdp_active)
+        need = preflight(inputs, model_config, 2 * data.max_len, engine.ds_config)
+        if need is None:
+            return
+        estimate = need.total / 2**30
+        if not cfg.use_lora and not cfg.precompute_ref_log_probs:
+            from ..preflight import config_dim
+
+            copy = 2 * 12 * config_dim(model_config, "num_hidden_layers", "n_layer", "num_layers") * \
+                config_dim(model_config, "hidden_size", "n_embd", "d_model") ** 2 / 2**30
+            self.results["reference_copy_gib"] = round(copy, 2)
+            estimate += copy
+        self.results["memory_estimate_gib"] = round(estimate, 2)
+
+    def _report_data(self, data: DataBundle, channel: Path) -> None:
+        train, val = data.train_tokens.report(), data.val_tokens.report() if data.val_tokens else None
+        self.results["data"] = {"format": "preference", "prompt_format": data.prompt.kind, "files": data.files,
+                                "max_input_length": data.max_len, "validation_source": data.validation_source,
+                                "train": train, "validation": val, "prompt": data.prompt.to_dict()}
+        log.info("data: preference pairs (%s prompts) from %s; train pairs=%d validation pairs=%s", data.prompt.kind,
+                 channel, train["rows"], val["rows"] if val else 0)
+
+    # ------------------------------------------------------------------ model and trainer
+    def _setup_model(self, base_path: Path, loaded, engine: EngineBundle) -> ModelBundle:
+        """As for SFT (LoRA targets checked, parameters counted); under LoRA the adapter is taken off
+        again and its config handed to TRL, which wraps the base so the reference is the base itself."""
+        bundle = super()._setup_model(base_path, loaded, engine)
+        if not self.config.use_lora:
+            return bundle
+        self.lora_config = bundle.module.peft_config["default"]
+        return dataclasses.replace(bundle, module=bundle.module.unload())
+
+    def _trainer(self, prepared):
+        from transformers import EarlyStoppingCallback, PrinterCallback
+        from trl import DPOTrainer
+
+        from .background_checkpoints import with_background_checkpoints
+        from .callbacks import CommitCheckpoints, FailOnNonFinite, MetricLines, StopOnSignal, TrackerLogs
+        from .throughput import TokensSeen
+
+        cfg, data, engine = self.config, prepared.data, prepared.engine
+        args = dpo_arguments(engine.args, cfg, data.max_len)
+        kept = SimpleNamespace(stop=StopOnSignal(), tokens_seen=TokensSeen(), commit=CommitCheckpoints(
+            engine.checkpoint_staging, self.paths.checkpoint_dir, cfg.save_total_limit, writer=self._checkpoint_writer(engine)))
+        self.reward_lines = PreferenceMetricLines()
+        callbacks = [MetricLines(), self.reward_lines, FailOnNonFinite(cfg.learning_rate), kept.stop, kept.commit,
+                     kept.tokens_seen, TrackerLogs(self.trackers)]
+        if args.load_best_model_at_end and cfg.early_stopping_patience > 0:
+            callbacks.append(EarlyStoppingCallback(cfg.early_stopping_patience, cfg.early_stopping_threshold))
+        self.results["preference"] = {"method": cfg.training_method, "beta": cfg.beta, "loss_type": cfg.dpo_loss_type,
+                                      "label_smoothing": cfg.label_smoothing, "reference": self._reference_kind()}
+        trainer = with_background_checkpoints(DPOTrainer)(
+            model=prepared.model.module, args=args, train_dataset=data.train_tokens.features,
+            eval_dataset=data.val_tokens.features if data.val_tokens else None, processing_class=data.tokenizer,
+            callbacks=callbacks, peft_config=self.lora_config)
+        trainer.checkpoint_commit = kept.commit
+        trainer.remove_callback(PrinterCallback)
+        return trainer, kept
+
+    def _reference_kind(self) -> str:
+        cfg = self.config
+        if cfg.use_lora:
+            return "the base model with the LoRA adapter turned off (no copy)"
+        if cfg.precompute_ref_log_probs:
+            return "log-probabilities of the base computed once before training (no copy)"
+        return "a frozen copy of the base model"
+
+    # ------------------------------------------------------------------ evaluation
+    def _baseline_evaluation(self, engine: EngineBundle) -> None:
+        if self.trainer.eval_dataset is None:
+            return
+        if engine.ds_config or engine.fsdp_active:
+            self.results["eval_before_skipped"] = "DeepSpeed/FSDP engines are built once per Trainer"
+            return
+        self.phases.begin("baseline evaluation")
+        self._record_preference_accuracy("before")
+        self._generate_samples("before")
+        self._check_knowledge("before")
+
+    def _record_preference_accuracy(self, stage: str) -> None:
+        """log p(chosen) > log p(rejected) under the policy, on the validation pairs (rank 0)."""
+        data = self.prepared.data
+        if not is_main_process() or not data.val_examples or self._generation_ranks() != "main":
+            return
+        result = preference_accuracy(self._live_model(), data.tokenizer, data.val_examples, data.max_len)
+        self.results.setdefault("preference_accuracy", {})[stage] = result
+        log.info("preference accuracy %s training (log p(chosen) > log p(rejected)): %s on %d validation pairs",
+                 stage, result["accuracy"], result["pairs"])
+
+    def _generate_samples(self, stage: str) -> None:
+        """Greedy answers to the validation prompts before and after, the chosen answer as reference."""
+        data = self.prepared.data
+        if self.config.rouge_samples == 0 or not data.val_examples or not is_main_process() \
+                or self._generation_ranks() != "main":
+            return
+        pairs = [(r["prompt"], r["chosen"]) for r in data.val_examples[:self.config.rouge_samples]]
+        answers = self._greedy_answers([p for p, _ in pairs], self.config.max_output_length)
+        self._record_samples(stage, pairs[:len(answers)], answers)
+
+    def evaluate(self) -> dict:
+        from .callbacks import StopFinalEvaluation
+
+        results = self.results
+        if self.trainer.eval_dataset is not None:
+            self.phases.begin("final evaluation")
+            self.trainer.add_callback(StopFinalEvaluation(lambda: self.stop_if_asked(FINAL_EVALUATION_STOP)))
+            results["eval_loss"] = self.trainer.evaluate()["eval_loss"]
+            self.stop_if_asked(FINAL_EVALUATION_STOP)
+            self._record_preference_accuracy("after")
+            self._generate_samples("after")
+            self._check_knowledge("after")
+        self._score_tasks("after")
+        finals = final_reward_metrics(self.reward_lines.last if self.reward_lines else {})
+        results.update({f"final_{k}": v for k, v in finals.items()})
+        if is_main_process():
+            for name in ("train_loss", "eval_loss", *(f"final_{k}" for k in finals), *metrics.SCORE_KEYS):
+                value = results.get(name)
+                if isinstance(value, (int, float)):
+                    metrics.print_metric(name if name.startswith("final_") else f"final_{name}", value)
+        return results
+
