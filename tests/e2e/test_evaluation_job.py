@@ -141,16 +141,19 @@ def test_lm_eval_yaml_tasks_score_as_lm_eval_scores_the_base_and_the_fine_tune(j
     import shutil
     from pathlib import Path
 
+    from tests.unit.test_evaluation_harness import without_max_new_tokens
+
     channel = job.channel("evaluation")
     shutil.copytree(Path(__file__).parents[1] / "unit" / "lm_eval_channel", channel, dirs_exist_ok=True)
     monkeypatch.chdir(channel)
+    base_dir = without_max_new_tokens(tiny("llama"), job.base.parent / "base-model")
     # qa's references are the base model's own greedy answers: 1.0 before; training changes the answers
-    base = _lm_eval_hf(tiny("llama"), channel, ["tiny_qa"], log_samples=True)["samples"]["tiny_qa"]
+    base = _lm_eval_hf(base_dir, channel, ["tiny_qa"], log_samples=True)["samples"]["tiny_qa"]
     answers = {s["doc_id"]: s["filtered_resps"][0] for s in base}
     rows = [json.loads(line) for line in (channel / "data" / "qa.jsonl").read_text().splitlines()]
     (channel / "data" / "qa.jsonl").write_text("".join(json.dumps(dict(row, answer=answers[i])) + "\n"
                                                        for i, row in enumerate(rows)))
-    job.add_model(tiny("llama"))
+    job.add_model(base_dir)
     job.add_sample_data("instruction", n_train=16, n_val=4)
     job.hyperparameters(dict(QUICK, learning_rate="0.01"))
     assert job.run_in_process() == 0, job.failure.read_text() if job.failure.exists() else ""
@@ -158,7 +161,7 @@ def test_lm_eval_yaml_tasks_score_as_lm_eval_scores_the_base_and_the_fine_tune(j
     evaluation = job.metrics()["evaluation"]
     assert set(evaluation) == {"qa", "trivia"}  # data/*.jsonl are the YAMLs' data, not tasks
     assert evaluation["qa"]["before"]["score"] == 1.0 and evaluation["qa"]["after"]["score"] < 1.0
-    for stage, model_dir, prefix in (("before", tiny("llama"), "base"), ("after", job.model_dir, "final")):
+    for stage, model_dir, prefix in (("before", base_dir, "base"), ("after", job.model_dir, "final")):
         theirs = _lm_eval_hf(model_dir, channel, ["tiny_trivia", "tiny_qa"])["results"]
         trivia, qa = evaluation["trivia"][stage], evaluation["qa"][stage]
         assert trivia["metric"] == "acc_norm,none" and trivia["items"] == 6 and qa["items"] == 4

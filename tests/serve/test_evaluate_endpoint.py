@@ -71,19 +71,46 @@ def test_endpoint_scores_equal_the_folder_scores(instruct_server, model_dirs, tm
     assert served["answers"]["rougeL"] == folder["answers"]["rougeL"]
 
 
-def test_an_unreachable_endpoint_and_a_yaml_task_fail_with_the_fix(tmp_path):
+def test_an_unreachable_endpoint_fails_with_the_fix(tmp_path):
     url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     gone = _evaluate("--model-dir", url, "--tasks", str(_tasks(tmp_path / "tasks")))
     assert gone.returncode == 2
     assert f"evaluate: --model-dir: cannot reach {url}/ping" in gone.stderr
     assert "Fix: start the server (tuneforge serve / docker run IMAGE serve) and pass its URL" in gone.stderr
-    yaml = tmp_path / "yaml"
-    yaml.mkdir()
-    (yaml / "data.jsonl").write_text('{"question": "q", "answer": "a"}\n')
-    (yaml / "qa.yaml").write_text("task: qa\ndataset_path: json\ndataset_kwargs:\n  data_files: data.jsonl\n"
-                                  "output_type: generate_until\ntest_split: train\ndoc_to_text: '{{question}}'\n"
-                                  "doc_to_target: answer\n")
-    refused = _evaluate("--model-dir", url, "--tasks", str(yaml))
-    assert refused.returncode == 2
-    assert "qa.yaml: lm_eval tasks (lm-evaluation-harness YAMLs) are scored on a model folder, not an endpoint" in (
-        refused.stderr)
+
+
+def test_lm_eval_yaml_tasks_score_the_same_on_the_endpoint(instruct_server, model_dirs, tmp_path):
+    """The YAML tasks of tests/unit/lm_eval_channel (multiple choice, generate_until) through the
+    server equal lm-eval's HFLM on the folder: every metric, every log-likelihood within 1e-4."""
+    tasks = Path(__file__).parents[1] / "unit" / "lm_eval_channel"
+    out = _evaluate("--model-dir", instruct_server.url, "--tasks", str(tasks), "--compare-to",
+                    str(model_dirs["instruct"]), "--json", str(tmp_path / "scores.json"))
+    assert out.returncode == 0, out.stderr
+    scores = json.loads((tmp_path / "scores.json").read_text())
+    served, folder = scores["model"], scores["compared"]
+    assert set(served) == set(folder) == {"qa", "trivia"}
+    for name in served:
+        assert served[name]["metric"] == folder[name]["metric"]
+        assert served[name]["metrics"] == pytest.approx(folder[name]["metrics"], abs=1e-4), name
+    assert served["trivia"]["items"] == folder["trivia"]["items"] > 0
+
+
+def test_the_endpoint_lm_answers_as_lm_evals_hflm_on_the_folder(instruct_server, model_dirs):
+    """Request by request: the same log-likelihoods (1e-4) and is_greedy flags, the same greedy text."""
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+
+    from tuneforge.evaluation.endpoint import Endpoint
+    from tuneforge.evaluation.endpoint_harness import EndpointLM
+
+    served, folder = EndpointLM(Endpoint(instruct_server.url), "test"), HFLM(pretrained=str(model_dirs["instruct"]), device="cpu")
+    folder.model.generation_config.max_new_tokens = None  # as harness.py runs it: max_gen_toks decides
+    pairs = [("Question: What do bees make?\nAnswer:", " honey"), ("The sky is ", "blue"), ("a", " b c d")]
+    asked = [Instance("loglikelihood", {}, pair, i) for i, pair in enumerate(pairs)]
+    ours, theirs = served.loglikelihood(asked), folder.loglikelihood(asked)
+    assert [value for value, _ in ours] == pytest.approx([value for value, _ in theirs], abs=1e-4)
+    assert [greedy for _, greedy in ours] == [greedy for _, greedy in theirs]
+    generate = [Instance("generate_until", {}, ("Q: What is two plus two?\nA:", {"until": ["\n"], "max_gen_toks": 12}),
+                         0), Instance("generate_until", {}, ("Once upon a time", {"until": ["."], "max_gen_toks": 20}), 1)]
+    texts = served.generate_until(generate)
+    assert texts == folder.generate_until(generate) and all(texts), texts

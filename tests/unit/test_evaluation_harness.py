@@ -34,6 +34,17 @@ def _lm_eval_hf(model_dir: Path, folder: Path, monkeypatch, tasks: list[str], **
                                    **options)
 
 
+def without_max_new_tokens(model_dir: Path, copy: Path) -> Path:
+    """A copy of the model without generation_config's max_new_tokens, for lm-eval's own `hf` runs:
+    it passes max_length, which transformers lets max_new_tokens override (harness.py clears it so
+    the task's max_gen_toks decides, as lm-eval means it to)."""
+    shutil.copytree(model_dir, copy)
+    config = json.loads((copy / "generation_config.json").read_text())
+    config.pop("max_new_tokens", None)
+    (copy / "generation_config.json").write_text(json.dumps(config))
+    return copy
+
+
 def test_yaml_tasks_and_their_data_files(tmp_path):
     folder = _channel(tmp_path)
     (folder / "mine.jsonl").write_text(json.dumps({"prompt": "Say yes.", "reference": "yes"}) + "\n")
@@ -55,7 +66,8 @@ def test_yaml_task_scores_equal_lm_eval_own_run(tiny, tmp_path, monkeypatch):
     from tuneforge.serve.loader import load_model
     from tuneforge.serve.settings import ServeSettings
 
-    model_dir, folder = tiny("llama"), _channel(tmp_path)
+    folder = _channel(tmp_path)
+    model_dir = without_max_new_tokens(tiny("llama"), tmp_path / "model")
     # the references of the first two questions become the model's own greedy answers: exact match 0.5
     first = _lm_eval_hf(model_dir, folder, monkeypatch, ["tiny_qa"], log_samples=True)
     answers = {s["doc_id"]: s["filtered_resps"][0] for s in first["samples"]["tiny_qa"]}

@@ -2,7 +2,9 @@
 generation items go to the server's own rendering (`messages` to /v1/chat/completions, `prompt`
 and template fields to /invocations, which render them with the saved template as scoring.py
 does), greedy; multiple-choice items are tokenized by the server's /tokenize as scoring.py
-tokenizes them, and /v1/completions with `echo` and `logprobs` returns each token's log-probability."""
+tokenizes them, and /v1/completions with `echo` and `logprobs` returns each token's log-probability;
+lm-evaluation-harness YAMLs run through an lm-eval model that sends the same requests
+(endpoint_harness.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +14,8 @@ import urllib.request
 
 from ..errors import DataError, ModelError
 from .scoring import generation_scores, multiple_choice_scores, split_pair
-from .tasks import GENERATION, MULTIPLE_CHOICE, Task
+from .harness import HARNESS
+from .tasks import GENERATION, Task
 
 TIMEOUT_S = 300  # one request; a long generation on a CPU server takes a while
 
@@ -60,17 +63,17 @@ class Endpoint:
 
 def score_endpoint(url: str, tasks: list[Task], *, max_new_tokens: int = 64) -> dict[str, dict]:
     """Every task's scores (as scoring.score_task's) on the server at `url`."""
-    for task in tasks:
-        if task.kind not in (GENERATION, MULTIPLE_CHOICE):
-            raise DataError(f"{task.kind} tasks (lm-evaluation-harness YAMLs) are scored on a model folder, not an "
-                            "endpoint", where=str(task.path), fix="pass the model folder as --model-dir, or run "
-                            "lm-eval's own local-completions model against the server (docs/evaluation.md)")
     endpoint = Endpoint(url)
     endpoint.ping()
     return {task.name: _score(task, endpoint, max_new_tokens) for task in tasks}
 
 
 def _score(task: Task, endpoint: Endpoint, max_new_tokens: int) -> dict:
+    if task.kind == HARNESS:
+        from .endpoint_harness import EndpointLM
+        from .harness import score_with
+
+        return score_with(task, EndpointLM(endpoint, str(task.path)))
     if task.kind == GENERATION:
         answers = [_answer(endpoint, item, max_new_tokens, f"{task.path}:{i + 1}") for i, item in enumerate(task.items)]
         prompts = [item.get("messages") or item.get("prompt") or {k: v for k, v in item.items() if k != "reference"}

@@ -79,13 +79,24 @@ def _localize_data(config: dict, path: Path) -> list[Path]:
 def score_harness_task(task, loaded) -> dict | None:
     """{"kind", "items", "score" (the first metric), "metric", every metric lm-eval reported}; None on
     a rank other than a node's first, which lm-eval gives no results."""
+    from lm_eval.models.huggingface import HFLM
+
+    config = loaded.model.generation_config
+    kept = config.max_new_tokens
+    config.max_new_tokens = None  # else it overrides the length HFLM asks for (the task's max_gen_toks)
+    try:
+        return score_with(task, HFLM(pretrained=loaded.model, tokenizer=loaded.tokenizer, batch_size=BATCH_SIZE))
+    finally:
+        config.max_new_tokens = kept
+
+
+def score_with(task, lm) -> dict | None:
+    """The task's scores through an lm-eval `LM` (the model in memory, or a served model's)."""
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")  # the sources were checked local; this keeps it so
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from lm_eval import simple_evaluate
-    from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
-    lm = HFLM(pretrained=loaded.model, tokenizer=loaded.tokenizer, batch_size=BATCH_SIZE)
     try:  # no reseeding: inside a job that would change the training's random state
         out = simple_evaluate(model=lm, tasks=[dict(task.config)], task_manager=TaskManager(include_defaults=False),
                               log_samples=False, bootstrap_iters=0, random_seed=None, numpy_random_seed=None,
