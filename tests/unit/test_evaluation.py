@@ -137,12 +137,16 @@ def test_metric_definitions_for_the_tasks_match_their_lines_only(tmp_path):
 
 
 def test_metric_definitions_past_sagemaker_limit_and_a_reserved_name(tmp_path):
-    for number in range(14):  # 13 fixed + 28 > 40
+    from tuneforge.contract import METRIC_DEFINITIONS
+
+    tasks = (40 - len(METRIC_DEFINITIONS)) // 2 + 1  # one task (two definitions) too many
+    for number in range(tasks):
         (tmp_path / f"t{number}.jsonl").write_text(json.dumps({"prompt": "q", "reference": "a"}) + "\n")
     refused = _metric_definitions("--tasks", str(tmp_path))
     assert refused.returncode == 2
-    assert "41 definitions, more than the 40 a SageMaker training job takes; pass --tasks-only" in refused.stderr
-    assert len(json.loads(_metric_definitions("--tasks", str(tmp_path), "--tasks-only").stdout)) == 28
+    total = len(METRIC_DEFINITIONS) + 2 * tasks
+    assert f"{total} definitions, more than the 40 a SageMaker training job takes; pass --tasks-only" in refused.stderr
+    assert len(json.loads(_metric_definitions("--tasks", str(tmp_path), "--tasks-only").stdout)) == 2 * tasks
     (tmp_path / "loss.jsonl").write_text(json.dumps({"prompt": "q", "reference": "a"}) + "\n")
     with pytest.raises(DataError, match="loss.jsonl: a task named loss would print the line final_eval_loss, "
                        "the job's validation loss. Fix: rename the file"):
