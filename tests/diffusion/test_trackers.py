@@ -1,6 +1,6 @@
 """A text-to-image job's loss and learning rate in TensorBoard (asked for by the folder SageMaker's
 TensorBoardOutputConfig creates, not the hyperparameter) and in MLflow (a local file store), equal
-to its metrics.json loss history."""
+to its metrics.json loss history; its final numbers and report files reach both."""
 
 from __future__ import annotations
 
@@ -31,7 +31,11 @@ def test_dreambooth_loss_and_learning_rate_go_to_tensorboard_and_mlflow(job, sd_
 
     events = EventAccumulator(str(board))
     events.Reload()
-    assert set(events.Tags()["scalars"]) == {"train/loss", "train/learning_rate"}
+    metrics = job.metrics()
+    finals = {"final/initial_loss", "final/final_loss", "final/train_loss", "final/train_images_per_second",
+              "final/train_runtime_s"}
+    assert set(events.Tags()["scalars"]) == {"train/loss", "train/learning_rate"} | finals
+    assert [(e.step, e.value) for e in events.Scalars("final/final_loss")] == [(6, pytest.approx(metrics["final_loss"]))]
     losses = [(e.step, e.value) for e in events.Scalars("train/loss")]
     assert [s for s, _ in losses] == [s for s, _ in history]
     assert [v for _, v in losses] == pytest.approx([v for _, v in history], rel=1e-6)
@@ -43,3 +47,6 @@ def test_dreambooth_loss_and_learning_rate_go_to_tensorboard_and_mlflow(job, sd_
     assert run.data.params["learning_rate"] == "0.001" and run.data.tags["tuneforge.task"] == "text-to-image"
     mlflow_losses = [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "train/loss")]
     assert mlflow_losses == history
+    assert run.data.metrics["final/final_loss"] == pytest.approx(metrics["final_loss"], rel=1e-9)
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"metrics.json", "report.html", "report.md"} <= artifacts, artifacts

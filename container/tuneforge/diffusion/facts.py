@@ -96,3 +96,13 @@ def epochs_done(steps: int, steps_per_epoch: int) -> float:
 
 def per_second(count: float, seconds: float) -> float | None:
     return round(count / seconds, 3) if seconds > 0 and math.isfinite(seconds) else None
+
+
+TRACKED_FINALS = ("initial_loss", "final_loss", "train_loss", "fid_score_before", "fid_score",
+                  "train_images_per_second", "train_runtime_s")
+
+
+def tracker_finals(results: dict) -> dict[str, float]:
+    """The job's final numbers as trackers name them: final/final_loss, final/fid_score, ..."""
+    values = {f"final/{key}": results.get(key) for key in TRACKED_FINALS}
+    return {k: v for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}

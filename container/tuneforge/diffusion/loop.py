@@ -24,15 +24,8 @@ LOG_EVERY = 10
 
 def run_loop(job, position: Position) -> list[tuple[int, float]]:
     """Train from `position` to job.total_steps; (step, loss) of every optimizer step run here.
-    Each step's loss and learning rate go to the trackers asked for (TensorBoard, MLflow:
-    tuneforge/trackers); their run ends with the loop."""
-    from ..trackers import job_trackers
-
-    with job_trackers(job.paths, job.config, task="text-to-image") as trackers:
-        return _steps(job, position, trackers)
-
-
-def _steps(job, position: Position, trackers) -> list[tuple[int, float]]:
+    Each step's loss and learning rate go to the job's trackers (TensorBoard, MLflow)."""
+    trackers = job.trackers
     cfg = job.config
     for module in job.modules.values():
         module.train()
@@ -47,7 +40,8 @@ def _steps(job, position: Position, trackers) -> list[tuple[int, float]]:
             position.step += 1
             position.batch += len(group)
             history.append((position.step, loss))
-            trackers.scalars({"train/loss": loss, "train/learning_rate": learning_rate}, position.step)
+            if trackers is not None:
+                trackers.scalars({"train/loss": loss, "train/learning_rate": learning_rate}, position.step)
             if position.step % LOG_EVERY == 0 or position.step == job.total_steps:
                 # epochs done, as a fraction (the language-model jobs' lines count the same way)
                 done = round(position.epoch + position.batch / max(len(batches), 1), 3)

@@ -47,13 +47,20 @@ class DreamBooth:
         self.before: list = []
         self.clock = facts.PhaseClock()
         self.fid = None  # fid.FidMeter with compute_fid
+        self.trackers = None  # open while run() runs
 
     def run(self) -> None:
+        """The job; each step's loss and learning rate, then the final numbers and the report files,
+        go to the trackers asked for (TensorBoard, MLflow: tuneforge/trackers)."""
+        from ..trackers import job_trackers
+
         started = time.monotonic()
-        self.setup()
-        self.train()
-        self.save()
-        self.report(time.monotonic() - started)
+        with job_trackers(self.paths, self.config, task="text-to-image", report=self.paths.output_data_dir,
+                          final=lambda: facts.tracker_finals(self.results)) as self.trackers:
+            self.setup()
+            self.train()
+            self.save()
+            self.report(time.monotonic() - started)
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
