@@ -107,6 +107,13 @@ class PreferenceRecipe(Recipe):
         log.info("data: preference pairs (%s prompts) from %s; train pairs=%d validation pairs=%s", data.prompt.kind,
                  channel, train["rows"], val["rows"] if val else 0)
 
+    def _flat_view(self, prepared) -> SimpleNamespace:
+        """As for SFT, without token rows: the report's rendered example reads SFT tokens, which a
+        preference job does not have (its fingerprint still identifies the data for resume)."""
+        view = super()._flat_view(prepared)
+        view.train_tokens = SimpleNamespace(features=[], fingerprint=prepared.data.train_tokens.fingerprint)
+        return view
+
     # ------------------------------------------------------------------ model and trainer
     def _setup_model(self, base_path: Path, loaded, engine: EngineBundle) -> ModelBundle:
         """As for SFT (LoRA targets checked, parameters counted); under LoRA the adapter is taken off

@@ -1,0 +1,137 @@
+"""training_method=dpo end to end on the tiny Llama: real jobs on a temporary /opt/ml tree, a real
+`tuneforge serve` on what they write, a real SIGTERM to a running job."""
+
+import json
+import os
+import re
+import signal
+
+import pytest
+
+from tests.serve.conftest import Server
+
+# "It is blue." and "It is red." have the same number of tokens and the untrained tiny model finds
+# "red" likelier after each of these prompts: preference accuracy 0.0 before training
+PAIRS = [{"prompt": f"What is fruit number {i}?", "chosen": "It is blue.", "rejected": "It is red."} for i in range(16)]
+DPO = {"training_method": "dpo", "learning_rate": "0.02", "max_steps": "12", "per_device_train_batch_size": "8",
+       "logging_steps": "1", "checkpoint_steps": "4", "rouge_samples": "2", "knowledge_check": "false"}
+
+
+def _add_pairs(job, rows=PAIRS, validation=True):
+    for channel in ("train", "validation") if validation else ("train",):
+        (job.channel(channel) / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _last_logged_loss(job) -> float:
+    history = json.loads((job.base / "output" / "data" / "log_history.json").read_text())
+    return [entry["loss"] for entry in history if "loss" in entry][-1]
+
+
+def test_dpo_with_lora_learns_the_preference_saves_and_is_served(job, tiny, tmp_path, capfd):
+    from tuneforge.contract import METRIC_DEFINITIONS
+    from tuneforge.model_folder import is_complete
+
+    job.add_model(tiny("llama"))
+    _add_pairs(job)
+    job.hyperparameters(DPO)
+    assert job.run_in_process() == 0
+    metrics = job.metrics()
+    assert metrics["preference_accuracy"]["before"] == {"accuracy": 0.0, "pairs": 16}
+    assert metrics["preference_accuracy"]["after"] == {"accuracy": 1.0, "pairs": 16}
+    assert metrics["preference"]["reference"] == "the base model with the LoRA adapter turned off (no copy)"
+    assert metrics["final_reward_accuracy"] == 1.0 and metrics["final_reward_margin"] > 0
+    log = capfd.readouterr().out
+    for name in ("train:reward_accuracy", "train:reward_margin", "train:chosen_logps", "train:rejected_logps",
+                 "validation:reward_accuracy", "final:reward_accuracy", "final:reward_margin"):
+        regex = next(d["Regex"] for d in METRIC_DEFINITIONS if d["Name"] == name)
+        assert re.search(regex, log), name
+    accuracies = [float(v) for v in re.findall(r"\[metric\] train_reward_accuracy=([0-9.]+)", log)]
+    assert accuracies[0] == 0.0 and accuracies[-1] == 1.0  # step 1: policy == reference; then it learns
+    assert is_complete(job.model_dir)
+    saved = json.loads((job.model_dir / "tuneforge.json").read_text())
+    assert saved["prompt"]["kind"] == "instruction" and saved["hyperparameters"]["training_method"] == "dpo"
+    server = Server(job.model_dir, tmp_path / "serve.log").wait_ready()
+    try:
+        answer = server.generate("What is fruit number 3?", max_new_tokens=4)["generated_text"]
+    finally:
+        assert server.stop() == 0
+    assert "blue" in answer and "red" not in answer, answer
+    assert answer == _greedy(job.model_dir, saved["prompt"], "What is fruit number 3?", 4)  # the saved prompt format
+
+
+def _greedy(model_dir, prompt: dict, text: str, tokens: int) -> str:
+    """The saved model's greedy answer, the prompt rendered with the saved format as the server does."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tuneforge.prompt import PromptFormat, encode_prompt
+
+    tokenizer, model = AutoTokenizer.from_pretrained(model_dir), AutoModelForCausalLM.from_pretrained(model_dir)
+    ids = encode_prompt(tokenizer, PromptFormat.from_dict(prompt).render_text(text), seq2seq=False)
+    out = model.generate(torch.tensor([ids]), max_new_tokens=tokens, do_sample=False)
+    return tokenizer.decode(out[0, len(ids):], skip_special_tokens=True)
+
+
+def test_dpo_resumes_after_sigterm_with_the_final_loss_of_an_uninterrupted_run(job, tiny, tmp_path_factory):
+    from tests.conftest import Job
+    from tests.distributed.conftest import finish, job_env, start, wait_for
+    from tuneforge.train.checkpoints import latest_checkpoint
+
+    quick = {**DPO, "max_steps": "24", "checkpoint_steps": "2", "rouge_samples": "0", "validation_split_ratio": "0",
+             "evaluation_strategy": "no", "learning_rate": "0.005"}
+    job.add_model(tiny("llama"))
+    _add_pairs(job, validation=False)
+    job.hyperparameters(quick)
+    assert job.run_in_process() == 0
+    uninterrupted = _last_logged_loss(job)
+
+    stopped = Job(tmp_path_factory.mktemp("stopped") / "opt" / "ml")
+    stopped.add_model(tiny("llama"))
+    _add_pairs(stopped, validation=False)
+    stopped.hyperparameters(quick)
+    process = start(stopped, job_env(nproc=1), new_session=True)
+    assert wait_for(lambda: latest_checkpoint(stopped.base / "checkpoints"), timeout=240, interval=0.05)
+    os.killpg(process.pid, signal.SIGTERM)
+    code, log = finish(process, stopped, timeout=120)
+    assert code == 143, log[-3000:]
+    step = int(latest_checkpoint(stopped.base / "checkpoints").name.split("-")[1])
+    assert step < 24 and stopped.failure_first_line().startswith(f"stopped by SIGTERM at step {step}")
+    stopped.failure.unlink()
+    assert stopped.run_in_process() == 0
+    assert stopped.metrics()["resumed_from"].endswith(f"checkpoint-{step}")
+    resumed = _last_logged_loss(stopped)
+    assert abs(resumed - uninterrupted) <= 0.02 * uninterrupted, (resumed, uninterrupted)
+
+
+def test_an_sft_model_folder_is_the_model_channel_of_a_dpo_job(job, tiny, tmp_path_factory):
+    from tests.conftest import Job
+
+    job.add_model(tiny("llama"))
+    job.add_sample_data("instruction", n_train=16, n_val=4)
+    job.hyperparameters({"instruction_tuned": "True", "max_steps": "2", "rouge_samples": "0", "knowledge_check": "false"})
+    assert job.run_in_process() == 0
+    sft_prompt = json.loads((job.model_dir / "tuneforge.json").read_text())["prompt"]
+    assert sft_prompt["prompt_template"] != "{prompt}"  # the sample data's own template, not the pairs' default
+
+    dpo = Job(tmp_path_factory.mktemp("dpo") / "opt" / "ml")
+    dpo.add_model(job.model_dir)
+    _add_pairs(dpo, PAIRS[:8])
+    dpo.hyperparameters({**DPO, "max_steps": "2"})
+    assert dpo.run_in_process() == 0
+    assert dpo.metrics()["data"]["prompt"] == sft_prompt
+    assert json.loads((dpo.model_dir / "tuneforge.json").read_text())["prompt"] == sft_prompt
+
+
+@pytest.mark.parametrize("hyperparameters, rows, first_line", [
+    (DPO, [PAIRS[0], PAIRS[1], {**PAIRS[2], "rejected": PAIRS[2]["chosen"]}],
+     "pairs.jsonl:3: 'chosen' and 'rejected' are the same answer"),
+    ({"rouge_samples": "0"}, PAIRS[:4], "training_method=sft cannot train on"),
+    (DPO, [{"prompt": "p", "completion": "c"}], "training_method=dpo needs preference pairs"),
+])
+def test_bad_preference_input_fails_the_job_with_the_fix(job, tiny, hyperparameters, rows, first_line):
+    job.add_model(tiny("llama"))
+    _add_pairs(job, rows, validation=False)
+    job.hyperparameters(hyperparameters)
+    assert job.run_in_process() == 1
+    assert first_line in job.failure_first_line(), job.failure_first_line()
+    assert list(job.model_dir.iterdir()) == [] if job.model_dir.exists() else True

@@ -1,0 +1,100 @@
+"""Preference pairs (data/preference.py): detected like the other formats, bad rows named by
+file:line with the fix, and a format refused for a training method that cannot use it."""
+
+import json
+
+import pytest
+
+from tuneforge.config import parse_hyperparameters
+from tuneforge.data import read_channel
+from tuneforge.errors import DataError
+
+DPO = {"training_method": "dpo"}
+TURNS = [{"role": "user", "content": "Hi"}]
+
+
+def _channel(tmp_path, rows, name="pairs.jsonl"):
+    folder = tmp_path / "train"
+    folder.mkdir(exist_ok=True)
+    (folder / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return folder
+
+
+def _read(tmp_path, rows, hyperparameters=DPO):
+    return read_channel(_channel(tmp_path, rows), parse_hyperparameters(hyperparameters))
+
+
+def test_text_pairs_are_detected_and_read(tmp_path):
+    data = _read(tmp_path, [{"prompt": "Sky?", "chosen": "Blue.", "rejected": "Red."}] * 2)
+    assert data.format == "preference" and len(data.examples) == 2
+    pair = data.examples[0]
+    assert (pair.prompt, pair.completion, pair.rejected, pair.conversational) == ("Sky?", "Blue.", "Red.", False)
+    assert data.prompt.kind == "instruction" and data.prompt.render_text("Sky?") == "Sky?\n\n### Response:\n"
+
+
+def test_conversation_pairs_keep_the_shared_turns(tmp_path):
+    row = {"chosen": TURNS + [{"role": "assistant", "content": "Hello!"}],
+           "rejected": TURNS + [{"role": "assistant", "content": "What."}]}
+    data = _read(tmp_path, [row])
+    pair = data.examples[0]
+    assert data.prompt.kind == "chat" and pair.conversational and pair.messages == TURNS
+    assert (pair.chosen_turn["content"], pair.rejected_turn["content"]) == ("Hello!", "What.")
+
+
+@pytest.mark.parametrize("row, message", [
+    ({"prompt": "p", "chosen": "same", "rejected": "same"}, "'chosen' and 'rejected' are the same answer"),
+    ({"prompt": "p", "chosen": "a"}, "the row has no 'rejected'"),
+    ({"prompt": "p", "chosen": " ", "rejected": "b"}, "'chosen' is empty"),
+    ({"chosen": "a", "rejected": "b"}, "the row has no 'prompt'"),
+    ({"chosen": TURNS + [{"role": "assistant", "content": "a"}],
+      "rejected": [{"role": "user", "content": "Other"}, {"role": "assistant", "content": "b"}]},
+     "differ before their last assistant turn"),
+    ({"chosen": TURNS + [{"role": "assistant", "content": ""}],
+      "rejected": TURNS + [{"role": "assistant", "content": "b"}]}, "the last assistant turn of 'chosen' is empty"),
+])
+def test_a_bad_row_is_named_by_file_and_line(tmp_path, row, message):
+    good = {"prompt": "p", "chosen": "a", "rejected": "b"} if isinstance(row.get("chosen"), str) or "prompt" in row \
+        else {"chosen": TURNS + [{"role": "assistant", "content": "a"}], "rejected": TURNS + [{"role": "assistant", "content": "b"}]}
+    with pytest.raises(DataError) as caught:
+        _read(tmp_path, [good, good, row])
+    text = str(caught.value)
+    assert message in text and "pairs.jsonl:3" in text and "Fix:" in text, text
+
+
+def test_preference_rows_are_refused_for_sft_naming_dpo(tmp_path):
+    with pytest.raises(DataError) as caught:
+        _read(tmp_path, [{"prompt": "p", "chosen": "a", "rejected": "b"}], {})
+    assert "training_method=sft cannot train on" in str(caught.value)
+    assert "set training_method=dpo" in str(caught.value)
+
+
+@pytest.mark.parametrize("hyperparameters, row, fmt", [
+    ({"instruction_tuned": "True"}, {"prompt": "p", "completion": "c"}, "instruction"),
+    ({}, {"messages": TURNS + [{"role": "assistant", "content": "a"}]}, "domain"),
+])
+def test_sft_rows_are_refused_for_dpo_naming_sft(tmp_path, hyperparameters, row, fmt):
+    with pytest.raises(DataError) as caught:
+        _read(tmp_path, [row], {**DPO, **hyperparameters})
+    text = str(caught.value)
+    assert f"training_method=dpo needs preference pairs and the channel holds {fmt} data" in text
+    assert "set training_method=sft" in text
+
+
+def test_mixed_shapes_stop_at_the_first_row_of_the_other_shape(tmp_path):
+    text = {"prompt": "p", "chosen": "a", "rejected": "b"}
+    chat = {"chosen": TURNS + [{"role": "assistant", "content": "a"}], "rejected": TURNS + [{"role": "assistant", "content": "b"}]}
+    with pytest.raises(DataError, match="pairs.jsonl:2.*mix text pairs and conversation pairs"):
+        _read(tmp_path, [text, chat])
+
+
+def test_preference_hyperparameters_are_declared_with_ranges_and_did_you_mean():
+    from tuneforge.errors import HyperparameterError
+
+    config = parse_hyperparameters({"training_method": "dpo", "loss_type": "ipo", "label_smoothing": "0.1"})
+    assert (config.beta, config.dpo_loss_type, config.label_smoothing) == (0.1, "ipo", 0.1)
+    assert parse_hyperparameters({}).training_method == "sft"
+    for raw, message in (({"training_metod": "dpo"}, "did you mean 'training_method'"),
+                         ({"training_method": "ppo"}, "use one of sft, dpo"),
+                         ({"beta": "0"}, "out of range"), ({"label_smoothing": "0.5"}, "<= 0.49")):
+        with pytest.raises(HyperparameterError, match=message):
+            parse_hyperparameters(raw)
