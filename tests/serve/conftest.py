@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -124,6 +125,16 @@ class Server:
                 self.proc.wait()
         self._log.close()
         return self.proc.returncode
+
+
+@contextmanager
+def running(model_dir: Path, log_dir: Path, env: dict | None = None):
+    """A server of its own for a test module: started, ready, stopped at the end."""
+    server = Server(model_dir, log_dir / "serve.log", env=env)
+    try:
+        yield server.wait_ready()
+    finally:
+        server.stop()
 
 
 def start_all(servers: list[Server]) -> None:

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.serve.conftest import Server
+from tests.serve.conftest import running
 from tests.serve.test_fairness import PROMPT, Stream
 
 DEADLINE_S = 4
@@ -21,11 +21,8 @@ def one_at_a_time(model_dirs, tmp_path_factory):
     """Batching and cutting off: a long stream holds the engine, and requests queue behind it."""
     env = {"TUNEFORGE_MAX_BATCH_SIZE": "1", "TUNEFORGE_BATCH_SLICE_S": "0",
            "TUNEFORGE_REQUEST_DEADLINE": str(DEADLINE_S)}
-    server = Server(model_dirs["long"], tmp_path_factory.mktemp("admission") / "serve.log", env=env)
-    try:
-        yield server.wait_ready()
-    finally:
-        server.stop()
+    with running(model_dirs["long"], tmp_path_factory.mktemp("admission"), env) as server:
+        yield server
 
 
 def test_a_request_that_would_wait_past_the_deadline_is_refused_at_once(one_at_a_time):
@@ -57,11 +54,8 @@ def test_a_request_that_would_wait_past_the_deadline_is_refused_at_once(one_at_a
 @pytest.fixture(scope="module")
 def batching(model_dirs, tmp_path_factory):
     env = {"TUNEFORGE_MAX_BATCH_SIZE": "32", "TUNEFORGE_REQUEST_DEADLINE": "30"}
-    server = Server(model_dirs["long"], tmp_path_factory.mktemp("batching") / "serve.log", env=env)
-    try:
-        yield server.wait_ready()
-    finally:
-        server.stop()
+    with running(model_dirs["long"], tmp_path_factory.mktemp("batching"), env) as server:
+        yield server
 
 
 def test_sixteen_clients_of_long_answers_are_all_answered(batching):

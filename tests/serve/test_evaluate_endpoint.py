@@ -13,18 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.serve.conftest import Server, free_port
+from tests.serve.conftest import free_port, running
 
 LM_EVAL_TASKS = Path(__file__).parent / "lm_eval_tasks"
 
 
 @pytest.fixture(scope="module")
 def instruct_server(model_dirs, tmp_path_factory):
-    server = Server(model_dirs["instruct"], tmp_path_factory.mktemp("evaluate-endpoint") / "server.log")
-    try:
-        yield server.wait_ready()
-    finally:
-        server.stop()
+    with running(model_dirs["instruct"], tmp_path_factory.mktemp("evaluate-endpoint")) as server:
+        yield server
 
 
 def _tasks(folder: Path, first_reference: str = "white") -> Path:

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tests.serve.conftest import Server
+from tests.serve.conftest import Server, running
 
 LONG, DEADLINE_S = 2500, 8
 PROMPT = "What color is the banana?"  # the long model's greedy answer runs past 3000 tokens
@@ -18,12 +18,9 @@ PROMPT = "What color is the banana?"  # the long model's greedy answer runs past
 
 @pytest.fixture(scope="module")
 def server(model_dirs, tmp_path_factory):
-    env = {"TUNEFORGE_REQUEST_DEADLINE": str(DEADLINE_S)}
-    started = Server(model_dirs["long"], tmp_path_factory.mktemp("fairness") / "serve.log", env=env)
-    try:
-        yield started.wait_ready()
-    finally:
-        started.stop()
+    with running(model_dirs["long"], tmp_path_factory.mktemp("fairness"),
+                 {"TUNEFORGE_REQUEST_DEADLINE": str(DEADLINE_S)}) as started:
+        yield started
 
 
 class Stream(threading.Thread):

@@ -12,7 +12,7 @@ import time
 import pytest
 import requests
 
-from tests.serve.conftest import HOST, Server
+from tests.serve.conftest import HOST, Server, running
 
 SLOW_CLIENTS = 70  # more than the 64 request threads of a worker
 PROMPT = "What color is the lemon?"
@@ -114,11 +114,8 @@ def test_a_slow_client_finishing_late_gets_its_answer(causal):
 def guarded(model_dirs, tmp_path_factory):
     """A 1 s request read timeout and a 0.05 MB body limit."""
     env = {"TUNEFORGE_REQUEST_READ_TIMEOUT": "1", "TUNEFORGE_MAX_BODY_MB": "0.05"}
-    server = Server(model_dirs["instruct"], tmp_path_factory.mktemp("guarded") / "serve.log", env=env)
-    try:
-        yield server.wait_ready()
-    finally:
-        server.stop()
+    with running(model_dirs["instruct"], tmp_path_factory.mktemp("guarded"), env) as server:
+        yield server
 
 
 def test_a_request_not_received_within_the_read_timeout_gets_408(guarded):

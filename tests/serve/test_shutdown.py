@@ -14,7 +14,7 @@ import time
 import pytest
 import requests
 
-from tests.serve.conftest import Server
+from tests.serve.conftest import Server, running
 
 LONG = 1500
 PROMPT = "What color is the banana?"
@@ -23,11 +23,8 @@ PROMPT = "What color is the banana?"
 @pytest.fixture(scope="module")
 def constrained(model_dirs, tmp_path_factory):
     env = {"TUNEFORGE_MAX_BATCH_SIZE": "1", "TUNEFORGE_MAX_QUEUE": "1", "TUNEFORGE_REQUEST_DEADLINE": "1"}
-    server = Server(model_dirs["long"], tmp_path_factory.mktemp("constrained") / "serve.log", env=env)
-    try:
-        yield server.wait_ready()
-    finally:
-        server.stop()
+    with running(model_dirs["long"], tmp_path_factory.mktemp("constrained"), env) as server:
+        yield server
 
 
 class Streamer(threading.Thread):
