@@ -263,3 +263,52 @@ def test_admission_refuses_only_deadline_requests_behind_a_long_wait():
     with pytest.raises(Overloaded) as refused:
         admission.admit(timed, 27.6, 55.0)
     assert refused.value.retry_after == 28 and "(TUNEFORGE_REQUEST_DEADLINE)" in str(refused.value)
+
+
+def test_cut_generate_calls_give_the_same_answers(tiny):
+    """Slicing at its extreme: an engine that yields after every token whenever another request waits
+    (two kinds of request take turns) answers as one that never yields: text, tokens, log-probabilities
+    and their alternatives, stop sequences, guided output, n > 1, prompt scores, finish reasons."""
+    import torch
+
+    from tuneforge.serve.guided import compile_plan
+    from tuneforge.serve.loader import load_model
+
+    torch.set_num_threads(1)
+    plan, calls = None, {}
+
+    def answers(slice_s: float) -> list:
+        nonlocal plan
+        settings = ServeSettings(model_dir=Path(tiny("llama")), batch_slice_s=slice_s, max_batch_wait_ms=50)
+        engine = Engine(load_model(settings), settings)
+        generate, calls[slice_s] = engine._generate, 0
+
+        def counted(*args):
+            calls[slice_s] += 1
+            return generate(*args)
+
+        engine._generate = counted
+        plan = plan or compile_plan("(yes|no)( indeed)?", engine.tokenizer, engine.loaded.eos_token_ids[0])
+        repeat = Sampling(repetition_penalty=1.3)  # another batch key: the two kinds take turns
+        requests = [GenerationRequest([1, 10, 11], 40, top_logprobs=2, prompt_logprobs=1),
+                    GenerationRequest([1, 12, 13, 14], 30, repeat, n=2),
+                    GenerationRequest([1, 15], 40, stop=("e", "an")),
+                    GenerationRequest([1, 16, 17], 12, guide=plan),
+                    GenerationRequest([1, 18, 19], 40, repeat, top_logprobs=1)]
+        try:
+            jobs = [engine.submit(request) for request in requests]
+            return [job.wait(120) for job in jobs]
+        finally:
+            engine.close()
+
+    uncut, cut = answers(0), answers(1e-9)
+    for one, other in zip(uncut, cut, strict=True):
+        for a, b in zip(one.sequences, other.sequences, strict=True):
+            assert (a.text, a.finish_reason, [t.id for t in a.tokens]) == (b.text, b.finish_reason, [t.id for t in b.tokens])
+            for x, y in zip(a.tokens, b.tokens):
+                assert (x.text, x.special) == (y.text, y.special)
+                assert x.logprob == pytest.approx(y.logprob, abs=1e-4)
+                assert [i for i, _, _ in x.top] == [i for i, _, _ in y.top]
+        assert one.prompt_scores == other.prompt_scores and one.seed == other.seed
+    assert sum(len(s.tokens) for r in cut for s in r.sequences) > 100
+    assert calls[0] <= 3 and calls[1e-9] >= 8, calls  # the cut engine took many turns
