@@ -23,7 +23,7 @@ class TrainConfig(SageMakerHyperparameters):
     # --- data ---
     instruction_tuned: Flag = hp(False, "Train on prompt/completion rows from *.jsonl files (+ template.json).")
     chat_dataset: Flag = hp(False, "Train on conversations (`dialog`, `messages` or `conversations`); loss on assistant turns.")
-    data_format: Literal["auto", "instruction", "chat", "domain", "table", "preference"] = hp("auto", "Force the data format instead of detecting it.")
+    data_format: Literal["auto", "instruction", "chat", "domain", "table", "preference", "unpaired"] = hp("auto", "Force the data format instead of detecting it.")
     add_input_output_demarcation_key: Flag = hp(True, "Insert '\\n\\n### Response:\\n' between prompt and completion.")
     max_input_length: Int = hp(-1, "Longest tokenized example; -1 = min(1024, the tokenizer's limit). Longer rows are truncated and counted.", ge=-1)
     max_output_length: Int = hp(128, "Longest target for seq2seq models; also the most tokens generated per ROUGE sample.", ge=1)
@@ -37,13 +37,14 @@ class TrainConfig(SageMakerHyperparameters):
     eval_max_regression: Float = hp(-1.0, "Gate: points any evaluation task (and general_knowledge) may lose from the base to the fine-tune, e.g. 0.02; -1 = no limit. A bigger loss fails the job (exit 1) after model/ is saved.", ge=-1.0, le=1.0)
     knowledge_check: Flag = hp(True, "Ask 12 bundled general questions before and after training and report the share answered right (metrics.json general_knowledge): a drop means the fine-tune made the model forget.")
     # --- training method (docs/preference.md) ---
-    training_method: Literal["sft", "dpo"] = hp("sft", "sft = supervised fine-tuning on prompts and answers; dpo = Direct Preference Optimization on preference pairs ({prompt, chosen, rejected} or chosen/rejected conversations), TRL's DPOTrainer.")
-    beta: Float = hp(0.1, "DPO: how far the model may move from the reference (the base before this job); higher = closer to it.", gt=0.0, le=100.0)
+    training_method: Literal["sft", "dpo", "orpo", "simpo", "kto"] = hp("sft", "sft = supervised fine-tuning on prompts and answers; on TRL's trainers (docs/preference.md): dpo = Direct Preference Optimization, orpo = odds-ratio preference optimization (no reference model), simpo = SimPO (no reference model), all three on preference pairs ({prompt, chosen, rejected} or chosen/rejected conversations); kto = KTO on unpaired {prompt, completion, label} rows.")
+    beta: Float = hp(0.1, "dpo/kto: how far the model may move from the reference (the base before this job), higher = closer to it; orpo: lambda, the weight of the odds-ratio term; simpo: the reward scale (the paper uses 2-2.5).", gt=0.0, le=100.0)
+    simpo_gamma: Float = hp(0.5, "simpo: the target reward margin (TRL's simpo_gamma).", ge=0.0, le=100.0)
     dpo_loss_type: Literal["sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard",
                            "aot", "aot_unpaired", "apo_zero", "apo_down", "discopop", "sigmoid_norm"] = hp(
         "sigmoid", "DPO loss, as TRL's DPOConfig.loss_type names it: sigmoid = the DPO paper's, ipo, hinge, robust (with label_smoothing), ...", aliases={"loss_type": None})
     label_smoothing: Float = hp(0.0, "DPO: the share of preference labels assumed flipped (robust and sigmoid losses; TRL's label_smoothing), below 0.5.", ge=0.0, le=0.49)
-    precompute_ref_log_probs: Flag = hp(False, "DPO with full fine-tuning (peft_type=none): compute the reference log-probabilities once before training instead of keeping a frozen copy of the model in memory. With LoRA the reference is the base with the adapter turned off and no copy is kept either way.")
+    precompute_ref_log_probs: Flag = hp(False, "dpo/kto with full fine-tuning (peft_type=none): compute the reference log-probabilities once before training instead of keeping a frozen copy of the model in memory. With LoRA the reference is the base with the adapter turned off and no copy is kept either way.")
     # --- schedule ---
     epoch: Int = hp(5, "Passes over the training data.", ge=1, le=1000,
                     aliases={"epochCount": (1, 10), "epochs": None, "num_train_epochs": None})
@@ -122,9 +123,9 @@ class TrainConfig(SageMakerHyperparameters):
              "hyperparameters enable_fsdp/int8_quantization", "set exactly one of them to True"),
         Rule(lambda c: c.enable_fsdp and c.deepspeed != "none", "FSDP and DeepSpeed were both asked for",
              "hyperparameters enable_fsdp/deepspeed", "choose one"),
-        Rule(lambda c: c.training_method == "sft" and c.data_format == "preference",
-             "data_format=preference needs a preference method", "hyperparameters training_method/data_format",
-             "set training_method=dpo"),
+        Rule(lambda c: c.training_method == "sft" and c.data_format in ("preference", "unpaired"),
+             "data_format={data_format} needs a preference method", "hyperparameters training_method/data_format",
+             "set training_method=dpo, orpo or simpo for preference pairs, kto for unpaired rows"),
         zero_refused("per_device_eval_batch_size", "the training batch size"),
         zero_refused("max_train_samples", "all rows"),  # 0 rows: the sampler fails with a bare ValueError
         zero_refused("max_steps", "all epochs"),  # 0 steps: the base weights would be saved as the result

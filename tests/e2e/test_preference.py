@@ -1,4 +1,4 @@
-"""training_method=dpo end to end on the tiny Llama: real jobs on a temporary /opt/ml tree, a real
+"""training_method=dpo, orpo, simpo and kto end to end on the tiny Llama: real jobs on a temporary /opt/ml tree, a real
 `tuneforge serve` on what they write, a real SIGTERM to a running job."""
 
 import json
@@ -17,6 +17,14 @@ DPO = {"training_method": "dpo", "learning_rate": "0.02", "max_steps": "12", "pe
        "logging_steps": "1", "checkpoint_steps": "4", "rouge_samples": "2", "knowledge_check": "false"}
 
 
+# KTO's unpaired rows: each pair's answers, the chosen one desirable
+UNPAIRED = [{"prompt": r["prompt"], "completion": r[k], "label": k == "chosen"} for r in PAIRS for k in ("chosen", "rejected")]
+
+
+def _rows(method: str) -> list:
+    return UNPAIRED if method == "kto" else PAIRS
+
+
 def _add_pairs(job, rows=PAIRS, validation=True):
     for channel in ("train", "validation") if validation else ("train",):
         (job.channel(channel) / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -27,35 +35,46 @@ def _last_logged_loss(job) -> float:
     return [entry["loss"] for entry in history if "loss" in entry][-1]
 
 
-def test_dpo_with_lora_learns_the_preference_saves_and_is_served(job, tiny, tmp_path, capfd):
+REFERENCE = {"dpo": "the base model with the LoRA adapter turned off (no copy)", "orpo": "none: orpo is reference-free",
+             "simpo": "none: simpo is reference-free", "kto": "the base model with the LoRA adapter turned off (no copy)"}
+
+
+@pytest.mark.parametrize("method", ["dpo", "orpo", "simpo", "kto"])
+def test_lora_preference_tuning_learns_the_preference_saves_and_is_served(job, tiny, tmp_path, capfd, method):
     from tuneforge.contract import METRIC_DEFINITIONS
     from tuneforge.model_folder import is_complete
 
     job.add_model(tiny("llama"))
-    _add_pairs(job)
-    job.hyperparameters(DPO)
+    _add_pairs(job, _rows(method))
+    job.hyperparameters({**DPO, "training_method": method})
     assert job.run_in_process() == 0
     metrics = job.metrics()
-    assert metrics["preference_accuracy"]["before"] == {"accuracy": 0.0, "pairs": 16}
-    assert metrics["preference_accuracy"]["after"] == {"accuracy": 1.0, "pairs": 16}
-    assert metrics["preference"]["reference"] == "the base model with the LoRA adapter turned off (no copy)"
-    assert metrics["final_reward_accuracy"] == 1.0 and metrics["final_reward_margin"] > 0
+    assert metrics["preference"]["reference"] == REFERENCE[method]
+    assert metrics["final_reward_margin"] > 0
     log = capfd.readouterr().out
-    for name in ("train:reward_accuracy", "train:reward_margin", "train:chosen_logps", "train:rejected_logps",
-                 "validation:reward_accuracy", "final:reward_accuracy", "final:reward_margin"):
+    names = ["train:reward_margin", "train:chosen_logps", "train:rejected_logps", "validation:reward_margin",
+             "final:reward_margin", "final:chosen_logps", "final:rejected_logps"]
+    if method != "kto":  # KTO's rows are unpaired: no pair to be accurate on
+        names += ["train:reward_accuracy", "validation:reward_accuracy", "final:reward_accuracy"]
+        assert metrics["preference_accuracy"]["before"] == {"accuracy": 0.0, "pairs": 16}
+        assert metrics["preference_accuracy"]["after"] == {"accuracy": 1.0, "pairs": 16}
+        assert metrics["final_reward_accuracy"] == 1.0
+    for name in names:
         regex = next(d["Regex"] for d in METRIC_DEFINITIONS if d["Name"] == name)
         assert re.search(regex, log), name
-    accuracies = [float(v) for v in re.findall(r"\[metric\] train_reward_accuracy=([0-9.]+)", log)]
-    assert accuracies[0] == 0.0 and accuracies[-1] == 1.0  # step 1: policy == reference; then it learns
+    if method == "dpo":
+        accuracies = [float(v) for v in re.findall(r"\[metric\] train_reward_accuracy=([0-9.]+)", log)]
+        assert accuracies[0] == 0.0 and accuracies[-1] == 1.0  # step 1: policy == reference; then it learns
     assert is_complete(job.model_dir)
     saved = json.loads((job.model_dir / "tuneforge.json").read_text())
-    assert saved["prompt"]["kind"] == "instruction" and saved["hyperparameters"]["training_method"] == "dpo"
+    assert saved["prompt"]["kind"] == "instruction" and saved["hyperparameters"]["training_method"] == method
     server = Server(job.model_dir, tmp_path / "serve.log").wait_ready()
     try:
         answer = server.generate("What is fruit number 3?", max_new_tokens=4)["generated_text"]
     finally:
         assert server.stop() == 0
-    assert "blue" in answer and "red" not in answer, answer
+    if method in ("dpo", "simpo"):  # after 12 steps the ORPO and KTO tiny models' greedy answers are still blank
+        assert "blue" in answer and "red" not in answer, answer
     assert answer == _greedy(job.model_dir, saved["prompt"], "What is fruit number 3?", 4)  # the saved prompt format
 
 
@@ -72,22 +91,23 @@ def _greedy(model_dir, prompt: dict, text: str, tokens: int) -> str:
     return tokenizer.decode(out[0, len(ids):], skip_special_tokens=True)
 
 
-def test_dpo_resumes_after_sigterm_with_the_final_loss_of_an_uninterrupted_run(job, tiny, tmp_path_factory):
+@pytest.mark.parametrize("method", ["dpo", "orpo", "simpo", "kto"])
+def test_resumes_after_sigterm_with_the_final_loss_of_an_uninterrupted_run(job, tiny, tmp_path_factory, method):
     from tests.conftest import Job
     from tests.distributed.conftest import finish, job_env, start, wait_for
     from tuneforge.train.checkpoints import latest_checkpoint
 
-    quick = {**DPO, "max_steps": "24", "checkpoint_steps": "2", "rouge_samples": "0", "validation_split_ratio": "0",
-             "evaluation_strategy": "no", "learning_rate": "0.005"}
+    quick = {**DPO, "training_method": method, "max_steps": "24", "checkpoint_steps": "2", "rouge_samples": "0",
+             "validation_split_ratio": "0", "evaluation_strategy": "no", "learning_rate": "0.005"}
     job.add_model(tiny("llama"))
-    _add_pairs(job, validation=False)
+    _add_pairs(job, _rows(method), validation=False)
     job.hyperparameters(quick)
     assert job.run_in_process() == 0
     uninterrupted = _last_logged_loss(job)
 
     stopped = Job(tmp_path_factory.mktemp("stopped") / "opt" / "ml")
     stopped.add_model(tiny("llama"))
-    _add_pairs(stopped, validation=False)
+    _add_pairs(stopped, _rows(method), validation=False)
     stopped.hyperparameters(quick)
     process = start(stopped, job_env(nproc=1), new_session=True)
     assert wait_for(lambda: latest_checkpoint(stopped.base / "checkpoints"), timeout=240, interval=0.05)

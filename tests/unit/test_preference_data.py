@@ -76,7 +76,7 @@ def test_sft_rows_are_refused_for_dpo_naming_sft(tmp_path, hyperparameters, row,
     with pytest.raises(DataError) as caught:
         _read(tmp_path, [row], {**DPO, **hyperparameters})
     text = str(caught.value)
-    assert f"training_method=dpo needs preference pairs and the channel holds {fmt} data" in text
+    assert f"training_method=dpo needs preference pairs (chosen/rejected) and the channel holds {fmt} data" in text
     assert "set training_method=sft" in text
 
 
@@ -94,7 +94,48 @@ def test_preference_hyperparameters_are_declared_with_ranges_and_did_you_mean():
     assert (config.beta, config.dpo_loss_type, config.label_smoothing) == (0.1, "ipo", 0.1)
     assert parse_hyperparameters({}).training_method == "sft"
     for raw, message in (({"training_metod": "dpo"}, "did you mean 'training_method'"),
-                         ({"training_method": "ppo"}, "use one of sft, dpo"),
+                         ({"training_method": "ppo"}, "use one of sft, dpo, orpo, simpo, kto"),
                          ({"beta": "0"}, "out of range"), ({"label_smoothing": "0.5"}, "<= 0.49")):
         with pytest.raises(HyperparameterError, match=message):
             parse_hyperparameters(raw)
+
+
+UNPAIRED = [{"prompt": "Sky?", "completion": "Blue.", "label": True}, {"prompt": "Sky?", "completion": "Red.", "label": False}]
+
+
+def test_unpaired_rows_are_detected_and_read_for_kto(tmp_path):
+    data = _read(tmp_path, UNPAIRED, {"training_method": "kto"})
+    assert data.format == "unpaired" and [e.label for e in data.examples] == [True, False]
+    assert data.examples[1].completion == "Red." and data.prompt.kind == "instruction"
+
+
+@pytest.mark.parametrize("row, message", [
+    ({"prompt": "p", "completion": "c", "label": "yes"}, "'label' must be true or false"),
+    ({"prompt": "p", "completion": " ", "label": False}, "'completion' is empty"),
+])
+def test_a_bad_unpaired_row_is_named_by_file_and_line(tmp_path, row, message):
+    with pytest.raises(DataError) as caught:
+        _read(tmp_path, UNPAIRED + [row], {"training_method": "kto"})
+    assert message in str(caught.value) and "pairs.jsonl:3" in str(caught.value)
+
+
+@pytest.mark.parametrize("rows, method, message", [
+    (UNPAIRED, "dpo", "the rows are unpaired rows (prompt/completion/label), which training_method=dpo cannot train on. "
+                      "Fix: set training_method=kto"),
+    ([{"prompt": "p", "chosen": "a", "rejected": "b"}], "kto",
+     "the rows are preference pairs (chosen/rejected), which training_method=kto cannot train on. Fix: set "
+     "training_method=dpo or training_method=orpo or training_method=simpo"),
+    (UNPAIRED, "sft", "which training_method=sft cannot train on. Fix: set training_method=kto"),
+    ([{"prompt": "p", "completion": "c"}], "kto", "training_method=kto needs unpaired rows (prompt/completion/label) "
+                                                  "and the channel holds domain data, which training_method=sft"),
+])
+def test_each_format_is_refused_for_a_method_that_cannot_use_it_naming_one_that_can(tmp_path, rows, method, message):
+    with pytest.raises(DataError) as caught:
+        _read(tmp_path, rows, {"training_method": method})
+    assert message in str(caught.value), str(caught.value)
+
+
+@pytest.mark.parametrize("method", ["orpo", "simpo"])
+def test_orpo_and_simpo_read_preference_pairs(tmp_path, method):
+    data = _read(tmp_path, [{"prompt": "p", "chosen": "a", "rejected": "b"}], {"training_method": method})
+    assert data.format == "preference"

@@ -4,7 +4,8 @@
 - chat: *.jsonl rows holding [{role, content}, ...] under dialog, messages or conversations
 - domain: exactly one CSV, JSON/JSONL or TXT file of free text
 - table: CSV or Parquet files with exactly the columns input and output (Autopilot)
-- preference: *.jsonl rows with chosen and rejected answers, for DPO (data/preference.py)
+- preference: *.jsonl rows with chosen and rejected answers (dpo, orpo, simpo), or unpaired
+  prompt/completion/label rows (kto) (data/preference.py)
 Every problem is a DataError naming the file, the line and the field.
 """
 
@@ -68,8 +69,9 @@ def detect_format(folder: Path, config) -> str:
         return config.data_format
     from .preference import sniff_preference
 
-    if sniff_preference(visible_files(folder)):  # chosen/rejected rows: DPO data (data/preference.py)
-        return "preference"
+    preference = sniff_preference(visible_files(folder))  # chosen/rejected or labelled rows (data/preference.py)
+    if preference:
+        return preference
     if config.instruction_tuned:
         return "instruction"
     if config.chat_dataset:
@@ -99,12 +101,13 @@ def read_channel(folder: Path, config, *, prompt: PromptFormat | None = None,
     if not files:
         raise DataError("the channel is empty", where=str(folder),
                         fix="put the training files in this folder (see docs/data-formats.md)")
-    from .preference import check_method, read_preference
+    from .preference import check_method, read_preference, read_unpaired
 
     fmt = fmt or detect_format(folder, config)
     check_method(fmt, config, str(folder))
     reader = {"instruction": _read_instruction, "chat": _read_chat, "domain": _read_domain,
-              "table": _read_table, "preference": read_preference}[fmt]
+              "table": _read_table, "preference": read_preference,
+              "unpaired": read_unpaired}[fmt]
     data = reader(folder, files, config, prompt)
     ignored = [p.name for p in files if str(p) not in data.files and not (fmt == "instruction" and p.suffix == ".json")]
     if ignored:

@@ -1,8 +1,10 @@
-"""Preference data for DPO: JSON Lines rows that pair a chosen and a rejected answer to one prompt.
+"""Preference data: JSON Lines rows that pair a chosen and a rejected answer to one prompt (dpo,
+orpo, simpo), or unpaired rows that label one answer desirable or not (kto).
 
 - paired: {"prompt": str, "chosen": str, "rejected": str}
 - conversational: {"chosen": [messages], "rejected": [messages]}: the same turns up to a last
   assistant turn that differs (an optional "prompt": [messages] holds the shared turns instead)
+- unpaired: {"prompt": str, "completion": str, "label": true|false}
 Rows are kept as text here; train/preference.py renders them with the prompt format and chat
 template the job uses (the tokenizer is loaded later). Every problem names file:line and the fix.
 """
@@ -17,9 +19,12 @@ from ..errors import DataError
 from ..prompt import DEMARCATION_KEY, PromptFormat
 from .formats import Example, LoadedData, _jsonl_rows, _messages
 
-PREFERENCE_METHODS = ("dpo",)
+# the formats only preference methods train on, and the methods that train on each
+FORMAT_METHODS = {"preference": ("dpo", "orpo", "simpo"), "unpaired": ("kto",)}
+FORMAT_NAMES = {"preference": "preference pairs (chosen/rejected)", "unpaired": "unpaired rows (prompt/completion/label)"}
 ROW_SHAPES = ('{"prompt": "...", "chosen": "...", "rejected": "..."} or '
               '{"chosen": [turns], "rejected": [turns]}')
+UNPAIRED_SHAPE = '{"prompt": "...", "completion": "...", "label": true}'
 
 
 @dataclass
@@ -27,6 +32,7 @@ class PreferenceExample(Example):
     """One pair. Paired rows: `prompt` (raw text), `completion` = chosen, `rejected`. Conversational
     rows: `messages` = the shared turns, `chosen_turn`/`rejected_turn` the two last assistant turns."""
     rejected: str = ""
+    label: bool | None = None  # unpaired rows: whether `completion` is desirable
     chosen_turn: dict | None = None
     rejected_turn: dict | None = None
 
@@ -39,33 +45,41 @@ def is_preference_row(row: dict) -> bool:
     return isinstance(row, dict) and "chosen" in row and "rejected" in row
 
 
-def sniff_preference(files: list[Path]) -> bool:
-    """Whether the channel's first JSON Lines row holds a chosen and a rejected answer."""
+def sniff_preference(files: list[Path]) -> str | None:
+    """"preference" when the channel's first JSON Lines row holds a chosen and a rejected answer,
+    "unpaired" when it holds a prompt, a completion and a true/false label; else None."""
     for path in files:
         if path.suffix != ".jsonl":
             continue
         try:
             with open(path, encoding="utf-8", errors="replace") as handle:
-                for text in handle:
-                    if text.strip():
-                        return is_preference_row(json.loads(text))
+                row = json.loads(next((text for text in handle if text.strip()), "null"))
         except (json.JSONDecodeError, OSError):
-            return False
-    return False
+            return None
+        if is_preference_row(row):
+            return "preference"
+        if isinstance(row, dict) and {"prompt", "completion"} <= set(row) and isinstance(row.get("label"), bool):
+            return "unpaired"
+        return None
+    return None
 
 
 def check_method(fmt: str, config, where: str) -> None:
     """A format the chosen training_method cannot train on is refused, naming the one that can."""
     method = getattr(config, "training_method", "sft")
-    if fmt == "preference" and method not in PREFERENCE_METHODS:
-        raise DataError(f"the rows are preference pairs (chosen/rejected), which training_method={method} cannot "
-                        "train on", where=where,
-                        fix=f"set training_method={PREFERENCE_METHODS[0]} to train on them (docs/preference.md), or "
-                            "give prompt/completion rows or conversations for sft")
-    if fmt != "preference" and method in PREFERENCE_METHODS:
-        raise DataError(f"training_method={method} needs preference pairs and the channel holds {fmt} data, which "
-                        "training_method=sft trains on", where=where,
-                        fix=f"set training_method=sft for this data, or write rows as {ROW_SHAPES}")
+    if fmt in FORMAT_METHODS and method not in FORMAT_METHODS[fmt]:
+        can = " or ".join(f"training_method={m}" for m in FORMAT_METHODS[fmt])
+        raise DataError(f"the rows are {FORMAT_NAMES[fmt]}, which training_method={method} cannot train on",
+                        where=where, fix=f"set {can} to train on them (docs/preference.md)"
+                                         + (", or give prompt/completion rows or conversations for sft"
+                                            if method == "sft" else ""))
+    needed = next((f for f, methods in FORMAT_METHODS.items() if method in methods), None)
+    if needed and fmt != needed:
+        can = " or ".join(FORMAT_METHODS.get(fmt, ("sft",)))
+        shape = UNPAIRED_SHAPE if needed == "unpaired" else ROW_SHAPES
+        raise DataError(f"training_method={method} needs {FORMAT_NAMES[needed]} and the channel holds {fmt} data, "
+                        f"which training_method={can} trains on", where=where,
+                        fix=f"set training_method={can.split(' or ')[0]} for this data, or write rows as {shape}")
 
 
 def read_preference(folder: Path, files: list[Path], config, prompt: PromptFormat | None) -> LoadedData:
@@ -86,6 +100,34 @@ def read_preference(folder: Path, files: list[Path], config, prompt: PromptForma
                   PromptFormat(kind="instruction", prompt_template="{prompt}", completion_template="{completion}",
                                demarcation=DEMARCATION_KEY if config.add_input_output_demarcation_key else ""))
     return LoadedData("preference", examples, [str(p) for p in jsonl], prompt)
+
+
+def read_unpaired(folder: Path, files: list[Path], config, prompt: PromptFormat | None) -> LoadedData:
+    """KTO's rows: one answer each, labelled desirable (true) or not (false)."""
+    jsonl = [p for p in files if p.suffix == ".jsonl"]
+    examples = [_unpaired(row, f"{path}:{line}", f"{path.name}:{line}")
+                for path in jsonl for line, row in _jsonl_rows(path)]
+    if examples and len({e.label for e in examples}) < 2:
+        raise DataError(f"every row is labelled {examples[0].label}: KTO needs desirable and undesirable answers",
+                        where=str(folder), fix="add rows with the other label (true = desirable, false = not)")
+    prompt = prompt or PromptFormat(kind="instruction", prompt_template="{prompt}", completion_template="{completion}",
+                                    demarcation=DEMARCATION_KEY if config.add_input_output_demarcation_key else "")
+    return LoadedData("unpaired", examples, [str(p) for p in jsonl], prompt)
+
+
+def _unpaired(row: dict, where: str, source: str) -> PreferenceExample:
+    for key in ("prompt", "completion", "label"):
+        if key not in row:
+            raise DataError(f"the row has no {key!r}", where=where, fix=f"write every row as {UNPAIRED_SHAPE}")
+    if not isinstance(row["label"], bool):
+        raise DataError(f"'label' must be true or false, not {row['label']!r}", where=where,
+                        fix="write true for a desirable answer, false for an undesirable one")
+    for key in ("prompt", "completion"):
+        if not isinstance(row[key], str):
+            raise DataError(f"{key!r} must be a string", where=where, fix=f"write every row as {UNPAIRED_SHAPE}")
+    if not row["completion"].strip():
+        raise DataError("'completion' is empty", where=where, fix="give the answer some text, or drop the row")
+    return PreferenceExample(source=source, prompt=row["prompt"], completion=row["completion"], label=row["label"])
 
 
 def _pair(row: dict, where: str, source: str) -> PreferenceExample:

@@ -1,11 +1,13 @@
-"""The preference recipe (training_method=dpo): the SFT recipe's job around TRL's DPOTrainer.
+"""The preference recipe (training_method=dpo|orpo|simpo|kto): the SFT recipe's job around TRL's
+trainers (train/preference_methods.py says which).
 
 Everything a job is stays the Recipe's: reading the channels (preference rows, data/preference.py),
 the failure file, SIGTERM and checkpoints (CommitCheckpoints, StopOnSignal, resume), the tasks of
 the evaluation channel, saving model/ as an ordinary model folder. What differs is here: the rows
 are rendered, not tokenized (TRL tokenizes them); with LoRA the reference model is the base with
 the adapter turned off (TRL's peft_config path, no copy); with full fine-tuning TRL keeps a frozen
-copy or, with precompute_ref_log_probs, computes the reference log-probabilities once.
+copy or, with precompute_ref_log_probs, computes the reference log-probabilities once (DPO, KTO;
+ORPO and SimPO need no reference).
 """
 
 from __future__ import annotations
@@ -20,24 +22,11 @@ from ..model_folder import ModelMetadata
 from ..modeling import resolve_base_model
 from . import metrics
 from .preference_data import preference_rows
+from .preference_methods import method_trainer, reference_kind
 from .preference_metrics import PreferenceMetricLines, final_reward_metrics, preference_accuracy
 from .recipe import FINAL_EVALUATION_STOP, DataBundle, EngineBundle, ModelBundle, Recipe, _Source, is_main_process
 
 log = logging.getLogger(__name__)
-
-
-def dpo_arguments(args, config, max_len: int):
-    """TRL's DPOConfig holding the Recipe's TrainingArguments and the DPO hyperparameters."""
-    from transformers import TrainingArguments
-    from trl import DPOConfig
-
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainingArguments)
-              if f.init and hasattr(args, f.name)}
-    values.update(train_sampling_strategy="random", remove_unused_columns=True)  # TRL picks its columns itself
-    return DPOConfig(**values, beta=config.beta, loss_type=[config.dpo_loss_type],
-                     label_smoothing=config.label_smoothing, max_length=max_len,
-                     precompute_ref_log_probs=config.precompute_ref_log_probs and not config.use_lora,
-                     padding_free=False, dataset_num_proc=None)
 
 
 class PreferenceRecipe(Recipe):
@@ -67,11 +56,12 @@ class PreferenceRecipe(Recipe):
     def _tokenize(self, source: _Source, tokenizer, max_len: int, seq2seq: bool) -> DataBundle:
         cfg = self.config
         if seq2seq:
-            raise DataError("DPO trains decoder-only (causal) models and the base model is seq2seq",
+            raise DataError(f"{cfg.training_method} trains decoder-only (causal) models and the base model is seq2seq",
                             where="the model channel", fix="use a causal model (Llama, Mistral, Qwen, ...)")
         self.phases.begin(f"rendering {source.n_train + len(source.val_examples or [])} preference pairs")
         identity = {"method": cfg.training_method, "beta": cfg.beta, "loss": cfg.dpo_loss_type,
-                    "label_smoothing": cfg.label_smoothing}
+                    "label_smoothing": cfg.label_smoothing, "simpo_gamma": cfg.simpo_gamma}
+        self.results["data_format"] = source.format  # preference (pairs) or unpaired; the bundle keeps the prompt kind
         train = preference_rows(source.train_examples, tokenizer, source.prompt, identity)
         val = preference_rows(source.val_examples, tokenizer, source.prompt, identity) if source.val_examples else None
         return DataBundle(
@@ -101,11 +91,11 @@ class PreferenceRecipe(Recipe):
 
     def _report_data(self, data: DataBundle, channel: Path) -> None:
         train, val = data.train_tokens.report(), data.val_tokens.report() if data.val_tokens else None
-        self.results["data"] = {"format": "preference", "prompt_format": data.prompt.kind, "files": data.files,
+        self.results["data"] = {"format": self.results.pop("data_format", "preference"), "prompt_format": data.prompt.kind, "files": data.files,
                                 "max_input_length": data.max_len, "validation_source": data.validation_source,
                                 "train": train, "validation": val, "prompt": data.prompt.to_dict()}
-        log.info("data: preference pairs (%s prompts) from %s; train pairs=%d validation pairs=%s", data.prompt.kind,
-                 channel, train["rows"], val["rows"] if val else 0)
+        log.info("data: %s rows (%s prompts) from %s; train rows=%d validation rows=%s", self.results["data"]["format"],
+                 data.prompt.kind, channel, train["rows"], val["rows"] if val else 0)
 
     def _flat_view(self, prepared) -> SimpleNamespace:
         """As for SFT, without token rows: the report's rendered example reads SFT tokens, which a
@@ -126,14 +116,13 @@ class PreferenceRecipe(Recipe):
 
     def _trainer(self, prepared):
         from transformers import EarlyStoppingCallback, PrinterCallback
-        from trl import DPOTrainer
 
         from .background_checkpoints import with_background_checkpoints
         from .callbacks import CommitCheckpoints, FailOnNonFinite, MetricLines, StopOnSignal, TrackerLogs
         from .throughput import TokensSeen
 
         cfg, data, engine = self.config, prepared.data, prepared.engine
-        args = dpo_arguments(engine.args, cfg, data.max_len)
+        trainer_class, args = method_trainer(cfg, engine.args, data.max_len)
         kept = SimpleNamespace(stop=StopOnSignal(), tokens_seen=TokensSeen(), commit=CommitCheckpoints(
             engine.checkpoint_staging, self.paths.checkpoint_dir, cfg.save_total_limit, writer=self._checkpoint_writer(engine)))
         self.reward_lines = PreferenceMetricLines()
@@ -141,23 +130,17 @@ class PreferenceRecipe(Recipe):
                      kept.tokens_seen, TrackerLogs(self.trackers)]
         if args.load_best_model_at_end and cfg.early_stopping_patience > 0:
             callbacks.append(EarlyStoppingCallback(cfg.early_stopping_patience, cfg.early_stopping_threshold))
-        self.results["preference"] = {"method": cfg.training_method, "beta": cfg.beta, "loss_type": cfg.dpo_loss_type,
-                                      "label_smoothing": cfg.label_smoothing, "reference": self._reference_kind()}
-        trainer = with_background_checkpoints(DPOTrainer)(
+        self.results["preference"] = {"method": cfg.training_method, "beta": cfg.beta, "reference": reference_kind(cfg),
+                                      **({"loss_type": cfg.dpo_loss_type, "label_smoothing": cfg.label_smoothing}
+                                         if cfg.training_method == "dpo" else {}),
+                                      **({"simpo_gamma": cfg.simpo_gamma} if cfg.training_method == "simpo" else {})}
+        trainer = with_background_checkpoints(trainer_class)(
             model=prepared.model.module, args=args, train_dataset=data.train_tokens.features,
             eval_dataset=data.val_tokens.features if data.val_tokens else None, processing_class=data.tokenizer,
             callbacks=callbacks, peft_config=self.lora_config)
         trainer.checkpoint_commit = kept.commit
         trainer.remove_callback(PrinterCallback)
         return trainer, kept
-
-    def _reference_kind(self) -> str:
-        cfg = self.config
-        if cfg.use_lora:
-            return "the base model with the LoRA adapter turned off (no copy)"
-        if cfg.precompute_ref_log_probs:
-            return "log-probabilities of the base computed once before training (no copy)"
-        return "a frozen copy of the base model"
 
     # ------------------------------------------------------------------ evaluation
     def _baseline_evaluation(self, engine: EngineBundle) -> None:
@@ -174,7 +157,8 @@ class PreferenceRecipe(Recipe):
     def _record_preference_accuracy(self, stage: str) -> None:
         """log p(chosen) > log p(rejected) under the policy, on the validation pairs (rank 0)."""
         data = self.prepared.data
-        if not is_main_process() or not data.val_examples or self._generation_ranks() != "main":
+        if not is_main_process() or not data.val_examples or self._generation_ranks() != "main" \
+                or "chosen" not in data.val_examples[0]:  # unpaired (KTO) rows have no pair to compare
             return
         result = preference_accuracy(self._live_model(), data.tokenizer, data.val_examples, data.max_len)
         self.results.setdefault("preference_accuracy", {})[stage] = result
@@ -187,7 +171,9 @@ class PreferenceRecipe(Recipe):
         if self.config.rouge_samples == 0 or not data.val_examples or not is_main_process() \
                 or self._generation_ranks() != "main":
             return
-        pairs = [(r["prompt"], r["chosen"]) for r in data.val_examples[:self.config.rouge_samples]]
+        references = [(r["prompt"], r.get("chosen", r.get("completion"))) for r in data.val_examples
+                      if r.get("label", True)]  # unpaired rows: the desirable answers are the references
+        pairs = references[:self.config.rouge_samples]
         answers = self._greedy_answers([p for p, _ in pairs], self.config.max_output_length)
         self._record_samples(stage, pairs[:len(answers)], answers)
 

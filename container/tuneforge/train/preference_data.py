@@ -1,4 +1,5 @@
-"""Preference rows rendered into the text TRL's DPOTrainer takes: {"prompt", "chosen", "rejected"}.
+"""Preference rows rendered into the text TRL's trainers take: {"prompt", "chosen", "rejected"}, or
+{"prompt", "completion", "label"} for KTO's unpaired rows.
 
 Paired rows' prompts go through the job's prompt format as the server renders a plain prompt
 (PromptFormat.render_text); conversations through the chat template exactly as SFT chat and the
@@ -18,6 +19,9 @@ from ..prompt import render_chat
 
 
 def render_pair(example, tokenizer, prompt_format) -> dict:
+    if example.label is not None:  # unpaired (KTO)
+        return {"prompt": prompt_format.render_text(example.prompt), "completion": example.completion,
+                "label": example.label, "source": example.source}
     if not example.conversational:
         return {"prompt": prompt_format.render_text(example.prompt), "chosen": example.completion,
                 "rejected": example.rejected, "source": example.source}
@@ -62,7 +66,8 @@ def preference_rows(examples: list, tokenizer, prompt_format, identity: dict) ->
 
     rows = [render_pair(e, tokenizer, prompt_format) for e in examples]
     digest = hashlib.sha256(json.dumps([identity, rows], sort_keys=True).encode()).hexdigest()[:16]
-    tokens = sum(len(tokenizer(r["prompt"] + r["chosen"] + r["rejected"], add_special_tokens=False)["input_ids"])
+    columns = [k for k in ("prompt", "chosen", "rejected", "completion", "label") if rows and k in rows[0]]
+    tokens = sum(len(tokenizer("".join(r[k] for k in columns if k != "label"), add_special_tokens=False)["input_ids"])
                  for r in rows)
-    features = Dataset.from_list([{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in rows])
+    features = Dataset.from_list([{k: r[k] for k in columns} for r in rows])
     return PreferenceRows(features=features, fingerprint=f"preference-{digest}", tokens=tokens, sequences=len(rows))
