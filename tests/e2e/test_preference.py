@@ -155,3 +155,25 @@ def test_bad_preference_input_fails_the_job_with_the_fix(job, tiny, hyperparamet
     assert job.run_in_process() == 1
     assert first_line in job.failure_first_line(), job.failure_first_line()
     assert list(job.model_dir.iterdir()) == [] if job.model_dir.exists() else True
+
+
+CHAT_PAIRS = [{"chosen": [{"role": "user", "content": p["prompt"]}, {"role": "assistant", "content": p["chosen"]}],
+               "rejected": [{"role": "user", "content": p["prompt"]}, {"role": "assistant", "content": p["rejected"]}]}
+              for p in PAIRS]
+
+
+@pytest.mark.parametrize("precompute, reference", [
+    ("false", "a frozen copy of the base model"),
+    ("true", "log-probabilities of the base computed once before training (no copy)"),
+])
+def test_full_fine_tuning_dpo_on_conversations(job, tiny, precompute, reference):
+    job.add_model(tiny("llama"))
+    _add_pairs(job, CHAT_PAIRS)
+    job.hyperparameters({**DPO, "peft_type": "none", "learning_rate": "0.001", "precompute_ref_log_probs": precompute})
+    assert job.run_in_process() == 0
+    metrics = job.metrics()
+    assert metrics["preference"]["reference"] == reference
+    assert metrics["data"]["format"] == "preference" and metrics["data"]["prompt_format"] == "chat"
+    accuracy = metrics["preference_accuracy"]
+    assert (accuracy["before"]["accuracy"], accuracy["after"]["accuracy"]) == (0.0, 1.0), accuracy
+    assert json.loads((job.model_dir / "tuneforge.json").read_text())["prompt"]["kind"] == "chat"

@@ -139,3 +139,24 @@ def test_each_format_is_refused_for_a_method_that_cannot_use_it_naming_one_that_
 def test_orpo_and_simpo_read_preference_pairs(tmp_path, method):
     data = _read(tmp_path, [{"prompt": "p", "chosen": "a", "rejected": "b"}], {"training_method": method})
     assert data.format == "preference"
+
+
+def test_conversation_pairs_render_as_sft_chat_renders_the_same_conversation(tmp_path):
+    """The prompt and each answer are the pieces chat fine-tuning trains on (prompt.chat_segments),
+    the template's EOS ending the answer (TRL adds none after it)."""
+    from transformers import AutoTokenizer
+
+    from tuneforge.prompt import chat_segments
+    from tuneforge.tiny import tiny_model
+    from tuneforge.train.preference_data import render_pair
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model("llama"))
+    system = [{"role": "system", "content": "Be brief."}]
+    row = {"chosen": system + TURNS + [{"role": "assistant", "content": "Hello!"}],
+           "rejected": system + TURNS + [{"role": "assistant", "content": "What."}]}
+    data = _read(tmp_path, [row])
+    rendered = render_pair(data.examples[0], tokenizer, data.prompt)
+    for key in ("chosen", "rejected"):
+        segments = chat_segments(tokenizer, row[key])
+        assert rendered["prompt"] == "".join(text for text, trainable in segments if not trainable)
+        assert rendered[key] == segments[-1][0].rstrip() and rendered[key].endswith(tokenizer.eos_token)
