@@ -177,3 +177,17 @@ def test_full_fine_tuning_dpo_on_conversations(job, tiny, precompute, reference)
     accuracy = metrics["preference_accuracy"]
     assert (accuracy["before"]["accuracy"], accuracy["after"]["accuracy"]) == (0.0, 1.0), accuracy
     assert json.loads((job.model_dir / "tuneforge.json").read_text())["prompt"]["kind"] == "chat"
+
+
+def test_dpo_over_two_processes(job, tiny):
+    """Two ranks (gloo on CPU): each reads the pairs itself, TRL tokenizes them on each rank."""
+    from tests.distributed.conftest import run_job
+
+    job.add_model(tiny("llama"))
+    _add_pairs(job)
+    job.hyperparameters({**DPO, "max_steps": "6", "per_device_train_batch_size": "4", "checkpoint_steps": "3"})
+    code, log = run_job(job, timeout=400, nproc=2)
+    assert code == 0, log[-3000:]
+    metrics = job.metrics()
+    assert metrics["distributed_type"] == "MULTI_CPU" and metrics["steps"] == 6
+    assert metrics["preference_accuracy"]["after"] == {"accuracy": 1.0, "pairs": 16}

@@ -34,6 +34,11 @@ class PreferenceRecipe(Recipe):
     reward_lines = None  # PreferenceMetricLines, set by _trainer
 
     # ------------------------------------------------------------------ data
+    def _read_data(self) -> _Source:
+        """Every rank reads the pairs itself: TRL tokenizes them on each rank (main process first),
+        so there is no node-local token cache to hand over as SFT has (rows_handoff.py)."""
+        return self._read_rows()
+
     def _read_rows(self) -> _Source:
         """The rows; a model channel written by an SFT job lends its prompt format (chaining)."""
         source = super()._read_rows()
