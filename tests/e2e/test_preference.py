@@ -62,6 +62,7 @@ def test_lora_preference_tuning_learns_the_preference_saves_and_is_served(job, t
     for name in names:
         regex = next(d["Regex"] for d in METRIC_DEFINITIONS if d["Name"] == name)
         assert re.search(regex, log), name
+    assert "[metric] eval_perplexity=" not in log and "perplexity" not in log.split("final evaluation")[-1].split("\n")[0]
     if method == "dpo":
         accuracies = [float(v) for v in re.findall(r"\[metric\] train_reward_accuracy=([0-9.]+)", log)]
         assert accuracies[0] == 0.0 and accuracies[-1] == 1.0  # step 1: policy == reference; then it learns

@@ -23,7 +23,8 @@ from ..modeling import resolve_base_model
 from . import metrics
 from .preference_data import preference_rows
 from .preference_methods import method_trainer, reference_kind
-from .preference_metrics import PreferenceMetricLines, final_reward_metrics, preference_accuracy
+from .preference_metrics import (PreferenceMetricLines, PreferenceProgressLines, final_reward_metrics,
+                                 preference_accuracy)
 from .recipe import FINAL_EVALUATION_STOP, DataBundle, EngineBundle, ModelBundle, Recipe, _Source, is_main_process
 
 log = logging.getLogger(__name__)
@@ -123,7 +124,7 @@ class PreferenceRecipe(Recipe):
         from transformers import EarlyStoppingCallback, PrinterCallback
 
         from .background_checkpoints import with_background_checkpoints
-        from .callbacks import CommitCheckpoints, FailOnNonFinite, MetricLines, StopOnSignal, TrackerLogs
+        from .callbacks import CommitCheckpoints, FailOnNonFinite, StopOnSignal, TrackerLogs
         from .throughput import TokensSeen
 
         cfg, data, engine = self.config, prepared.data, prepared.engine
@@ -131,7 +132,7 @@ class PreferenceRecipe(Recipe):
         kept = SimpleNamespace(stop=StopOnSignal(), tokens_seen=TokensSeen(), commit=CommitCheckpoints(
             engine.checkpoint_staging, self.paths.checkpoint_dir, cfg.save_total_limit, writer=self._checkpoint_writer(engine)))
         self.reward_lines = PreferenceMetricLines()
-        callbacks = [MetricLines(), self.reward_lines, FailOnNonFinite(cfg.learning_rate), kept.stop, kept.commit,
+        callbacks = [PreferenceProgressLines(), self.reward_lines, FailOnNonFinite(cfg.learning_rate), kept.stop, kept.commit,
                      kept.tokens_seen, TrackerLogs(self.trackers)]
         if args.load_best_model_at_end and cfg.early_stopping_patience > 0:
             callbacks.append(EarlyStoppingCallback(cfg.early_stopping_patience, cfg.early_stopping_threshold))

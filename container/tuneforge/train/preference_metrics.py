@@ -13,7 +13,9 @@ from __future__ import annotations
 import torch
 from transformers import TrainerCallback
 
+from ..logs import format_duration
 from ..prompt import encode_prompt, token_ids
+from .callbacks import MetricLines, metric_fields
 from .metrics import print_metric
 
 # TRL's log key -> (training line name, evaluation line name, results key)
@@ -46,6 +48,17 @@ class PreferenceMetricLines(TrainerCallback):
         if found and state.is_world_process_zero:
             for names, value in found.items():
                 print_metric(names[column], value, step=state.global_step)
+
+
+class PreferenceProgressLines(MetricLines):
+    """The SFT progress and evaluation lines, without perplexity: exp of a preference loss means nothing."""
+
+    def evaluation_line(self, state, loss: float, runtime) -> str:
+        seconds = f" ({format_duration(runtime)})" if isinstance(runtime, (int, float)) else ""
+        if self.training_over:
+            return f"final evaluation (the model that is saved): loss {loss:.4f}{seconds}"
+        fields = metric_fields("eval_loss", loss, step=state.global_step, epoch=round(state.epoch or 0.0, 3))
+        return f"evaluation at step {state.global_step}/{state.max_steps}: loss {loss:.4f}{seconds} {fields}"
 
 
 def final_reward_metrics(last: dict[str, dict]) -> dict:
