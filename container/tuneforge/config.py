@@ -126,6 +126,9 @@ class TrainConfig(SageMakerHyperparameters):
         Rule(lambda c: c.training_method == "sft" and c.data_format in ("preference", "unpaired"),
              "data_format={data_format} needs a preference method", "hyperparameters training_method/data_format",
              "set training_method=dpo, orpo or simpo for preference pairs, kto for unpaired rows"),
+        Rule(lambda c: c.training_method == "dpo" and c.dpo_loss_type == "exo_pair" and c.label_smoothing == 0,
+             "dpo_loss_type=exo_pair needs label_smoothing > 0", "hyperparameters dpo_loss_type/label_smoothing",
+             "set label_smoothing=0.001 (the EXO paper's value)"),
         zero_refused("per_device_eval_batch_size", "the training batch size"),
         zero_refused("max_train_samples", "all rows"),  # 0 rows: the sampler fails with a bare ValueError
         zero_refused("max_steps", "all epochs"),  # 0 steps: the base weights would be saved as the result

@@ -95,7 +95,8 @@ def test_preference_hyperparameters_are_declared_with_ranges_and_did_you_mean():
     assert parse_hyperparameters({}).training_method == "sft"
     for raw, message in (({"training_metod": "dpo"}, "did you mean 'training_method'"),
                          ({"training_method": "ppo"}, "use one of sft, dpo, orpo, simpo, kto"),
-                         ({"beta": "0"}, "out of range"), ({"label_smoothing": "0.5"}, "<= 0.49")):
+                         ({"beta": "0"}, "out of range"), ({"label_smoothing": "0.5"}, "<= 0.49"),
+                         ({"training_method": "dpo", "loss_type": "exo_pair"}, "exo_pair needs label_smoothing > 0")):
         with pytest.raises(HyperparameterError, match=message):
             parse_hyperparameters(raw)
 
