@@ -161,3 +161,21 @@ def test_conversation_pairs_render_as_sft_chat_renders_the_same_conversation(tmp
         segments = chat_segments(tokenizer, row[key])
         assert rendered["prompt"] == "".join(text for text, trainable in segments if not trainable)
         assert rendered[key] == segments[-1][0].rstrip() and rendered[key].endswith(tokenizer.eos_token)
+
+
+def test_check_job_refuses_unpaired_rows_for_sft_before_any_model_loads(tmp_path):
+    """`tuneforge check-job` (run by the train image before the job) reads the channels as the job does."""
+    import subprocess
+    import sys
+
+    base = tmp_path / "opt" / "ml"
+    (base / "input" / "config").mkdir(parents=True)
+    (base / "input" / "config" / "hyperparameters.json").write_text(json.dumps({"epoch": "1"}))
+    channel = base / "input" / "data" / "train"
+    channel.mkdir(parents=True)
+    (channel / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in UNPAIRED))
+    done = subprocess.run([sys.executable, "-m", "tuneforge.cli", "check-job", "--base-dir", str(base)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    first = (base / "output" / "failure").read_text().splitlines()[0]
+    assert "which training_method=sft cannot train on. Fix: set training_method=kto" in first, first
