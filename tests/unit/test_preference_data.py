@@ -179,3 +179,23 @@ def test_check_job_refuses_unpaired_rows_for_sft_before_any_model_loads(tmp_path
     assert done.returncode == 1
     first = (base / "output" / "failure").read_text().splitlines()[0]
     assert "which training_method=sft cannot train on. Fix: set training_method=kto" in first, first
+
+
+def test_a_template_json_renders_text_pair_prompts_as_instruction_tuning_does(tmp_path):
+    from tuneforge.prompt import PromptFormat
+
+    rows = [{"question": "Sky?", "context": "Look up.", "chosen": "Blue.", "rejected": "Red."}]
+    folder = _channel(tmp_path, rows)
+    template = {"prompt": "Q: {question}\nContext: {context}", "completion": "{answer}"}
+    (folder / "template.json").write_text(json.dumps(template))
+    data = read_channel(folder, parse_hyperparameters(DPO))
+    expected = PromptFormat(kind="instruction", prompt_template=template["prompt"],
+                            demarcation="\n\n### Response:\n").render_prompt(rows[0])
+    assert data.examples[0].prompt == expected == "Q: Sky?\nContext: Look up.\n\n### Response:\n"
+    assert data.prompt.prompt_template == template["prompt"]
+    from tuneforge.train.preference_data import render_pair
+
+    assert render_pair(data.examples[0], None, data.prompt)["prompt"] == expected  # not rendered twice
+    (folder / "pairs.jsonl").write_text(json.dumps({"question": "Sky?", "chosen": "a", "rejected": "b"}) + "\n")
+    with pytest.raises(DataError, match="pairs.jsonl:1.*no field 'context', which template.json names"):
+        read_channel(folder, parse_hyperparameters(DPO))

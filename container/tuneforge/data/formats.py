@@ -109,7 +109,7 @@ def read_channel(folder: Path, config, *, prompt: PromptFormat | None = None,
               "table": _read_table, "preference": read_preference,
               "unpaired": read_unpaired}[fmt]
     data = reader(folder, files, config, prompt)
-    ignored = [p.name for p in files if str(p) not in data.files and not (fmt == "instruction" and p.suffix == ".json")]
+    ignored = [p.name for p in files if str(p) not in data.files and not (fmt in ("instruction", "preference") and p.suffix == ".json")]
     if ignored:
         log.warning("%s: %d file(s) that %s data does not use were ignored: %s", folder, len(ignored), fmt,
                     ", ".join(ignored[:10]))

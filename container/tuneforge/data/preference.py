@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import DataError
-from ..prompt import DEMARCATION_KEY, PromptFormat
-from .formats import Example, LoadedData, _jsonl_rows, _messages
+from ..prompt import DEMARCATION_KEY, PromptFormat, template_fields
+from .formats import Example, LoadedData, _check_text_value, _jsonl_rows, _messages, _read_template
 
 # the formats only preference methods train on, and the methods that train on each
 FORMAT_METHODS = {"preference": ("dpo", "orpo", "simpo"), "unpaired": ("kto",)}
@@ -33,6 +33,7 @@ class PreferenceExample(Example):
     rows: `messages` = the shared turns, `chosen_turn`/`rejected_turn` the two last assistant turns."""
     rejected: str = ""
     label: bool | None = None  # unpaired rows: whether `completion` is desirable
+    rendered: bool = False  # `prompt` already went through the channel's template.json
     chosen_turn: dict | None = None
     rejected_turn: dict | None = None
 
@@ -87,7 +88,9 @@ def read_preference(folder: Path, files: list[Path], config, prompt: PromptForma
     if not jsonl:
         raise DataError("preference data needs *.jsonl files and found none", where=str(folder),
                         fix=f"save one pair per line in a .jsonl file: {ROW_SHAPES}")
-    examples = [_pair(row, f"{path}:{line}", f"{path.name}:{line}")
+    template = _read_template(folder, files) if prompt is None else None
+    prompt = _text_format(template, config) if template else prompt
+    examples = [_pair(row, f"{path}:{line}", f"{path.name}:{line}", _templated(row, prompt, f"{path}:{line}", template))
                 for path in jsonl for line, row in _jsonl_rows(path)]
     kinds = {e.conversational for e in examples}
     if len(kinds) > 1:
@@ -97,9 +100,34 @@ def read_preference(folder: Path, files: list[Path], config, prompt: PromptForma
     if prompt is None:
         prompt = (PromptFormat(kind="chat", prompt_template="", completion_template="",
                                chat_template=config.chat_template or None) if examples[0].conversational else
-                  PromptFormat(kind="instruction", prompt_template="{prompt}", completion_template="{completion}",
-                               demarcation=DEMARCATION_KEY if config.add_input_output_demarcation_key else ""))
+                  _text_format(None, config))
     return LoadedData("preference", examples, [str(p) for p in jsonl], prompt)
+
+
+def _text_format(template: dict | None, config) -> PromptFormat:
+    """Text prompts: the channel's template.json prompt (as instruction tuning), else {prompt}; the
+    demarcation key after it unless turned off."""
+    return PromptFormat(kind="instruction", prompt_template=template["prompt"] if template else "{prompt}",
+                        completion_template="{completion}",
+                        demarcation=DEMARCATION_KEY if config.add_input_output_demarcation_key else "")
+
+
+def _templated(row: dict, prompt: PromptFormat | None, where: str, required) -> str | None:
+    """The row's prompt rendered from its fields by a template other than {prompt} (template.json, or
+    the training channel's for validation rows holding its fields); None where the row's own
+    "prompt" text is rendered later (conversations, {prompt}, a saved template the row lacks fields for)."""
+    fields = template_fields(prompt.prompt_template) if prompt and prompt.kind != "chat" else []
+    if fields in ([], ["prompt"]) or isinstance(row.get("chosen"), list):
+        return None
+    missing = [name for name in fields if name not in row]
+    if missing and required:
+        raise DataError(f"row has no field {missing[0]!r}, which template.json names", where=where,
+                        fix=f"add {missing[0]!r} to every row or change template.json (fields: {', '.join(fields)})")
+    if missing:
+        return None
+    for name in fields:
+        _check_text_value(row[name], name, where)
+    return prompt.render_prompt(row)
 
 
 def read_unpaired(folder: Path, files: list[Path], config, prompt: PromptFormat | None) -> LoadedData:
@@ -130,17 +158,17 @@ def _unpaired(row: dict, where: str, source: str) -> PreferenceExample:
     return PreferenceExample(source=source, prompt=row["prompt"], completion=row["completion"], label=row["label"])
 
 
-def _pair(row: dict, where: str, source: str) -> PreferenceExample:
+def _pair(row: dict, where: str, source: str, rendered: str | None = None) -> PreferenceExample:
     for key in ("chosen", "rejected"):
         if key not in row:
             raise DataError(f"the row has no {key!r} (keys: {', '.join(sorted(row)) or 'none'})", where=where,
                             fix=f"write every row as {ROW_SHAPES}")
     if isinstance(row["chosen"], list) or isinstance(row["rejected"], list):
         return _conversation_pair(row, where, source)
-    if "prompt" not in row:
+    if rendered is None and "prompt" not in row:
         raise DataError("the row has no 'prompt'", where=where, fix=f"write every row as {ROW_SHAPES}")
-    texts = {}
-    for key in ("prompt", "chosen", "rejected"):
+    texts = {"prompt": rendered}
+    for key in ("prompt", "chosen", "rejected") if rendered is None else ("chosen", "rejected"):
         value = row[key]
         if not isinstance(value, str):
             raise DataError(f"{key!r} must be a string, not {type(value).__name__}", where=where,
@@ -150,7 +178,7 @@ def _pair(row: dict, where: str, source: str) -> PreferenceExample:
         texts[key] = value
     _check_different(texts["chosen"], texts["rejected"], where)
     return PreferenceExample(source=source, prompt=texts["prompt"], completion=texts["chosen"],
-                             rejected=texts["rejected"])
+                             rejected=texts["rejected"], rendered=rendered is not None)
 
 
 def _conversation_pair(row: dict, where: str, source: str) -> PreferenceExample:

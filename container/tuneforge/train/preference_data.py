@@ -23,7 +23,8 @@ def render_pair(example, tokenizer, prompt_format) -> dict:
         return {"prompt": prompt_format.render_text(example.prompt), "completion": example.completion,
                 "label": example.label, "source": example.source}
     if not example.conversational:
-        return {"prompt": prompt_format.render_text(example.prompt), "chosen": example.completion,
+        text = example.prompt if example.rendered else prompt_format.render_text(example.prompt)
+        return {"prompt": text, "chosen": example.completion,
                 "rejected": example.rejected, "source": example.source}
     template = prompt_format.chat_template
     prompt = render_chat(tokenizer, example.messages, add_generation_prompt=True, chat_template=template)
