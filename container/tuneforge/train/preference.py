@@ -43,6 +43,8 @@ class PreferenceRecipe(Recipe):
     def _read_rows(self) -> _Source:
         """The rows; a model channel written by an SFT job lends its prompt format (chaining)."""
         source = super()._read_rows()
+        if any(e.rendered for e in source.train_examples[:1]):  # the channel's own template.json wins
+            return source
         saved = self._saved_prompt(source.prompt)
         return dataclasses.replace(source, prompt=saved) if saved else source
 
