@@ -462,3 +462,65 @@ def test_docs_name_every_filtered_message_and_the_cli_options():
     report = parser()._subparsers._group_actions[0].choices["report"]
     options = {o for action in report._actions for o in action.option_strings} - {"-h", "--help"}
     assert options == {"--compare", "--out"} and all(o in doc for o in options)
+
+
+# ---------------------------------------------------------------- a recorded preference (DPO) job
+def _dpo_entry(step: int, prefix: str = "") -> dict:
+    return {f"{prefix}rewards/accuracies": min(1.0, step / 4), f"{prefix}rewards/margins": 0.05 * step,
+            f"{prefix}logps/chosen": -41.0 + 0.2 * step, f"{prefix}logps/rejected": -41.0 - 0.1 * step, "step": step}
+
+
+DPO_HISTORY = ([{"loss": 0.69 - 0.01 * s, "learning_rate": 1e-3, **_dpo_entry(s)} for s in range(1, 9)]
+               + [{"eval_loss": 0.6, **_dpo_entry(s, "eval_")} for s in (4, 8, 8)])  # the final evaluation twice
+DPO_METRICS = {
+    **{k: METRICS[k] for k in ("phases", "parameters", "job", "train_runtime_s", "steps", "epochs")},
+    "hyperparameters": {"values": {"training_method": "dpo", "beta": 0.1}, "given": ["training_method"]},
+    "data": {**METRICS["data"], "format": "preference", "train": {"rows": 16, "sequences": 16, "tokens": 422,
+                                                                  "rows_truncated": 0}},
+    "preference": {"method": "dpo", "beta": 0.1, "reference": "the base model with the LoRA adapter turned off (no copy)"},
+    "preference_accuracy": {"before": {"accuracy": 0.25, "pairs": 16}, "after": {"accuracy": 0.9375, "pairs": 16}},
+    "eval_loss": 0.5514, "train_loss": 0.6037, "perplexity": 1.7356, "train_perplexity": 1.83,
+    "final_reward_accuracy": 1.0, "final_reward_margin": 0.3069, "final_chosen_logps": -38.85,
+    "final_rejected_logps": -41.78,
+}
+
+
+def test_a_preference_job_shows_its_reward_chart_and_preference_rows_and_no_perplexity(tmp_path):
+    base = write_job(tmp_path / "dpo" / "opt" / "ml", DPO_METRICS)
+    (base / "output" / "data" / "log_history.json").write_text(json.dumps(DPO_HISTORY))
+    html_path, md_path = write_report(base)
+    html, text = html_path.read_text(), md_path.read_text()
+    page = check_self_contained(html)
+    assert set(page.images) == {"chart-loss", "chart-rewards", "chart-lr"} and len(page.phone_images) == 3
+    width, height = png_has_drawing(page.images["chart-rewards"])
+    assert width >= 1000 and height > 600  # three panels, one above the other
+    check_numbers_match(page, DPO_METRICS)
+    keys = {key for key, _, _ in page.numbers}
+    assert {"preference_accuracy.before.accuracy", "preference_accuracy.after.accuracy", "final_reward_accuracy",
+            "final_reward_margin", "final_chosen_logps", "final_rejected_logps"} <= keys
+    assert not keys & {"perplexity", "train_perplexity", "data.train.trainable_share"}  # SFT's, not a DPO job's
+    assert "| preference accuracy (log p(chosen) > log p(rejected), 16 pairs) | 0.2500 | 0.9375 | +0.6875 |" in text
+    assert "| reward margin (final evaluation) | - | 0.3069 |  |" in text
+    assert "| validation loss (DPO) | - | 0.5514 |  |" in text and "| training loss (DPO) | - | 0.6037 |  |" in text
+    assert "perplexity |" not in text and "Other numbers" not in text  # every final_* number has its row
+    assert "_reward accuracy, reward margin and log-probabilities" in text
+    # an SFT job keeps its perplexity rows and gets no reward chart
+    assert "| perplexity | 23.10 |" in write_report(write_job(tmp_path / "sft", METRICS))[1].read_text()
+
+
+def test_reward_curves_read_trl_log_history_and_draw_legibly_for_both_screens():
+    from tuneforge.report.charts import reward_chart, reward_curves
+
+    panels = {panel: lines for panel, _, lines in reward_curves(DPO_HISTORY)}
+    assert list(panels) == ["accuracy", "margin", "logps"]
+    assert [(name, len(points)) for name, _, points in panels["logps"]] == [
+        ("train log p(chosen)", 8), ("validation log p(chosen)", 2),  # the repeated final evaluation once
+        ("train log p(rejected)", 8), ("validation log p(rejected)", 2)]
+    assert panels["margin"][0][2][-1] == (8, pytest.approx(0.4))
+    # KTO's rows are unpaired: no reward accuracy, the other panels stay
+    kto = [{k: v for k, v in entry.items() if "accuracies" not in k} for entry in DPO_HISTORY]
+    assert [panel for panel, _, _ in reward_curves(kto)] == ["margin", "logps"]
+    assert reward_chart([{"loss": 1.0, "step": 1}]) is None  # an SFT history has no reward curves
+    chart = reward_chart(DPO_HISTORY)
+    desktop_width, phone_width = (_png_size(r.png)[0] for r in (chart.desktop, chart.phone))
+    assert chart.desktop.text_px * 1136 / desktop_width >= 11 and chart.phone.text_px * 360 / phone_width >= 11

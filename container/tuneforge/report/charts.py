@@ -205,3 +205,67 @@ def _draw_compare(screen: Screen, jobs: list[tuple[str, dict, float | None]]):
     _style(axes, screen, "optimizer step", "loss (log scale)" if axes.get_yscale() == "log" else "loss")
     _legend(figure, axes, screen, columns=2 if len(jobs) > 2 else 1)
     return figure
+
+
+# A preference job's (DPO, ORPO, SimPO, KTO) log_history entries, as TRL names them; the evaluation's
+# carry an eval_ prefix. (panel, its y label, [(key, series name)])
+REWARD_PANELS = (
+    ("accuracy", "reward accuracy", (("rewards/accuracies", "reward accuracy"),)),
+    ("margin", "reward margin", (("rewards/margins", "reward margin"),)),
+    ("logps", "log-probability", (("logps/chosen", "log p(chosen)"), ("logps/rejected", "log p(rejected)"))),
+)
+
+
+def reward_curves(history: list[dict]) -> list[tuple[str, str, list[tuple[str, bool, list[tuple[float, float]]]]]]:
+    """The reward panels the history has data for: (panel, y label, [(series name, is validation,
+    (step, value) points)]). A repeated evaluation at the same step (the final one) is kept once."""
+    panels = []
+    for panel, ylabel, keys in REWARD_PANELS:
+        lines = []
+        for key, name in keys:
+            for validation in (False, True):
+                points: list[tuple[float, float]] = []
+                for entry in history:
+                    step, value = entry.get("step"), entry.get(f"eval_{key}" if validation else key)
+                    if isinstance(step, (int, float)) and isinstance(value, (int, float)) and \
+                            (not points or points[-1][0] != step):
+                        points.append((step, float(value)))
+                if points:
+                    lines.append((f"{'validation' if validation else 'train'} {name}", validation, points))
+        if lines:
+            panels.append((panel, ylabel, lines))
+    return panels
+
+
+def reward_chart(history: list[dict]) -> Chart | None:
+    """A preference job's reward accuracy, reward margin and chosen/rejected log-probabilities
+    against steps, one panel each (their scales differ), training solid, validation with dots."""
+    panels = reward_curves(history)
+    if not panels:
+        return None
+    return _twice(lambda screen: _draw_rewards(screen, panels))
+
+
+def _draw_rewards(screen: Screen, panels: list):
+    entries = sum(len(lines) for _, _, lines in panels)
+    height = 2.3 * len(panels) + (0.5 if screen is DESKTOP else 0.8 + 0.25 * entries)  # the phone legend below
+    figure = _figure(screen, height)
+    axes_list = figure.subplots(len(panels), 1, sharex=True, squeeze=False)[:, 0]
+    colours: dict[str, str] = {}  # one colour per quantity, its training and validation lines alike
+    for axes, (panel, ylabel, lines) in zip(axes_list, panels):
+        for name, validation, points in lines:
+            steps, values = zip(*points)
+            colour = colours.setdefault(name.split(" ", 1)[1], COLOURS[len(colours) % len(COLOURS)])
+            style = dict(linestyle="--", marker="o", markersize=4) if validation else {}
+            axes.plot(steps, values, color=colour, linewidth=2, label=name, **style)
+        if panel == "accuracy":
+            axes.set_ylim(-0.05, 1.05)
+        elif panel == "margin":
+            axes.axhline(0.0, color="#888888", linewidth=1)
+        last = axes is axes_list[-1]
+        _style(axes, screen, "optimizer step" if last else "", ylabel)
+        if not screen.legend_below:
+            axes.legend(fontsize=screen.tick_pt, frameon=False, ncols=2)
+    if screen.legend_below:
+        figure.legend(loc="outside lower center", fontsize=screen.tick_pt, frameon=False, ncols=1)
+    return figure

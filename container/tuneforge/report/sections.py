@@ -9,6 +9,7 @@ import re
 from . import charts
 from .doc import Cell, Document, Image, Marked, Pre, Section, Table, Text, fmt, fmt_change, number
 from .gather import JobOutput
+from .preference import PREFERENCE_KEYS, SFT_ONLY_ROWS, method_name, preference_method, preference_rows
 
 ROUGE = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 # (label, metrics.json key after training, key before training or a path into it, lower is better)
@@ -99,8 +100,7 @@ def data_section(job: JobOutput) -> Section | None:
             rows.append([Cell(split, css="strong"), number(part.get("rows"), f"data.{split}.rows"),
                          number(part.get("sequences"), f"data.{split}.sequences"),
                          number(part.get("tokens"), f"data.{split}.tokens"),
-                         Cell(f"{part.get('trainable_share', 0):.1%}", f"data.{split}.trainable_share",
-                              part.get("trainable_share")),
+                         _share(part.get("trainable_share"), f"data.{split}.trainable_share"),
                          number(part.get("rows_truncated"), f"data.{split}.rows_truncated",
                                 css="worse" if part.get("rows_truncated") else "")])
     files = ", ".join(str(f) for f in data.get("files") or [])
@@ -122,6 +122,13 @@ def data_section(job: JobOutput) -> Section | None:
     return section
 
 
+def _share(value, key: str) -> Cell:
+    """A share as a percentage; "-" where the job recorded none (a preference job's pairs)."""
+    if not isinstance(value, (int, float)):
+        return Cell("-")
+    return Cell(f"{value:.1%}", key, value)
+
+
 def _template_text(prompt: dict) -> str:
     if prompt.get("chat_template"):
         return str(prompt["chat_template"])
@@ -135,6 +142,10 @@ def curves_section(job: JobOutput) -> Section | None:
     loss = charts.loss_chart(job.history, m.get("eval_loss_before"))
     if loss:
         section.blocks.append(Image(loss, "training and validation loss against optimizer steps", name="chart-loss"))
+    rewards = charts.reward_chart(job.history) if preference_method(m) else None
+    if rewards:
+        section.blocks.append(Image(rewards, "reward accuracy, reward margin and log-probabilities of the chosen and "
+                                             "rejected answers against optimizer steps", name="chart-rewards"))
     lr = charts.lr_chart(job.history)
     if lr:
         section.blocks.append(Image(lr, "learning rate against optimizer steps", name="chart-lr"))
@@ -143,12 +154,14 @@ def curves_section(job: JobOutput) -> Section | None:
 
 def metrics_section(job: JobOutput) -> Section | None:
     m = metrics_of(job)
-    rows = []
+    method = preference_method(m)
+    rows = preference_rows(m) if method else []
     for label, after_key, before_key, lower_better in BEFORE_AFTER:
         before, after = lookup(m, before_key), m.get(after_key)
-        if before is None and after is None:
+        if (before is None and after is None) or (method and after_key in SFT_ONLY_ROWS):
             continue
         digits = digits_of(after_key)
+        label = f"{label} ({method_name(method)})" if method and after_key == "eval_loss" else label
         rows.append([Cell(label, css="strong"), number(before, before_key, digits), number(after, after_key, digits),
                      _change(before, after, lower_better, digits)])
     knowledge = m.get("general_knowledge") or {}
@@ -160,7 +173,8 @@ def metrics_section(job: JobOutput) -> Section | None:
                      _change(score.get("before"), score.get("after"), False)])
     rows += evaluation_rows(m)
     for label, key in (("training loss", "train_loss"), ("training perplexity", "train_perplexity")):
-        if m.get(key) is not None:
+        if m.get(key) is not None and not (method and key in SFT_ONLY_ROWS):
+            label = f"{label} ({method_name(method)})" if method and key == "train_loss" else label
             rows.append([Cell(label, css="strong"), Cell("-"), number(m[key], key, digits_of(key)), Cell("")])
     if not rows:
         return None
@@ -356,7 +370,7 @@ def other_numbers_section(job: JobOutput, shown: set[str]) -> Section | None:
 
 SHOWN_KEYS = {"eval_loss", "eval_loss_before", "perplexity", "perplexity_before", *ROUGE, "exact_match", "train_loss",
               "train_perplexity", "train_runtime_s", "steps", "epochs", "train_tokens", "train_tokens_per_second",
-              "mfu", "memory_estimate_gib", "quantized_layers"}
+              "mfu", "memory_estimate_gib", "quantized_layers", *PREFERENCE_KEYS}
 
 
 def build_document(job: JobOutput) -> Document:
