@@ -45,10 +45,10 @@ DEFAULT_SERVE_INSTANCE = "ml.g5.2xlarge"
 # The metric definitions live beside the code that prints the lines (tuneforge.contract); from a
 # checkout without the package installed, they are read from the source tree.
 try:
-    from tuneforge.contract import METRIC_DEFINITIONS
+    from tuneforge.contract import metric_definitions
 except ImportError:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "container"))
-    from tuneforge.contract import METRIC_DEFINITIONS
+    from tuneforge.contract import metric_definitions
 
 
 class RecordingClient:
@@ -143,7 +143,7 @@ def make_estimator(image_uri: str, role: str, hyperparameters: dict[str, Any], *
         disable_output_compression=uncompressed_output,
         hyperparameters=hyperparameters,
         environment=environment or {},
-        metric_definitions=METRIC_DEFINITIONS,
+        metric_definitions=metric_definitions(hyperparameters.get("training_method")),  # sft: no reward lines
         # The image has no SageMaker Debugger hooks; don't configure them.
         debugger_hook_config=False,
         disable_profiler=True,

@@ -196,6 +196,8 @@ def parser() -> argparse.ArgumentParser:
                                  "metric lines, with --tasks each evaluation task's too")
     definitions.add_argument("--tasks", help="the evaluation channel's folder of task files")
     definitions.add_argument("--tasks-only", action="store_true", help="only the tasks' definitions")
+    definitions.add_argument("--method", choices=("sft", "dpo", "orpo", "simpo", "kto"),
+                             help="the job's training_method: sft leaves out the preference methods' reward lines")
     definitions.set_defaults(func=_metric_definitions)
     hps = sub.add_parser("hyperparameters", help="print the hyperparameter reference")
     hps.add_argument("--markdown", action="store_true", help="with a document header")

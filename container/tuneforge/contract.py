@@ -297,7 +297,7 @@ def bind_port() -> int:
 
 
 # SageMaker MetricDefinitions for the lines the training job prints (README.md lists them).
-METRIC_DEFINITIONS = [
+SFT_METRIC_DEFINITIONS = [
     {"Name": "train:loss", "Regex": r"\[metric\] train_loss=([0-9.]+)"},
     {"Name": "validation:loss", "Regex": r"\[metric\] eval_loss=([0-9.]+)"},
     {"Name": "validation:perplexity", "Regex": r"\[metric\] eval_perplexity=([0-9.]+)"},
@@ -309,7 +309,13 @@ METRIC_DEFINITIONS = [
     {"Name": "final:rougeL", "Regex": r"\[metric\] final_rougeL=([0-9.]+)"},
     {"Name": "final:rougeLsum", "Regex": r"\[metric\] final_rougeLsum=([0-9.]+)"},
     {"Name": "final:exact_match", "Regex": r"\[metric\] final_exact_match=([0-9.]+)"},
-    # preference methods (training_method=dpo, docs/preference.md); margins and log-probabilities may be negative
+    # JumpStart's own definitions for its Llama fine-tuning keep working:
+    {"Name": "huggingface-textgeneration:eval-loss", "Regex": r"eval_epoch_loss=tensor\(([0-9\.]+)"},
+    {"Name": "huggingface-textgeneration:eval-ppl", "Regex": r"eval_ppl=tensor\(([0-9\.]+)"},
+]
+# preference methods (training_method=dpo|orpo|simpo|kto, docs/preference.md); margins and
+# log-probabilities may be negative
+PREFERENCE_METRIC_DEFINITIONS = [
     {"Name": "train:reward_accuracy", "Regex": r"\[metric\] train_reward_accuracy=([0-9.]+)"},
     {"Name": "train:reward_margin", "Regex": r"\[metric\] reward_margin=(-?[0-9.]+)"},
     {"Name": "train:chosen_logps", "Regex": r"\[metric\] train_chosen_logps=(-?[0-9.]+)"},
@@ -320,10 +326,16 @@ METRIC_DEFINITIONS = [
     {"Name": "final:reward_margin", "Regex": r"\[metric\] final_reward_margin=(-?[0-9.]+)"},
     {"Name": "final:chosen_logps", "Regex": r"\[metric\] final_chosen_logps=(-?[0-9.]+)"},
     {"Name": "final:rejected_logps", "Regex": r"\[metric\] final_rejected_logps=(-?[0-9.]+)"},
-    # JumpStart's own definitions for its Llama fine-tuning keep working:
-    {"Name": "huggingface-textgeneration:eval-loss", "Regex": r"eval_epoch_loss=tensor\(([0-9\.]+)"},
-    {"Name": "huggingface-textgeneration:eval-ppl", "Regex": r"eval_ppl=tensor\(([0-9\.]+)"},
 ]
+
+METRIC_DEFINITIONS = SFT_METRIC_DEFINITIONS + PREFERENCE_METRIC_DEFINITIONS
+
+
+def metric_definitions(method: str | None = None) -> list[dict]:
+    """The fixed definitions for a job of this training_method (None: every method's): a preference
+    job prints the reward lines besides the loss and ROUGE ones; an SFT job never prints those."""
+    return SFT_METRIC_DEFINITIONS if method == "sft" else METRIC_DEFINITIONS
+
 
 # SageMaker allows 40 MetricDefinitions per training job.
 SAGEMAKER_MAX_METRIC_DEFINITIONS = 40

@@ -137,7 +137,7 @@ def test_metric_definitions_for_the_tasks_match_their_lines_only(tmp_path):
 
 
 def test_metric_definitions_past_sagemaker_limit_and_a_reserved_name(tmp_path):
-    from tuneforge.contract import METRIC_DEFINITIONS
+    from tuneforge.contract import METRIC_DEFINITIONS, SFT_METRIC_DEFINITIONS
 
     tasks = (40 - len(METRIC_DEFINITIONS)) // 2 + 1  # one task (two definitions) too many
     for number in range(tasks):
@@ -145,8 +145,11 @@ def test_metric_definitions_past_sagemaker_limit_and_a_reserved_name(tmp_path):
     refused = _metric_definitions("--tasks", str(tmp_path))
     assert refused.returncode == 2
     total = len(METRIC_DEFINITIONS) + 2 * tasks
-    assert f"{total} definitions, more than the 40 a SageMaker training job takes; pass --tasks-only" in refused.stderr
+    assert f"{total} definitions, more than the 40 a SageMaker training job takes; pass --method sft" in refused.stderr
     assert len(json.loads(_metric_definitions("--tasks", str(tmp_path), "--tasks-only").stdout)) == 2 * tasks
+    sft = json.loads(_metric_definitions("--tasks", str(tmp_path), "--method", "sft").stdout)  # no reward lines
+    assert len(sft) == len(SFT_METRIC_DEFINITIONS) + 2 * tasks and not any("reward" in d["Name"] for d in sft)
+    assert json.loads(_metric_definitions("--method", "dpo").stdout) == METRIC_DEFINITIONS
     (tmp_path / "loss.jsonl").write_text(json.dumps({"prompt": "q", "reference": "a"}) + "\n")
     with pytest.raises(DataError, match="loss.jsonl: a task named loss would print the line final_eval_loss, "
                        "the job's validation loss. Fix: rename the file"):

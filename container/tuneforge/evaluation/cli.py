@@ -65,17 +65,17 @@ def main(args) -> int:
 def metric_definitions_main(args) -> int:
     """`tuneforge metric-definitions`: the JSON list for SageMaker's MetricDefinitions, the job's fixed
     lines and, with --tasks, each task's base_eval_<task>/final_eval_<task> lines."""
-    from ..contract import METRIC_DEFINITIONS, SAGEMAKER_MAX_METRIC_DEFINITIONS, task_metric_definitions
+    from ..contract import SAGEMAKER_MAX_METRIC_DEFINITIONS, metric_definitions, task_metric_definitions
 
     try:
         names = [task.name for task in load_tasks(Path(args.tasks))] if args.tasks else []
     except UserError as exc:
         print(f"metric-definitions: {exc}", file=sys.stderr)
         return 2
-    definitions = ([] if args.tasks_only else METRIC_DEFINITIONS) + task_metric_definitions(names)
+    definitions = ([] if args.tasks_only else metric_definitions(args.method)) + task_metric_definitions(names)
     if len(definitions) > SAGEMAKER_MAX_METRIC_DEFINITIONS:
         print(f"metric-definitions: {len(definitions)} definitions, more than the {SAGEMAKER_MAX_METRIC_DEFINITIONS} "
-              "a SageMaker training job takes; pass --tasks-only (the tasks' alone) or fewer tasks", file=sys.stderr)
+              "a SageMaker training job takes; pass --method sft (no reward lines), --tasks-only (the tasks' alone) or fewer tasks", file=sys.stderr)
         return 2
     print(json.dumps(definitions, indent=2))
     return 0
