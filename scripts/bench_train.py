@@ -30,6 +30,16 @@ each in its own process; the peak RSS above the loaded model is the step's memor
 
     .venv/bin/python scripts/bench_train.py [--lora] [--rows 480] [--sides tuneforge,trl,...]
     .venv/bin/python scripts/bench_train.py --loss-memory
+    .venv/bin/python scripts/bench_train.py --method dpo [--rows 32] [--repeats 2]
+
+--method dpo instead compares tuneforge's DPO job (training_method=dpo) with TRL's DPOTrainer used
+directly, on the same random Llama, the same generated preference pairs (prompts 20-300 tokens,
+chosen and rejected answers 5-150 each, skewed short; each side gets the pairs as tuneforge renders
+them), LoRA r=8 alpha 32 dropout 0.05 on q_proj,v_proj (the reference: the base with the adapter
+off, on both sides), beta 0.1, sigmoid loss, batch 8 pairs, max length 1024, 1 epoch, fp32, lr
+1e-4. The sides alternate (tuneforge, TRL, tuneforge, TRL, ...) for --repeats rounds, each in its
+own process. Tokens/s = tokens of prompt+chosen and prompt+rejected of every pair / time inside
+trainer.train(); s/step = that time / optimizer steps; peak RSS from wait4.
 """
 
 from __future__ import annotations
@@ -83,18 +93,21 @@ def write_rows(model_dir: Path, channel: Path, rows: int) -> None:
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     rng = random.Random(1)
-
-    def text(tokens: int) -> str:
-        words = [rng.choice(WORDS) for _ in range(tokens * 2)]
-        ids = tokenizer(" ".join(words), add_special_tokens=False)["input_ids"][:tokens]
-        return tokenizer.decode(ids).strip()
-
+    text = _text_maker(tokenizer, rng, WORDS)
     channel.mkdir(parents=True)
     with open(channel / "data.jsonl", "w") as handle:
         for _ in range(rows):
             prompt, answer = int(20 + 380 * rng.random() ** 2), int(5 + 195 * rng.random() ** 2)
             handle.write(json.dumps({"instruction": text(prompt), "response": text(answer)}) + "\n")
     (channel / "template.json").write_text(json.dumps(TEMPLATE))
+
+
+def _text_maker(tokenizer, rng: random.Random, words: list):
+    """text(n): random words cut to exactly n tokens of `tokenizer`."""
+    def text(tokens: int) -> str:
+        ids = tokenizer(" ".join(rng.choice(words) for _ in range(tokens * 2)), add_special_tokens=False)["input_ids"]
+        return tokenizer.decode(ids[:tokens]).strip()
+    return text
 
 
 class CountingCollator:
@@ -217,6 +230,105 @@ def run_hf_grouped(base: Path, lora: bool) -> dict:
     return _timed_train(trainer, CountingCollator(Collator(tokenizer.pad_token_id), tokenizer.pad_token_id))
 
 
+# ------------------------------------------------------------------ DPO
+DPO_SIDES = ("tuneforge_dpo", "trl_dpo")
+DPO_BETA = 0.1
+
+
+def write_pairs(model_dir: Path, channel: Path, pairs: int) -> None:
+    """Preference pairs: prompts 20-300 tokens, chosen and rejected answers 5-150 each (skewed short)."""
+    from transformers import AutoTokenizer
+
+    from tuneforge.samples import WORDS
+
+    rng = random.Random(2)
+    text = _text_maker(AutoTokenizer.from_pretrained(model_dir), rng, WORDS)
+    channel.mkdir(parents=True)
+    with open(channel / "pairs.jsonl", "w") as handle:
+        for _ in range(pairs):
+            prompt = text(int(20 + 280 * rng.random() ** 2))
+            chosen, rejected = (text(int(5 + 145 * rng.random() ** 2)) for _ in range(2))
+            handle.write(json.dumps({"prompt": prompt, "chosen": chosen, "rejected": rejected}) + "\n")
+
+
+def _pair_rows(base: Path):
+    """The pairs as tuneforge renders them for TRL (so both sides train on the same text), and the
+    tokens one epoch feeds the model: prompt+chosen and prompt+rejected of every pair."""
+    from transformers import AutoTokenizer
+
+    from tuneforge.config import parse_hyperparameters
+    from tuneforge.data import read_channel
+    from tuneforge.train.preference_data import preference_rows
+
+    tokenizer = AutoTokenizer.from_pretrained(base / "input" / "data" / "model")
+    source = read_channel(base / "input" / "data" / "train", parse_hyperparameters({"training_method": "dpo"}))
+    rows = preference_rows(source.examples, tokenizer, source.prompt, {}).features
+    count = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
+    tokens = sum(count(r["prompt"] + r["chosen"]) + count(r["prompt"] + r["rejected"]) for r in rows)
+    return tokenizer, rows, tokens
+
+
+def run_tuneforge_dpo(base: Path, lora: bool) -> dict:
+    from tuneforge.train.launcher import run
+
+    hyperparameters = {"training_method": "dpo", "beta": str(DPO_BETA), "dpo_loss_type": "sigmoid", "peft_type": "lora",
+                       "lora_r": "8", "lora_alpha": "32", "lora_dropout": "0.05", "target_modules": "q_proj,v_proj",
+                       "epoch": "1", "per_device_train_batch_size": str(BATCH), "learning_rate": str(LR),
+                       "max_input_length": str(MAX_LEN), "validation_split_ratio": "0", "rouge_samples": "0",
+                       "knowledge_check": "False", "early_stopping_patience": "0", "seed": str(SEED), "logging_steps": "10"}
+    (base / "input" / "config" / "hyperparameters.json").write_text(json.dumps(hyperparameters))
+    assert run(base) == 0, (base / "output" / "failure").read_text()
+    metrics = json.loads((base / "output" / "data" / "metrics.json").read_text())
+    return {"train_s": metrics["train_runtime_s"], "steps": metrics["steps"], "tokens": _pair_rows(base)[2],
+            "train_loss": metrics["train_loss"], "reward_accuracy": metrics.get("final_reward_accuracy")}
+
+
+def run_trl_dpo(base: Path, lora: bool) -> dict:
+    import torch
+    from transformers import AutoModelForCausalLM
+    from trl import DPOConfig, DPOTrainer
+
+    tokenizer, rows, tokens = _pair_rows(base)
+    torch.manual_seed(SEED)
+    model = AutoModelForCausalLM.from_pretrained(base / "input" / "data" / "model", dtype=torch.float32)
+    args = _training_args(DPOConfig, base / "trl-out", beta=DPO_BETA, loss_type=["sigmoid"], max_length=MAX_LEN)
+    trainer = DPOTrainer(model=model, args=args, train_dataset=rows, processing_class=tokenizer,
+                         peft_config=_lora_config())
+    start = time.time()
+    output = trainer.train()
+    seconds = time.time() - start
+    accuracies = [e["rewards/accuracies"] for e in trainer.state.log_history if "rewards/accuracies" in e]
+    return {"train_s": round(seconds, 2), "steps": trainer.state.global_step, "tokens": tokens,
+            "train_loss": output.training_loss, "reward_accuracy": accuracies[-1] if accuracies else None}
+
+
+def dpo_bench(pairs: int, repeats: int) -> None:
+    """tuneforge's DPO job and TRL's DPOTrainer, alternating, `repeats` rounds."""
+    runs = []
+    with tempfile.TemporaryDirectory(prefix="bench-dpo-") as tmp:
+        root = Path(tmp)
+        model_dir = build_model(root / "model")
+        write_pairs(model_dir, root / "pairs", pairs)
+        for round_ in range(1, repeats + 1):
+            for side in DPO_SIDES:
+                result = _child(side, _prepare(root, model_dir, root / "pairs", f"{side}-{round_}"), True)
+                runs.append((side, round_, result))
+    _print_machine()
+    print(f"model: random Llama 512x8 (~26 M), LoRA r=8 alpha 32 on q_proj,v_proj; DPO beta {DPO_BETA} sigmoid; "
+          f"{pairs} pairs, batch {BATCH} pairs, max length {MAX_LEN}, 1 epoch, fp32")
+    print("| side | round | tokens/s | pairs/s | s/step | train loop s | process wall s | peak RSS GiB | train loss |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for side, round_, r in runs:
+        print(f"| {side} | {round_} | {r['tokens_per_s']:,.1f} | {pairs / r['train_s']:.2f} | "
+              f"{r['train_s'] / r['steps']:.2f} | {r['train_s']:.1f} | {r['wall_s']:.1f} | {r['peak_rss_gib']:.2f} | "
+              f"{r['train_loss']:.4f} |")
+    mean = {side: {key: sum(r[key] for s, _, r in runs if s == side) / repeats for key in ("tokens_per_s", "peak_rss_gib")}
+            for side in DPO_SIDES}
+    ours, theirs = mean["tuneforge_dpo"], mean["trl_dpo"]
+    print(f"tuneforge_dpo/trl_dpo (means of {repeats} rounds): tokens/s x{ours['tokens_per_s'] / theirs['tokens_per_s']:.2f}, "
+          f"peak RSS x{ours['peak_rss_gib'] / theirs['peak_rss_gib']:.2f}")
+
+
 # ------------------------------------------------------------------ loss memory
 LOSS_ROLES = ("loss_standard", "loss_chunked")
 LOSS_VOCAB, LOSS_BATCH, LOSS_LEN, LOSS_LABEL_SHARE = 128_256, 4, 1024, 0.35
@@ -286,6 +398,13 @@ def _child(side: str, base: Path, lora: bool) -> dict:
     return result
 
 
+def _print_machine() -> None:
+    import torch
+
+    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, python "
+          f"{platform.python_version()}, {'GPU' if torch.cuda.is_available() else 'CPU only'}; {time.strftime('%Y-%m-%d')}")
+
+
 def _prepare(root: Path, model_dir: Path, rows_dir: Path, side: str) -> Path:
     base = root / side / "opt" / "ml"
     (base / "input" / "config").mkdir(parents=True)
@@ -296,11 +415,14 @@ def _prepare(root: Path, model_dir: Path, rows_dir: Path, side: str) -> Path:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", type=int, default=480)
+    parser.add_argument("--rows", type=int, help="instruction rows (default 480), or with --method dpo pairs (32)")
     parser.add_argument("--lora", action="store_true", help="LoRA r=8 on q_proj,v_proj instead of full fine-tuning")
     parser.add_argument("--sides", default=",".join(SIDES), help=f"comma list from {', '.join(SIDES)}")
     parser.add_argument("--loss-memory", action="store_true", help="measure the chunked loss's memory instead")
-    parser.add_argument("--role", choices=SIDES + LOSS_ROLES, help=argparse.SUPPRESS)
+    parser.add_argument("--method", choices=("sft", "dpo"), default="sft",
+                        help="dpo: tuneforge's DPO job vs TRL's DPOTrainer (LoRA; --rows = pairs, default 32)")
+    parser.add_argument("--repeats", type=int, default=2, help="dpo: rounds of the two sides, alternating")
+    parser.add_argument("--role", choices=SIDES + DPO_SIDES + LOSS_ROLES, help=argparse.SUPPRESS)
     parser.add_argument("--base", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -310,6 +432,10 @@ def main() -> int:
     if args.loss_memory:
         loss_memory()
         return 0
+    if args.method == "dpo" and not args.role:
+        dpo_bench(args.rows or 32, args.repeats)
+        return 0
+    args.rows = args.rows or 480
     if args.role:
         result = globals()[f"run_{args.role}"](Path(args.base), args.lora)
         Path(args.out).write_text(json.dumps(result))
@@ -323,10 +449,7 @@ def main() -> int:
         model_dir = build_model(root / "model")
         write_rows(model_dir, root / "rows", args.rows)
         results = {side: _child(side, _prepare(root, model_dir, root / "rows", side), args.lora) for side in sides}
-    import torch
-
-    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, python "
-          f"{platform.python_version()}, {'GPU' if torch.cuda.is_available() else 'CPU only'}; {time.strftime('%Y-%m-%d')}")
+    _print_machine()
     mean = results.get("tuneforge", {}).get("rows_mean_tokens")
     print(f"model: random Llama 512x8 (~26 M), {'LoRA r=8' if args.lora else 'full fine-tuning'}; {args.rows} rows"
           f"{f' (mean {mean} tokens)' if mean else ''}, batch {BATCH}, max length {MAX_LEN}, 1 epoch, fp32")
