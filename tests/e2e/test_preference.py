@@ -178,6 +178,9 @@ def test_full_fine_tuning_dpo_on_conversations(job, tiny, precompute, reference)
     accuracy = metrics["preference_accuracy"]
     assert (accuracy["before"]["accuracy"], accuracy["after"]["accuracy"]) == (0.0, 1.0), accuracy
     assert json.loads((job.model_dir / "tuneforge.json").read_text())["prompt"]["kind"] == "chat"
+    # the greedy answers are compared with the chosen answers as written, not with the end marker
+    samples = [json.loads(line) for line in (job.base / "output" / "data" / "samples.jsonl").read_text().splitlines()]
+    assert samples and {s["reference"] for s in samples} <= {p["chosen"] for p in PAIRS}, samples[0]
 
 
 def test_dpo_over_two_processes(job, tiny):

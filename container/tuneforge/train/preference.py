@@ -179,7 +179,8 @@ class PreferenceRecipe(Recipe):
         if self.config.rouge_samples == 0 or not data.val_examples or not is_main_process() \
                 or self._generation_ranks() != "main":
             return
-        references = [(r["prompt"], r.get("chosen", r.get("completion"))) for r in data.val_examples
+        eos = data.tokenizer.eos_token or ""  # a chat answer is rendered up to the template's end marker
+        references = [(r["prompt"], _answer_text(r.get("chosen", r.get("completion")), eos)) for r in data.val_examples
                       if r.get("label", True)]  # unpaired rows: the desirable answers are the references
         pairs = references[:self.config.rouge_samples]
         answers = self._greedy_answers([p for p, _ in pairs], self.config.max_output_length)
@@ -207,3 +208,9 @@ class PreferenceRecipe(Recipe):
                     metrics.print_metric(name if name.startswith("final_") else f"final_{name}", value)
         return results
 
+
+def _answer_text(rendered: str, eos: str) -> str:
+    """The answer a greedy generation is compared with: the rendered text without the end-of-sequence
+    marker the chat template closes it with (generation stops at it and never shows it)."""
+    text = rendered.rstrip()
+    return text[:-len(eos)].rstrip() if eos and text.endswith(eos) else rendered
