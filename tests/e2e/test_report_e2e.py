@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import Job
 from tests.unit.test_report import check_numbers_match, check_self_contained, parse_page, png_has_drawing
-from tuneforge.contract import METRIC_DEFINITIONS
+from tuneforge.contract import SFT_METRIC_DEFINITIONS
 
 pytestmark = pytest.mark.slow
 
@@ -68,7 +68,7 @@ def test_a_job_writes_its_report_and_a_log_that_reads_as_a_story(job, tiny):
     assert f"run report: {data / 'report.html'}" in log
     for noise in NOISE:
         assert noise not in log, noise
-    for definition in METRIC_DEFINITIONS:  # SageMaker's metric definitions still read the log
+    for definition in SFT_METRIC_DEFINITIONS:  # an SFT job: SageMaker's metric definitions still read the log
         if "rouge" not in definition["Regex"] and "exact_match" not in definition["Regex"]:
             assert re.findall(definition["Regex"], log), definition
     assert re.findall(r"\[metric\] final_rougeL=([0-9.]+)", log)

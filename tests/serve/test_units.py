@@ -265,7 +265,7 @@ def test_admission_refuses_only_deadline_requests_behind_a_long_wait():
     assert refused.value.retry_after == 28 and "(TUNEFORGE_REQUEST_DEADLINE)" in str(refused.value)
 
 
-def test_cut_generate_calls_give_the_same_answers(tiny):
+def test_cut_generate_calls_give_the_same_answers(tiny, monkeypatch):
     """Slicing at its extreme: an engine that yields after every token whenever another request waits
     (two kinds of request take turns) answers as one that never yields: text, tokens, log-probabilities
     and their alternatives, stop sequences, guided output, n > 1, prompt scores, finish reasons."""
@@ -274,7 +274,10 @@ def test_cut_generate_calls_give_the_same_answers(tiny):
     from tuneforge.serve.guided import compile_plan
     from tuneforge.serve.loader import load_model
 
+    from tuneforge.serve import engine as engine_module
+
     torch.set_num_threads(1)
+    monkeypatch.setattr(engine_module, "CUT_COST", 0)  # no prefill-time floor: a cut every other token
     plan, calls = None, {}
 
     def answers(slice_s: float) -> list:
@@ -311,4 +314,4 @@ def test_cut_generate_calls_give_the_same_answers(tiny):
                 assert [i for i, _, _ in x.top] == [i for i, _, _ in y.top]
         assert one.prompt_scores == other.prompt_scores and one.seed == other.seed
     assert sum(len(s.tokens) for r in cut for s in r.sequences) > 100
-    assert calls[0] <= 3 and calls[1e-9] >= 8, calls  # the cut engine took many turns
+    assert calls[0] <= 3 and calls[1e-9] >= 15, calls  # the cut engine took many turns
