@@ -25,7 +25,7 @@ from .preference_data import preference_rows
 from .preference_methods import method_trainer, reference_kind
 from .preference_metrics import (PreferenceMetricLines, PreferenceProgressLines, final_reward_metrics,
                                  preference_accuracy)
-from .recipe import FINAL_EVALUATION_STOP, DataBundle, EngineBundle, ModelBundle, Recipe, _Source, is_main_process
+from .recipe import DataBundle, EngineBundle, ModelBundle, Recipe, _Source, is_main_process
 
 log = logging.getLogger(__name__)
 
@@ -186,18 +186,12 @@ class PreferenceRecipe(Recipe):
         answers = self._greedy_answers([p for p, _ in pairs], self.config.max_output_length)
         self._record_samples(stage, pairs[:len(answers)], answers)
 
-    def evaluate(self) -> dict:
-        from .callbacks import StopFinalEvaluation
+    def _after_final_loss(self) -> None:  # no perplexity: exp of a preference loss is none
+        self._record_preference_accuracy("after")
 
+    def evaluate(self) -> dict:
         results = self.results
-        if self.trainer.eval_dataset is not None:
-            self.phases.begin("final evaluation")
-            self.trainer.add_callback(StopFinalEvaluation(lambda: self.stop_if_asked(FINAL_EVALUATION_STOP)))
-            results["eval_loss"] = self.trainer.evaluate()["eval_loss"]
-            self.stop_if_asked(FINAL_EVALUATION_STOP)
-            self._record_preference_accuracy("after")
-            self._generate_samples("after")
-            self._check_knowledge("after")
+        self._final_evaluation()
         self._score_tasks("after")
         finals = final_reward_metrics(self.reward_lines.last if self.reward_lines else {})
         results.update({f"final_{k}": v for k, v in finals.items()})

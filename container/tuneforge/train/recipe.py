@@ -573,18 +573,8 @@ class Recipe:
 
     # ------------------------------------------------------------------ evaluate
     def evaluate(self) -> dict:
-        from .callbacks import StopFinalEvaluation
-
         results = self.results
-        if self.trainer.eval_dataset is not None:
-            self.phases.begin("final evaluation")
-            self.trainer.add_callback(StopFinalEvaluation(lambda: self.stop_if_asked(FINAL_EVALUATION_STOP)))
-            results["eval_loss"] = self.trainer.evaluate()["eval_loss"]
-            self.stop_if_asked(FINAL_EVALUATION_STOP)  # several ranks agree here, before generating
-            results["perplexity_before"] = metrics.perplexity(results.get("eval_loss_before"))
-            results["perplexity"] = metrics.perplexity(results["eval_loss"])
-            self._generate_samples("after")
-            self._check_knowledge("after")
+        self._final_evaluation()
         self._score_tasks("after")
         results["train_perplexity"] = metrics.perplexity(results.get("train_loss"))
         if is_main_process():
@@ -595,6 +585,26 @@ class Recipe:
                 print(f" eval_ppl=tensor({results['perplexity']:.4f}) "
                       f"eval_epoch_loss=tensor({results['eval_loss']:.4f})", flush=True)
         return results
+
+    def _final_evaluation(self) -> None:
+        """The validation loss of the model that is saved (SIGTERM stops it), what the recipe derives
+        from it (_after_final_loss), the greedy answers and the general-knowledge check."""
+        from .callbacks import StopFinalEvaluation
+
+        if self.trainer.eval_dataset is None:
+            return
+        self.phases.begin("final evaluation")
+        self.trainer.add_callback(StopFinalEvaluation(lambda: self.stop_if_asked(FINAL_EVALUATION_STOP)))
+        self.results["eval_loss"] = self.trainer.evaluate()["eval_loss"]
+        self.stop_if_asked(FINAL_EVALUATION_STOP)  # several ranks agree here, before generating
+        self._after_final_loss()
+        self._generate_samples("after")
+        self._check_knowledge("after")
+
+    def _after_final_loss(self) -> None:
+        results = self.results
+        results["perplexity_before"] = metrics.perplexity(results.get("eval_loss_before"))
+        results["perplexity"] = metrics.perplexity(results["eval_loss"])
 
     def _generation_ranks(self) -> str:
         """main: rank 0 generates alone (whole weights on every rank); all: every rank generates in
