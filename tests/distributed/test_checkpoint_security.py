@@ -57,7 +57,7 @@ def test_samples_are_written_under_deepspeed(zero2_checkpointed):
     assert len(samples) == 2
     for sample in samples:
         assert sample["prompt"] and sample["reference"] and isinstance(sample["after"], str)
-        assert sample["before"] is None
+        assert isinstance(sample["before"], str)  # rank 0 answers on the whole ZeRO-2 weights
     assert job.metrics()["eval_before_skipped"] == "DeepSpeed/FSDP engines are built once per Trainer"
 
 

@@ -63,7 +63,7 @@ def _run(job, model_path, hyperparameters, nproc: int):
 def test_fsdp_lora(job, llama_1b):
     metrics = _run(job, llama_1b, {"enable_fsdp": "True"}, nproc=torch.cuda.device_count())
     assert metrics["parallelism"] == "fsdp full_shard" and metrics["distributed_type"] == "FSDP"
-    assert "rouge_skipped" in metrics
+    assert "rouge_skipped" not in metrics and set(metrics["general_knowledge"]) == {"before", "after"}  # lockstep
     assert (job.model_dir / "model.safetensors").exists() or (job.model_dir / "model.safetensors.index.json").exists()
 
 

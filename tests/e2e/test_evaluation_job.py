@@ -40,6 +40,40 @@ def test_tasks_are_scored_before_and_after_training(job, tiny, capfd):
     assert "task trivia (accuracy)" in report and "task answers (ROUGE-L)" in report
 
 
+PAIRS = [{"prompt": f"What is fruit number {i}?", "chosen": "It is blue.", "rejected": "It is red."} for i in range(8)]
+KINDS = {"full": {"peft_type": "none"},
+         "qlora-nf4": {"load_in_4bit": "True", "quant_type": "nf4", "double_quant": "True"},
+         "dpo-lora": {"training_method": "dpo", "instruction_tuned": "False"}}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_language_model_job_kind_scores_the_tasks(job, tiny, monkeypatch, kind):
+    """Full fine-tuning, QLoRA (bitsandbytes' CPU kernels, see test_quantized.py) and a preference
+    job score the same tasks before and after training; the scores are those of the base and of
+    model/ scored whole (not for QLoRA, scored on its 4-bit weights)."""
+    from tuneforge.evaluation.cli import evaluate
+
+    monkeypatch.setenv("TUNEFORGE_ALLOW_CPU_QUANTIZATION", "1")
+    job.add_model(tiny("llama"))
+    if kind.startswith("dpo"):
+        for channel in ("train", "validation"):
+            (job.channel(channel) / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in PAIRS))
+    else:
+        job.add_sample_data("instruction", n_train=16, n_val=4)
+    _tasks(job)
+    (job.channel("evaluation") / "answers.jsonl").unlink()  # its template fields are the instruction format's
+    job.hyperparameters({**QUICK, **KINDS[kind]})
+    assert job.run_in_process() == 0, job.failure.read_text() if job.failure.exists() else ""
+    trivia = job.metrics()["evaluation"]["trivia"]
+    assert set(trivia) == {"before", "after"}
+    if kind.startswith("qlora"):  # scored on the 4-bit weights; model/ holds the merged float ones
+        assert all(0 <= trivia[stage]["acc"] <= 1 for stage in trivia)
+        return
+    base = evaluate(job.channel("model"), job.channel("evaluation"))["trivia"]
+    assert trivia["before"]["acc"] == base["acc"] and trivia["before"]["acc_norm"] == base["acc_norm"]
+    assert trivia["after"]["score"] == pytest.approx(evaluate(job.model_dir, job.channel("evaluation"))["trivia"]["score"])
+
+
 def _check_metric_definitions(log: str, evaluation: dict) -> None:
     """`tuneforge metric-definitions --tasks` regexes, as SageMaker applies them to the job's log: each
     task's base/final definition finds its one line and value; none of the fixed ones finds a task line."""

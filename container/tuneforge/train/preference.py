@@ -154,11 +154,8 @@ class PreferenceRecipe(Recipe):
     def _baseline_evaluation(self, engine: EngineBundle) -> None:
         if self.trainer.eval_dataset is None:
             return
-        if engine.ds_config or engine.fsdp_active:
-            self.results["eval_before_skipped"] = "DeepSpeed/FSDP engines are built once per Trainer"
-            return
         self.phases.begin("baseline evaluation")
-        self._record_preference_accuracy("before")
+        self._record_preference_accuracy("before")  # rank 0 on whole weights; not under ZeRO-3/FSDP
         self._generate_samples("before")
         self._check_knowledge("before")
 

@@ -518,15 +518,15 @@ class Recipe:
         """Validation loss, ROUGE and general knowledge of the untouched model."""
         if self.trainer.eval_dataset is None:
             return
+        self.phases.begin("baseline evaluation")
         if engine.ds_config or engine.fsdp_active:
             # evaluate() before train() makes the Trainer build an inference engine that train()
             # then fails to turn into a training one (DeepSpeed) or wraps twice (FSDP)
-            log.warning("the baseline evaluation before training is skipped under %s", self.results["parallelism"])
+            log.warning("the validation loss before training is not measured under %s", self.results["parallelism"])
             self.results["eval_before_skipped"] = "DeepSpeed/FSDP engines are built once per Trainer"
-            return
-        self.phases.begin("baseline evaluation")
-        before = self.trainer.evaluate(metric_key_prefix="eval_before")
-        self.results["eval_loss_before"] = before["eval_before_loss"]
+        else:
+            before = self.trainer.evaluate(metric_key_prefix="eval_before")
+            self.results["eval_loss_before"] = before["eval_before_loss"]
         self._generate_samples("before")
         self._check_knowledge("before")
 
@@ -608,11 +608,17 @@ class Recipe:
 
     def _generation_ranks(self) -> str:
         """main: rank 0 generates alone (whole weights on every rank); all: every rank generates in
-        lockstep (ZeRO-3 gathers each layer's shards collectively); skip: not supported here."""
-        engine = self.prepared.engine
-        if engine.fsdp_active:
-            return "skip"
-        return "all" if engine.sharded and distributed.world_size() > 1 else "main"
+        lockstep (ZeRO-3 and FSDP gather each layer's shards collectively: train/lockstep.py)."""
+        return "all" if self.prepared.engine.sharded and distributed.world_size() > 1 else "main"
+
+    def _sharded_forward(self, model):
+        """train/lockstep.py: before DeepSpeed's engine exists, ZeRO-3's partitioned weights are
+        gathered module by module here; FSDP2 modules get generate's rank syncing."""
+        from .lockstep import sharded_forward
+
+        ds_config = self.prepared.engine.ds_config
+        unbuilt = self.trainer is None or self.trainer.deepspeed is None
+        return sharded_forward(model, gather_zero3=distributed.zero_stage(ds_config) == 3 and unbuilt)
 
     def _generate_samples(self, stage: str) -> None:
         """Greedy answers on capped validation prompts, within ROUGE_TIME_BUDGET_S; ROUGE of the
@@ -620,14 +626,7 @@ class Recipe:
         data = self.prepared.data
         if self.config.rouge_samples == 0 or data.format == "domain":
             return
-        ranks = self._generation_ranks()
-        if ranks == "skip":
-            if stage == "before":
-                log.warning("ROUGE skipped: generating from FSDP-sharded weights is not supported; "
-                            "evaluate the saved model instead")
-                self.results["rouge_skipped"] = "FSDP shards the weights; generation needs them whole"
-            return
-        if ranks == "main" and not is_main_process():
+        if self._generation_ranks() == "main" and not is_main_process():
             return
         pairs = metrics.generation_pairs(data.val_examples, data.tokenizer, data.prompt, self.config.rouge_samples)
         if not pairs:
@@ -661,13 +660,14 @@ class Recipe:
         batch_size = max(self.config.eval_batch_size, 8)
         lockstep = self._generation_ranks() == "all"
         answers: list[str] = []
-        for start in range(0, len(prompts), batch_size):
-            late = (deadline is not None and time.monotonic() > deadline) or stopping.requested() is not None
-            if distributed.any_rank(late) if lockstep else late:
-                break
-            answers += metrics.generate(model, data.tokenizer, prompts[start:start + batch_size],
-                                        seq2seq=loaded.seq2seq, max_new_tokens=max_new_tokens,
-                                        max_input_length=data.max_len, batch_size=batch_size)
+        with self._sharded_forward(model):
+            for start in range(0, len(prompts), batch_size):
+                late = (deadline is not None and time.monotonic() > deadline) or stopping.requested() is not None
+                if distributed.any_rank(late) if lockstep else late:
+                    break
+                answers += metrics.generate(model, data.tokenizer, prompts[start:start + batch_size],
+                                            seq2seq=loaded.seq2seq, max_new_tokens=max_new_tokens,
+                                            max_input_length=data.max_len, batch_size=batch_size)
         model.train()
         return answers
 
@@ -675,7 +675,7 @@ class Recipe:
         """The general-knowledge questions (train/knowledge.py), before and after training."""
         from . import knowledge
 
-        if not self.config.knowledge_check or self._generation_ranks() == "skip":
+        if not self.config.knowledge_check:
             return
         if self._generation_ranks() == "main" and not is_main_process():
             return
@@ -691,50 +691,31 @@ class Recipe:
 
     def _score_tasks(self, stage: str) -> None:
         """The `evaluation` channel's tasks (docs/evaluation.md), before and after training: on rank 0,
-        or under ZeRO-3 on every rank in lockstep (each forward gathers the shards), rank 0 recording."""
-        from ..evaluation.scoring import score_task
+        or under ZeRO-3/FSDP on every rank in lockstep (train/lockstep.py), rank 0 recording."""
+        from .lockstep import score_tasks
 
         ranks = self._generation_ranks()
-        if not self.eval_tasks or self._tasks_skipped(stage, ranks) or (ranks == "main" and not is_main_process()):
+        if not self.eval_tasks or (ranks == "main" and not is_main_process()):
             return
-        lockstep = ranks == "all"
         if is_main_process():
             self.phases.begin(f"evaluation tasks ({stage} training)")
         view = self._scoring_view()
-        end = time.monotonic() + EVAL_TIME_BUDGET_S
-        for index, task in enumerate(self.eval_tasks):
-            stop, late = stopping.requested() is not None, time.monotonic() >= end
-            if lockstep:  # every rank stops at the same task, or the others wait on its gathers forever
-                stop, late = distributed.any_rank(stop), distributed.any_rank(late)
-            if stop:
-                break
-            if late:  # said, never silently cut: the gate counts them as unscored
-                left = [t.name for t in self.eval_tasks[index:]]
-                self.results.setdefault("evaluation_unscored", {})[stage] = left
-                log.warning("evaluation tasks %s training: the %g s budget is spent; not scored: %s", stage,
-                            EVAL_TIME_BUDGET_S, ", ".join(left))
-                break
-            result = score_task(task, view, max_new_tokens=EVAL_MAX_NEW_TOKENS)
+
+        def record(task, result) -> None:
             if is_main_process():
                 scores = self.results.setdefault("evaluation", {}).setdefault(task.name, {})
                 scores[stage] = {k: v for k, v in result.items() if k != "details"}
                 metrics.print_metric(f"{'base' if stage == 'before' else 'final'}_eval_{task.name}", result["score"])
-        view.model.train()
 
-    def _tasks_skipped(self, stage: str, ranks: str) -> bool:
-        """FSDP: not scored; ZeRO-3 before training: the weights are partitioned and DeepSpeed gathers
-        them only once training set it up, so the base is not scored (said in metrics.json)."""
-        if ranks == "skip":
-            reason = "FSDP shards the weights; run `tuneforge evaluate` on model/ (and on the base)"
-        elif ranks == "all" and stage == "before":
-            reason = ("ZeRO-3 partitions the base's weights before training starts; score the base with "
-                      "`tuneforge evaluate`")
-        else:
-            return False
-        self.results.setdefault("evaluation_skipped", {})[stage] = reason
-        if is_main_process():
-            log.warning("evaluation tasks %s training are not scored: %s", stage, reason)
-        return True
+        with self._sharded_forward(view.model):
+            left = score_tasks(self.eval_tasks, view, lockstep=ranks == "all", budget_s=EVAL_TIME_BUDGET_S,
+                               max_new_tokens=EVAL_MAX_NEW_TOKENS, on_result=record,
+                               stop_requested=lambda: stopping.requested() is not None)
+        if left:  # said, never silently cut: the gate counts them as unscored
+            self.results.setdefault("evaluation_unscored", {})[stage] = left
+            log.warning("evaluation tasks %s training: the %g s budget is spent; not scored: %s", stage,
+                        EVAL_TIME_BUDGET_S, ", ".join(left))
+        view.model.train()
 
     def _live_model(self):
         """The model being trained, unwrapped (before train() starts: the prepared module)."""
