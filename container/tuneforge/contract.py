@@ -24,6 +24,7 @@ BASE_DIR_ENV = "SAGEMAKER_BASE_DIR"
 TRAIN_CHANNELS = ("train", "training")
 VALIDATION_CHANNEL = "validation"
 MODEL_CHANNEL = "model"
+BASE_MODEL_CHANNEL = "base_model"  # the base of an adapter-only fine-tune given as `model` (adapter_base.py)
 CONFIG_CHANNEL = "config"
 EVALUATION_CHANNEL = "evaluation"  # task files scored before and after training (docs/evaluation.md)
 
@@ -148,6 +149,10 @@ class Paths:
     def model_channel(self) -> Path | None:
         path = self.channel(MODEL_CHANNEL)
         return path if path.is_dir() and any(path.iterdir()) else None
+
+    def base_model_channel(self) -> Path | None:
+        path = self.channel(BASE_MODEL_CHANNEL)
+        return path if path.is_dir() else None
 
     def evaluation_channel(self) -> Path | None:
         path = self.channel(EVALUATION_CHANNEL)

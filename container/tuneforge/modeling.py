@@ -26,13 +26,17 @@ class Loaded:
     dtype: torch.dtype
 
 
-def find_model_root(folder: Path, extract_to: Path | None = None) -> Path:
-    """The folder holding config.json: the channel itself, a sub-folder, an extracted tarball or a
-    converted GGUF file (both written under `extract_to`, on the job's own volume; see
-    archives.py and gguf.py)."""
+def find_model_root(folder: Path, extract_to: Path | None = None, base_channel: Path | None = None) -> Path:
+    """The folder holding config.json: the channel itself, a sub-folder, an extracted tarball, a
+    converted GGUF file or an adapter-only fine-tune merged onto its base (written under
+    `extract_to`, on the job's own volume; see archives.py, gguf.py and adapter_base.py)."""
+    from .adapter_base import is_adapter_folder, merged_adapter
+
     folder = Path(folder)
     if (folder / "config.json").exists():
         return folder
+    if extract_to is not None and is_adapter_folder(folder):
+        return merged_adapter(folder, extract_to, base_channel)
     configs = sorted(folder.rglob("config.json"), key=lambda p: len(p.parts))
     if configs:
         return configs[0].parent
@@ -40,7 +44,7 @@ def find_model_root(folder: Path, extract_to: Path | None = None) -> Path:
     if len(tarballs) == 1 and extract_to is not None:
         from .archives import extract_model_archive
 
-        return find_model_root(extract_model_archive(tarballs[0], extract_to))
+        return find_model_root(extract_model_archive(tarballs[0], extract_to), extract_to, base_channel)
     from .gguf import convert_gguf, find_gguf
 
     gguf_file = find_gguf(folder)
@@ -59,7 +63,7 @@ def find_model_root(folder: Path, extract_to: Path | None = None) -> Path:
 def resolve_base_model(paths, config) -> Path:
     channel = paths.model_channel()
     if channel is not None:
-        return find_model_root(channel, paths.extracted_model_dir)
+        return find_model_root(channel, paths.extracted_model_dir, paths.base_model_channel())
     if config.model_id:
         local = Path(config.model_id)
         if local.is_dir():

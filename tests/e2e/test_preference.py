@@ -143,6 +143,54 @@ def test_an_sft_model_folder_is_the_model_channel_of_a_dpo_job(job, tiny, tmp_pa
     assert json.loads((dpo.model_dir / "tuneforge.json").read_text())["prompt"] == sft_prompt
 
 
+def test_an_adapter_only_sft_folder_is_the_model_channel_of_a_dpo_job(job, tiny, tmp_path_factory):
+    """merge_weights=False: the DPO job finds the adapter's base (here a `base_model` channel: the
+    path tuneforge.json recorded is gone), starts from base + adapter merged exactly, and keeps the
+    SFT job's prompt format; a missing base is a clear error."""
+    import shutil
+
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from tests.conftest import Job
+    from tuneforge.contract import Paths
+    from tuneforge.modeling import resolve_base_model
+
+    base = job.add_model(tiny("llama"))
+    job.add_sample_data("instruction", n_train=16, n_val=4)
+    job.hyperparameters({"instruction_tuned": "True", "max_steps": "2", "rouge_samples": "0", "knowledge_check": "false",
+                         "merge_weights": "False", "learning_rate": "0.01"})
+    assert job.run_in_process() == 0
+    assert not (job.model_dir / "config.json").exists()  # the adapter alone
+    sft_prompt = json.loads((job.model_dir / "tuneforge.json").read_text())["prompt"]
+
+    dpo = Job(tmp_path_factory.mktemp("dpo-adapter") / "opt" / "ml")
+    dpo.add_model(job.model_dir)
+    _add_pairs(dpo, PAIRS[:8])
+    dpo.hyperparameters({**DPO, "max_steps": "2"})
+    shutil.copytree(base, tmp_path_factory.mktemp("kept") / "base")
+    kept = next(tmp_path_factory.getbasetemp().glob("kept*/base"))
+    shutil.rmtree(base)  # the path the adapter's tuneforge.json names is gone
+    assert dpo.run_in_process() == 1
+    assert "holds only a LoRA adapter and its base model was not found" in dpo.failure_first_line()
+    assert "base_model" in dpo.failure.read_text()
+
+    dpo.failure.unlink()
+    shutil.copytree(kept, dpo.channel("base_model"), dirs_exist_ok=True)
+    merged_dir = resolve_base_model(Paths(dpo.base), None)
+    merged = AutoModelForCausalLM.from_pretrained(merged_dir)
+    expected = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(kept), job.model_dir).merge_and_unload()
+    ids = torch.tensor([[1, 5, 9, 14, 3]])
+    with torch.no_grad():
+        assert torch.allclose(merged(ids).logits, expected(ids).logits, atol=1e-5)
+    assert dpo.run_in_process() == 0, dpo.failure.read_text() if dpo.failure.exists() else ""
+    assert dpo.metrics()["data"]["prompt"] == sft_prompt
+    saved = json.loads((dpo.model_dir / "tuneforge.json").read_text())
+    assert saved["prompt"] == sft_prompt and saved["adapter_only"] is False
+    assert (dpo.model_dir / "config.json").exists()  # the DPO job merges its own adapter (merge_weights default)
+
+
 @pytest.mark.parametrize("hyperparameters, rows, first_line", [
     (DPO, [PAIRS[0], PAIRS[1], {**PAIRS[2], "rejected": PAIRS[2]["chosen"]}],
      "pairs.jsonl:3: 'chosen' and 'rejected' are the same answer"),
