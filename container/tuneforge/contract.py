@@ -1,5 +1,7 @@
 """The SageMaker container contract: the only module that knows /opt/ml paths and SM_* names,
-and the one place the training side reads its environment variables (`TrainEnv`).
+and the one place that reads environment variables: the training side's (`TrainEnv`), the
+report's and the server's few outside serve/settings.py (which reads the serving settings).
+tests/unit/test_code_shape.py fails on a read of os.environ, or an /opt/ml path, anywhere else.
 
 Every path is derived from SAGEMAKER_BASE_DIR (default /opt/ml), which is also what the
 sagemaker-training toolkit honours, so `train` and `tuneforge train --base-dir` see one tree.
@@ -57,6 +59,8 @@ class TrainEnv(BaseSettings):
     log_level: str = env("TUNEFORGE_LOG_LEVEL", "INFO", "Python logging level.")
     agent_pid: int | None = env("TUNEFORGE_AGENT_PID", None, "The torchrun agent a rank dies with.")
     rank_failures: str | None = env("TUNEFORGE_RANK_FAILURES", None, "File torchrun's per-rank failures go to.")
+    job_config: Path | None = env("TUNEFORGE_JOB_CONFIG", None,
+                                  "The hyperparameters the launcher parsed, for the processes it starts.")
     # limits and switches
     peak_tflops: float | None = env("TUNEFORGE_PEAK_TFLOPS", None, "Dense peak of one GPU for MFU; unset: known GPUs.")
     max_archive_gb: float | None = env("TUNEFORGE_MAX_ARCHIVE_GB", None, "Largest unpacked model archive.")
@@ -95,6 +99,11 @@ def train_env(environ: dict | None = None) -> TrainEnv:
         name = error["loc"][0] if error["loc"] else "?"
         raise UserError(f"{error.get('input')!r} is not valid ({error['msg']})", where=f"environment variable {name}",
                         fix=f"set {name} to a valid value or unset it") from None
+
+
+def started_by_torchrun() -> bool:
+    """Whether torchrun started this process (it sets LOCAL_RANK, even to 0)."""
+    return "LOCAL_RANK" in os.environ
 
 
 @dataclass(frozen=True)
@@ -198,6 +207,11 @@ class Paths:
     def previous_failure_file(self) -> Path:
         return self.output_dir / "previous-failure.txt"
 
+    def parsed_config_file(self, owner: str) -> Path:
+        """Where the launcher `owner` leaves the parsed hyperparameters for its children
+        (train/job_config.py); outside model/ and output/, removed when they are done."""
+        return self.base / ".tuneforge-config" / f"{owner}.json"
+
     def read_hyperparameters(self) -> dict[str, str]:
         from .errors import HyperparameterError
 
@@ -299,6 +313,22 @@ def serving_model_dir() -> Path:
 
 def bind_port() -> int:
     return int(os.environ.get("SAGEMAKER_BIND_TO_PORT", "8080"))
+
+
+# the text-to-image server's bounds on one request (diffusion/payloads.Limits parses them)
+IMAGE_LIMIT_VARIABLES = {"max_side": "TUNEFORGE_MAX_IMAGE_SIDE", "max_images": "TUNEFORGE_MAX_IMAGES",
+                         "max_steps": "TUNEFORGE_MAX_INFERENCE_STEPS", "max_response_mb": "TUNEFORGE_MAX_RESPONSE_MB"}
+PROMETHEUS_MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def image_limit_texts() -> dict[str, str]:
+    """Limits field -> the variable's text, stripped ("" where unset)."""
+    return {field: os.environ.get(var, "").strip() for field, var in IMAGE_LIMIT_VARIABLES.items()}
+
+
+def prometheus_multiproc_dir() -> str | None:
+    """The folder gunicorn's workers write their metric files to (serve/metrics.py sets it); None if unset."""
+    return os.environ.get(PROMETHEUS_MULTIPROC_DIR) or None
 
 
 # SageMaker MetricDefinitions for the lines the training job prints (README.md lists them).

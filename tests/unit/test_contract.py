@@ -184,3 +184,32 @@ def test_launcher_settings_come_from_the_environment(monkeypatch):
     monkeypatch.setenv("TUNEFORGE_SHUTDOWN_TIMEOUT", "soon")
     with pytest.raises(UserError, match="environment variable TUNEFORGE_SHUTDOWN_TIMEOUT"):
         torchrun_command(world)
+
+
+def test_the_launcher_hands_its_parsed_config_to_its_children(tmp_path, monkeypatch):
+    """Children load the launcher's parsed values, equal to parsing again, and never read the file."""
+    from tuneforge.config import TrainConfig, parse_hyperparameters
+    from tuneforge.diffusion.config import DreamBoothConfig, parse_diffusion_hyperparameters
+    from tuneforge.train import job_config
+
+    paths = Paths(tmp_path)
+    raw = {"epochCount": '"2"', "learning_rate": "1e-4", "target_modules": '["q_proj", "v_proj"]',
+           "eval_min_score": "tickets=0.9", "packing": "True", "bits": "4", "sagemaker_program": '"x"'}
+    for schema, parse, given in ((TrainConfig, parse_hyperparameters, raw),
+                                 (DreamBoothConfig, parse_diffusion_hyperparameters, {"max_steps": "7"})):
+        config = parse(given)
+        with job_config.handed(paths, given, config) as env:
+            monkeypatch.setenv(job_config.ENV, env[job_config.ENV])
+            handed = job_config.handed_down()
+            loaded = handed.config(schema)
+        assert handed.raw == given and loaded == config and loaded.to_dict() == config.to_dict()
+        assert loaded.model_fields_set == config.model_fields_set and type(loaded) is schema
+        assert not list(paths.parsed_config_file("x").parent.glob("*.json"))  # removed when the children end
+    paths.hyperparameters_file.parent.mkdir(parents=True)
+    paths.hyperparameters_file.write_text('{"epoch": "oops"}')  # not read: the launcher's values win
+    with job_config.handed(paths, raw, parse_hyperparameters(raw)) as env:
+        monkeypatch.setenv(job_config.ENV, env[job_config.ENV])
+        assert job_config.train_config(paths)[1].epoch == 2
+    monkeypatch.delenv(job_config.ENV)
+    with pytest.raises(HyperparameterError, match="epoch"):
+        job_config.train_config(paths)  # no launcher: the file is read and parsed here

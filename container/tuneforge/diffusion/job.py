@@ -39,19 +39,21 @@ def check_channels(paths, config) -> None:
         weights_file(paths)
 
 
-def run_job(paths, raw: dict, *, isolate: bool) -> int:
-    """Train; 0 when model/ holds the pipeline. Errors propagate to the launcher's failure file."""
+def run_job(paths, raw: dict, *, isolate: bool, handed=None) -> int:
+    """Train; 0 when model/ holds the pipeline. Errors propagate to the launcher's failure file.
+    handed: the launcher's parsed config (train/job_config.py), in the isolated child."""
     from ..train import stopping
     from ..train.launcher import launch_single
-    from .config import parse_diffusion_hyperparameters
+    from .config import DreamBoothConfig, parse_diffusion_hyperparameters
 
-    config = parse_diffusion_hyperparameters(raw)  # bad hyperparameters fail before a process starts
+    # bad hyperparameters fail before a process starts
+    config = handed.config(DreamBoothConfig) if handed else parse_diffusion_hyperparameters(raw)
     check_channels(paths, config)
     if not is_first_host(paths):
         log.info("text-to-image training runs on the first host only; this host has nothing to do")
         return 0
     if isolate:
-        code = launch_single(paths)
+        code = launch_single(paths, raw, config)
         if code != 0:
             return code
     else:

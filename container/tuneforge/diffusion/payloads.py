@@ -19,9 +19,9 @@ import difflib
 import io
 import json
 import math
-import os
 from dataclasses import dataclass
 
+from ..contract import IMAGE_LIMIT_VARIABLES, image_limit_texts
 from ..json_body import JsonBodyError, read_json
 
 TEXT_TYPES = ("application/x-text", "text/plain")
@@ -49,11 +49,9 @@ class Limits:
 
     @classmethod
     def from_env(cls) -> "Limits":
-        names = {"max_side": "TUNEFORGE_MAX_IMAGE_SIDE", "max_images": "TUNEFORGE_MAX_IMAGES",
-                 "max_steps": "TUNEFORGE_MAX_INFERENCE_STEPS", "max_response_mb": "TUNEFORGE_MAX_RESPONSE_MB"}
         values = {}
-        for field, var in names.items():
-            text = os.environ.get(var, "").strip()
+        for field, text in image_limit_texts().items():
+            var = IMAGE_LIMIT_VARIABLES[field]
             if text:
                 kind = float if field == "max_response_mb" else int
                 try:

@@ -13,6 +13,7 @@ import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..contract import Paths
 from ..errors import UserError
 
 FILES = ("metrics.json", "samples.jsonl", "log_history.json", "image_grid.png", "tuneforge.json", "failure",
@@ -77,17 +78,18 @@ def _collect(path: Path) -> tuple[dict[str, bytes], Path]:
     if not path.is_dir():
         raise ReportInputError("no such job folder or archive", where=str(path),
                                fix="pass a job folder (/opt/ml), its output/data folder, or model.tar.gz / output.tar.gz")
-    if (path / "output" / "data").is_dir():  # an /opt/ml tree
-        data = path / "output" / "data"
-        _read_folder(data, found)
-        _read_folder(path / "output", found, ("failure",))
-        _read_folder(path / "model", found, ("tuneforge.json",))
-        _read_folder(path / "input" / "config", found, ("hyperparameters.json",))
-        return found, data
+    tree = Paths(path)
+    if tree.output_data_dir.is_dir():  # an /opt/ml tree
+        _read_folder(tree.output_data_dir, found)
+        _read_folder(tree.output_dir, found, ("failure",))
+        _read_folder(tree.model_dir, found, ("tuneforge.json",))
+        _read_folder(tree.config_dir, found, ("hyperparameters.json",))
+        return found, tree.output_data_dir
     _read_folder(path, found)  # output/data itself
     if (path / "metrics.json").is_file() and path.parent.name == "output":
-        _read_folder(path.parent, found, ("failure",))
-        _read_folder(path.parent.parent / "model", found, ("tuneforge.json",))
+        job = Paths(path.parent.parent)
+        _read_folder(job.output_dir, found, ("failure",))
+        _read_folder(job.model_dir, found, ("tuneforge.json",))
     for folder in (path, path / "output"):  # a downloaded S3 output prefix
         for name in ("output.tar.gz", "model.tar.gz"):
             if (folder / name).is_file():

@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import os
 
+from ..contract import PROMETHEUS_MULTIPROC_DIR, prometheus_multiproc_dir
+
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
-MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
+MULTIPROCESS_DIR = PROMETHEUS_MULTIPROC_DIR
 
 
 def multiprocess() -> bool:
-    return bool(os.environ.get(MULTIPROCESS_DIR))
+    return bool(prometheus_multiproc_dir())
 
 
 class _Labelled:
@@ -107,7 +109,7 @@ def prepare_multiprocess_dir(server=None) -> None:
     import tempfile
     from pathlib import Path
 
-    folder = os.environ.get(MULTIPROCESS_DIR)
+    folder = prometheus_multiproc_dir()
     if folder:
         Path(folder).mkdir(parents=True, exist_ok=True)
         for stale in Path(folder).glob("*.db"):
@@ -131,4 +133,4 @@ def remove_multiprocess_dir(server=None) -> None:
     import shutil
 
     if os.environ.pop("TUNEFORGE_METRICS_DIR_OWNED", None) and multiprocess():
-        shutil.rmtree(os.environ[MULTIPROCESS_DIR], ignore_errors=True)
+        shutil.rmtree(prometheus_multiproc_dir(), ignore_errors=True)

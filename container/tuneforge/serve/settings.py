@@ -5,6 +5,7 @@ SageMaker configures model servers through SAGEMAKER_* variables; the rest are o
 ignored. `serve --port/--host/...` options override the environment for local runs
 (`with_overrides`). A bad value stops `serve` at start with a UserError naming the variable, the
 value and what is allowed. docs/serving.md lists the same table; keep the two in step.
+With contract.py, the one module that reads the environment (tests/unit/test_code_shape.py).
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ PRESETS = ("zero2", "zero3", "zero2_offload", "zero3_offload")
 @dataclass(frozen=True)
 class Placement:
     """Where this process sits in the job: torchrun's RANK/LOCAL_RANK/WORLD_SIZE (1 process without
-    torchrun) and the device it trains on. The one reading of these variables for the training side."""
+    torchrun) and the device it trains on, read through contract.TrainEnv (the one environment reader)."""
 
     rank: int
     local_rank: int

@@ -20,10 +20,10 @@ import time
 import traceback
 from dataclasses import dataclass
 
-from ..contract import Paths, archive_failure, train_env, write_failure
+from ..contract import Paths, archive_failure, started_by_torchrun, train_env, write_failure
 from ..errors import UserError
 from ..report import write_job_report
-from . import ranks, stopping
+from . import job_config, ranks, stopping
 from .process import _pdeathsig_setter, configure_logging, failure_text
 from .stopping import Stopped
 
@@ -123,7 +123,7 @@ def run(base_dir: str | os.PathLike | None = None, *, isolate: bool = False, fre
     SIGKILL of training still ends in a failure file; otherwise in this process (tests, embedding).
     fresh: a new run, which moves an earlier run's output/failure aside (False in that child).
     """
-    from ..config import parse_hyperparameters
+    from ..config import TrainConfig, parse_hyperparameters
     from .artifacts import model_files_present
 
     configure_logging()
@@ -133,25 +133,26 @@ def run(base_dir: str | os.PathLike | None = None, *, isolate: bool = False, fre
         if fresh:
             archive_previous_failure(paths)
         paths.ensure_output_dirs()
-        raw = paths.read_hyperparameters()
+        handed = job_config.handed_down()  # set in the isolated child: the parent parsed the file
+        raw = handed.raw if handed else paths.read_hyperparameters()
         from ..diffusion import is_text_to_image_job
 
         if is_text_to_image_job(paths, raw):  # Stable Diffusion DreamBooth: its own hyperparameters and loop
             from ..diffusion.job import run_job
 
-            return run_job(paths, raw, isolate=isolate)
-        config = parse_hyperparameters(raw)
+            return run_job(paths, raw, isolate=isolate, handed=handed)
+        config = handed.config(TrainConfig) if handed else parse_hyperparameters(raw)
         paths.train_channel()  # two training channels fail here, before any process starts
         world = discover_world(paths)
-        if needs_torchrun(world, config) and "LOCAL_RANK" not in os.environ:
-            code = launch_torchrun(world, paths, config)
+        if needs_torchrun(world, config) and not started_by_torchrun():
+            code = launch_torchrun(world, paths, config, raw)
             if code != 0:
                 return code
             if world.node_rank != 0:
                 log.info("node %d of %d finished; node 0 writes model/", world.node_rank, world.nnodes)
                 return 0
         elif isolate:
-            code = launch_single(paths)
+            code = launch_single(paths, raw, config)
             if code != 0:
                 return code
             if not model_files_present(paths.model_dir):
@@ -209,7 +210,7 @@ def torchrun_command(world: World) -> list[str]:
             "--max_restarts=0", f"--shutdown_timeout={timeout}", "-m", "tuneforge.train.worker"]
 
 
-def launch_torchrun(world: World, paths: Paths, config) -> int:
+def launch_torchrun(world: World, paths: Paths, config, raw: dict) -> int:
     """Start this host's share of the world with torchrun; one failure file for the job.
 
     SIGTERM here (SageMaker stop, spot interruption) writes the stop marker and goes on to
@@ -222,9 +223,6 @@ def launch_torchrun(world: World, paths: Paths, config) -> int:
     ranks.clear(paths)
     marker = stopping.stop_marker(paths)
     command = torchrun_command(world)
-    env = dict(os.environ, SAGEMAKER_BASE_DIR=str(paths.base),
-               TUNEFORGE_RANK_FAILURES=str(ranks.failures_file(paths, world.node_rank)))
-    env.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
     log.info("launching %d processes on %d node(s), node rank %d: %s", world.size, world.nnodes, world.node_rank,
              " ".join(command))
 
@@ -233,7 +231,11 @@ def launch_torchrun(world: World, paths: Paths, config) -> int:
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.write_text(signal.Signals(signum).name + "\n")
 
-    code = supervise(command, env, before_forward)
+    with job_config.handed(paths, raw, config) as parsed:
+        env = dict(os.environ, SAGEMAKER_BASE_DIR=str(paths.base),
+                   TUNEFORGE_RANK_FAILURES=str(ranks.failures_file(paths, world.node_rank)), **parsed)
+        env.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
+        code = supervise(command, env, before_forward)
     if code != 0:
         stopped = marker.exists()
         write_failure(paths, ranks.collect(paths, code, stopping=stopped))
@@ -246,11 +248,12 @@ def launch_torchrun(world: World, paths: Paths, config) -> int:
 _SINGLE = "import sys; from tuneforge.train.launcher import run; sys.exit(run(sys.argv[1], fresh=False))"
 
 
-def launch_single(paths: Paths) -> int:
-    """One training process, as a child: it writes its own failure file; a signal that kills it
-    outright (SIGKILL from the out-of-memory killer) is reported here. SIGTERM is forwarded to it
-    (it checkpoints and stops)."""
-    code = supervise([sys.executable, "-c", _SINGLE, str(paths.base)], dict(os.environ))
+def launch_single(paths: Paths, raw: dict, config) -> int:
+    """One training process, as a child, on the `config` parsed here: it writes its own failure
+    file; a signal that kills it outright (SIGKILL from the out-of-memory killer) is reported here.
+    SIGTERM is forwarded to it (it checkpoints and stops)."""
+    with job_config.handed(paths, raw, config) as parsed:
+        code = supervise([sys.executable, "-c", _SINGLE, str(paths.base)], dict(os.environ, **parsed))
     if code < 0:
         write_failure(paths, ranks.killed_line("the training process", -code) + "\n")
         write_job_report(paths.base)

@@ -63,9 +63,9 @@ def weights_only_loads():
     (processes started meanwhile inherit it)."""
     import torch
 
-    saved = {k: os.environ.get(k) for k in (FORCE, "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")}
+    # both set is an error in torch; pop keeps each old value to put back
+    saved = {k: os.environ.pop(k, None) for k in (FORCE, "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")}
     os.environ[FORCE] = "1"
-    os.environ.pop("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", None)  # both set is an error in torch
     try:
         torch.serialization.add_safe_globals(_safe_classes())
     except ImportError:  # no DeepSpeed in this image: its classes cannot appear in a loadable checkpoint

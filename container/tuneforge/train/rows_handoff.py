@@ -17,6 +17,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from ..contract import train_env
 from ..data.arrow import cache_folder
 from ..data.formats import Example
 
@@ -29,8 +30,9 @@ PREFIX = "rows-"
 def run_token() -> str | None:
     """This run's torchrun agent as `<pid>-<start time>`, where a node runs several ranks under
     tuneforge's launcher (rankrun.py sets TUNEFORGE_AGENT_PID); None otherwise (every rank reads)."""
-    pid = os.environ.get("TUNEFORGE_AGENT_PID")
-    if not pid or int(os.environ.get("LOCAL_WORLD_SIZE", "1")) <= 1:
+    settings = train_env()
+    pid = settings.agent_pid
+    if not pid or (settings.local_world_size or 1) <= 1:
         return None
     try:  # field 22 of /proc/<pid>/stat, counted after the command name in parentheses
         started = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]

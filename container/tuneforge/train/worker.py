@@ -7,7 +7,7 @@ import sys
 import traceback
 
 from ..contract import Paths, train_env
-from . import ranks, stopping
+from . import job_config, ranks, stopping
 
 
 def main() -> int:
@@ -15,7 +15,6 @@ def main() -> int:
 
     # torchrun starts ranks in sessions of their own and does not stop them if it is killed itself
     die_with_parent(train_env().agent_pid or None)
-    from ..config import parse_hyperparameters
     from .distributed import placement, teardown
     from .recipe import Recipe
 
@@ -25,8 +24,8 @@ def main() -> int:
     stopping.install(marker=stopping.stop_marker(paths))
     ok = False
     try:
-        raw = paths.read_hyperparameters()
-        Recipe(paths, parse_hyperparameters(raw), raw).run()
+        raw, config = job_config.train_config(paths)  # the launcher's parsed values
+        Recipe(paths, config, raw).run()
         ok = True
         return 0
     except stopping.TornDown:
