@@ -44,6 +44,8 @@ class TrainConfig(SageMakerHyperparameters):
                            "aot", "aot_unpaired", "apo_zero", "apo_down", "discopop", "sigmoid_norm"] = hp(
         "sigmoid", "DPO loss, as TRL's DPOConfig.loss_type names it: sigmoid = the DPO paper's, ipo, hinge, robust (with label_smoothing), ...", aliases={"loss_type": None})
     label_smoothing: Float = hp(0.0, "DPO: the share of preference labels assumed flipped (robust and sigmoid losses; TRL's label_smoothing), below 0.5.", ge=0.0, le=0.49)
+    kto_desirable_weight: Float = hp(1.0, "kto: the weight of the desirable rows' loss (TRL's desirable_weight); raise it where desirable rows are fewer, so that desirable_weight x their count is about undesirable_weight x theirs (the KTO paper keeps that ratio within 1 to 4/3).", gt=0.0, le=100.0)
+    kto_undesirable_weight: Float = hp(1.0, "kto: the weight of the undesirable rows' loss (TRL's undesirable_weight).", gt=0.0, le=100.0)
     precompute_ref_log_probs: Flag = hp(False, "dpo/kto with full fine-tuning (peft_type=none): compute the reference log-probabilities once before training instead of keeping a frozen copy of the model in memory. With LoRA the reference is the base with the adapter turned off and no copy is kept either way.")
     # --- schedule ---
     epoch: Int = hp(5, "Passes over the training data.", ge=1, le=1000,

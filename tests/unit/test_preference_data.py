@@ -83,7 +83,7 @@ def test_sft_rows_are_refused_for_dpo_naming_sft(tmp_path, hyperparameters, row,
 def test_mixed_shapes_stop_at_the_first_row_of_the_other_shape(tmp_path):
     text = {"prompt": "p", "chosen": "a", "rejected": "b"}
     chat = {"chosen": TURNS + [{"role": "assistant", "content": "a"}], "rejected": TURNS + [{"role": "assistant", "content": "b"}]}
-    with pytest.raises(DataError, match="pairs.jsonl:2.*mix text pairs and conversation pairs"):
+    with pytest.raises(DataError, match="pairs.jsonl:2.*mix text rows and conversations"):
         _read(tmp_path, [text, chat])
 
 
@@ -161,6 +161,54 @@ def test_conversation_pairs_render_as_sft_chat_renders_the_same_conversation(tmp
         segments = chat_segments(tokenizer, row[key])
         assert rendered["prompt"] == "".join(text for text, trainable in segments if not trainable)
         assert rendered[key] == segments[-1][0].rstrip() and rendered[key].endswith(tokenizer.eos_token)
+
+
+CHAT_UNPAIRED = [{"prompt": TURNS, "completion": [{"role": "assistant", "content": answer}], "label": label}
+                 for answer, label in (("Hello!", True), ("What.", False))]
+
+
+def test_conversational_unpaired_rows_render_as_sft_chat_renders_them(tmp_path):
+    """KTO's conversational rows ({"prompt": [turns], "completion": [assistant turn], "label"}): chat
+    prompt format, the prompt and answer the pieces chat fine-tuning trains on."""
+    from transformers import AutoTokenizer
+
+    from tuneforge.prompt import chat_segments
+    from tuneforge.tiny import tiny_model
+    from tuneforge.train.preference_data import render_pair
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model("llama"))
+    data = _read(tmp_path, CHAT_UNPAIRED, {"training_method": "kto"})
+    assert data.format == "unpaired" and data.prompt.kind == "chat" and [e.label for e in data.examples] == [True, False]
+    for example, row in zip(data.examples, CHAT_UNPAIRED):
+        rendered = render_pair(example, tokenizer, data.prompt)
+        segments = chat_segments(tokenizer, row["prompt"] + row["completion"])
+        assert rendered["prompt"] == "".join(text for text, trainable in segments if not trainable)
+        assert rendered["completion"] == segments[-1][0].rstrip() and rendered["label"] is row["label"]
+        assert set(rendered) == {"prompt", "completion", "label", "source"}
+
+
+@pytest.mark.parametrize("row, message", [
+    ({"prompt": TURNS, "completion": "Hello", "label": True}, "'completion' as a list of the one assistant turn"),
+    ({"prompt": TURNS, "completion": [{"role": "user", "content": "x"}], "label": True}, "one assistant turn"),
+    ({"prompt": "Hi", "completion": "Hello", "label": True}, "the rows mix text rows and conversations"),
+])
+def test_a_bad_conversational_unpaired_row_is_named_by_file_and_line(tmp_path, row, message):
+    with pytest.raises(DataError) as caught:
+        _read(tmp_path, CHAT_UNPAIRED + [row], {"training_method": "kto"})
+    assert message in str(caught.value) and "pairs.jsonl:3" in str(caught.value), str(caught.value)
+
+
+def test_kto_weights_are_declared_and_reach_trls_config(tmp_path):
+    from transformers import TrainingArguments
+
+    from tuneforge.errors import HyperparameterError
+    from tuneforge.train.preference_methods import method_trainer
+
+    config = parse_hyperparameters({"training_method": "kto", "kto_desirable_weight": "1.33"})
+    _, kto = method_trainer(config, TrainingArguments(output_dir=str(tmp_path), report_to=[]), 64)
+    assert (kto.desirable_weight, kto.undesirable_weight) == (1.33, 1.0)
+    with pytest.raises(HyperparameterError, match="out of range"):
+        parse_hyperparameters({"kto_undesirable_weight": "0"})
 
 
 def test_check_job_refuses_unpaired_rows_for_sft_before_any_model_loads(tmp_path):

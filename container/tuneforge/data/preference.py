@@ -4,7 +4,8 @@ orpo, simpo), or unpaired rows that label one answer desirable or not (kto).
 - paired: {"prompt": str, "chosen": str, "rejected": str}
 - conversational: {"chosen": [messages], "rejected": [messages]}: the same turns up to a last
   assistant turn that differs (an optional "prompt": [messages] holds the shared turns instead)
-- unpaired: {"prompt": str, "completion": str, "label": true|false}
+- unpaired: {"prompt": str, "completion": str, "label": true|false}, or conversational:
+  {"prompt": [turns], "completion": [the assistant turn], "label": true|false}
 Rows are kept as text here; train/preference.py renders them with the prompt format and chat
 template the job uses (the tokenizer is loaded later). Every problem names file:line and the fix.
 """
@@ -24,7 +25,8 @@ FORMAT_METHODS = {"preference": ("dpo", "orpo", "simpo"), "unpaired": ("kto",)}
 FORMAT_NAMES = {"preference": "preference pairs (chosen/rejected)", "unpaired": "unpaired rows (prompt/completion/label)"}
 ROW_SHAPES = ('{"prompt": "...", "chosen": "...", "rejected": "..."} or '
               '{"chosen": [turns], "rejected": [turns]}')
-UNPAIRED_SHAPE = '{"prompt": "...", "completion": "...", "label": true}'
+UNPAIRED_SHAPE = ('{"prompt": "...", "completion": "...", "label": true} or '
+                  '{"prompt": [turns], "completion": [{"role": "assistant", "content": "..."}], "label": true}')
 
 
 @dataclass
@@ -92,11 +94,7 @@ def read_preference(folder: Path, files: list[Path], config, prompt: PromptForma
     prompt = _text_format(template, config) if template else prompt
     examples = [_pair(row, f"{path}:{line}", f"{path.name}:{line}", _templated(row, prompt, f"{path}:{line}", template))
                 for path in jsonl for line, row in _jsonl_rows(path)]
-    kinds = {e.conversational for e in examples}
-    if len(kinds) > 1:
-        first = next(e for e in examples if e.conversational != examples[0].conversational)
-        raise DataError("the rows mix text pairs and conversation pairs", where=first.source,
-                        fix=f"write every row in one shape: {ROW_SHAPES}")
+    _check_one_shape(examples, ROW_SHAPES)
     if prompt is None:
         prompt = (PromptFormat(kind="chat", prompt_template="", completion_template="",
                                chat_template=config.chat_template or None) if examples[0].conversational else
@@ -138,9 +136,21 @@ def read_unpaired(folder: Path, files: list[Path], config, prompt: PromptFormat 
     if examples and len({e.label for e in examples}) < 2:
         raise DataError(f"every row is labelled {examples[0].label}: KTO needs desirable and undesirable answers",
                         where=str(folder), fix="add rows with the other label (true = desirable, false = not)")
+    _check_one_shape(examples, UNPAIRED_SHAPE)
+    if prompt is None and examples and examples[0].conversational:
+        prompt = PromptFormat(kind="chat", prompt_template="", completion_template="",
+                              chat_template=config.chat_template or None)
     prompt = prompt or PromptFormat(kind="instruction", prompt_template="{prompt}", completion_template="{completion}",
                                     demarcation=DEMARCATION_KEY if config.add_input_output_demarcation_key else "")
     return LoadedData("unpaired", examples, [str(p) for p in jsonl], prompt)
+
+
+def _check_one_shape(examples: list, shapes: str) -> None:
+    """Text rows and conversations are rendered differently: one channel holds one of them."""
+    first = next((e for e in examples if e.conversational != examples[0].conversational), None)
+    if first is not None:
+        raise DataError("the rows mix text rows and conversations", where=first.source,
+                        fix=f"write every row in one shape: {shapes}")
 
 
 def _unpaired(row: dict, where: str, source: str) -> PreferenceExample:
@@ -150,12 +160,30 @@ def _unpaired(row: dict, where: str, source: str) -> PreferenceExample:
     if not isinstance(row["label"], bool):
         raise DataError(f"'label' must be true or false, not {row['label']!r}", where=where,
                         fix="write true for a desirable answer, false for an undesirable one")
+    if isinstance(row["prompt"], list) or isinstance(row["completion"], list):
+        return _unpaired_conversation(row, where, source)
     for key in ("prompt", "completion"):
         if not isinstance(row[key], str):
             raise DataError(f"{key!r} must be a string", where=where, fix=f"write every row as {UNPAIRED_SHAPE}")
     if not row["completion"].strip():
         raise DataError("'completion' is empty", where=where, fix="give the answer some text, or drop the row")
     return PreferenceExample(source=source, prompt=row["prompt"], completion=row["completion"], label=row["label"])
+
+
+def _unpaired_conversation(row: dict, where: str, source: str) -> PreferenceExample:
+    """TRL's conversational unpaired row: the prompt's turns, then one assistant turn as completion."""
+    completion = row["completion"]
+    if not isinstance(row["prompt"], list) or not isinstance(completion, list) or len(completion) != 1:
+        raise DataError("a conversational row needs 'prompt' as a list of turns and 'completion' as a list of the "
+                        "one assistant turn", where=where, fix=f"write every row as {UNPAIRED_SHAPE}")
+    turn = completion[0]
+    if not isinstance(turn, dict) or turn.get("role") != "assistant" or not str(turn.get("content") or "").strip():
+        raise DataError("'completion' must hold one assistant turn with some text", where=where,
+                        fix='write it as [{"role": "assistant", "content": "..."}]')
+    turns = _messages({"messages": row["prompt"] + completion}, where)
+    answer = turns[-1]
+    return PreferenceExample(source=source, messages=turns[:-1], completion=answer["content"], label=row["label"],
+                             chosen_turn=answer)
 
 
 def _pair(row: dict, where: str, source: str, rendered: str | None = None) -> PreferenceExample:

@@ -68,7 +68,9 @@ class PreferenceRecipe(Recipe):
                             where="the model channel", fix="use a causal model (Llama, Mistral, Qwen, ...)")
         self.phases.begin(f"rendering {source.n_train + len(source.val_examples or [])} preference pairs")
         identity = {"method": cfg.training_method, "beta": cfg.beta, "loss": cfg.dpo_loss_type,
-                    "label_smoothing": cfg.label_smoothing, "simpo_gamma": cfg.simpo_gamma}
+                    "label_smoothing": cfg.label_smoothing, "simpo_gamma": cfg.simpo_gamma,
+                    **({"kto_weights": [cfg.kto_desirable_weight, cfg.kto_undesirable_weight]}
+                       if cfg.training_method == "kto" else {})}  # kto alone: the other methods' fingerprints are unchanged
         self.results["data_format"] = source.format  # preference (pairs) or unpaired; the bundle keeps the prompt kind
         train = preference_rows(source.train_examples, tokenizer, source.prompt, identity)
         val = preference_rows(source.val_examples, tokenizer, source.prompt, identity) if source.val_examples else None

@@ -19,24 +19,25 @@ from ..prompt import render_chat
 
 
 def render_pair(example, tokenizer, prompt_format) -> dict:
-    if example.label is not None:  # unpaired (KTO)
-        return {"prompt": prompt_format.render_text(example.prompt), "completion": example.completion,
-                "label": example.label, "source": example.source}
+    unpaired = example.label is not None  # KTO: one answer and its label
     if not example.conversational:
         text = example.prompt if example.rendered else prompt_format.render_text(example.prompt)
-        return {"prompt": text, "chosen": example.completion,
-                "rejected": example.rejected, "source": example.source}
+        if unpaired:
+            return {"prompt": text, "completion": example.completion, "label": example.label, "source": example.source}
+        return {"prompt": text, "chosen": example.completion, "rejected": example.rejected, "source": example.source}
     template = prompt_format.chat_template
     prompt = render_chat(tokenizer, example.messages, add_generation_prompt=True, chat_template=template)
     row = {"prompt": prompt, "source": example.source}
-    for key, turn in (("chosen", example.chosen_turn), ("rejected", example.rejected_turn)):
+    answers = ((("completion", example.chosen_turn),) if unpaired else
+               (("chosen", example.chosen_turn), ("rejected", example.rejected_turn)))
+    for key, turn in answers:
         whole = render_chat(tokenizer, example.messages + [turn], add_generation_prompt=False, chat_template=template)
         if not whole.startswith(prompt):
             raise DataError("the chat template does not render the conversation prefix by prefix, so the answer "
                             "cannot be told from its prompt", where=example.source,
                             fix="set the chat_template hyperparameter to a template that appends turns")
         row[key] = _end_at_eos(whole[len(prompt):], tokenizer.eos_token)
-    return row
+    return {**row, "label": example.label} if unpaired else row
 
 
 def _end_at_eos(answer: str, eos: str | None) -> str:

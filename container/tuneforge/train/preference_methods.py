@@ -38,7 +38,9 @@ def method_trainer(config, args, max_len: int):
         from trl import KTOConfig, KTOTrainer
 
         values["train_sampling_strategy"] = "sequential"  # KTO pairs each row with its batch neighbours for the KL term
-        return KTOTrainer, KTOConfig(**values, beta=config.beta, max_length=max_len, precompute_ref_log_probs=precompute)
+        return KTOTrainer, KTOConfig(**values, beta=config.beta, max_length=max_len, precompute_ref_log_probs=precompute,
+                                     desirable_weight=config.kto_desirable_weight,
+                                     undesirable_weight=config.kto_undesirable_weight)
     if method == "orpo":
         from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
