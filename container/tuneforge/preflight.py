@@ -209,7 +209,7 @@ def plan_for(job: PlanInputs, model_config, seq_len: int, ds_config: dict | None
 def uses_chunked_loss(model_config, cfg, *, seq2seq: bool, sharding: str) -> bool:
     """Whether train/loss.plan_loss will skip the full logits, decided from the config before loading
     (Liger's fused loss builds no full logits either, so it counts too)."""
-    from .train.loss import CHUNKED_LOSS_FAMILIES
+    from .families import CHUNKED_LOSS_FAMILIES
 
     return (not seq2seq and sharding not in ("zero3", "fsdp") and not cfg.label_smoothing_factor
             and getattr(model_config, "model_type", "") in CHUNKED_LOSS_FAMILIES

@@ -10,11 +10,17 @@ from __future__ import annotations
 from pathlib import Path
 
 from .contract import train_env
+from .families import BY_TYPE, IDS, LLAMA_LIKE, LISTED_FAMILIES
 
 PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
 VOCAB_SIZE = 1000
-FAMILIES = ("llama", "mistral", "mixtral", "falcon", "bloom", "gpt2", "gptj", "gpt_neo",
-            "gpt_neox", "gemma", "t5")
+FAMILIES = LISTED_FAMILIES
+# Tiny models that are not a family of their own. llama_hd32: head size 32, the smallest vLLM's CPU
+# attention takes (the vLLM engine's tests)
+TINY_VARIANTS = {
+    "llama_hd32": lambda tf, vocab: tf.LlamaConfig(vocab_size=vocab, **dict(LLAMA_LIKE, num_attention_heads=2,
+                                                                           num_key_value_heads=1), **IDS),
+}
 
 
 def default_cache_dir() -> Path:
@@ -44,39 +50,11 @@ def build_tokenizer():
 def model_config(family: str, vocab_size: int):
     import transformers as tf
 
-    ids = dict(pad_token_id=0, bos_token_id=1, eos_token_id=2)
-    small = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4)
-    llama_like = dict(small, intermediate_size=128, num_key_value_heads=2,
-                      max_position_embeddings=512, tie_word_embeddings=False)
-    configs = {
-        "llama": lambda: tf.LlamaConfig(vocab_size=vocab_size, **llama_like, **ids),
-        # head size 32: the smallest vLLM's CPU attention takes (the vLLM engine's tests)
-        "llama_hd32": lambda: tf.LlamaConfig(vocab_size=vocab_size, **dict(llama_like, num_attention_heads=2,
-                                                                            num_key_value_heads=1), **ids),
-        "mistral": lambda: tf.MistralConfig(vocab_size=vocab_size, **llama_like, **ids),
-        "mixtral": lambda: tf.MixtralConfig(vocab_size=vocab_size, **llama_like, num_local_experts=4,
-                                            num_experts_per_tok=2, **ids),
-        "gemma": lambda: tf.GemmaConfig(vocab_size=vocab_size, **dict(llama_like, num_key_value_heads=1),
-                                        head_dim=16, **ids),
-        "falcon": lambda: tf.FalconConfig(vocab_size=vocab_size, **small, **ids),
-        "bloom": lambda: tf.BloomConfig(vocab_size=vocab_size, hidden_size=64, n_layer=2, n_head=4, **ids),
-        "gpt2": lambda: tf.GPT2Config(vocab_size=vocab_size, n_embd=64, n_layer=2, n_head=4,
-                                      n_positions=512, **ids),
-        "gptj": lambda: tf.GPTJConfig(vocab_size=vocab_size, n_embd=64, n_layer=2, n_head=4,
-                                      rotary_dim=8, n_positions=512, tie_word_embeddings=False, **ids),
-        "gpt_neo": lambda: tf.GPTNeoConfig(vocab_size=vocab_size, hidden_size=64, num_layers=2,
-                                           num_heads=4, attention_types=[[["global", "local"], 1]],
-                                           max_position_embeddings=512, window_size=256, **ids),
-        "gpt_neox": lambda: tf.GPTNeoXConfig(vocab_size=vocab_size, **small, intermediate_size=128,
-                                             max_position_embeddings=512, **ids),
-        "t5": lambda: tf.T5Config(vocab_size=vocab_size, d_model=64, d_ff=128, d_kv=16, num_layers=2,
-                                  num_decoder_layers=2, num_heads=4, feed_forward_proj="gated-gelu",
-                                  tie_word_embeddings=False, decoder_start_token_id=0, pad_token_id=0,
-                                  eos_token_id=2),
-    }
-    if family not in configs:
+    if family in TINY_VARIANTS:
+        return TINY_VARIANTS[family](tf, vocab_size)
+    if family not in BY_TYPE:
         raise ValueError(f"unknown tiny model family {family!r}; choose one of {', '.join(FAMILIES)}")
-    return configs[family]()
+    return BY_TYPE[family].tiny(tf, vocab_size)
 
 
 def build_tiny_model(family: str, out_dir: Path, *, seed: int = 0) -> Path:

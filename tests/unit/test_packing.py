@@ -11,6 +11,7 @@ import torch
 
 from tuneforge.data import Collator
 from tuneforge.errors import HyperparameterError
+from tuneforge.families import BY_TYPE
 from tuneforge.train.packing import (PACKING_FAMILIES, PackedCollator, best_fit_bins, plan_packing,
                                      with_unpacked_evaluation)
 
@@ -111,13 +112,10 @@ def _row_b_logits(model, row_a, row_b, batch_extra=None):
 
 
 def _tiny_extra_family(name, tmp_path):
-    """qwen2 / qwen3 / phi3, which are in PACKING_FAMILIES but not in tuneforge.tiny."""
+    """qwen2 / qwen3 / phi3: in the family table, checked here, but not shipped as tiny models."""
     import transformers as tf
 
-    configs = {"qwen2": tf.Qwen2Config, "qwen3": tf.Qwen3Config, "phi3": tf.Phi3Config}
-    config = configs[name](vocab_size=1000, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                           num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                           pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    config = BY_TYPE[name].tiny(tf, 1000)
     torch.manual_seed(0)
     return tf.AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
 

@@ -27,12 +27,9 @@ from torch.nn import functional
 from torch.utils.checkpoint import checkpoint
 
 from ..data.tokenize import IGNORE
+from ..families import CHUNKED_LOSS_FAMILIES  # logits = lm_head(last hidden state)
 
 CHUNK = 1024  # label positions per LM-head chunk: 1024 x 128k vocabulary x fp32 = 0.5 GiB
-# Causal LMs whose logits are lm_head(last hidden state), nothing more (no soft-capping or
-# scaling), checked against the standard loss on tiny models by tests/unit/test_loss.py.
-CHUNKED_LOSS_FAMILIES = frozenset({"llama", "mistral", "mixtral", "gemma", "qwen2", "qwen3", "phi3", "gpt2", "gptj",
-                                   "gpt_neo", "gpt_neox", "falcon", "bloom"})
 
 
 def _head_chunk(lm_head, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

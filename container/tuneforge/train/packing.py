@@ -35,14 +35,10 @@ import torch
 
 from ..data.tokenize import IGNORE
 from ..errors import HyperparameterError
+from ..families import PACKING_FAMILIES  # the families whose attention keeps packed rows apart
 from .batching import arrow_table, column_lengths, first_epoch_order
 
 VARLEN_ATTENTION = ("flash_attention_2", "flash_attention_3")
-# Families whose causal LM takes position_ids into its attention (mask or varlen kernel), checked
-# on tiny models by tests/unit/test_packing.py. Not here: bloom (ALiBi) and falcon, whose attention
-# does not follow packed position_ids, so packed rows would see each other.
-PACKING_FAMILIES = frozenset({"llama", "mistral", "mixtral", "gemma", "qwen2", "qwen3", "phi3", "gpt2", "gptj",
-                              "gpt_neo", "gpt_neox"})
 
 
 def best_fit_bins(lengths: list[int], capacity: int) -> list[list[int]]:
