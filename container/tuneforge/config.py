@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+from .data.registry import FORMAT_NAMES, FORMATS
 from .evaluation.gate import parse_thresholds
 from .hyperparameters import (FALSE_WORDS, IGNORED_KEYS, TRUE_WORDS, Bits, FieldSpec, Flag, Float, Int, ModuleList,
                               OptionalInt, Rule, SageMakerHyperparameters, Text, TriState, hp, markdown_cell,
@@ -23,7 +24,7 @@ class TrainConfig(SageMakerHyperparameters):
     # --- data ---
     instruction_tuned: Flag = hp(False, "Train on prompt/completion rows from *.jsonl files (+ template.json).")
     chat_dataset: Flag = hp(False, "Train on conversations (`dialog`, `messages` or `conversations`); loss on assistant turns.")
-    data_format: Literal["auto", "instruction", "chat", "domain", "table", "preference", "unpaired"] = hp("auto", "Force the data format instead of detecting it.")
+    data_format: Literal[("auto", *FORMAT_NAMES)] = hp("auto", "Force the data format instead of detecting it.")
     add_input_output_demarcation_key: Flag = hp(True, "Insert '\\n\\n### Response:\\n' between prompt and completion.")
     max_input_length: Int = hp(-1, "Longest tokenized example; -1 = min(1024, the tokenizer's limit). Longer rows are truncated and counted.", ge=-1)
     max_output_length: Int = hp(128, "Longest target for seq2seq models; also the most tokens generated per ROUGE sample.", ge=1)
@@ -125,7 +126,7 @@ class TrainConfig(SageMakerHyperparameters):
              "hyperparameters enable_fsdp/int8_quantization", "set exactly one of them to True"),
         Rule(lambda c: c.enable_fsdp and c.deepspeed != "none", "FSDP and DeepSpeed were both asked for",
              "hyperparameters enable_fsdp/deepspeed", "choose one"),
-        Rule(lambda c: c.training_method == "sft" and c.data_format in ("preference", "unpaired"),
+        Rule(lambda c: c.training_method == "sft" and c.data_format != "auto" and "sft" not in FORMATS[c.data_format].methods,
              "data_format={data_format} needs a preference method", "hyperparameters training_method/data_format",
              "set training_method=dpo, orpo or simpo for preference pairs, kto for unpaired rows"),
         Rule(lambda c: c.training_method == "dpo" and c.dpo_loss_type == "exo_pair" and c.label_smoothing == 0,

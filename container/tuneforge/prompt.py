@@ -16,8 +16,6 @@ from pathlib import Path
 from .errors import HyperparameterError, ModelError, UserError
 
 DEMARCATION_KEY = "\n\n### Response:\n"
-# Kinds whose prompts are rendered from fields of a row (the others render conversations or nothing).
-TEMPLATE_KINDS = ("instruction", "table")
 
 # JumpStart's default for Llama/Mistral/Falcon instruction tuning (Dolly fields).
 DOLLY_TEMPLATE = {
@@ -73,7 +71,10 @@ class PromptFormat:
     def takes_fields(self) -> bool:
         """Whether serving renders plain text and single chat turns through prompt_template: an
         instruction or table fine-tune whose template has a field to put the text in."""
-        return self.kind in TEMPLATE_KINDS and bool(template_fields(self.prompt_template))
+        from .data.registry import FORMATS  # data/ renders rows with this module: imported on use
+
+        rows = FORMATS.get(self.kind)
+        return rows is not None and rows.templated and bool(template_fields(self.prompt_template))
 
     def render_text(self, text: str) -> str:
         """A plain prompt as training rendered one: the text fills the template's first field,

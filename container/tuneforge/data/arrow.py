@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .registry import data_format
 from .tokenize import TokenizedData, tokenize_examples
 
 TOKENS_FILE = "tokens.arrow"
@@ -93,7 +94,7 @@ def write(folder: Path, examples, tokenizer, prompt_format, *, key: str, **optio
     partial = folder.with_name(folder.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
-    sink = _ArrowSink(partial / TOKENS_FILE, segments=prompt_format.kind == "domain" and not options["seq2seq"])
+    sink = _ArrowSink(partial / TOKENS_FILE, segments=data_format(prompt_format.kind).free_text and not options["seq2seq"])
     try:
         data = tokenize_examples(examples, tokenizer, prompt_format, sink=sink, **options)
     finally:

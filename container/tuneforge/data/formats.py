@@ -6,7 +6,8 @@
 - table: CSV or Parquet files with exactly the columns input and output (Autopilot)
 - preference: *.jsonl rows with chosen and rejected answers (dpo, orpo, simpo), or unpaired
   prompt/completion/label rows (kto) (data/preference.py)
-Every problem is a DataError naming the file, the line and the field.
+Every problem is a DataError naming the file, the line and the field. Which formats exist, how each
+is detected and which reader reads it is the registry's (data/registry/, one module per format).
 """
 
 from __future__ import annotations
@@ -67,30 +68,28 @@ def visible_files(folder: Path) -> list[Path]:
 def detect_format(folder: Path, config) -> str:
     if config.data_format != "auto":
         return config.data_format
-    from .preference import sniff_preference
+    from .registry import detection_order
 
-    preference = sniff_preference(visible_files(folder))  # chosen/rejected or labelled rows (data/preference.py)
-    if preference:
-        return preference
-    if config.instruction_tuned:
-        return "instruction"
-    if config.chat_dataset:
-        return "chat"
     files = visible_files(folder)
+    return next(fmt.name for fmt in detection_order() if fmt.detect(files, config))
+
+
+def looks_like_table(files: list[Path], config) -> bool:
+    """Parquet files, or a CSV file whose header has an input or output column."""
     if any(p.suffix == ".parquet" for p in files):
-        return "table"
+        return True
     for path in files:
         if path.suffix == ".csv":
             header = _csv_header(path)
             if "input" in header or "output" in header:
-                return "table"
+                return True
             line = header[0].lower() if len(header) == 1 else ""
             if "input" in line and "output" in line:
                 raise DataError(f"the CSV header {line!r} names input and output but is not split into "
                                 "columns by , ; tab or |", where=f"{path}:1",
                                 fix="write the header as input,output (or input;output) with the same "
                                     "delimiter in every row")
-    return "domain"
+    return False
 
 
 def read_channel(folder: Path, config, *, prompt: PromptFormat | None = None,
@@ -101,15 +100,14 @@ def read_channel(folder: Path, config, *, prompt: PromptFormat | None = None,
     if not files:
         raise DataError("the channel is empty", where=str(folder),
                         fix="put the training files in this folder (see docs/data-formats.md)")
-    from .preference import check_method, read_preference, read_unpaired
+    from .preference import check_method
+    from .registry import data_format
 
     fmt = fmt or detect_format(folder, config)
     check_method(fmt, config, str(folder))
-    reader = {"instruction": _read_instruction, "chat": _read_chat, "domain": _read_domain,
-              "table": _read_table, "preference": read_preference,
-              "unpaired": read_unpaired}[fmt]
-    data = reader(folder, files, config, prompt)
-    ignored = [p.name for p in files if str(p) not in data.files and not (fmt in ("instruction", "preference") and p.suffix == ".json")]
+    reads = data_format(fmt)
+    data = reads.read(folder, files, config, prompt)
+    ignored = [p.name for p in files if str(p) not in data.files and not (reads.uses_template_json and p.suffix == ".json")]
     if ignored:
         log.warning("%s: %d file(s) that %s data does not use were ignored: %s", folder, len(ignored), fmt,
                     ", ".join(ignored[:10]))
@@ -132,7 +130,7 @@ def read_job_channels(paths, config) -> tuple[LoadedData, LoadedData | None]:
 
 
 # ---------------------------------------------------------------- instruction
-def _read_instruction(folder: Path, files: list[Path], config, prompt: PromptFormat | None) -> LoadedData:
+def read_instruction(folder: Path, files: list[Path], config, prompt: PromptFormat | None) -> LoadedData:
     jsonl = [p for p in files if p.suffix == ".jsonl"]
     if not jsonl:
         raise DataError("instruction tuning needs *.jsonl files and found none", where=str(folder),
@@ -284,7 +282,7 @@ def _read_text(path: Path) -> str:
 
 
 # ---------------------------------------------------------------- chat
-def _read_chat(folder: Path, files: list[Path], config, prompt: PromptFormat | None) -> LoadedData:
+def read_chat(folder: Path, files: list[Path], config, prompt: PromptFormat | None) -> LoadedData:
     jsonl = [p for p in files if p.suffix in (".jsonl", ".json")]
     if not jsonl:
         raise DataError("chat data needs *.jsonl files and found none", where=str(folder),
@@ -333,7 +331,7 @@ def _messages(row: dict, where: str) -> list[dict]:
 
 
 # ---------------------------------------------------------------- domain adaptation
-def _read_domain(folder: Path, files: list[Path], config, prompt: PromptFormat | None) -> LoadedData:
+def read_domain(folder: Path, files: list[Path], config, prompt: PromptFormat | None) -> LoadedData:
     usable = [p for p in files if p.suffix in DOMAIN_SUFFIXES]
     if len(usable) != 1 or len(files) != 1:
         names = ", ".join(p.name for p in files)
@@ -449,7 +447,7 @@ def _warn_empty(path: Path, lines: list[int]) -> None:
 
 
 # ---------------------------------------------------------------- Autopilot tables
-def _read_table(folder: Path, files: list[Path], config, prompt: PromptFormat | None) -> LoadedData:
+def read_table(folder: Path, files: list[Path], config, prompt: PromptFormat | None) -> LoadedData:
     tables = [p for p in files if p.suffix in (".csv", ".parquet")]
     if not tables:
         raise DataError("Autopilot-style data needs CSV or Parquet files and found none", where=str(folder),

@@ -20,9 +20,6 @@ from ..errors import DataError
 from ..prompt import DEMARCATION_KEY, PromptFormat, template_fields
 from .formats import Example, LoadedData, _check_text_value, _jsonl_rows, _messages, _read_template
 
-# the formats only preference methods train on, and the methods that train on each
-FORMAT_METHODS = {"preference": ("dpo", "orpo", "simpo"), "unpaired": ("kto",)}
-FORMAT_NAMES = {"preference": "preference pairs (chosen/rejected)", "unpaired": "unpaired rows (prompt/completion/label)"}
 ROW_SHAPES = ('{"prompt": "...", "chosen": "...", "rejected": "..."} or '
               '{"chosen": [turns], "rejected": [turns]}')
 UNPAIRED_SHAPE = ('{"prompt": "...", "completion": "...", "label": true} or '
@@ -69,20 +66,22 @@ def sniff_preference(files: list[Path]) -> str | None:
 
 def check_method(fmt: str, config, where: str) -> None:
     """A format the chosen training_method cannot train on is refused, naming the one that can."""
+    from .registry import FORMATS, data_format
+
     method = getattr(config, "training_method", "sft")
-    if fmt in FORMAT_METHODS and method not in FORMAT_METHODS[fmt]:
-        can = " or ".join(f"training_method={m}" for m in FORMAT_METHODS[fmt])
-        raise DataError(f"the rows are {FORMAT_NAMES[fmt]}, which training_method={method} cannot train on",
+    rows = data_format(fmt)
+    if "sft" not in rows.methods and method not in rows.methods:  # a format only preference methods train on
+        can = " or ".join(f"training_method={m}" for m in rows.methods)
+        raise DataError(f"the rows are {rows.description}, which training_method={method} cannot train on",
                         where=where, fix=f"set {can} to train on them (docs/preference.md)"
                                          + (", or give prompt/completion rows or conversations for sft"
                                             if method == "sft" else ""))
-    needed = next((f for f, methods in FORMAT_METHODS.items() if method in methods), None)
-    if needed and fmt != needed:
-        can = " or ".join(FORMAT_METHODS.get(fmt, ("sft",)))
-        shape = UNPAIRED_SHAPE if needed == "unpaired" else ROW_SHAPES
-        raise DataError(f"training_method={method} needs {FORMAT_NAMES[needed]} and the channel holds {fmt} data, "
+    needed = next((f for f in FORMATS.values() if "sft" not in f.methods and method in f.methods), None)
+    if needed and fmt != needed.name:
+        can = " or ".join(rows.methods)
+        raise DataError(f"training_method={method} needs {needed.description} and the channel holds {fmt} data, "
                         f"which training_method={can} trains on", where=where,
-                        fix=f"set training_method={can.split(' or ')[0]} for this data, or write rows as {shape}")
+                        fix=f"set training_method={can.split(' or ')[0]} for this data, or write rows as {needed.row_shape}")
 
 
 def read_preference(folder: Path, files: list[Path], config, prompt: PromptFormat | None) -> LoadedData:
@@ -114,7 +113,9 @@ def _templated(row: dict, prompt: PromptFormat | None, where: str, required) -> 
     """The row's prompt rendered from its fields by a template other than {prompt} (template.json, or
     the training channel's for validation rows holding its fields); None where the row's own
     "prompt" text is rendered later (conversations, {prompt}, a saved template the row lacks fields for)."""
-    fields = template_fields(prompt.prompt_template) if prompt and prompt.kind != "chat" else []
+    from .registry import FORMATS  # the registry's preference formats read rows with this module
+
+    fields = template_fields(prompt.prompt_template) if prompt and not FORMATS[prompt.kind].conversational else []
     if fields in ([], ["prompt"]) or isinstance(row.get("chosen"), list):
         return None
     missing = [name for name in fields if name not in row]

@@ -20,6 +20,7 @@ import torch
 
 from ..errors import DataError
 from ..prompt import chat_segments, encode_chat, encode_prompt, token_ids
+from .registry import data_format
 
 IGNORE = -100
 DOMAIN_PIECE_CHARS = 1 << 16  # domain documents are tokenized this many characters at a time
@@ -317,7 +318,7 @@ def tokenize_examples(examples, tokenizer, prompt_format, *, max_len: int, max_o
     lim = _Limits(max_len, max_out, seq2seq, longest_token_chars(tokenizer))
     data = TokenizedData([], rows=len(examples))
     keep = sink or data.features.extend
-    if prompt_format.kind == "domain":
+    if data_format(prompt_format.kind).free_text:
         _domain(examples, tokenizer, lim, data, keep)
     else:
         for rows in _row_chunks(examples, tokenizer, prompt_format, lim, workers):

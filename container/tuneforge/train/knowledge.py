@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 
+from ..data.registry import FORMATS
 from ..prompt import render_chat
 
 # (question, accepted answers as whole words, lower case)
@@ -33,7 +34,7 @@ MAX_NEW_TOKENS = 24
 def prompts(tokenizer, prompt_format, data_format: str) -> list[str] | None:
     """The questions rendered as the training data renders a prompt; None when the format has no
     question to put them in (domain text)."""
-    if data_format == "chat":
+    if FORMATS[data_format].conversational:
         return [render_chat(tokenizer, [{"role": "user", "content": q}], add_generation_prompt=True,
                             chat_template=prompt_format.chat_template) for q, _ in QUESTIONS]
     if prompt_format.takes_fields:  # instruction or table data: as the server renders a plain question

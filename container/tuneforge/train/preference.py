@@ -17,6 +17,7 @@ import logging
 from pathlib import Path
 from types import SimpleNamespace
 
+from ..data.registry import FORMATS
 from ..errors import DataError
 from ..model_folder import ModelMetadata
 from ..modeling import resolve_base_model
@@ -53,8 +54,9 @@ class PreferenceRecipe(Recipe):
         if metadata is None or not metadata.prompt:
             return None
         saved = metadata.prompt_format()
-        chat = data_prompt.kind == "chat"
-        if chat != (saved.kind == "chat") or saved.kind not in ("chat", "instruction", "table"):
+        chat = FORMATS[data_prompt.kind].conversational
+        rows = FORMATS.get(saved.kind)
+        if rows is None or rows.prompt_kind != saved.kind or rows.free_text or chat != rows.conversational:
             log.warning("the base model was fine-tuned on %s data and these pairs are %s: the pairs keep their own "
                         "prompt format", saved.kind, "conversations" if chat else "text")
             return None

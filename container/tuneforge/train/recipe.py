@@ -26,6 +26,7 @@ from ..contract import Paths, train_env
 from ..logs import Phases, never_fail
 from ..model_folder import model_name
 from ..data import Collator, arrow, read_job_channels, select_and_split, validation_overlap
+from ..data.registry import data_format
 from ..errors import DataError, ResourceError
 from ..modeling import (apply_lora, count_parameters, has_cuda, load_model, load_tokenizer, pick_dtype,
                         read_model_config, resolve_base_model)
@@ -247,7 +248,7 @@ class Recipe:
         self._preflight(data, engine, model_config)
         self.phases.begin("loading model")
         loaded = load_model(base_path, cfg, tokenizer=tokenizer, dtype=engine.dtype, model_config=model_config)
-        if data.format == "chat" and loaded.seq2seq:
+        if data_format(data.format).conversational and loaded.seq2seq:
             raise DataError("chat data needs a decoder-only model and the base model is seq2seq",
                             where=str(channel), fix="use instruction data for Flan-T5-style models")
         self._report_data(data, channel)
@@ -624,7 +625,7 @@ class Recipe:
         """Greedy answers on capped validation prompts, within ROUGE_TIME_BUDGET_S; ROUGE of the
         answered ones against their references."""
         data = self.prepared.data
-        if self.config.rouge_samples == 0 or data.format == "domain":
+        if self.config.rouge_samples == 0 or not data_format(data.format).generates:
             return
         if self._generation_ranks() == "main" and not is_main_process():
             return
