@@ -338,17 +338,16 @@ def run_loss_memory(chunked: bool, out: Path) -> None:
     import resource
 
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainingArguments
+    from transformers import LlamaConfig, LlamaForCausalLM, TrainingArguments
 
-    from tuneforge.train.loss import with_chunked_loss
+    from tuneforge.train.trainer import TrainerPlan, TuneforgeTrainer
 
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=LOSS_VOCAB, hidden_size=256, intermediate_size=688, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=4, tie_word_embeddings=False)
     model = LlamaForCausalLM(config)
     args = TrainingArguments(output_dir=str(out.parent / "trainer"), use_cpu=True, report_to=[])
-    trainer = with_chunked_loss(Trainer)(model=model, args=args)
-    trainer.use_chunked_loss = chunked
+    trainer = TuneforgeTrainer(model=model, args=args, plan=TrainerPlan(chunked_loss=chunked))
     ids = torch.randint(3, LOSS_VOCAB, (LOSS_BATCH, LOSS_LEN))
     labels = ids.clone()
     labels[:, :int(LOSS_LEN * (1 - LOSS_LABEL_SHARE))] = -100

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tuneforge.data import Collator
-from tuneforge.train.batching import LengthGroupedSampler, describe, padding_share, row_lengths, with_length_grouping
+from tuneforge.train.batching import LengthGroupedSampler, describe, padding_share, row_lengths
 
 
 def _features(n: int, seed: int = 0, lo: int = 25, hi: int = 600) -> list[dict]:
@@ -141,15 +141,16 @@ def test_the_loss_of_the_same_rows_does_not_depend_on_order_or_padding(tiny):
 def test_the_trainers_own_dataloader_uses_it(tiny, tmp_path, strategy):
     """Through Trainer.get_train_dataloader (accelerate's prepare included): every row once, and
     the padding in the collated batches is that of the strategy."""
-    from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
+    from transformers import AutoModelForCausalLM, TrainingArguments
+
+    from tuneforge.train.trainer import TrainerPlan, TuneforgeTrainer
 
     features = _features(200, lo=10, hi=300)
     args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=8, use_cpu=True, report_to=[],
-                             remove_unused_columns=False, seed=10, data_seed=10, train_sampling_strategy=strategy)
-    trainer_class = with_length_grouping(Trainer)
-    assert trainer_class.__name__ == "LengthGroupedTrainer"
-    trainer = trainer_class(model=AutoModelForCausalLM.from_pretrained(tiny("llama")), args=args,
-                            train_dataset=features, data_collator=Collator(0))
+                             remove_unused_columns=False, seed=10, data_seed=10)
+    trainer = TuneforgeTrainer(model=AutoModelForCausalLM.from_pretrained(tiny("llama")), args=args,
+                               train_dataset=features, data_collator=Collator(0),
+                               plan=TrainerPlan(length_grouping=strategy == "group_by_length"))
     seen, real, padded = Counter(), 0, 0
     for batch in trainer.get_train_dataloader():
         seen.update(batch["input_ids"][:, 0].tolist())

@@ -12,7 +12,7 @@ import torch
 from tuneforge.data import Collator
 from tuneforge.errors import HyperparameterError
 from tuneforge.train.liger import plan_liger
-from tuneforge.train.loss import CHUNKED_LOSS_FAMILIES, chunked_causal_lm_loss, plan_loss, with_chunked_loss
+from tuneforge.train.loss import CHUNKED_LOSS_FAMILIES, chunked_causal_lm_loss, plan_loss
 from tuneforge.train.packing import PackedCollator
 
 TINY_FAMILIES = sorted(CHUNKED_LOSS_FAMILIES & {"llama", "mistral", "mixtral", "gemma", "gpt2", "gptj", "gpt_neo",
@@ -36,12 +36,12 @@ def _batch(vocab: int, lengths=(12, 40, 7, 33), seed=2) -> dict:
 
 
 def _trainer(model, tmp_path, chunked: bool):
-    from transformers import Trainer, TrainingArguments
+    from transformers import TrainingArguments
+
+    from tuneforge.train.trainer import TrainerPlan, TuneforgeTrainer
 
     args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[], remove_unused_columns=False)
-    trainer = with_chunked_loss(Trainer)(model=model, args=args)
-    trainer.use_chunked_loss = chunked
-    return trainer
+    return TuneforgeTrainer(model=model, args=args, plan=TrainerPlan(chunked_loss=chunked))
 
 
 def _loss_and_grads(trainer, batch, items):

@@ -12,8 +12,7 @@ import torch
 from tuneforge.data import Collator
 from tuneforge.errors import HyperparameterError
 from tuneforge.families import BY_TYPE
-from tuneforge.train.packing import (PACKING_FAMILIES, PackedCollator, best_fit_bins, plan_packing,
-                                     with_unpacked_evaluation)
+from tuneforge.train.packing import PACKING_FAMILIES, PackedCollator, best_fit_bins, plan_packing
 
 
 def _rows(lengths, vocab=1000, seed=1, full_label_rows=(0, 3)):
@@ -199,14 +198,15 @@ def test_true_fails_clearly_where_rows_cannot_be_kept_apart(model_type, seq2seq)
 
 
 def test_a_packed_trainer_trains_on_packed_batches_and_evaluates_padded_ones(tiny, tmp_path):
-    from transformers import Trainer, TrainingArguments
+    from transformers import TrainingArguments
+
+    from tuneforge.train.trainer import TrainerPlan, TuneforgeTrainer
 
     rows = _rows([20, 90, 35, 60, 12, 44, 70, 25], full_label_rows=())
     args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=4, per_device_eval_batch_size=4,
                              use_cpu=True, report_to=[], remove_unused_columns=False)
-    trainer = with_unpacked_evaluation(Trainer, Collator(0))(
-        model=_model(tiny("llama")), args=args, train_dataset=rows, eval_dataset=rows,
-        data_collator=PackedCollator(0, 256))
+    trainer = TuneforgeTrainer(model=_model(tiny("llama")), args=args, train_dataset=rows, eval_dataset=rows,
+                               data_collator=PackedCollator(0, 256), plan=TrainerPlan(eval_collator=Collator(0)))
     train_batch = next(iter(trainer.get_train_dataloader()))
     eval_batch = next(iter(trainer.get_eval_dataloader()))
     assert "position_ids" in train_batch and "attention_mask" not in train_batch

@@ -33,7 +33,9 @@ def training_arguments(config: TrainConfig, *, has_validation: bool) -> dict[str
                   "warmup_steps > 0 wins over warmup_ratio")
     args.update(per_device_eval_batch_size=config.eval_batch_size, data_seed=config.seed,
                 warmup_steps=config.warmup_steps if config.warmup_steps > 0 else config.warmup_ratio,
-                train_sampling_strategy="group_by_length" if config.group_by_length else "random")
+                # the Trainer's own sampler; group_by_length is tuneforge's LengthGroupedSampler instead,
+                # chosen once the data is read (TrainerPlan.length_grouping, train/trainer.py)
+                train_sampling_strategy="random")
     args.update(_evaluation_and_saving(config, has_validation))
     return args
 

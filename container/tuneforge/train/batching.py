@@ -11,7 +11,7 @@ the ranks of one step get rows of similar length too and none waits on a longer 
 is a function of (seed, epoch) alone, like accelerate's SeedableRandomSampler: every rank computes
 the same one, and a resumed run sees the order the interrupted one would have seen.
 
-It plugs into the Trainer's own data path (`_get_train_sampler`), so accelerate shards it across
+It plugs into the Trainer's own data path (`_get_train_sampler`, train/trainer.py), so accelerate shards it across
 DDP, ZeRO and FSDP ranks as it shards the default random sampler. Losses are unchanged: the
 Trainer normalizes by the number of label tokens in the step, whatever the batch composition.
 """
@@ -128,19 +128,9 @@ def first_epoch_order(features, group_size: int, seed: int) -> list[int]:
     return [i for group in LengthGroupedSampler(row_lengths(features), group_size, seed).groups(0) for i in group]
 
 
-def with_length_grouping(trainer_class):
-    """`trainer_class` whose training sampler is LengthGroupedSampler when the arguments say
-    train_sampling_strategy="group_by_length" (the Trainer's own one sorts each mega-batch
-    longest first and draws from the global RNG; this one shuffles the batches and is seeded)."""
-
-    class LengthGroupedTrainer(trainer_class):
-        def _get_train_sampler(self, train_dataset=None):
-            dataset = self.train_dataset if train_dataset is None else train_dataset
-            if self.args.train_sampling_strategy != "group_by_length" or not hasattr(dataset, "__len__"):
-                return super()._get_train_sampler(train_dataset)
-            seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
-            return LengthGroupedSampler(row_lengths(dataset),
-                                        self.args.per_device_train_batch_size * max(1, self.args.world_size), seed)
-
-    LengthGroupedTrainer.__name__ = LengthGroupedTrainer.__qualname__ = f"LengthGrouped{trainer_class.__name__}"
-    return LengthGroupedTrainer
+def length_grouped_sampler(dataset, args) -> LengthGroupedSampler:
+    """The sampler of the training batches under length grouping (the Trainer's own group_by_length
+    sorts each mega-batch longest first and draws from the global RNG; this one shuffles the
+    batches and is seeded): step-groups of one per-device batch per rank, seeded by data_seed."""
+    seed = args.data_seed if args.data_seed is not None else args.seed
+    return LengthGroupedSampler(row_lengths(dataset), args.per_device_train_batch_size * max(1, args.world_size), seed)

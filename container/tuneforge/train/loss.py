@@ -103,26 +103,14 @@ def plan_loss(model, *, seq2seq: bool, sharded: bool, label_smoothing: float, li
     return {"kind": "chunked", "chunk": CHUNK}
 
 
-def with_chunked_loss(trainer_class):
-    """`trainer_class` whose compute_loss is chunked_causal_lm_loss (when `use_chunked_loss` is set
-    on the instance and the batch has labels)."""
-
-    class ChunkedLossTrainer(trainer_class):
-        use_chunked_loss = False
-
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            if not self.use_chunked_loss or "labels" not in inputs:
-                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-            inputs = dict(inputs)
-            labels = inputs.pop("labels")
-            base = _base_model(self.accelerator.unwrap_model(model))
-            with capture_last_hidden_state(base.get_decoder()) as captured:
-                outputs = model(**inputs, logits_to_keep=1)
-            loss = chunked_causal_lm_loss(captured["hidden"], base.get_output_embeddings(), labels,
-                                          num_items_in_batch)
-            if self.args.average_tokens_across_devices and num_items_in_batch is not None:
-                loss = loss * self.accelerator.num_processes  # as the Trainer's own compute_loss does
-            return (loss, outputs) if return_outputs else loss
-
-    ChunkedLossTrainer.__name__ = ChunkedLossTrainer.__qualname__ = trainer_class.__name__
-    return ChunkedLossTrainer
+def chunked_compute_loss(model, unwrapped, inputs: dict, num_items_in_batch=None):
+    """(loss, outputs) of the Trainer's compute_loss for a batch with labels, the loss computed by
+    chunked_causal_lm_loss from the last hidden state (the model computes the logits of one
+    position only). `unwrapped` is `model` without accelerate's wrappers."""
+    inputs = dict(inputs)
+    labels = inputs.pop("labels")
+    base = _base_model(unwrapped)
+    with capture_last_hidden_state(base.get_decoder()) as captured:
+        outputs = model(**inputs, logits_to_keep=1)
+    loss = chunked_causal_lm_loss(captured["hidden"], base.get_output_embeddings(), labels, num_items_in_batch)
+    return loss, outputs

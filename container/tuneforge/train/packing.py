@@ -181,18 +181,3 @@ def plan_packing(setting: str, model, *, seq2seq: bool, pad_id: int, max_len: in
                   else f"best-fit bins of up to {max_len} tokens")
     return PackingPlan(True, report, PackedCollator(pad_id, capacity))
 
-
-def with_unpacked_evaluation(trainer_class, eval_collator):
-    """`trainer_class` whose evaluation batches stay padded: the Trainer weights each batch's loss
-    by its row count, which packing would change, so eval_loss stays comparable across runs."""
-
-    class UnpackedEvalTrainer(trainer_class):
-        def get_eval_dataloader(self, eval_dataset=None):
-            packed, self.data_collator = self.data_collator, eval_collator
-            try:
-                return super().get_eval_dataloader(eval_dataset)
-            finally:
-                self.data_collator = packed
-
-    UnpackedEvalTrainer.__name__ = UnpackedEvalTrainer.__qualname__ = trainer_class.__name__
-    return UnpackedEvalTrainer

@@ -126,12 +126,16 @@ class PreferenceRecipe(Recipe):
         self.lora_config = bundle.module.peft_config["default"]
         return dataclasses.replace(bundle, module=bundle.module.unload())
 
-    def _trainer(self, prepared):
-        from transformers import EarlyStoppingCallback, PrinterCallback
+    def _plan_liger(self, model_config, seq2seq: bool) -> dict:
+        """Off: TRL's preference trainers would swap in Liger's own preference losses."""
+        return {"setting": self.config.liger_kernel, "enabled": False, "why": "not used by the preference recipes"}
 
-        from .background_checkpoints import with_background_checkpoints
+    def _trainer(self, prepared):
+        from transformers import EarlyStoppingCallback
+
         from .callbacks import CommitCheckpoints, FailOnNonFinite, StopOnSignal, TrackerLogs
         from .throughput import TokensSeen
+        from .trainer import TrainerPlan, tuneforge_trainer_class
 
         cfg, data, engine = self.config, prepared.data, prepared.engine
         trainer_class, args = method_trainer(cfg, engine.args, data.max_len)
@@ -146,12 +150,10 @@ class PreferenceRecipe(Recipe):
                                       **({"loss_type": cfg.dpo_loss_type, "label_smoothing": cfg.label_smoothing}
                                          if cfg.training_method == "dpo" else {}),
                                       **({"simpo_gamma": cfg.simpo_gamma} if cfg.training_method == "simpo" else {})}
-        trainer = with_background_checkpoints(trainer_class)(
+        trainer = tuneforge_trainer_class(trainer_class)(
             model=prepared.model.module, args=args, train_dataset=data.train_tokens.features,
             eval_dataset=data.val_tokens.features if data.val_tokens else None, processing_class=data.tokenizer,
-            callbacks=callbacks, peft_config=self.lora_config)
-        trainer.checkpoint_commit = kept.commit
-        trainer.remove_callback(PrinterCallback)
+            callbacks=callbacks, peft_config=self.lora_config, plan=TrainerPlan(checkpoint_commit=kept.commit))
         return trainer, kept
 
     # ------------------------------------------------------------------ evaluation

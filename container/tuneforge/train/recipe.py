@@ -69,8 +69,9 @@ class EngineBundle:
     ds_config: dict | None
     fsdp: tuple | None                # (fsdp, fsdp_config) for TrainingArguments, or None
     sharded: bool                     # FSDP or ZeRO-3: no rank holds every weight whole
-    args: Any                         # (Seq2Seq)TrainingArguments; the Trainer setup adds two choices
+    args: Any                         # (Seq2Seq)TrainingArguments, built once with their final values
     checkpoint_staging: Path
+    liger: dict                       # train/liger.py's decision, for metrics.json (use_liger_kernel in args)
 
     @property
     def fsdp_active(self) -> bool:
@@ -305,17 +306,25 @@ class Recipe:
         ds_config = distributed.deepspeed_config(cfg, self.paths)
         fsdp = distributed.fsdp_settings(cfg, model_config)
         staging = staging_dir(self.paths)
+        liger = self._plan_liger(model_config, seq2seq)
         args = self._training_args(seq2seq=seq2seq, dtype=dtype, ds_config=ds_config, fsdp=fsdp,
-                                   staging=staging, has_val=has_val)
+                                   staging=staging, has_val=has_val, liger=liger["enabled"])
         _ = args.device
         self.results["parallelism"] = distributed.parallelism(cfg, ds_config)
         log.info("parallelism: %s over %d process(es)", self.results["parallelism"], distributed.world_size())
         _prepare_checkpoint_staging(staging)
         return EngineBundle(seq2seq=seq2seq, dtype=dtype, ds_config=ds_config, fsdp=fsdp,
                             sharded=fsdp is not None or distributed.zero_stage(ds_config) == 3, args=args,
-                            checkpoint_staging=staging)
+                            checkpoint_staging=staging, liger=liger)
 
-    def _training_args(self, *, seq2seq: bool, dtype, ds_config, fsdp, staging: Path, has_val: bool):
+    def _plan_liger(self, model_config, seq2seq: bool) -> dict:
+        """The `liger_kernel` hyperparameter against the model's family and the device (train/liger.py)."""
+        from .liger import plan_liger
+
+        return plan_liger(self.config.liger_kernel, getattr(model_config, "model_type", "?"), cuda=has_cuda(),
+                          seq2seq=seq2seq)
+
+    def _training_args(self, *, seq2seq: bool, dtype, ds_config, fsdp, staging: Path, has_val: bool, liger: bool):
         from transformers import Seq2SeqTrainingArguments, TrainingArguments
 
         from .arguments import training_arguments
@@ -333,7 +342,7 @@ class Recipe:
             use_cpu=not has_cuda(), ddp_backend="gloo" if not has_cuda() and distributed.world_size() > 1 else None,
             remove_unused_columns=False, report_to=[], disable_tqdm=True, include_num_input_tokens_seen="non_padding",
             logging_nan_inf_filter=False,  # a NaN loss must show (FailOnNonFinite), not be averaged away
-            deepspeed=ds_config, fsdp=fsdp, fsdp_config=fsdp_config,
+            deepspeed=ds_config, fsdp=fsdp, fsdp_config=fsdp_config, use_liger_kernel=liger,
         )
 
     def _tokenize(self, source: _Source, tokenizer, max_len: int, seq2seq: bool) -> DataBundle:
@@ -452,12 +461,12 @@ class Recipe:
 
     def _trainer(self, prepared: Prepared):
         """The Trainer and the callbacks the recipe reads back (stop, commit, tokens seen)."""
-        from transformers import EarlyStoppingCallback, PrinterCallback, Seq2SeqTrainer, Trainer
+        from transformers import EarlyStoppingCallback
 
-        from .background_checkpoints import with_background_checkpoints
-        from .batching import describe, with_length_grouping
+        from .batching import describe
         from .callbacks import CommitCheckpoints, FailOnNonFinite, MetricLines, StopOnSignal, TrackerLogs
         from .throughput import TokensSeen
+        from .trainer import TuneforgeSeq2SeqTrainer, TuneforgeTrainer
 
         cfg, data, engine, args = self.config, prepared.data, prepared.engine, prepared.engine.args
         has_val = bool(data.val_tokens and data.val_tokens.features)
@@ -469,15 +478,11 @@ class Recipe:
             callbacks.append(EarlyStoppingCallback(cfg.early_stopping_patience, cfg.early_stopping_threshold))
         self.results["batching"] = describe(data.train_tokens.features, cfg.group_by_length,
                                             cfg.per_device_train_batch_size, distributed.world_size(), args.data_seed)
-        args.train_sampling_strategy = self.results["batching"]["strategy"]  # "random" when not worth it
-        trainer_class = with_length_grouping(Seq2SeqTrainer if prepared.model.loaded.seq2seq else Trainer)
-        collator, trainer_class = self._speedups(prepared, with_background_checkpoints(trainer_class))
+        collator, plan = self._trainer_plan(prepared, kept.commit)
+        trainer_class = TuneforgeSeq2SeqTrainer if prepared.model.loaded.seq2seq else TuneforgeTrainer
         trainer = trainer_class(model=prepared.model.module, args=args, train_dataset=data.train_tokens.features,
                                 eval_dataset=data.val_tokens.features if has_val else None, data_collator=collator,
-                                processing_class=data.tokenizer, callbacks=callbacks)
-        trainer.use_chunked_loss = self.results["loss"]["kind"] == "chunked"
-        trainer.checkpoint_commit = kept.commit
-        trainer.remove_callback(PrinterCallback)  # MetricLines prints each log once, readably
+                                processing_class=data.tokenizer, callbacks=callbacks, plan=plan)
         return trainer, kept
 
     def _checkpoint_writer(self, engine: EngineBundle):
@@ -491,29 +496,29 @@ class Recipe:
                    else "several hosts" if distributed.nnodes() > 1 else "")
         return CheckpointWriter(enabled=not why_not, why_not=why_not)
 
-    def _speedups(self, prepared: Prepared, trainer_class):
-        """The collator and Trainer class for the `packing` and `liger_kernel` hyperparameters and
-        the chunked loss (train/packing.py, liger.py, loss.py); each choice goes to metrics.json."""
-        from .liger import plan_liger
-        from .loss import plan_loss, with_chunked_loss
-        from .packing import packed_padding_share, plan_packing, with_unpacked_evaluation
+    def _trainer_plan(self, prepared: Prepared, commit):
+        """The training collator and the TrainerPlan: length grouping where describe() found it worth
+        it, the `packing` hyperparameter, the chunked loss (train/packing.py, loss.py) and the
+        checkpoint commit; each choice goes to metrics.json (Liger's was made with the arguments)."""
+        from .loss import plan_loss
+        from .packing import packed_padding_share, plan_packing
+        from .trainer import TrainerPlan
 
         data, engine, loaded = prepared.data, prepared.engine, prepared.model.loaded
         padded = Collator(data.tokenizer.pad_token_id)
         packing = plan_packing(self.config.packing, loaded.model, seq2seq=loaded.seq2seq,
                                pad_id=data.tokenizer.pad_token_id, max_len=data.max_len)
-        liger = plan_liger(self.config.liger_kernel, loaded.model.config.model_type, cuda=has_cuda(),
-                           seq2seq=loaded.seq2seq)
-        engine.args.use_liger_kernel = liger["enabled"]
-        self.results.update(packing=packing.report, liger_kernel=liger, loss=plan_loss(
+        self.results.update(packing=packing.report, liger_kernel=engine.liger, loss=plan_loss(
             prepared.model.module, seq2seq=loaded.seq2seq, sharded=engine.sharded,
-            label_smoothing=self.config.label_smoothing_factor, liger_fused=liger["enabled"]))
+            label_smoothing=self.config.label_smoothing_factor, liger_fused=engine.liger["enabled"]))
         if packing.enabled:
             packing.report["padding_share"] = packed_padding_share(
                 data.train_tokens.features, packing.collator.capacity, self.results["batching"]["strategy"],
                 self.config.per_device_train_batch_size, distributed.world_size(), engine.args.data_seed)
-            return packing.collator, with_unpacked_evaluation(with_chunked_loss(trainer_class), padded)
-        return padded, with_chunked_loss(trainer_class)
+        plan = TrainerPlan(length_grouping=self.results["batching"]["strategy"] == "group_by_length",
+                           chunked_loss=self.results["loss"]["kind"] == "chunked",
+                           eval_collator=padded if packing.enabled else None, checkpoint_commit=commit)
+        return (packing.collator if packing.enabled else padded), plan
 
     def _baseline_evaluation(self, engine: EngineBundle) -> None:
         """Validation loss, ROUGE and general knowledge of the untouched model."""
