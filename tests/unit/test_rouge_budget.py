@@ -18,7 +18,7 @@ def recipe(tiny):
     recipe.trainer = None
     tokenizer = AutoTokenizer.from_pretrained(path)
     recipe.prepared = types.SimpleNamespace(
-        data=types.SimpleNamespace(tokenizer=tokenizer, max_len=64),
+        data=types.SimpleNamespace(tokenizer=tokenizer, max_len=64), engine=types.SimpleNamespace(ds_config=None),
         model=types.SimpleNamespace(loaded=types.SimpleNamespace(seq2seq=False),
                                     module=AutoModelForCausalLM.from_pretrained(path)))
     recipe._generation_ranks = lambda: "main"
