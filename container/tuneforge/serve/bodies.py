@@ -4,8 +4,10 @@ A body is read into its format's model before anything is generated, so a field 
 not know (a typo such as `max_new_token`, or an option of another API) is a 422 naming the field,
 the format and the closest known name, never silently dropped. Each field is declared with its
 type and range (fields.py's Int, Number, Flag, Stop), so a value outside them is a 422 naming the
-field, the allowed range and the value sent; `Any` fields have rules no type says, checked while
-the body converts itself: `to_requests(limits)` turns a read body into the GenerationRequests for
+field, the allowed range and the value sent. Messages and content parts (chat_messages.py), tools,
+tool_choice and response_format (openai_types.py), prompts and TGI's grammar (prompt_types.py) are
+typed too, unions told apart by a tag, each wording its own 422. The `Any` fields left are accepted
+and ignored, or refused unless unset, checked while the body converts itself: `to_requests(limits)` turns a read body into the GenerationRequests for
 the server's limits (tgi_requests.py, openai_requests.py).
 
 The declared fields are the ones the format's real clients send (openai SDK, huggingface_hub
@@ -22,10 +24,13 @@ from typing import Annotated, Any, ClassVar, Optional
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, PrivateAttr, ValidationError
 
+from .chat_messages import Messages
 from .errors import invalid
 from .fields import Flag, Int, Number, Stop, declared, refusal, unset_when_empty, within_limits
 from .invocation import Invocation
 from .openai_requests import chat_requests, completion_requests
+from .openai_types import ResponseFormat, ToolChoice, Tools
+from .prompt_types import CompletionPrompt, Grammar, Inputs
 from .responses_api import chat_body
 from .tgi_requests import dialog_requests, flan_requests, tgi_requests
 
@@ -123,7 +128,7 @@ class TGIParameters(SamplingParameters):
     return_full_text: Flag = None
     truncate: Int(1) = None
     best_of: Any = None  # refused unless 1 (or unset: 0 counts as unset)
-    grammar: Any = None
+    grammar: Grammar = None
     # TGI's, taken only unset (tgi_requests.TGI_UNSUPPORTED); huggingface_hub sends them when asked
     typical_p: Any = None
     watermark: Any = None
@@ -136,7 +141,7 @@ class TGIRequest(Request):
     """{"inputs": str | [str] | {prompt fields}, "parameters": {...}, "stream": bool} (TGI, JumpStart)."""
 
     FORMAT: ClassVar[str] = "TGI"
-    inputs: Any = None
+    inputs: Inputs = None
     parameters: _object(TGIParameters) = None
     stream: Flag = None
 
@@ -173,7 +178,7 @@ class FlanRequest(Request):
     """{"text_inputs": str | [str], "max_length": .., ...} (JumpStart Flan-T5 / text2text)."""
 
     FORMAT: ClassVar[str] = "JumpStart text_inputs"
-    text_inputs: Any = None
+    text_inputs: Inputs = None
     max_length: Int(1, 1 << 20) = None
     max_new_tokens: Int(1) = None
     num_return_sequences: Int(1) = None  # at most TUNEFORGE_MAX_RETURN_SEQUENCES (limits)
@@ -255,12 +260,12 @@ class ChatRequest(OpenAICommon):
     """OpenAI chat completions: {"messages": [...], ...}."""
 
     FORMAT: ClassVar[str] = "OpenAI chat"
-    messages: Any = None
+    messages: Messages = None
     logprobs: Flag = None
     top_logprobs: Int(0, MAX_TOP_LOGPROBS) = None
-    response_format: Any = None
-    tools: Any = None
-    tool_choice: Any = None
+    response_format: ResponseFormat = None
+    tools: Tools = None
+    tool_choice: ToolChoice = None
     parallel_tool_calls: Any = None
     functions: Any = None      # refused: the API before tools
     function_call: Any = None  # refused: the API before tools
@@ -293,7 +298,7 @@ class CompletionRequest(OpenAICommon):
     max_tokens: Int(0) = None  # 0 with echo: score the prompt only
     max_completion_tokens: Int(0) = None
     logprobs: Int(0, MAX_TOP_LOGPROBS) = None  # how many alternatives per token
-    prompt: Any = None
+    prompt: CompletionPrompt = None
     echo: Flag = None
     add_special_tokens: Flag = None  # vLLM's: string prompts get the tokenizer's own special tokens (default true)
     suffix: Any = None  # refused: fill-in-the-middle

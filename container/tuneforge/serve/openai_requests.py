@@ -15,6 +15,7 @@ from __future__ import annotations
 from .errors import invalid
 from .invocation import Invocation
 from .limits import openai_sampling
+from .prompt_types import is_token
 from .prompting import render_chat
 from .structured import response_schema, tool_plan, tool_schema
 
@@ -24,8 +25,8 @@ def chat_requests(body, limits) -> Invocation:
     if "messages" not in body.raw:
         raise invalid("`messages` is required: a list of {role, content} objects")
     _unsupported(body)
-    tools = tool_plan(body.raw)
-    schema = tool_schema(tools) or response_schema(body.raw)
+    tools = tool_plan(body)
+    schema = tool_schema(tools) or response_schema(body.response_format)
     where = "tool_choice" if tool_schema(tools) else "response_format"
     guide = limits.guide(where, schema=schema) if schema else None
     text = render_chat(limits, body.messages, "messages", tools)
@@ -77,7 +78,7 @@ def _prompts(limits, prompt, special: bool) -> tuple[list[tuple[list[int], str, 
     """(ids, text, where) per prompt, and whether the caller sent a list of prompts."""
     if isinstance(prompt, str):
         return [_text_prompt(limits, prompt, "prompt", special)], False
-    if isinstance(prompt, list) and prompt and all(_is_token(t) for t in prompt):
+    if isinstance(prompt, list) and prompt and all(is_token(t) for t in prompt):
         return [_token_prompt(limits, prompt, "prompt")], True
     if isinstance(prompt, list):
         out = []
@@ -85,7 +86,7 @@ def _prompts(limits, prompt, special: bool) -> tuple[list[tuple[list[int], str, 
             where = f"prompt[{i}]"
             if isinstance(item, str):
                 out.append(_text_prompt(limits, item, where, special))
-            elif isinstance(item, list) and all(_is_token(t) for t in item):
+            elif isinstance(item, list) and all(is_token(t) for t in item):
                 out.append(_token_prompt(limits, item, where))
             else:
                 raise invalid(f"`{where}` must be a string or a list of token ids (integers)")
@@ -106,7 +107,7 @@ def _on_adapter(limits, body, requests: list, options: dict) -> list:
 
 def _sources(prompt) -> list:
     """The prompts as sent, one per entry of _prompts (a single token-id list is one prompt)."""
-    if isinstance(prompt, str) or all(_is_token(t) for t in prompt):
+    if isinstance(prompt, str) or all(is_token(t) for t in prompt):
         return [prompt]
     return list(prompt)
 
@@ -129,10 +130,6 @@ def _char_offsets(limits, text: str, special: bool) -> list[int] | None:
     except (NotImplementedError, ValueError, TypeError):
         return None
     return [start for start, _ in spans]
-
-
-def _is_token(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _token_prompt(limits, ids: list[int], where: str) -> tuple[list[int], str, str]:

@@ -5,10 +5,7 @@ from __future__ import annotations
 
 from ..prompt import RENDER_SECONDS, TemplateTooSlow, apply_template, chat_template_for, template_fields
 from .errors import PayloadError, invalid
-from .fields import show, text_content
 from .structured import ToolPlan, template_messages
-
-CHAT_ROLES = ("system", "developer", "user", "assistant", "tool")
 
 
 def render_input(limits, item, where: str) -> str:
@@ -38,8 +35,11 @@ def render_fields(limits, row: dict, where: str) -> str:
     return fmt.render_prompt({k: row.get(k) for k in names})
 
 
-def render_chat(limits, messages, where: str, tools=None) -> str:
-    clean = chat_messages(messages, where)
+def render_chat(limits, messages: list | None, where: str, tools=None) -> str:
+    """Read chat messages (chat_messages.Message) as the model's template renders a conversation."""
+    if not messages:
+        raise invalid(f"`{where}` must be a non-empty list of {{role, content}} messages")
+    clean = [message.for_template() for message in messages]
     fmt = limits.prompt_format
     if fmt.takes_fields:  # an instruction fine-tune: its template, not a chat one
         if tools is not None and (tools.tools or any(m["role"] == "tool" for m in clean)):
@@ -60,29 +60,3 @@ def render_chat(limits, messages, where: str, tools=None) -> str:
                            "folder's tokenizer files", "chat_template") from None
     except Exception as exc:  # a template's raise_exception (e.g. roles must alternate)
         raise invalid(f"`{where}` does not fit the model's chat template: {exc}") from None
-
-
-def chat_messages(messages, where: str) -> list[dict]:
-    """Checked messages; `developer` (the openai SDK's name for system) becomes `system`."""
-    if not isinstance(messages, list) or not messages:
-        raise invalid(f"`{where}` must be a non-empty list of {{role, content}} messages")
-    clean = []
-    for i, message in enumerate(messages):
-        if not isinstance(message, dict) or "role" not in message:
-            raise invalid(f"`{where}[{i}]` must be an object with `role` and `content`")
-        role = message["role"]
-        if role not in CHAT_ROLES:
-            raise invalid(f"`{where}[{i}].role` must be one of {list(CHAT_ROLES)}, got {show(role)}")
-        item = {"role": "system" if role == "developer" else role}
-        calls = message.get("tool_calls") if role == "assistant" else None
-        content = message.get("content")
-        item["content"] = "" if content is None and calls else text_content(content, f"{where}[{i}].content")
-        if calls:
-            if not isinstance(calls, list):
-                raise invalid(f"`{where}[{i}].tool_calls` must be a list")
-            item["tool_calls"] = calls
-        for key in ("tool_call_id", "name") if role == "tool" else ():  # others render as training did
-            if isinstance(message.get(key), str):
-                item[key] = message[key]
-        clean.append(item)
-    return clean

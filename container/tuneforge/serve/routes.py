@@ -12,6 +12,7 @@ import math
 
 from flask import Blueprint, Response, current_app, request
 
+from .chat_messages import read_messages
 from .errors import PayloadError, invalid
 from .fields import read_bool
 from .generation import generate_view
@@ -143,7 +144,7 @@ def tokenize():
     loaded, limits = current.loaded, current.parser.limits
     special = read_bool(body, "add_special_tokens", True, "")
     if "messages" in body:
-        text = render_chat(limits, body["messages"], "messages")
+        text = render_chat(limits, read_messages(body["messages"], "messages"), "messages")
         ids = limits.encode(text, "messages") if special else loaded.tokenizer(text, add_special_tokens=False)[
             "input_ids"]
     elif isinstance(body.get("prompt"), str):

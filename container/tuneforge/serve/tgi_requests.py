@@ -7,8 +7,7 @@ turn are rendered through its template.
 
 from __future__ import annotations
 
-import json
-
+from .chat_messages import read_messages
 from .errors import invalid
 from .invocation import Invocation
 from .limits import sampling, tgi_sampling
@@ -67,7 +66,7 @@ def dialog_requests(body, params, limits) -> Invocation:
     requests, texts = [], []
     for i, dialog in enumerate(dialogs):
         where = f"inputs[{i}]"
-        text = render_chat(limits, dialog, where)
+        text = render_chat(limits, read_messages(dialog, where), where)
         requests.append(limits.request(limits.encode(text, where), where, sampling_, asked=params.max_new_tokens,
                                        stop=params.stops, prefix="parameters."))
         texts.append(text)
@@ -102,18 +101,9 @@ def flan_requests(body, limits) -> Invocation:
 
 
 def _grammar(limits, grammar):
-    """TGI's `parameters.grammar`: {"type": "json", "value": schema} or {"type": "regex", "value": pattern}."""
+    """TGI's `parameters.grammar` (a read prompt_types.Grammar) as a compiled constraint."""
     if grammar is None:
         return None
-    kind = grammar.get("type") if isinstance(grammar, dict) else None
-    value = grammar.get("value") if isinstance(grammar, dict) else None
-    if kind == "json" and isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except (ValueError, RecursionError):  # not JSON, or numbers too long for Python
-            value = None
-    if not ((kind == "regex" and isinstance(value, str)) or (kind == "json" and isinstance(value, dict))):
-        raise invalid('`parameters.grammar` must be {"type": "json", "value": <JSON schema>} or '
-                      '{"type": "regex", "value": <pattern>}')
-    return limits.guide("parameters.grammar", regex=value) if kind == "regex" else \
-        limits.guide("parameters.grammar", schema=value)
+    if grammar.type == "regex":
+        return limits.guide("parameters.grammar", regex=grammar.value)
+    return limits.guide("parameters.grammar", schema=grammar.value)
