@@ -24,12 +24,12 @@ from typing import Annotated, Any, ClassVar, Optional
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, PrivateAttr, ValidationError
 
-from .chat_messages import Messages
+from .chat_messages import Dialogs, Messages
 from .errors import invalid
 from .fields import Flag, Int, Number, Stop, declared, refusal, unset_when_empty, within_limits
 from .invocation import Invocation
 from .openai_requests import chat_requests, completion_requests
-from .openai_types import ResponseFormat, ToolChoice, Tools
+from .openai_types import ModelName, ResponseFormat, ToolChoice, Tools
 from .prompt_types import CompletionPrompt, Grammar, Inputs
 from .responses_api import chat_body
 from .tgi_requests import dialog_requests, flan_requests, tgi_requests
@@ -157,7 +157,7 @@ class DialogRequest(Request):
     """{"inputs": [[{role, content}, ...], ...], "parameters": {...}} (JumpStart Llama-2 chat)."""
 
     FORMAT: ClassVar[str] = "Llama-2 dialog"
-    inputs: Any = None
+    inputs: Dialogs = None
     parameters: _object(SamplingParameters) = None
     stream: Flag = None
 
@@ -212,7 +212,7 @@ class StreamOptions(BaseModel):
 class OpenAICommon(Request):
     """Fields both OpenAI formats share, with the vLLM-style extensions the server implements."""
 
-    model: Any = None
+    model: ModelName = None
     max_tokens: Int(1) = None
     max_completion_tokens: Int(1) = None
     temperature: Number(0.0, 2.0, open_low=False) = None  # 0: greedy

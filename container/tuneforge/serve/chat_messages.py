@@ -1,6 +1,6 @@
 """OpenAI chat messages, typed: a union told apart by `role`, each holding text content (a string
-or a list of text content parts). Read the same way from a chat body's `messages`, a Llama-2
-dialog and /tokenize; a value outside the types is a 422 in the words the server has always used.
+or a list of text content parts). Read the same way from a chat body's `messages`, Llama-2
+dialogs and /tokenize; a value outside the types is a 422 in the words the server has always used.
 """
 
 from __future__ import annotations
@@ -98,11 +98,28 @@ def _message_words(where: str, loc: tuple, error: dict) -> str:
 
 ChatMessage = Annotated[Union[SystemMessage, UserMessage, AssistantMessage, ToolMessage], Field(discriminator="role")]
 Messages = Optional[Annotated[list[ChatMessage], Worded(_message_words)]]
+
+
+def _dialog_shape(value) -> str:
+    return "dialogs" if isinstance(value, list) and value and isinstance(value[0], list) else "dialog"
+
+
+def _dialog_words(where: str, loc: tuple, error: dict) -> str:
+    """A message's words, named inside its dialog (`inputs[i]`; a single dialog is `inputs[0]`)."""
+    if loc[:1] == ("dialogs",) and len(loc) > 1:
+        return _message_words(f"{where}[{loc[1]}]", loc[2:], error)
+    return _message_words(f"{where}[0]", loc[1:], error)
+
+
+# JumpStart Llama-2 chat: [[messages], ...] (several dialogs) or [messages] (one)
+Dialogs = Optional[Annotated[Union[Annotated[list[list[ChatMessage]], Tag("dialogs")],
+                                   Annotated[list[ChatMessage], Tag("dialog")]],
+                             Discriminator(_dialog_shape), Worded(_dialog_words)]]
 _MESSAGES = TypeAdapter(Annotated[list[ChatMessage], Worded(_message_words)])
 
 
 def read_messages(value: Any, where: str) -> list[Message]:
-    """Messages sent outside a chat body (a Llama-2 dialog, /tokenize), read as a chat body's are."""
+    """Messages sent outside a request model (/tokenize), read as a chat body's are."""
     if not isinstance(value, list):
         raise invalid(f"`{where}` must be a non-empty list of {{role, content}} messages")
     try:

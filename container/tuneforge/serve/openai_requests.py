@@ -98,7 +98,7 @@ def _on_adapter(limits, body, requests: list, options: dict) -> list:
     """`model` naming one of the folder's adapters runs the requests on it (and answers with its
     name); any other name gets the weights alone, as before adapters existed."""
     adapters = limits.loaded.info.adapters
-    adapter = body.model if isinstance(body.model, str) and body.model in adapters else None
+    adapter = body.model if body.model in adapters else None
     for req in requests:
         req.adapter = adapter
     options["model"] = adapter or options["model"]

@@ -17,6 +17,9 @@ from .fields import Loose, Worded, unset_when_empty
 
 NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 JsonObject = dict[str, Any]
+# `model`: a name naming one of the folder's adapters runs on it; anything else (a name, or not a
+# string) gets the weights alone
+ModelName = Annotated[Optional[str], BeforeValidator(lambda value: value if isinstance(value, str) else None)]
 
 
 def _tool_name(name: str) -> str:

@@ -7,7 +7,6 @@ turn are rendered through its template.
 
 from __future__ import annotations
 
-from .chat_messages import read_messages
 from .errors import invalid
 from .invocation import Invocation
 from .limits import sampling, tgi_sampling
@@ -66,7 +65,7 @@ def dialog_requests(body, params, limits) -> Invocation:
     requests, texts = [], []
     for i, dialog in enumerate(dialogs):
         where = f"inputs[{i}]"
-        text = render_chat(limits, read_messages(dialog, where), where)
+        text = render_chat(limits, dialog, where)
         requests.append(limits.request(limits.encode(text, where), where, sampling_, asked=params.max_new_tokens,
                                        stop=params.stops, prefix="parameters."))
         texts.append(text)
