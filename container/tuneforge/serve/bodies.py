@@ -4,9 +4,11 @@ A body is read into its format's model before anything is generated, so a field 
 not know (a typo such as `max_new_token`, or an option of another API) is a 422 naming the field,
 the format and the closest known name, never silently dropped. Each field is declared with its
 type and range (fields.py's Int, Number, Flag, Stop), so a value outside them is a 422 naming the
-field, the allowed range and the value sent; `Any` fields have rules no type says, checked by the
-Parser (payloads.py, openai_requests.py). `invocation` turns a read body into the
-GenerationRequests for the server's limits.
+field, the allowed range and the value sent. Messages and content parts (chat_messages.py), tools,
+tool_choice and response_format (openai_types.py), prompts and TGI's grammar (prompt_types.py) are
+typed too, unions told apart by a tag, each wording its own 422. The `Any` fields left are accepted
+and ignored, or refused unless unset, checked while the body converts itself: `to_requests(limits)` turns a read body into the GenerationRequests for
+the server's limits (tgi_requests.py, openai_requests.py).
 
 The declared fields are the ones the format's real clients send (openai SDK, huggingface_hub
 InferenceClient, lm-evaluation-harness, LangChain, JumpStart/SageMaker examples). A few change
@@ -22,9 +24,15 @@ from typing import Annotated, Any, ClassVar, Optional
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, PrivateAttr, ValidationError
 
+from .chat_messages import Dialogs, Messages
 from .errors import invalid
 from .fields import Flag, Int, Number, Stop, declared, refusal, unset_when_empty, within_limits
 from .invocation import Invocation
+from .openai_requests import chat_requests, completion_requests
+from .openai_types import ModelName, ResponseFormat, ToolChoice, Tools
+from .prompt_types import CompletionPrompt, Grammar, Inputs
+from .responses_api import chat_body
+from .tgi_requests import dialog_requests, flan_requests, tgi_requests
 
 MAX_SEED = (1 << 64) - 1
 MAX_TOP_LOGPROBS = 20  # as OpenAI's chat API and vLLM
@@ -77,12 +85,16 @@ class Body(BaseModel):
 
 
 class Request(Body):
-    """A whole request of one format; PARSER names the Parser method that reads it."""
+    """A whole request of one format, which converts itself into GenerationRequests."""
 
-    PARSER: ClassVar[str] = ""
+    @classmethod
+    def claims(cls, body: dict) -> bool:
+        """Whether a body sent to a route several formats share is of this format."""
+        return False
 
-    def invocation(self, parser, **options) -> Invocation:
-        return getattr(parser, self.PARSER)(self, **options)
+    def to_requests(self, limits, route: str = "invocations") -> Invocation:
+        """The Invocation this body asks for, within `limits` (a limits.ServerLimits)."""
+        raise NotImplementedError
 
 
 def _object(model: type[BaseModel]):
@@ -116,8 +128,8 @@ class TGIParameters(SamplingParameters):
     return_full_text: Flag = None
     truncate: Int(1) = None
     best_of: Any = None  # refused unless 1 (or unset: 0 counts as unset)
-    grammar: Any = None
-    # TGI's, taken only unset (payloads.TGI_UNSUPPORTED); huggingface_hub sends them when asked
+    grammar: Grammar = None
+    # TGI's, taken only unset (tgi_requests.TGI_UNSUPPORTED); huggingface_hub sends them when asked
     typical_p: Any = None
     watermark: Any = None
     top_n_tokens: Any = None
@@ -129,28 +141,44 @@ class TGIRequest(Request):
     """{"inputs": str | [str] | {prompt fields}, "parameters": {...}, "stream": bool} (TGI, JumpStart)."""
 
     FORMAT: ClassVar[str] = "TGI"
-    PARSER: ClassVar[str] = "tgi"
-    inputs: Any = None
+    inputs: Inputs = None
     parameters: _object(TGIParameters) = None
     stream: Flag = None
+
+    @classmethod
+    def claims(cls, body: dict) -> bool:
+        return "inputs" in body
+
+    def to_requests(self, limits, route: str = "invocations") -> Invocation:
+        return tgi_requests(self, self.parameters or TGIParameters(), limits, force_stream=route == "generate_stream")
 
 
 class DialogRequest(Request):
     """{"inputs": [[{role, content}, ...], ...], "parameters": {...}} (JumpStart Llama-2 chat)."""
 
     FORMAT: ClassVar[str] = "Llama-2 dialog"
-    PARSER: ClassVar[str] = "dialogs"
-    inputs: Any = None
+    inputs: Dialogs = None
     parameters: _object(SamplingParameters) = None
     stream: Flag = None
+
+    @classmethod
+    def claims(cls, body: dict) -> bool:
+        """[[{role, content}]] (several dialogs) or [{role, content}] (one)."""
+        inputs = body.get("inputs")
+        if not isinstance(inputs, list) or not inputs:
+            return False
+        first = inputs[0]
+        return isinstance(first, list) or (isinstance(first, dict) and "role" in first and "content" in first)
+
+    def to_requests(self, limits, route: str = "invocations") -> Invocation:
+        return dialog_requests(self, self.parameters or SamplingParameters(), limits)
 
 
 class FlanRequest(Request):
     """{"text_inputs": str | [str], "max_length": .., ...} (JumpStart Flan-T5 / text2text)."""
 
     FORMAT: ClassVar[str] = "JumpStart text_inputs"
-    PARSER: ClassVar[str] = "flan"
-    text_inputs: Any = None
+    text_inputs: Inputs = None
     max_length: Int(1, 1 << 20) = None
     max_new_tokens: Int(1) = None
     num_return_sequences: Int(1) = None  # at most TUNEFORGE_MAX_RETURN_SEQUENCES (limits)
@@ -165,6 +193,13 @@ class FlanRequest(Request):
     seed: Seed = None
     stop: Stop = None
 
+    @classmethod
+    def claims(cls, body: dict) -> bool:
+        return "text_inputs" in body
+
+    def to_requests(self, limits, route: str = "invocations") -> Invocation:
+        return flan_requests(self, limits)
+
 
 # ---------------------------------------------------------------------- OpenAI
 class StreamOptions(BaseModel):
@@ -177,7 +212,7 @@ class StreamOptions(BaseModel):
 class OpenAICommon(Request):
     """Fields both OpenAI formats share, with the vLLM-style extensions the server implements."""
 
-    model: Any = None
+    model: ModelName = None
     max_tokens: Int(1) = None
     max_completion_tokens: Int(1) = None
     temperature: Number(0.0, 2.0, open_low=False) = None  # 0: greedy
@@ -225,27 +260,52 @@ class ChatRequest(OpenAICommon):
     """OpenAI chat completions: {"messages": [...], ...}."""
 
     FORMAT: ClassVar[str] = "OpenAI chat"
-    PARSER: ClassVar[str] = "chat"
-    messages: Any = None
+    messages: Messages = None
     logprobs: Flag = None
     top_logprobs: Int(0, MAX_TOP_LOGPROBS) = None
-    response_format: Any = None
-    tools: Any = None
-    tool_choice: Any = None
+    response_format: ResponseFormat = None
+    tools: Tools = None
+    tool_choice: ToolChoice = None
     parallel_tool_calls: Any = None
     functions: Any = None      # refused: the API before tools
     function_call: Any = None  # refused: the API before tools
+
+    @classmethod
+    def claims(cls, body: dict) -> bool:
+        return "messages" in body
+
+    def to_requests(self, limits, route: str = "invocations") -> Invocation:
+        return chat_requests(self, limits)
+
+
+class ResponsesRequest(ChatRequest):
+    """OpenAI's Responses API, read as the chat request it means (responses_api.py)."""
+
+    @classmethod
+    def read(cls, body: dict, prefix: str = "", fmt: str | None = None, limits: dict[str, int] | None = None):
+        return super().read(chat_body(body), prefix, fmt or ChatRequest.FORMAT, limits)
+
+    def to_requests(self, limits, route: str = "invocations") -> Invocation:
+        invocation = chat_requests(self, limits)
+        invocation.kind = "responses"  # answered in the Responses shape
+        return invocation
 
 
 class CompletionRequest(OpenAICommon):
     """OpenAI completions: {"prompt": str | [str] | [ids] | [[ids]], ...}."""
 
     FORMAT: ClassVar[str] = "OpenAI completions"
-    PARSER: ClassVar[str] = "completion"
     max_tokens: Int(0) = None  # 0 with echo: score the prompt only
     max_completion_tokens: Int(0) = None
     logprobs: Int(0, MAX_TOP_LOGPROBS) = None  # how many alternatives per token
-    prompt: Any = None
+    prompt: CompletionPrompt = None
     echo: Flag = None
     add_special_tokens: Flag = None  # vLLM's: string prompts get the tokenizer's own special tokens (default true)
     suffix: Any = None  # refused: fill-in-the-middle
+
+    @classmethod
+    def claims(cls, body: dict) -> bool:
+        return "prompt" in body and "inputs" not in body
+
+    def to_requests(self, limits, route: str = "invocations") -> Invocation:
+        return completion_requests(self, limits)

@@ -3,8 +3,8 @@
 The models in bodies.py declare each field with `Int`, `Number`, `Flag` or `Stop`; a pydantic
 ValidationError is turned into one message (`refusal`) read from the declaration itself: the field
 (with its prefix, e.g. `parameters.temperature`), what is allowed and what was sent (cut short).
-What no declaration can say (OpenAI text content parts, lone surrogates, limits known only to the
-running server) is checked here by hand.
+A declared type may word its own refusal (`Worded`); limits known only to the running server are
+checked here by hand.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import typing
 from typing import Annotated, Optional
 
 import annotated_types
-from pydantic import BaseModel, BeforeValidator, Field, Strict, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, ValidationError
 
 from .errors import PayloadError, invalid
 
@@ -40,6 +40,21 @@ def Number(low: float, high: float, *, open_low: bool):  # noqa: N802
 Flag = Optional[Annotated[bool, Strict()]]
 Stop = Optional[Annotated[str, Strict(), Field(min_length=1)]
                 | list[Annotated[str, Strict(), Field(min_length=1)]]]
+
+
+class Loose(BaseModel):
+    """An object inside a request (a message, a tool): keys it does not declare are taken and mean
+    nothing here, as the APIs' clients send more than the server reads."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+
+class Worded:
+    """A field's own 422 wording: `words(where, loc, error)` gets the field's path, where the
+    error is inside its value, and pydantic's error."""
+
+    def __init__(self, words):
+        self.words = words
 
 
 def unset_when_empty(value):
@@ -69,6 +84,9 @@ def refusal(model: type[BaseModel], exc: ValidationError, limits: dict[str, int]
     path, annotation = _field_of(model, error["loc"])
     base, metadata = declared(annotation)
     value = error["input"]
+    worded = next((m for m in metadata if isinstance(m, Worded)), None)
+    if worded is not None:
+        return invalid(worded.words(path, tuple(error["loc"][len(path.split(".")):]), error))
     if error["type"] in ("model_type", "dict_type") or (isinstance(base, type) and issubclass(base, BaseModel)):
         return invalid(f"`{path}` must be an object")
     if base is bool:
@@ -124,20 +142,6 @@ def within_limits(model: BaseModel, limits: dict[str, int]) -> None:
         if value is not None and value > high:
             _, metadata = declared(type(model).model_fields[name].annotation)
             raise not_an_integer_in(name, _bound(metadata, "ge"), high, value)
-
-
-def text_content(value, where: str) -> str:
-    if isinstance(value, str):
-        return value
-    if isinstance(value, list):  # OpenAI content parts
-        parts = []
-        for i, part in enumerate(value):
-            if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
-                raise invalid(f"`{where}[{i}]` must be {{\"type\": \"text\", \"text\": ...}}; "
-                              "only text content is supported")
-            parts.append(part["text"])
-        return "".join(parts)
-    raise invalid(f"`{where}` must be a string")
 
 
 def read_bool(params: dict, name: str, default: bool, prefix: str) -> bool:

@@ -12,11 +12,13 @@ import math
 
 from flask import Blueprint, Response, current_app, request
 
+from .chat_messages import read_messages
 from .errors import PayloadError, invalid
 from .fields import read_bool
 from .generation import generate_view
 from .http import json_response
 from .openai_requests import prompt_ids
+from .prompting import render_chat
 
 core = Blueprint("core", __name__)
 api = Blueprint("api", __name__)
@@ -139,14 +141,14 @@ def tokenize():
     tokens, as on /v1/completions) -> {"count", "max_model_len", "tokens"}."""
     current = ready_state()
     body = _json_body()
-    loaded, parser = current.loaded, current.parser
+    loaded, limits = current.loaded, current.parser.limits
     special = read_bool(body, "add_special_tokens", True, "")
     if "messages" in body:
-        text = parser._render_chat(body["messages"], "messages")
-        ids = parser._encode(text, "messages") if special else loaded.tokenizer(text, add_special_tokens=False)[
+        text = render_chat(limits, read_messages(body["messages"], "messages"), "messages")
+        ids = limits.encode(text, "messages") if special else loaded.tokenizer(text, add_special_tokens=False)[
             "input_ids"]
     elif isinstance(body.get("prompt"), str):
-        ids = prompt_ids(parser, body["prompt"], "prompt", special)
+        ids = prompt_ids(limits, body["prompt"], "prompt", special)
     else:
         raise invalid("send `prompt` (a string) or `messages` (a chat) to tokenize")
     answer = {"count": len(ids), "max_model_len": loaded.max_total_tokens or loaded.max_input_tokens, "tokens": ids}

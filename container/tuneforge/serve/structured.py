@@ -24,7 +24,6 @@ _SCALAR = {"type": ["string", "number", "boolean", "null"]}
 # 1k-token vocabulary, minutes on a 100k one); two levels keep the first request quick.
 JSON_OBJECT_SCHEMA = {"type": "object", "additionalProperties": {"anyOf": [
     _SCALAR, {"type": "array", "items": _SCALAR}, {"type": "object", "additionalProperties": _SCALAR}]}}
-NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 TAGGED_CALL = re.compile(r"<tool_call>\s*(\{.*?\})\s*</tool_call>", re.S)
 
 
@@ -41,63 +40,38 @@ class ToolPlan:
         return {t["function"]["name"]: t["function"].get("parameters") or {"type": "object"} for t in self.tools}
 
 
-def response_schema(body: dict) -> dict | None:
-    """`response_format` -> the JSON schema the answer must follow (None: free text).
+def response_schema(fmt) -> dict | None:
+    """A read `response_format` (openai_types.ResponseFormat) -> the JSON schema the answer must
+    follow (None: free text).
 
     OpenAI's forms, and the schema in `value` as TGI's grammar sends it (`{"type": "json", "value":
     schema}`) and as huggingface_hub's chat_completion rewrites a json_schema format
     (`{"type": "json_object", "value": schema}`).
     """
-    fmt = body.get("response_format")
-    if fmt is None:
+    if fmt is None or fmt.type == "text":
         return None
-    if not isinstance(fmt, dict) or fmt.get("type") not in ("text", "json_object", "json_schema", "json"):
-        raise invalid('`response_format.type` must be "text", "json_object" or "json_schema" (or TGI\'s "json" '
-                      'with the schema in `value`)')
-    if fmt["type"] == "text":
-        return None
-    if fmt["type"] in ("json", "json_object") and "value" in fmt:
-        if not isinstance(fmt["value"], dict):
-            raise invalid("`response_format.value` must be a JSON schema (an object)")
-        return fmt["value"] or JSON_OBJECT_SCHEMA
-    if fmt["type"] in ("json", "json_object"):
-        return JSON_OBJECT_SCHEMA
-    spec = fmt.get("json_schema")
-    if not isinstance(spec, dict) or not isinstance(spec.get("schema", {}), dict):
-        raise invalid("`response_format.json_schema` must be an object with `name` and `schema` (a JSON schema)")
-    return spec.get("schema") or JSON_OBJECT_SCHEMA
+    if fmt.type in ("json", "json_object"):
+        return fmt.value or JSON_OBJECT_SCHEMA
+    return fmt.json_schema.json_schema or JSON_OBJECT_SCHEMA
 
 
-def tool_plan(body: dict) -> ToolPlan:
-    """`tools` and `tool_choice`, checked; `functions` (the API before tools) is refused."""
-    if body.get("functions") or body.get("function_call"):
+def tool_plan(body) -> ToolPlan:
+    """A read chat body's `tools` and `tool_choice` (typed in openai_types.py) as one plan;
+    `functions` (the API before tools) is refused."""
+    if body.functions or body.function_call:
         raise invalid("`functions` and `function_call` are the API before tools; send `tools` and `tool_choice`")
-    tools = body.get("tools") or []
-    if not isinstance(tools, list):
-        raise invalid("`tools` must be a list of {\"type\": \"function\", \"function\": {...}} objects")
-    for i, tool in enumerate(tools):
-        function = tool.get("function") if isinstance(tool, dict) else None
-        if not isinstance(tool, dict) or tool.get("type") != "function" or not isinstance(function, dict):
-            raise invalid(f"`tools[{i}]` must be {{\"type\": \"function\", \"function\": {{\"name\": ..., "
-                          "\"parameters\": {...}}}}")
-        if not isinstance(function.get("name"), str) or not NAME.match(function["name"]):
-            raise invalid(f"`tools[{i}].function.name` must be 1-64 letters, digits, _ . or -")
-        if not isinstance(function.get("parameters", {}), dict):
-            raise invalid(f"`tools[{i}].function.parameters` must be a JSON schema object")
-    return ToolPlan(tools, *_choice(body.get("tool_choice"), [t["function"]["name"] for t in tools]))
+    tools = body.raw.get("tools") or []  # as sent: the template renders what the client wrote
+    return ToolPlan(tools, *_choice(body.tool_choice, [tool.function.name for tool in body.tools or ()]))
 
 
 def _choice(choice, names: list[str]) -> tuple[str, str | None]:
     if choice is None:
         return ("auto" if names else "none"), None
-    if choice in ("none", "auto", "required"):
+    if isinstance(choice, str):  # none | auto | required
         if choice != "none" and not names:
             raise invalid(f"`tool_choice` is {choice!r} but the request has no `tools`")
         return choice, None
-    name = choice.get("function", {}).get("name") if isinstance(choice, dict) else None
-    if not isinstance(choice, dict) or choice.get("type") != "function" or not isinstance(name, str):
-        raise invalid('`tool_choice` must be "none", "auto", "required" or '
-                      '{"type": "function", "function": {"name": ...}}')
+    name = choice.function.name
     if name not in names:
         raise invalid(f"`tool_choice.function.name` is {name!r}, which is not in `tools` ({names})")
     return "named", name
