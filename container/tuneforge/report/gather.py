@@ -8,6 +8,7 @@ read, and each has a size cap.
 
 from __future__ import annotations
 
+import functools
 import json
 import tarfile
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from ..contract import Paths
 from ..errors import UserError
+from ..metrics_file import MetricsFile, read_metrics
 
 FILES = ("metrics.json", "samples.jsonl", "log_history.json", "image_grid.png", "tuneforge.json", "failure",
          "hyperparameters.json")
@@ -38,6 +40,12 @@ class JobOutput:
     image_grid: bytes | None = None
     raw_hyperparameters: dict | None = None  # input/config/hyperparameters.json
     report_dir: Path | None = None  # where the report goes by default
+
+    @functools.cached_property
+    def recorded(self) -> MetricsFile:
+        """metrics.json through its schema (metrics_file.py), or the summary model/tuneforge.json keeps
+        (all a model.tar.gz holds)."""
+        return read_metrics(self.metrics or dict((self.metadata or {}).get("metrics") or {}))
 
     @property
     def succeeded(self) -> bool:

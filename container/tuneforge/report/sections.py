@@ -8,6 +8,7 @@ import re
 
 from . import charts
 from .doc import Cell, Document, Image, Marked, Pre, Section, Table, Text, fmt, fmt_change, number
+from ..metrics_file import MetricsFile
 from .gather import JobOutput
 from .preference import PREFERENCE_KEYS, SFT_ONLY_ROWS, method_name, preference_method, preference_rows
 
@@ -47,22 +48,21 @@ def status_section(job: JobOutput) -> Section:
             section.blocks.append(Pre(rest.strip()[-4000:], caption="details (output/failure)"))
         section.blocks.append(Text("The sections below show what the job recorded before it stopped.", css="note"))
     elif job.metrics or job.metadata:
-        m = metrics_of(job)
-        steps = m.get("steps")
-        section.blocks.append(Text(f"Succeeded: {fmt(steps)} steps, {fmt(m.get('epochs'), 2)} epochs"
-                                   if steps is not None else "Succeeded", css="ok"))
-    if m := metrics_of(job):
-        if m.get("already_trained"):
-            section.blocks.append(Text(m["already_trained"], css="note"))
-        if m.get("resumed_from"):
-            section.blocks.append(Text(f"resumed from {m['resumed_from']}", css="note"))
+        r = job.recorded
+        section.blocks.append(Text(f"Succeeded: {fmt(r.steps)} steps, {fmt(r.epochs, 2)} epochs"
+                                   if r.steps is not None else "Succeeded", css="ok"))
+    r = job.recorded
+    if r.already_trained:
+        section.blocks.append(Text(r.already_trained, css="note"))
+    if r.resumed_from:
+        section.blocks.append(Text(f"resumed from {r.resumed_from}", css="note"))
     return section
 
 
 def model_section(job: JobOutput) -> Section | None:
-    m, meta = metrics_of(job), job.metadata or {}
-    facts = m.get("job") or {}
-    params = m.get("parameters") or {}
+    r, meta = job.recorded, job.metadata or {}
+    facts = r.job or {}
+    params = r.parameters or {}
     path = facts.get("base_model_path") or meta.get("base_model_path")
     name = facts.get("base_model") or meta.get("base_model")
     rows = [("base model", f"{name} ({path})" if name and path and path != name else name),
@@ -72,9 +72,9 @@ def model_section(job: JobOutput) -> Section | None:
         share = params["trainable"] / params["total"] if params.get("total") else None
         rows += [("parameters", fmt(params.get("total"))),
                  ("trainable", f"{fmt(params.get('trainable'))} ({share:.2%})" if share is not None else None)]
-    method = facts.get("method") or (m.get("method") if isinstance(m.get("method"), str) else None)
+    method = facts.get("method") or (r.method if isinstance(r.method, str) else None)
     rows += [("method", method), ("precision", facts.get("precision")),
-             ("quantization", m.get("quantization")), ("engine", _engine(m)), ("hardware", facts.get("hardware"))]
+             ("quantization", r.quantization), ("engine", _engine(r)), ("hardware", facts.get("hardware"))]
     if meta:
         rows.append(("saved", "LoRA adapter (needs the base model)" if meta.get("adapter_only") else "full weights"))
     rows = [(k, v) for k, v in rows if v not in (None, "")]
@@ -83,13 +83,13 @@ def model_section(job: JobOutput) -> Section | None:
     return Section("What was trained", [Table(["", ""], [[Cell(k, css="strong"), Cell(str(v))] for k, v in rows])])
 
 
-def _engine(m: dict) -> str | None:
-    parts = [m.get("parallelism"), f"accelerate {m['distributed_type']}" if m.get("distributed_type") else None]
+def _engine(r: MetricsFile) -> str | None:
+    parts = [r.parallelism, f"accelerate {r.distributed_type}" if r.distributed_type else None]
     return ", ".join(p for p in parts if p) or None
 
 
 def data_section(job: JobOutput) -> Section | None:
-    data = metrics_of(job).get("data")
+    data = job.recorded.data
     if not isinstance(data, dict):
         return None
     section = Section("Data")
@@ -114,7 +114,7 @@ def data_section(job: JobOutput) -> Section | None:
     template = _template_text(prompt)
     if template:
         section.blocks.append(Pre(template, caption="prompt template"))
-    example = (metrics_of(job).get("job") or {}).get("example")
+    example = (job.recorded.job or {}).get("example")
     if example:
         section.blocks.append(Marked([(str(t), bool(f)) for t, f in example],
                                      caption="one training row as the model sees it (highlighted: the tokens the loss "
@@ -139,7 +139,7 @@ def _template_text(prompt: dict) -> str:
 def curves_section(job: JobOutput) -> Section | None:
     m = metrics_of(job)
     section = Section("Training curves")
-    loss = charts.loss_chart(job.history, m.get("eval_loss_before"))
+    loss = charts.loss_chart(job.history, job.recorded.eval_loss_before)
     if loss:
         section.blocks.append(Image(loss, "training and validation loss against optimizer steps", name="chart-loss"))
     rewards = charts.reward_chart(job.history) if preference_method(m) else None
@@ -164,7 +164,7 @@ def metrics_section(job: JobOutput) -> Section | None:
         label = f"{label} ({method_name(method)})" if method and after_key == "eval_loss" else label
         rows.append([Cell(label, css="strong"), number(before, before_key, digits), number(after, after_key, digits),
                      _change(before, after, lower_better, digits)])
-    knowledge = m.get("general_knowledge") or {}
+    knowledge = job.recorded.general_knowledge or {}
     if knowledge:
         score = {stage: r.get("score") if isinstance(r, dict) else r for stage, r in knowledge.items()}
         rows.append([Cell("general knowledge (share right)", css="strong"),
@@ -303,27 +303,26 @@ def images_section(job: JobOutput) -> Section | None:
 
 
 def speed_section(job: JobOutput) -> Section | None:
-    m = metrics_of(job)
-    peak = m.get("peak_memory_gib") or {}
-    rows = [("training time", m.get("train_runtime_s"), "train_runtime_s", "s", 2),
-            ("steps", m.get("steps"), "steps", "", 0), ("epochs", m.get("epochs"), "epochs", "", 2),
-            ("tokens trained on", m.get("train_tokens"), "train_tokens", "", 0),
-            ("tokens per second", m.get("train_tokens_per_second"), "train_tokens_per_second", "", 1),
+    r = job.recorded
+    peak, checkpoints = r.peak_memory_gib or {}, r.checkpoints or {}
+    rows = [("training time", r.train_runtime_s, "train_runtime_s", "s", 2),
+            ("steps", r.steps, "steps", "", 0), ("epochs", r.epochs, "epochs", "", 2),
+            ("tokens trained on", r.train_tokens, "train_tokens", "", 0),
+            ("tokens per second", r.train_tokens_per_second, "train_tokens_per_second", "", 1),
             ("peak GPU memory", peak.get("gpu"), "peak_memory_gib.gpu", "GiB", 2),
             ("peak host memory (RSS)", peak.get("host_rss"), "peak_memory_gib.host_rss", "GiB", 2),
-            ("MFU (model FLOPs utilization)", m.get("mfu"), "mfu", "", 4),
-            ("checkpoints written", (m.get("checkpoints") or {}).get("written"), "checkpoints.written", "", 0),
-            ("training paused for checkpoints", (m.get("checkpoints") or {}).get("pause_s_total"),
-             "checkpoints.pause_s_total", "s", 2),
-            ("of them written in the background", (m.get("checkpoints") or {}).get("written_in_background"),
+            ("MFU (model FLOPs utilization)", r.mfu, "mfu", "", 4),
+            ("checkpoints written", checkpoints.get("written"), "checkpoints.written", "", 0),
+            ("training paused for checkpoints", checkpoints.get("pause_s_total"), "checkpoints.pause_s_total", "s", 2),
+            ("of them written in the background", checkpoints.get("written_in_background"),
              "checkpoints.written_in_background", "", 0),
-            ("memory estimate before loading", m.get("memory_estimate_gib"), "memory_estimate_gib", "GiB", 2)]
+            ("memory estimate before loading", r.memory_estimate_gib, "memory_estimate_gib", "GiB", 2)]
     table = [[Cell(label, css="strong"), number(value, key, digits), Cell(unit)]
              for label, value, key, unit, digits in rows if value is not None]
     section = Section("Speed, memory and time per phase")
     if table:
         section.blocks.append(Table(["", "value", "unit"], table))
-    phases = m.get("phases") or {}
+    phases = r.phases or {}
     if phases:
         total = sum(v for v in phases.values() if isinstance(v, (int, float)))
         prows = [[Cell(name, css="strong"), number(seconds, f"phases.{name}", 2),
@@ -345,7 +344,7 @@ def hyperparameter_section(job: JobOutput) -> Section | None:
 
 def hyperparameters_of(job: JobOutput) -> tuple[dict, set]:
     """(values, names the user set): metrics.json, else model/tuneforge.json, else the raw file."""
-    recorded = metrics_of(job).get("hyperparameters")
+    recorded = job.recorded.hyperparameters
     if isinstance(recorded, dict) and "values" in recorded:
         return dict(recorded["values"]), set(recorded.get("given") or ())
     raw = job.raw_hyperparameters or {}
@@ -374,7 +373,7 @@ SHOWN_KEYS = {"eval_loss", "eval_loss_before", "perplexity", "perplexity_before"
 
 
 def build_document(job: JobOutput) -> Document:
-    task = metrics_of(job).get("task", "text generation")
+    task = job.recorded.task or "text generation"
     if task == "text-to-image":  # its own sections: report/image_sections.py
         from .image_sections import build_image_document
 

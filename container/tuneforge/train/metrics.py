@@ -107,6 +107,29 @@ def tracker_finals(results: dict) -> dict[str, float]:
     return {k: v for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
+def print_final_lines(results: dict, names: tuple) -> None:
+    """The final_<name> metric line of each of `names` that metrics.json holds a number for (a name
+    already starting with final_ keeps it)."""
+    for name in names:
+        value = results.get(name)
+        if isinstance(value, (int, float)):
+            print_metric(name if name.startswith("final_") else f"final_{name}", value)
+
+
+SUMMARY_KEYS = ("train_loss", "eval_loss_before", "eval_loss", "perplexity_before", "perplexity", *SCORE_KEYS,
+                "steps", "epochs")
+
+
+def metric_summary(results: dict) -> dict:
+    """metrics.json's headline numbers for the model folder's metadata (NaN left out)."""
+    summary = {k: results[k] for k in SUMMARY_KEYS
+               if k in results and not (isinstance(results[k], float) and math.isnan(results[k]))}
+    knowledge = {stage: r["score"] for stage, r in results.get("general_knowledge", {}).items()}
+    if knowledge:
+        summary["general_knowledge"] = knowledge
+    return summary
+
+
 def tracker_scalars(logs: dict, tokens_per_second: float | None = None) -> dict[str, float]:
     """One Trainer log (a logging step or an evaluation) as tracker scalars: train/loss,
     train/learning_rate, train/grad_norm, train/epoch, train/tokens_per_second; eval/loss and

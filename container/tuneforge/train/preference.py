@@ -73,11 +73,11 @@ class PreferenceRecipe(Recipe):
                     "label_smoothing": cfg.label_smoothing, "simpo_gamma": cfg.simpo_gamma,
                     **({"kto_weights": [cfg.kto_desirable_weight, cfg.kto_undesirable_weight]}
                        if cfg.training_method == "kto" else {})}  # kto alone: the other methods' fingerprints are unchanged
-        self.results["data_format"] = source.format  # preference (pairs) or unpaired; the bundle keeps the prompt kind
+        self.results["data_format"] = source.format  # until _report_data puts it under data.format
         train = preference_rows(source.train_examples, tokenizer, source.prompt, identity)
         val = preference_rows(source.val_examples, tokenizer, source.prompt, identity) if source.val_examples else None
         return DataBundle(
-            tokenizer=tokenizer, prompt=source.prompt, format=source.prompt.kind, files=source.files,
+            tokenizer=tokenizer, prompt=source.prompt, format=source.prompt.kind, rows_format=source.format, files=source.files,
             validation_source="channel" if source.validation_channel else f"split {cfg.validation_split_ratio}",
             max_len=max_len, val_examples=list(val.features) if val else None, train_tokens=train, val_tokens=val)
 
@@ -103,10 +103,11 @@ class PreferenceRecipe(Recipe):
 
     def _report_data(self, data: DataBundle, channel: Path) -> None:
         train, val = data.train_tokens.report(), data.val_tokens.report() if data.val_tokens else None
-        self.results["data"] = {"format": self.results.pop("data_format", "preference"), "prompt_format": data.prompt.kind, "files": data.files,
+        del self.results["data_format"]
+        self.results["data"] = {"format": data.rows_format, "prompt_format": data.prompt.kind, "files": data.files,
                                 "max_input_length": data.max_len, "validation_source": data.validation_source,
                                 "train": train, "validation": val, "prompt": data.prompt.to_dict()}
-        log.info("data: %s rows (%s prompts) from %s; train rows=%d validation rows=%s", self.results["data"]["format"],
+        log.info("data: %s rows (%s prompts) from %s; train rows=%d validation rows=%s", data.rows_format,
                  data.prompt.kind, channel, train["rows"], val["rows"] if val else 0)
 
     def _flat_view(self, prepared) -> SimpleNamespace:
@@ -126,6 +127,10 @@ class PreferenceRecipe(Recipe):
         self.lora_config = bundle.module.peft_config["default"]
         return dataclasses.replace(bundle, module=bundle.module.unload())
 
+    def _plan_run(self, prepared):
+        """The engine's choices and the checkpoint writer; TRL batches and computes the loss itself."""
+        return self._engine_plan(prepared.engine)
+
     def _plan_liger(self, model_config, seq2seq: bool) -> dict:
         """Off: TRL's preference trainers would swap in Liger's own preference losses."""
         return {"setting": self.config.liger_kernel, "enabled": False, "why": "not used by the preference recipes"}
@@ -140,7 +145,7 @@ class PreferenceRecipe(Recipe):
         cfg, data, engine = self.config, prepared.data, prepared.engine
         trainer_class, args = method_trainer(cfg, engine.args, data.max_len)
         kept = SimpleNamespace(stop=StopOnSignal(), tokens_seen=TokensSeen(), commit=CommitCheckpoints(
-            engine.checkpoint_staging, self.paths.checkpoint_dir, cfg.save_total_limit, writer=self._checkpoint_writer(engine)))
+            engine.checkpoint_staging, self.paths.checkpoint_dir, cfg.save_total_limit, writer=self._checkpoint_writer()))
         self.reward_lines = PreferenceMetricLines()
         callbacks = [PreferenceProgressLines(), self.reward_lines, FailOnNonFinite(cfg.learning_rate), kept.stop, kept.commit,
                      kept.tokens_seen, TrackerLogs(self.trackers)]
@@ -193,17 +198,14 @@ class PreferenceRecipe(Recipe):
         self._record_preference_accuracy("after")
 
     def evaluate(self) -> dict:
-        results = self.results
         self._final_evaluation()
         self._score_tasks("after")
         finals = final_reward_metrics(self.reward_lines.last if self.reward_lines else {})
-        results.update({f"final_{k}": v for k, v in finals.items()})
+        self.results.update({f"final_{k}": v for k, v in finals.items()})
         if is_main_process():
-            for name in ("train_loss", "eval_loss", *(f"final_{k}" for k in finals), *metrics.SCORE_KEYS):
-                value = results.get(name)
-                if isinstance(value, (int, float)):
-                    metrics.print_metric(name if name.startswith("final_") else f"final_{name}", value)
-        return results
+            metrics.print_final_lines(self.results, ("train_loss", "eval_loss", *(f"final_{k}" for k in finals),
+                                                     *metrics.SCORE_KEYS))
+        return self.results
 
 
 def _answer_text(rendered: str, eos: str) -> str:

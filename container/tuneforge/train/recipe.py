@@ -8,9 +8,9 @@ artifacts live in their own modules; this file only wires them together.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
-import math
 import random
 import time
 from dataclasses import dataclass
@@ -24,6 +24,7 @@ import torch
 from .. import archives
 from ..contract import Paths, train_env
 from ..logs import Phases, never_fail
+from ..metrics_file import write_metrics
 from ..model_folder import model_name
 from ..data import Collator, arrow, read_job_channels, select_and_split, validation_overlap
 from ..data.registry import data_format
@@ -36,6 +37,7 @@ from . import metrics
 from . import stopping
 from .artifacts import ModelWriter
 from .checkpoints import common_latest_checkpoint, staging_dir
+from .plan import Outcome, RunPlan
 
 log = logging.getLogger(__name__)
 
@@ -59,12 +61,14 @@ class DataBundle:
     val_examples: list | None         # the training rows' text is not kept past tokenizing
     train_tokens: Any                 # data.TokenizedData (features: a memory-mapped Dataset; report())
     val_tokens: Any | None
+    rows_format: str = ""             # the preference recipe's rows: preference (pairs) or unpaired
 
 
 @dataclass(frozen=True)
 class EngineBundle:
     """How the run is spread and stored: precision, DeepSpeed/FSDP, and the TrainingArguments."""
     seq2seq: bool                     # from the model's config, before the weights are loaded
+    parallelism: str                  # distributed.parallelism(): none, ddp, deepspeed zero-N, fsdp
     dtype: Any
     ds_config: dict | None
     fsdp: tuple | None                # (fsdp, fsdp_config) for TrainingArguments, or None
@@ -93,6 +97,7 @@ class Prepared:
     data: DataBundle
     engine: EngineBundle
     model: ModelBundle
+    plan: RunPlan | None = None       # set by setup's last step, from the three bundles
 
 
 @dataclass(frozen=True)
@@ -170,6 +175,7 @@ class Recipe:
         self.phases = Phases(self.results.setdefault("phases", {}))  # logs.py: "<phase>: done in N s"
         self.prepared: Prepared | None = None  # set once, by run(), from setup()
         self.trainer = None                    # set once, by train()
+        self.outcome = Outcome()               # replaced as training and evaluation measure
         self.eval_tasks: list = []              # the evaluation channel's tasks, read by setup()
         self.results["hyperparameters"] = hyperparameter_facts(config, raw_hyperparameters or {})
 
@@ -187,24 +193,24 @@ class Recipe:
 
         try:
             with weights_only_loads():  # checkpoints come from S3: no torch.load may run code (resume.py)
-                results = self._run()
+                self._run()
         finally:
             archives.cleanup()
         if is_main_process():  # after model/ is saved: a missed gate keeps the model and fails the job
             from ..evaluation.gate import check_job
 
             try:
-                check_job(results, self.config.eval_min_score, self.config.eval_max_regression)
+                check_job(self.results, self.config.eval_min_score, self.config.eval_max_regression)
             finally:
                 never_fail(self.write_reports, "writing metrics.json with the gate's verdict")
-        return results
+        return self.results
 
     def _run(self) -> dict:
         try:
             self.prepared = self.setup()
             self.stop_if_asked("before training started")
             self.train()
-            steps = self.results.get("steps")  # training finished; its last step is checkpointed
+            steps = self.outcome.steps  # training finished; its last step is checkpointed
             self.stop_if_asked(f"after training finished (step {steps}), before the model was saved")
             with stopping.during(stopping.FINAL_EVALUATION):
                 self.evaluate()
@@ -256,7 +262,7 @@ class Recipe:
         model = self._setup_model(base_path, loaded, engine)
         prepared = Prepared(data=data, engine=engine, model=model)
         self.results["job"] = describe_job(self._flat_view(prepared))  # what the run report shows
-        return prepared
+        return dataclasses.replace(prepared, plan=self._plan_run(prepared))
 
     def _read_data(self) -> _Source:
         """The rows, read by the node's local main process; the node's other ranks take the
@@ -310,10 +316,11 @@ class Recipe:
         args = self._training_args(seq2seq=seq2seq, dtype=dtype, ds_config=ds_config, fsdp=fsdp,
                                    staging=staging, has_val=has_val, liger=liger["enabled"])
         _ = args.device
-        self.results["parallelism"] = distributed.parallelism(cfg, ds_config)
-        log.info("parallelism: %s over %d process(es)", self.results["parallelism"], distributed.world_size())
+        parallelism = distributed.parallelism(cfg, ds_config)
+        self.results["parallelism"] = parallelism
+        log.info("parallelism: %s over %d process(es)", parallelism, distributed.world_size())
         _prepare_checkpoint_staging(staging)
-        return EngineBundle(seq2seq=seq2seq, dtype=dtype, ds_config=ds_config, fsdp=fsdp,
+        return EngineBundle(seq2seq=seq2seq, parallelism=parallelism, dtype=dtype, ds_config=ds_config, fsdp=fsdp,
                             sharded=fsdp is not None or distributed.zero_stage(ds_config) == 3, args=args,
                             checkpoint_staging=staging, liger=liger)
 
@@ -422,7 +429,7 @@ class Recipe:
     def _flat_view(self, prepared: Prepared) -> SimpleNamespace:
         """The flat names report/jobfacts.py and train/resume.py read about this run."""
         data, engine, model = prepared.data, prepared.engine, prepared.model
-        return SimpleNamespace(config=self.config, paths=self.paths, results=self.results, args=engine.args,
+        return SimpleNamespace(config=self.config, paths=self.paths, plan=prepared.plan, args=engine.args,
                                dtype=engine.dtype, ds_config=engine.ds_config, fsdp_active=engine.fsdp_active,
                                base_path=model.base_path, loaded=model.loaded, tokenizer=data.tokenizer,
                                train_tokens=data.train_tokens)
@@ -463,7 +470,6 @@ class Recipe:
         """The Trainer and the callbacks the recipe reads back (stop, commit, tokens seen)."""
         from transformers import EarlyStoppingCallback
 
-        from .batching import describe
         from .callbacks import CommitCheckpoints, FailOnNonFinite, MetricLines, StopOnSignal, TrackerLogs
         from .throughput import TokensSeen
         from .trainer import TuneforgeSeq2SeqTrainer, TuneforgeTrainer
@@ -471,13 +477,12 @@ class Recipe:
         cfg, data, engine, args = self.config, prepared.data, prepared.engine, prepared.engine.args
         has_val = bool(data.val_tokens and data.val_tokens.features)
         kept = SimpleNamespace(stop=StopOnSignal(), tokens_seen=TokensSeen(), commit=CommitCheckpoints(
-            engine.checkpoint_staging, self.paths.checkpoint_dir, cfg.save_total_limit, writer=self._checkpoint_writer(engine)))
+            engine.checkpoint_staging, self.paths.checkpoint_dir, cfg.save_total_limit, writer=self._checkpoint_writer()))
         callbacks = [MetricLines(), FailOnNonFinite(cfg.learning_rate), kept.stop, kept.commit, kept.tokens_seen,
                      TrackerLogs(self.trackers)]
         if args.load_best_model_at_end and cfg.early_stopping_patience > 0:
             callbacks.append(EarlyStoppingCallback(cfg.early_stopping_patience, cfg.early_stopping_threshold))
-        self.results["batching"] = describe(data.train_tokens.features, cfg.group_by_length,
-                                            cfg.per_device_train_batch_size, distributed.world_size(), args.data_seed)
+        self.results["batching"] = prepared.plan.batching
         collator, plan = self._trainer_plan(prepared, kept.commit)
         trainer_class = TuneforgeSeq2SeqTrainer if prepared.model.loaded.seq2seq else TuneforgeTrainer
         trainer = trainer_class(model=prepared.model.module, args=args, train_dataset=data.train_tokens.features,
@@ -485,40 +490,55 @@ class Recipe:
                                 processing_class=data.tokenizer, callbacks=callbacks, plan=plan)
         return trainer, kept
 
-    def _checkpoint_writer(self, engine: EngineBundle):
-        """Checkpoints written in the background (`async_checkpoint`) where a copy of the state is
-        all it takes: full fine-tuning, one host, no DeepSpeed or FSDP (their states are sharded)."""
+    def _checkpoint_writer(self):
         from .background_checkpoints import CheckpointWriter
 
-        why_not = ("async_checkpoint=false" if not self.config.async_checkpoint
-                   else "LoRA checkpoints are small" if self.config.use_lora
-                   else "DeepSpeed and FSDP write their own sharded checkpoints" if engine.ds_config or engine.fsdp_active
-                   else "several hosts" if distributed.nnodes() > 1 else "")
+        why_not = self.prepared.plan.checkpoint_writer_why_not
         return CheckpointWriter(enabled=not why_not, why_not=why_not)
 
     def _trainer_plan(self, prepared: Prepared, commit):
-        """The training collator and the TrainerPlan: length grouping where describe() found it worth
-        it, the `packing` hyperparameter, the chunked loss (train/packing.py, loss.py) and the
-        checkpoint commit; each choice goes to metrics.json (Liger's was made with the arguments)."""
-        from .loss import plan_loss
-        from .packing import packed_padding_share, plan_packing
+        """The training collator and the TrainerPlan, from the run plan; its choices go to
+        metrics.json (Liger's was made with the arguments)."""
         from .trainer import TrainerPlan
 
-        data, engine, loaded = prepared.data, prepared.engine, prepared.model.loaded
-        padded = Collator(data.tokenizer.pad_token_id)
-        packing = plan_packing(self.config.packing, loaded.model, seq2seq=loaded.seq2seq,
+        plan, padded = prepared.plan, Collator(prepared.data.tokenizer.pad_token_id)
+        self.results.update(packing=plan.packing.report, liger_kernel=plan.liger, loss=plan.loss)
+        trainer_plan = TrainerPlan(length_grouping=plan.length_grouping, chunked_loss=plan.chunked_loss,
+                                   eval_collator=padded if plan.packed else None, checkpoint_commit=commit)
+        return (plan.packing.collator if plan.packed else padded), trainer_plan
+
+    # ------------------------------------------------------------------ the run plan (setup's last step)
+    def _plan_run(self, prepared: Prepared) -> RunPlan:
+        """What the later stages decide with: the engine's choices, the checkpoint writer, and for
+        SFT the batching (length grouping where describe() found it worth it), the `packing`
+        hyperparameter and the chunked loss (train/batching.py, packing.py, loss.py)."""
+        from .batching import describe
+        from .loss import plan_loss
+        from .packing import packed_padding_share, plan_packing
+
+        cfg, data, engine, loaded = self.config, prepared.data, prepared.engine, prepared.model.loaded
+        batching = describe(data.train_tokens.features, cfg.group_by_length, cfg.per_device_train_batch_size,
+                            distributed.world_size(), engine.args.data_seed)
+        packing = plan_packing(cfg.packing, loaded.model, seq2seq=loaded.seq2seq,
                                pad_id=data.tokenizer.pad_token_id, max_len=data.max_len)
-        self.results.update(packing=packing.report, liger_kernel=engine.liger, loss=plan_loss(
-            prepared.model.module, seq2seq=loaded.seq2seq, sharded=engine.sharded,
-            label_smoothing=self.config.label_smoothing_factor, liger_fused=engine.liger["enabled"]))
+        loss = plan_loss(prepared.model.module, seq2seq=loaded.seq2seq, sharded=engine.sharded,
+                         label_smoothing=cfg.label_smoothing_factor, liger_fused=engine.liger["enabled"])
         if packing.enabled:
             packing.report["padding_share"] = packed_padding_share(
-                data.train_tokens.features, packing.collator.capacity, self.results["batching"]["strategy"],
-                self.config.per_device_train_batch_size, distributed.world_size(), engine.args.data_seed)
-        plan = TrainerPlan(length_grouping=self.results["batching"]["strategy"] == "group_by_length",
-                           chunked_loss=self.results["loss"]["kind"] == "chunked",
-                           eval_collator=padded if packing.enabled else None, checkpoint_commit=commit)
-        return (packing.collator if packing.enabled else padded), plan
+                data.train_tokens.features, packing.collator.capacity, batching["strategy"],
+                cfg.per_device_train_batch_size, distributed.world_size(), engine.args.data_seed)
+        return dataclasses.replace(self._engine_plan(engine), batching=batching, packing=packing, loss=loss)
+
+    def _engine_plan(self, engine: EngineBundle) -> RunPlan:
+        """Checkpoints are written in the background (`async_checkpoint`) where a copy of the state
+        is all it takes: full fine-tuning, one host, no DeepSpeed or FSDP (their states are sharded)."""
+        sharded_state = bool(engine.ds_config) or engine.fsdp_active
+        why_not = ("async_checkpoint=false" if not self.config.async_checkpoint
+                   else "LoRA checkpoints are small" if self.config.use_lora
+                   else "DeepSpeed and FSDP write their own sharded checkpoints" if sharded_state
+                   else "several hosts" if distributed.nnodes() > 1 else "")
+        return RunPlan(parallelism=engine.parallelism, sharded_state=sharded_state, liger=engine.liger,
+                       checkpoint_writer_why_not=why_not)
 
     def _baseline_evaluation(self, engine: EngineBundle) -> None:
         """Validation loss, ROUGE and general knowledge of the untouched model."""
@@ -528,11 +548,11 @@ class Recipe:
         if engine.ds_config or engine.fsdp_active:
             # evaluate() before train() makes the Trainer build an inference engine that train()
             # then fails to turn into a training one (DeepSpeed) or wraps twice (FSDP)
-            log.warning("the validation loss before training is not measured under %s", self.results["parallelism"])
+            log.warning("the validation loss before training is not measured under %s", engine.parallelism)
             self.results["eval_before_skipped"] = "DeepSpeed/FSDP engines are built once per Trainer"
         else:
             before = self.trainer.evaluate(metric_key_prefix="eval_before")
-            self.results["eval_loss_before"] = before["eval_before_loss"]
+            self._measured(eval_loss_before=before["eval_before_loss"])
         self._generate_samples("before")
         self._check_knowledge("before")
 
@@ -541,12 +561,15 @@ class Recipe:
         self.results["peak_memory_gib"] = peak_memory_gib()
         if self.config.use_lora and not self.prepared.engine.sharded and output.global_step > 0:
             check_adapter_trained(self.trainer.accelerator.unwrap_model(self.trainer.model), output.global_step)
+        per_second = round(tokens / runtime, 1) if runtime else None
         self.results.update(train_loss=output.training_loss, train_runtime_s=round(runtime, 2),
                             steps=output.global_step, epochs=output.metrics.get("epoch"),
-                            train_tokens=tokens, train_tokens_per_second=round(tokens / runtime, 1) if runtime else None,
+                            train_tokens=tokens, train_tokens_per_second=per_second,
                             resumed_from=str(resume) if resume else None)
-        if has_cuda() and self.results["train_tokens_per_second"]:
-            self.results["mfu"] = self._mfu(self.results["train_tokens_per_second"])
+        self.outcome = dataclasses.replace(self.outcome, train_loss=output.training_loss, steps=output.global_step,
+                                           train_tokens_per_second=per_second)
+        if has_cuda() and per_second:
+            self.results["mfu"] = self._mfu(per_second)
 
     def _restore_finished(self, plan) -> None:
         """The checkpoint already reached max_steps: restore it (weights, state) without training."""
@@ -562,6 +585,12 @@ class Recipe:
         self.results.update(steps=plan.final_step, resumed_from=str(plan.checkpoint), train_loss=None,
                             already_trained=f"the checkpoints had reached max_steps={self.config.max_steps}: "
                                             "nothing was trained in this run")
+        self.outcome = dataclasses.replace(self.outcome, steps=plan.final_step, train_loss=None)
+
+    def _measured(self, **values) -> None:
+        """An evaluation loss into the outcome and, under the same key, into metrics.json."""
+        self.outcome = dataclasses.replace(self.outcome, **values)
+        self.results.update(values)
 
     def _mfu(self, tokens_per_second: float) -> float | None:
         """Model FLOPs utilization over all GPUs of the job (train/throughput.py)."""
@@ -579,18 +608,16 @@ class Recipe:
 
     # ------------------------------------------------------------------ evaluate
     def evaluate(self) -> dict:
-        results = self.results
         self._final_evaluation()
         self._score_tasks("after")
-        results["train_perplexity"] = metrics.perplexity(results.get("train_loss"))
+        self.results["train_perplexity"] = metrics.perplexity(self.outcome.train_loss)
         if is_main_process():
-            for name in ("train_loss", "train_perplexity", "eval_loss", "perplexity", *metrics.SCORE_KEYS):
-                if isinstance(results.get(name), (int, float)):
-                    metrics.print_metric(f"final_{name}", results[name])
-            if "eval_loss" in results:  # the line JumpStart's Llama metric definitions match
-                print(f" eval_ppl=tensor({results['perplexity']:.4f}) "
-                      f"eval_epoch_loss=tensor({results['eval_loss']:.4f})", flush=True)
-        return results
+            metrics.print_final_lines(self.results, ("train_loss", "train_perplexity", "eval_loss", "perplexity",
+                                                     *metrics.SCORE_KEYS))
+            if self.outcome.eval_loss is not None:  # the line JumpStart's Llama metric definitions match
+                print(f" eval_ppl=tensor({metrics.perplexity(self.outcome.eval_loss):.4f}) "
+                      f"eval_epoch_loss=tensor({self.outcome.eval_loss:.4f})", flush=True)
+        return self.results
 
     def _final_evaluation(self) -> None:
         """The validation loss of the model that is saved (SIGTERM stops it), what the recipe derives
@@ -601,16 +628,15 @@ class Recipe:
             return
         self.phases.begin("final evaluation")
         self.trainer.add_callback(StopFinalEvaluation(lambda: self.stop_if_asked(FINAL_EVALUATION_STOP)))
-        self.results["eval_loss"] = self.trainer.evaluate()["eval_loss"]
+        self._measured(eval_loss=self.trainer.evaluate()["eval_loss"])
         self.stop_if_asked(FINAL_EVALUATION_STOP)  # several ranks agree here, before generating
         self._after_final_loss()
         self._generate_samples("after")
         self._check_knowledge("after")
 
     def _after_final_loss(self) -> None:
-        results = self.results
-        results["perplexity_before"] = metrics.perplexity(results.get("eval_loss_before"))
-        results["perplexity"] = metrics.perplexity(results["eval_loss"])
+        self.results["perplexity_before"] = metrics.perplexity(self.outcome.eval_loss_before)
+        self.results["perplexity"] = metrics.perplexity(self.outcome.eval_loss)
 
     def _generation_ranks(self) -> str:
         """main: rank 0 generates alone (whole weights on every rank); all: every rank generates in
@@ -709,8 +735,8 @@ class Recipe:
 
         def record(task, result) -> None:
             if is_main_process():
-                scores = self.results.setdefault("evaluation", {}).setdefault(task.name, {})
-                scores[stage] = {k: v for k, v in result.items() if k != "details"}
+                self.results.setdefault("evaluation", {}).setdefault(task.name, {})[stage] = {
+                    k: v for k, v in result.items() if k != "details"}
                 metrics.print_metric(f"{'base' if stage == 'before' else 'final'}_eval_{task.name}", result["score"])
 
         with self._sharded_forward(view.model):
@@ -755,7 +781,7 @@ class Recipe:
             "base_model": model_name(model.base_path), "base_model_path": str(model.base_path) if adapter_only else None,
             "adapter_only": adapter_only, "data_format": data.format,
             "prompt": data.prompt.to_dict(), "max_input_length": data.max_len,
-            "hyperparameters": self.config.to_dict(), "metrics": _metric_summary(self.results),
+            "hyperparameters": self.config.to_dict(), "metrics": metrics.metric_summary(self.results),
         })
         self.writer.publish()
         self.phases.end()
@@ -765,7 +791,7 @@ class Recipe:
     def write_reports(self) -> None:
         out = self.paths.output_data_dir
         out.mkdir(parents=True, exist_ok=True)
-        (out / "metrics.json").write_text(json.dumps(self.results, indent=2, default=str) + "\n")
+        write_metrics(out / "metrics.json", self.results)  # through its schema (metrics_file.py), key for key
         if self.samples:
             (out / "samples.jsonl").write_text("".join(json.dumps(s) + "\n" for s in self.samples))
         history = getattr(self.trainer, "state", None)
@@ -787,13 +813,3 @@ def _prepare_checkpoint_staging(staging: Path) -> None:
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True, exist_ok=True)
     distributed.barrier()
-
-
-def _metric_summary(results: dict) -> dict:
-    keys = ("train_loss", "eval_loss_before", "eval_loss", "perplexity_before", "perplexity", *metrics.SCORE_KEYS,
-            "steps", "epochs")
-    summary = {k: results[k] for k in keys if k in results and not (isinstance(results[k], float) and math.isnan(results[k]))}
-    knowledge = {stage: r["score"] for stage, r in results.get("general_knowledge", {}).items()}
-    if knowledge:
-        summary["general_knowledge"] = knowledge
-    return summary

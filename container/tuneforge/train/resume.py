@@ -141,8 +141,7 @@ def run_identity(recipe) -> dict:
         "train_from_scratch": bool(cfg.train_from_scratch),
         # computed while tokenizing (data/arrow.py); hashing a memory-mapped dataset again costs ~20 s per 1 M rows
         "data": recipe.train_tokens.fingerprint or data_fingerprint(recipe.train_tokens.features),
-        # DDP and single-process checkpoints hold whole weights: either resumes the other
-        "engine": recipe.results.get("parallelism") if recipe.ds_config or recipe.fsdp_active else "plain",
+        "engine": recipe.plan.engine,  # train/plan.py: "plain" where checkpoints hold whole weights
     }
     if recipe.ds_config or recipe.fsdp_active:
         identity["world_size"] = distributed.world_size()
