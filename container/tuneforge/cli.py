@@ -160,7 +160,8 @@ def parser() -> argparse.ArgumentParser:
     tiny.add_argument("--output", required=True)
     tiny.set_defaults(func=_tiny_model)
     sample = sub.add_parser("sample-data", help="write sample train/validation channels")
-    sample.add_argument("--kind", default="instruction", choices=("instruction", "chat", "domain", "table"))
+    sample.add_argument("--kind", default="instruction", choices=("instruction", "chat", "domain", "table", "tickets",
+                                                                  "ticket-preferences"))
     sample.add_argument("--rows", type=int, default=320)
     sample.add_argument("--output", required=True)
     sample.set_defaults(func=_sample_data)

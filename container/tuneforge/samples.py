@@ -152,6 +152,31 @@ def ticket_rows(n: int, seed: int, *, replay_share: float = 0.0) -> list[dict]:
     return rows
 
 
+# Preference pairs on the same tickets (the SmolLM2 DPO test, docs/preference.md): the chosen answer
+# is the team's name alone, the rejected one what SmolLM2-135M-Instruct itself answers to the
+# ticket (greedy, 24 tokens: chatty, often off the task), bundled in ticket_answers.py. DPO on them
+# teaches the form of the answer the base lacks.
+TICKET_PREFERENCE_SETS = {"train": (64, 1), "validation": (16, 2)}  # split -> (tickets, ticket_rows seed)
+TICKETS_DPO_HYPERPARAMETERS = {
+    "training_method": "dpo", "learning_rate": "2e-4", "max_steps": "16", "per_device_train_batch_size": "8",
+    "lr_scheduler_type": "constant", "evaluation_strategy": "no", "load_best_model_at_end": "False",
+    "rouge_samples": "16", "max_output_length": "8", "logging_steps": "4",
+}
+
+
+def ticket_preference_rows(split: str, n: int | None = None) -> list[dict]:
+    """Conversational pairs of one split: the ticket in the user turn; chosen = the team, rejected =
+    the base model's own answer."""
+    from .ticket_answers import BASE_ANSWERS
+
+    count, seed = TICKET_PREFERENCE_SETS[split]
+    rows = []
+    for row, answer in zip(ticket_rows(count, seed)[:n], BASE_ANSWERS[split]):
+        user, team = row["messages"]
+        rows.append({"chosen": [user, team], "rejected": [user, {"role": "assistant", "content": answer}]})
+    return rows
+
+
 def ticket_task(n: int, seed: int) -> list[dict]:
     """Tickets the job never trains on, as generation items: the user turn and the team to answer."""
     return [{"messages": row["messages"][:1], "reference": row["messages"][1]["content"]}
@@ -200,6 +225,8 @@ def write_sample_data(kind: str, out_dir: Path, *, n_train: int = 320, n_val: in
             if name == "validation":  # held-out tickets as an evaluation task (docs/evaluation.md)
                 channels["evaluation"] = out_dir / "evaluation"
                 write_jsonl(channels["evaluation"] / "tickets.jsonl", ticket_task(n_val, seed=3))
+        elif kind == "ticket-preferences":  # the SmolLM2 DPO test's pairs (at most the bundled counts)
+            write_jsonl(folder / "pairs.jsonl", ticket_preference_rows(name, n))
         elif kind == "domain":
             (folder / "corpus.txt").write_text("\n".join(domain_text(n, seed)) + "\n")
         elif kind == "table":

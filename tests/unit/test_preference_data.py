@@ -247,3 +247,15 @@ def test_a_template_json_renders_text_pair_prompts_as_instruction_tuning_does(tm
     (folder / "pairs.jsonl").write_text(json.dumps({"question": "Sky?", "chosen": "a", "rejected": "b"}) + "\n")
     with pytest.raises(DataError, match="pairs.jsonl:1.*no field 'context', which template.json names"):
         read_channel(folder, parse_hyperparameters(DPO))
+
+
+def test_the_bundled_ticket_pairs_are_valid_conversational_preference_data(tmp_path):
+    """tuneforge sample-data --kind ticket-preferences: the team's name alone chosen over the base
+    model's own answer (bundled in ticket_answers.py), for every bundled ticket."""
+    from tuneforge.samples import TEAMS, write_sample_data
+
+    channels = write_sample_data("ticket-preferences", tmp_path, n_train=64, n_val=16)
+    for split, count in (("train", 64), ("validation", 16)):
+        data = read_channel(channels[split], parse_hyperparameters(DPO))
+        assert data.format == "preference" and len(data.examples) == count
+        assert all(e.conversational and e.completion in TEAMS and e.rejected.strip() not in TEAMS for e in data.examples)
