@@ -35,17 +35,18 @@ def merged_adapter(folder: Path, extract_to: Path, base_channel: Path | None) ->
 
 
 def find_adapter_base(folder: Path, base_channel: Path | None) -> Path:
-    """The `base_model` channel, else tuneforge.json base_model_path, else <folder>/base."""
-    from .modeling import find_model_root
-
+    """The `base_model` channel, else tuneforge.json base_model_path, else <folder>/base: the
+    shallowest folder holding config.json inside the first of them that has one."""
     metadata = ModelMetadata.read(folder)
     candidates = [("the base_model channel", base_channel),
                   ("tuneforge.json base_model_path", metadata.base_model_path if metadata else None),
                   ("<model channel>/base", folder / "base")]
     tried = []
     for label, path in candidates:
-        if path and Path(path).is_dir() and any(Path(path).rglob(CONFIG_FILE)):
-            return find_model_root(Path(path))
+        found = Path(path).rglob(CONFIG_FILE) if path and Path(path).is_dir() else []
+        configs = sorted(found, key=lambda p: len(p.parts))
+        if configs:  # plain folders only (no archive or GGUF here: modeling.find_model_root calls this module)
+            return configs[0].parent
         if path:
             tried.append(f"{label} = {path}")
     raise ModelError(f"the model channel holds only a LoRA adapter and its base model was not found (tried: "

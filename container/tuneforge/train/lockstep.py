@@ -13,6 +13,7 @@ the engine would, so no rank holds more than one module's whole weights beyond i
 from __future__ import annotations
 
 import contextlib
+import time
 
 
 @contextlib.contextmanager
@@ -58,8 +59,6 @@ def score_tasks(tasks, view, *, lockstep: bool, budget_s: float, max_new_tokens:
     rank (other ranks than a node's first get None from lm-eval's tasks). Under lockstep all ranks
     agree on stopping before each task, or the others would wait on its gathers forever. Returns the
     names left unscored because the budget ran out (empty when all ran or a stop was asked)."""
-    import time
-
     from ..evaluation.scoring import score_task
     from . import distributed
 
