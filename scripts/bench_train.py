@@ -37,8 +37,9 @@ directly, on the same random Llama, the same generated preference pairs (prompts
 chosen and rejected answers 5-150 each, skewed short; each side gets the pairs as tuneforge renders
 them), LoRA r=8 alpha 32 dropout 0.05 on q_proj,v_proj (the reference: the base with the adapter
 off, on both sides), beta 0.1, sigmoid loss, batch 8 pairs, max length 1024, 1 epoch, fp32, lr
-1e-4. The sides alternate (tuneforge, TRL, tuneforge, TRL, ...) for --repeats rounds, each in its
-own process. Tokens/s = tokens of prompt+chosen and prompt+rejected of every pair / time inside
+1e-4. tuneforge groups pairs of similar length into a batch (group_by_length, its default);
+tuneforge_dpo_random is the same job with random batches (the control). The sides alternate
+(tuneforge, tuneforge random, TRL, tuneforge, ...) for --repeats rounds, each in its own process. Tokens/s = tokens of prompt+chosen and prompt+rejected of every pair / time inside
 trainer.train(); s/step = that time / optimizer steps; peak RSS from wait4.
 """
 
@@ -231,7 +232,7 @@ def run_hf_grouped(base: Path, lora: bool) -> dict:
 
 
 # ------------------------------------------------------------------ DPO
-DPO_SIDES = ("tuneforge_dpo", "trl_dpo")
+DPO_SIDES = ("tuneforge_dpo", "tuneforge_dpo_random", "trl_dpo")  # _random: group_by_length=false, the control
 DPO_BETA = 0.1
 
 
@@ -268,10 +269,10 @@ def _pair_rows(base: Path):
     return tokenizer, rows, tokens
 
 
-def run_tuneforge_dpo(base: Path, lora: bool) -> dict:
+def run_tuneforge_dpo(base: Path, lora: bool, group_by_length: bool = True) -> dict:
     from tuneforge.train.launcher import run
 
-    hyperparameters = {"training_method": "dpo", "beta": str(DPO_BETA), "dpo_loss_type": "sigmoid", "peft_type": "lora",
+    hyperparameters = {"group_by_length": str(group_by_length), "training_method": "dpo", "beta": str(DPO_BETA), "dpo_loss_type": "sigmoid", "peft_type": "lora",
                        "lora_r": "8", "lora_alpha": "32", "lora_dropout": "0.05", "target_modules": "q_proj,v_proj",
                        "epoch": "1", "per_device_train_batch_size": str(BATCH), "learning_rate": str(LR),
                        "max_input_length": str(MAX_LEN), "validation_split_ratio": "0", "rouge_samples": "0",
@@ -280,7 +281,12 @@ def run_tuneforge_dpo(base: Path, lora: bool) -> dict:
     assert run(base) == 0, (base / "output" / "failure").read_text()
     metrics = json.loads((base / "output" / "data" / "metrics.json").read_text())
     return {"train_s": metrics["train_runtime_s"], "steps": metrics["steps"], "tokens": _pair_rows(base)[2],
-            "train_loss": metrics["train_loss"], "reward_accuracy": metrics.get("final_reward_accuracy")}
+            "train_loss": metrics["train_loss"], "reward_accuracy": metrics.get("final_reward_accuracy"),
+            "padding": metrics["batching"]["padding_share"]}
+
+
+def run_tuneforge_dpo_random(base: Path, lora: bool) -> dict:
+    return run_tuneforge_dpo(base, lora, group_by_length=False)
 
 
 def run_trl_dpo(base: Path, lora: bool) -> dict:
@@ -303,7 +309,8 @@ def run_trl_dpo(base: Path, lora: bool) -> dict:
 
 
 def dpo_bench(pairs: int, repeats: int) -> None:
-    """tuneforge's DPO job and TRL's DPOTrainer, alternating, `repeats` rounds."""
+    """tuneforge's DPO job (pairs grouped by length, its default), the same job with random batches
+    (the control) and TRL's DPOTrainer, alternating, `repeats` rounds."""
     runs = []
     with tempfile.TemporaryDirectory(prefix="bench-dpo-") as tmp:
         root = Path(tmp)
@@ -316,17 +323,20 @@ def dpo_bench(pairs: int, repeats: int) -> None:
     _print_machine()
     print(f"model: random Llama 512x8 (~26 M), LoRA r=8 alpha 32 on q_proj,v_proj; DPO beta {DPO_BETA} sigmoid; "
           f"{pairs} pairs, batch {BATCH} pairs, max length {MAX_LEN}, 1 epoch, fp32")
-    print("| side | round | tokens/s | pairs/s | s/step | train loop s | process wall s | peak RSS GiB | train loss |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| side | round | tokens/s | pairs/s | s/step | train loop s | process wall s | peak RSS GiB | padding | train loss |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for side, round_, r in runs:
+        padding = f"{r['padding']:.1%}" if "padding" in r else "-"
         print(f"| {side} | {round_} | {r['tokens_per_s']:,.1f} | {pairs / r['train_s']:.2f} | "
               f"{r['train_s'] / r['steps']:.2f} | {r['train_s']:.1f} | {r['wall_s']:.1f} | {r['peak_rss_gib']:.2f} | "
-              f"{r['train_loss']:.4f} |")
+              f"{padding} | {r['train_loss']:.4f} |")
     mean = {side: {key: sum(r[key] for s, _, r in runs if s == side) / repeats for key in ("tokens_per_s", "peak_rss_gib")}
             for side in DPO_SIDES}
-    ours, theirs = mean["tuneforge_dpo"], mean["trl_dpo"]
-    print(f"tuneforge_dpo/trl_dpo (means of {repeats} rounds): tokens/s x{ours['tokens_per_s'] / theirs['tokens_per_s']:.2f}, "
-          f"peak RSS x{ours['peak_rss_gib'] / theirs['peak_rss_gib']:.2f}")
+    theirs = mean["trl_dpo"]
+    for side in ("tuneforge_dpo", "tuneforge_dpo_random"):
+        ours = mean[side]
+        print(f"{side}/trl_dpo (means of {repeats} rounds): tokens/s x{ours['tokens_per_s'] / theirs['tokens_per_s']:.2f}, "
+              f"peak RSS x{ours['peak_rss_gib'] / theirs['peak_rss_gib']:.2f}")
 
 
 # ------------------------------------------------------------------ loss memory

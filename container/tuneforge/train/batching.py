@@ -46,10 +46,30 @@ def column_lengths(features, key: str) -> list[int]:
     return [len(f[key]) for f in features]
 
 
+PAIR_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")  # TRL's tokenized preference pairs
+
+
+def padded_sequences(features) -> list[list[tuple[int, ...]]]:
+    """Per tensor a batch is padded into, the sequences each row puts in it: SFT rows pad their
+    input ids and their labels (one each); a TRL preference pair puts prompt+chosen and
+    prompt+rejected into one tensor (DPOTrainer's collator pads both halves to one length)."""
+    if all(key in _columns(features) for key in PAIR_COLUMNS):
+        prompt, chosen, rejected = (column_lengths(features, key) for key in PAIR_COLUMNS)
+        return [[(p + c, p + r) for p, c, r in zip(prompt, chosen, rejected)]]
+    return [[(n,) for n in column_lengths(features, key)] for key in ("input_ids", "labels")]
+
+
+def _columns(features) -> list[str]:
+    if hasattr(features, "column_names"):
+        return list(features.column_names)
+    return list(features[0]) if len(features) else []
+
+
 def row_lengths(features) -> list[int]:
-    """What padding a row costs: its input ids plus its labels (equal lengths in causal models,
-    so the order is the input length's; encoder and decoder lengths in seq2seq)."""
-    return [a + b for a, b in zip(column_lengths(features, "input_ids"), column_lengths(features, "labels"))]
+    """What padding a row costs: the longest sequence it puts in each padded tensor, summed (SFT:
+    input ids plus labels, equal in causal models, so the order is the input length's; a pair:
+    prompt plus its longer answer)."""
+    return [sum(max(seqs) for seqs in row) for row in zip(*padded_sequences(features))]
 
 
 class LengthGroupedSampler(Sampler[int]):
@@ -92,13 +112,12 @@ class LengthGroupedSampler(Sampler[int]):
 
 
 def padding_share(features, order: list[int], batch_size: int) -> float:
-    """Share of the padded positions (input ids and labels) that hold padding, for `order` cut
-    into batches of `batch_size` rows."""
+    """Share of the padded positions that hold padding, for `order` cut into batches of
+    `batch_size` rows (every padded tensor of the batch: padded_sequences)."""
     real = padded = 0
-    for key in ("input_ids", "labels"):
-        lengths = column_lengths(features, key)
+    for tensor in padded_sequences(features):
         for start in range(0, len(order), batch_size):
-            sizes = [lengths[i] for i in order[start:start + batch_size]]
+            sizes = [n for i in order[start:start + batch_size] for n in tensor[i]]
             real += sum(sizes)
             padded += max(sizes) * len(sizes)
     return 1 - real / padded if padded else 0.0

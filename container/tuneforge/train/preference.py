@@ -21,7 +21,7 @@ from ..data.registry import FORMATS
 from ..errors import DataError
 from ..model_folder import ModelMetadata
 from ..modeling import resolve_base_model
-from . import metrics
+from . import distributed, metrics
 from .preference_data import preference_rows
 from .preference_methods import method_trainer, reference_kind
 from .preference_metrics import (PreferenceMetricLines, PreferenceProgressLines, final_reward_metrics,
@@ -128,8 +128,20 @@ class PreferenceRecipe(Recipe):
         return dataclasses.replace(bundle, module=bundle.module.unload())
 
     def _plan_run(self, prepared):
-        """The engine's choices and the checkpoint writer; TRL batches and computes the loss itself."""
-        return self._engine_plan(prepared.engine)
+        """The engine's choices and the checkpoint writer; for DPO also the batching: pairs of similar
+        length share a batch (train/batching.py) where random batches would be >= 15 % padding, as
+        for SFT. TRL computes the loss itself; KTO pairs rows with their batch neighbours, and ORPO
+        and SimPO batch as TRL does."""
+        from .batching import describe
+        from .preference_data import pair_token_ids
+
+        cfg, plan = self.config, self._engine_plan(prepared.engine)
+        if cfg.training_method != "dpo":
+            return plan
+        batching = describe(pair_token_ids(prepared.data.train_tokens.features, prepared.data.tokenizer),
+                            cfg.group_by_length, cfg.per_device_train_batch_size, distributed.world_size(),
+                            prepared.engine.args.data_seed)
+        return dataclasses.replace(plan, batching=batching)
 
     def _plan_liger(self, model_config, seq2seq: bool) -> dict:
         """Off: TRL's preference trainers would swap in Liger's own preference losses."""
@@ -155,10 +167,13 @@ class PreferenceRecipe(Recipe):
                                       **({"loss_type": cfg.dpo_loss_type, "label_smoothing": cfg.label_smoothing}
                                          if cfg.training_method == "dpo" else {}),
                                       **({"simpo_gamma": cfg.simpo_gamma} if cfg.training_method == "simpo" else {})}
+        if prepared.plan.batching:
+            self.results["batching"] = prepared.plan.batching
         trainer = tuneforge_trainer_class(trainer_class)(
             model=prepared.model.module, args=args, train_dataset=data.train_tokens.features,
             eval_dataset=data.val_tokens.features if data.val_tokens else None, processing_class=data.tokenizer,
-            callbacks=callbacks, peft_config=self.lora_config, plan=TrainerPlan(checkpoint_commit=kept.commit))
+            callbacks=callbacks, peft_config=self.lora_config,
+            plan=TrainerPlan(checkpoint_commit=kept.commit, length_grouping=prepared.plan.length_grouping))
         return trainer, kept
 
     # ------------------------------------------------------------------ evaluation

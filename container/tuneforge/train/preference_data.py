@@ -73,3 +73,20 @@ def preference_rows(examples: list, tokenizer, prompt_format, identity: dict) ->
                  for r in rows)
     features = Dataset.from_list([{k: r[k] for k in columns} for r in rows])
     return PreferenceRows(features=features, fingerprint=f"preference-{digest}", tokens=tokens, sequences=len(rows))
+
+
+def pair_token_ids(features, tokenizer) -> list[dict]:
+    """The pairs tokenized as TRL's DPOTrainer tokenizes rendered text pairs (trl 1.16): an EOS
+    appended to answers without one, prompt+answer tokenized whole and the answer starting where
+    it and the prompt alone diverge. Setup plans the batching on these before TRL tokenizes."""
+    from trl.data_utils import common_prefix_length
+
+    eos, rows = tokenizer.eos_token or "", []
+    for row in features:
+        prompt = tokenizer(text=row["prompt"])["input_ids"]
+        whole = {key: tokenizer(text=row["prompt"] + (row[key] if row[key].endswith(eos) else row[key] + eos))["input_ids"]
+                 for key in ("chosen", "rejected")}
+        start = min(common_prefix_length(prompt, ids) for ids in whole.values())
+        rows.append({"prompt_ids": prompt[:start], "chosen_ids": whole["chosen"][start:],
+                     "rejected_ids": whole["rejected"][start:]})
+    return rows
