@@ -78,7 +78,7 @@ class TrainConfig(SageMakerHyperparameters):
     early_stopping_patience: Int = hp(3, "Stop after this many evaluations without improvement; 0 = off.", ge=0)
     early_stopping_threshold: Float = hp(0.0, "Smallest validation-loss drop that counts as improvement.", ge=0.0)
     dataloader_num_workers: Int = hp(0, "DataLoader worker processes.", ge=0)
-    group_by_length: Flag = hp(True, "Batch rows of similar length together where random batches would be >= 15 % padding (shuffled mega-batches sorted by length, batches in random order, every row once per epoch): far less padding, same per-token loss. False = plain random batches.")
+    group_by_length: Flag = hp(True, "Batch rows (and DPO pairs) of similar length together where random batches would be >= 15 % padding (shuffled mega-batches sorted by length, batches in random order, every row once per epoch): far less padding, same per-token loss. False = plain random batches.")
     packing: TriState = hp("auto", "Pack rows into padding-free bins (position_ids restart per row; attention never crosses a row): auto = where the attention kernel makes it faster (FlashAttention varlen on GPUs), true = always, false = never. metrics.json records the choice.")
     liger_kernel: TriState = hp("auto", "Liger's fused Triton kernels (RMSNorm, RoPE, SwiGLU, fused linear cross-entropy) on CUDA: auto = when installed and the family is supported, true = required, false = off.")
     # --- model ---
