@@ -28,8 +28,11 @@ def test_lora_dpo_under_deepspeed_learns_the_pairs_and_saves_whole_weights(job, 
     assert metrics["parallelism"] == f"deepspeed {stage}" and metrics["steps"] == 8, metrics["parallelism"]
     assert metrics["final_reward_accuracy"] == 1.0 and metrics["final_reward_margin"] > 0, metrics
     assert "[metric] final_reward_accuracy=1.000000" in log
-    if stage == "zero2":  # rank 0 holds whole weights: the policy is scored before and after
-        assert metrics["preference_accuracy"]["after"] == {"accuracy": 1.0, "pairs": 16}, metrics["preference_accuracy"]
+    # scored before and after: rank 0 alone on whole weights (ZeRO-2), every rank in lockstep on ZeRO-3's shards
+    accuracy = metrics["preference_accuracy"]
+    assert accuracy["before"] == {"accuracy": 0.0, "pairs": 16} and accuracy["after"] == {"accuracy": 1.0, "pairs": 16}
+    samples = [json.loads(line) for line in (job.base / "output" / "data" / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 2 and all(s["before"] is not None and s["after"] is not None for s in samples), samples
     # model/ holds whole merged weights that prefer every chosen answer, through the saved prompt
     model = AutoModelForCausalLM.from_pretrained(job.model_dir, dtype=torch.float32).eval()
     tokenizer = AutoTokenizer.from_pretrained(job.model_dir)

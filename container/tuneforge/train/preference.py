@@ -181,33 +181,42 @@ class PreferenceRecipe(Recipe):
         if self.trainer.eval_dataset is None:
             return
         self.phases.begin("baseline evaluation")
-        self._record_preference_accuracy("before")  # rank 0 on whole weights; not under ZeRO-3/FSDP
+        self._record_preference_accuracy("before")
         self._generate_samples("before")
         self._check_knowledge("before")
 
     def _record_preference_accuracy(self, stage: str) -> None:
-        """log p(chosen) > log p(rejected) under the policy, on the validation pairs (rank 0)."""
+        """log p(chosen) > log p(rejected) under the policy, on the validation pairs: rank 0 alone on
+        whole weights, every rank in lockstep on ZeRO-3/FSDP shards (train/lockstep.py)."""
         data = self.prepared.data
-        if not is_main_process() or not data.val_examples or self._generation_ranks() != "main" \
-                or "chosen" not in data.val_examples[0]:  # unpaired (KTO) rows have no pair to compare
+        if not data.val_examples or "chosen" not in data.val_examples[0]:  # unpaired (KTO) rows: no pairs
             return
-        result = preference_accuracy(self._live_model(), data.tokenizer, data.val_examples, data.max_len)
+        if self._generation_ranks() == "main" and not is_main_process():
+            return
+        model = self._live_model()
+        with self._sharded_forward(model):
+            result = preference_accuracy(model, data.tokenizer, data.val_examples, data.max_len)
+        if not is_main_process():
+            return
         self.results.setdefault("preference_accuracy", {})[stage] = result
         log.info("preference accuracy %s training (log p(chosen) > log p(rejected)): %s on %d validation pairs",
                  stage, result["accuracy"], result["pairs"])
 
     def _generate_samples(self, stage: str) -> None:
-        """Greedy answers to the validation prompts before and after, the chosen answer as reference."""
+        """Greedy answers to the validation prompts before and after, the chosen answer as reference
+        (every rank in lockstep where the weights are sharded)."""
         data = self.prepared.data
-        if self.config.rouge_samples == 0 or not data.val_examples or not is_main_process() \
-                or self._generation_ranks() != "main":
+        if self.config.rouge_samples == 0 or not data.val_examples:
+            return
+        if self._generation_ranks() == "main" and not is_main_process():
             return
         eos = data.tokenizer.eos_token or ""  # a chat answer is rendered up to the template's end marker
         references = [(r["prompt"], _answer_text(r.get("chosen", r.get("completion")), eos)) for r in data.val_examples
                       if r.get("label", True)]  # unpaired rows: the desirable answers are the references
         pairs = references[:self.config.rouge_samples]
         answers = self._greedy_answers([p for p, _ in pairs], self.config.max_output_length)
-        self._record_samples(stage, pairs[:len(answers)], answers)
+        if is_main_process():
+            self._record_samples(stage, pairs[:len(answers)], answers)
 
     def _after_final_loss(self) -> None:  # no perplexity: exp of a preference loss is none
         self._record_preference_accuracy("after")
