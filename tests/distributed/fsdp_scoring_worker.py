@@ -13,7 +13,7 @@ from torch.distributed.fsdp import fully_shard
 from tuneforge.evaluation.tasks import load_tasks
 from tuneforge.serve.loader import load_model
 from tuneforge.serve.settings import ServeSettings
-from tuneforge.train.lockstep import score_tasks, sharded_forward
+from tuneforge.llm.lockstep import score_tasks, sharded_forward
 
 
 def main(model_dir: str, tasks_dir: str, out: str) -> None:

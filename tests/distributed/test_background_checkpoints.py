@@ -12,10 +12,10 @@ import torch
 from safetensors.torch import load_file
 from transformers import TrainerControl, TrainerState, TrainingArguments
 
-from tuneforge.train import background_checkpoints
-from tuneforge.train.background_checkpoints import CheckpointWriter, snapshot, storage_bytes
-from tuneforge.train.callbacks import CommitCheckpoints
-from tuneforge.train.checkpoints import MARKER, complete_checkpoints
+from tuneforge.job import background_checkpoints
+from tuneforge.job.background_checkpoints import CheckpointWriter, snapshot, storage_bytes
+from tuneforge.llm.callbacks import CommitCheckpoints
+from tuneforge.job.checkpoints import MARKER, complete_checkpoints
 
 
 def _deferring_writer() -> CheckpointWriter:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tuneforge.train.plan import Outcome, RunPlan
+from tuneforge.llm.plan import Outcome, RunPlan
 
 TRAIN = Path(__file__).resolve().parents[2] / "container" / "tuneforge" / "train"
 DECIDING = ("recipe.py", "preference.py", "resume.py")

@@ -356,7 +356,7 @@ def test_known_noise_is_dropped_and_nothing_else(caplog):
         ("DeepSpeed", "Setting accelerator to CUDA", True),
         ("transformers.trainer_callback", "early stopping required metric_for_best_model, but did not find eval_bleu", True),
         ("bitsandbytes.backends.cpu.ops", "some other bitsandbytes warning", True),
-        ("tuneforge.train.recipe", "Failed to load CPU gemm_4bit_forward from kernels-community", True),
+        ("tuneforge.llm.recipe", "Failed to load CPU gemm_4bit_forward from kernels-community", True),
     ]
     for name, message, kept in cases:
         logger = logging.getLogger(name)
@@ -397,7 +397,7 @@ def _state(step, total, epoch, tokens):
 
 
 def test_one_line_per_logging_step_and_per_evaluation(capsys, monkeypatch):
-    from tuneforge.train import callbacks
+    from tuneforge.llm import callbacks
 
     now = [100.0]  # a clock that moves only where the test moves it, however often it is read
     monkeypatch.setattr(callbacks.time, "monotonic", lambda: now[0])

@@ -13,7 +13,7 @@ import inspect
 import pytest
 from transformers import Trainer
 
-from tuneforge.train.trainer import TuneforgeTrainerMixin
+from tuneforge.llm.trainer import TuneforgeTrainerMixin
 
 from .test_lock import REPO, pins
 

@@ -41,7 +41,7 @@ class TokenizedData:
     completion_lost: list[str] = field(default_factory=list)  # rows left with only EOS to learn
     long_rows: list[str] = field(default_factory=list)  # rows cut to a character budget before tokenizing
     tail_tokens_dropped: int = 0  # domain text: the short last block that was left out
-    fingerprint: str | None = None  # train/resume.py's data_fingerprint of the input ids, where it was computed
+    fingerprint: str | None = None  # llm/identity.py's data_fingerprint of the input ids, where it was computed
 
     def __post_init__(self):
         self.sequences = self.sequences or len(self.features)

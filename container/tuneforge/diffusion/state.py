@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from ..train import checkpoints as ckpt
-from ..train.resume import _supersede, check_loads_weights_only, differences
+from ..job import checkpoints as ckpt
+from ..job.resume import supersede, check_loads_weights_only, differences
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ def find(paths, ident: dict) -> Path | None:
     recorded = ckpt.read_manifest(latest).get("identity") or {}
     reasons = differences(recorded, ident)
     if reasons:
-        _supersede(paths.checkpoint_dir, reasons)
+        supersede(paths.checkpoint_dir, reasons)
         return None
     check_loads_weights_only(latest)
     return latest

@@ -72,7 +72,7 @@ def loglikelihood(model, tokenizer, context: str, continuation: str) -> float:
 
 
 def _generation(task: Task, loaded, max_new_tokens: int) -> dict:
-    from ..train import metrics
+    from ..llm import metrics
 
     prompts = [render_item(item, loaded, f"{task.path}:{i + 1}") for i, item in enumerate(task.items)]
     answers = metrics.generate(loaded.model, loaded.tokenizer, prompts, seq2seq=loaded.seq2seq,
@@ -82,7 +82,7 @@ def _generation(task: Task, loaded, max_new_tokens: int) -> dict:
 
 def generation_scores(task: Task, prompts: list, answers: list[str]) -> dict:
     """Exact match and ROUGE-L of the answers against the items' references (ROUGE-L is the score)."""
-    from ..train import metrics
+    from ..llm import metrics
 
     references = [item["reference"] for item in task.items]
     # a character cut short by the token limit: decoded as U+FFFD here, held back by a server

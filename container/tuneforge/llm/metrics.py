@@ -11,6 +11,7 @@ import math
 
 import torch
 
+from ..job.metric_lines import print_metric  # noqa: F401 - the recipe's metric lines
 from ..prompt import encode_prompt, render_chat
 
 ROUGE_KEYS = ("rouge1", "rouge2", "rougeL", "rougeLsum")
@@ -21,11 +22,6 @@ def perplexity(loss: float | None) -> float | None:
     if loss is None:
         return None
     return math.exp(min(loss, 50.0))
-
-
-def print_metric(name: str, value: float, **context) -> None:
-    extra = "".join(f" {k}={v}" for k, v in context.items())
-    print(f"[metric] {name}={value:.6f}{extra}", flush=True)
 
 
 def generation_pairs(examples, tokenizer, prompt_format, limit: int) -> list[tuple[str, str]]:

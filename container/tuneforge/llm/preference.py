@@ -84,7 +84,7 @@ class PreferenceRecipe(Recipe):
     def _preflight(self, data: DataBundle, engine: EngineBundle, model_config) -> None:
         """On GPUs: the SFT estimate for twice the batch (chosen and rejected go through together), plus
         the frozen reference copy that full fine-tuning keeps unless precompute_ref_log_probs."""
-        from ..preflight import PlanInputs, preflight
+        from .preflight import PlanInputs, preflight
 
         cfg = self.config
         inputs = PlanInputs(config=cfg, dtype=engine.dtype, fsdp_active=engine.fsdp_active)
@@ -93,7 +93,7 @@ class PreferenceRecipe(Recipe):
             return
         estimate = need.total / 2**30
         if not cfg.use_lora and not cfg.precompute_ref_log_probs:
-            from ..preflight import config_dim
+            from .preflight import config_dim
 
             copy = 2 * 12 * config_dim(model_config, "num_hidden_layers", "n_layer", "num_layers") * \
                 config_dim(model_config, "hidden_size", "n_embd", "d_model") ** 2 / 2**30

@@ -32,11 +32,11 @@ from ..errors import DataError, ResourceError
 from ..modeling import (apply_lora, count_parameters, has_cuda, load_model, load_tokenizer, pick_dtype,
                         read_model_config, resolve_base_model)
 from ..prompt import PromptFormat
-from . import distributed
+from ..job import distributed
 from . import metrics
-from . import stopping
-from .artifacts import ModelWriter
-from .checkpoints import common_latest_checkpoint, staging_dir
+from ..job import stopping
+from ..job.artifacts import ModelWriter
+from ..job.checkpoints import common_latest_checkpoint, staging_dir
 from .plan import Outcome, RunPlan
 
 log = logging.getLogger(__name__)
@@ -189,7 +189,7 @@ class Recipe:
             return self._run_and_gate()
 
     def _run_and_gate(self) -> dict:
-        from .resume import weights_only_loads
+        from ..job.resume import weights_only_loads
 
         try:
             with weights_only_loads():  # checkpoints come from S3: no torch.load may run code (resume.py)
@@ -381,7 +381,7 @@ class Recipe:
 
     def _preflight(self, data: DataBundle, engine: EngineBundle, model_config) -> None:
         """On GPUs, the memory estimate before loading the weights (preflight.py)."""
-        from ..preflight import PlanInputs, preflight
+        from .preflight import PlanInputs, preflight
         from .batching import column_lengths
 
         longest = max(column_lengths(data.train_tokens.features, "input_ids"), default=data.max_len)
@@ -436,7 +436,8 @@ class Recipe:
 
     # ------------------------------------------------------------------ train
     def train(self) -> None:
-        from .resume import plan_resume, run_identity
+        from ..job.resume import plan_resume
+        from .identity import run_identity
 
         prepared = self.prepared
         self.trainer, callbacks = self._trainer(prepared)
@@ -491,7 +492,7 @@ class Recipe:
         return trainer, kept
 
     def _checkpoint_writer(self):
-        from .background_checkpoints import CheckpointWriter
+        from ..job.background_checkpoints import CheckpointWriter
 
         why_not = self.prepared.plan.checkpoint_writer_why_not
         return CheckpointWriter(enabled=not why_not, why_not=why_not)
@@ -594,7 +595,7 @@ class Recipe:
 
     def _mfu(self, tokens_per_second: float) -> float | None:
         """Model FLOPs utilization over all GPUs of the job (train/throughput.py)."""
-        from ..preflight import config_dim
+        from .preflight import config_dim
         from .throughput import flops_per_token, mfu
 
         model, train_tokens = self.prepared.model, self.prepared.data.train_tokens
