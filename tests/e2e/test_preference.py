@@ -84,7 +84,7 @@ def _greedy(model_dir, prompt: dict, text: str, tokens: int) -> str:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tuneforge.prompt import PromptFormat, encode_prompt
+    from tuneforge.data.prompt import PromptFormat, encode_prompt
 
     tokenizer, model = AutoTokenizer.from_pretrained(model_dir), AutoModelForCausalLM.from_pretrained(model_dir)
     ids = encode_prompt(tokenizer, PromptFormat.from_dict(prompt).render_text(text), seq2seq=False)

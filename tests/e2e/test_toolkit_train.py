@@ -61,7 +61,7 @@ def test_tiny_llama_learns_an_instruction_task_through_train(job, tiny):
     # model/ reloads with the Auto classes and answers a validation question
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tuneforge.prompt import PromptFormat, encode_prompt
+    from tuneforge.data.prompt import PromptFormat, encode_prompt
 
     meta = json.loads((job.model_dir / "tuneforge.json").read_text())
     assert meta["adapter_only"] is False and meta["data_format"] == "instruction"

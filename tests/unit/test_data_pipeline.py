@@ -10,7 +10,7 @@ import pytest
 from tuneforge.config import parse_hyperparameters
 from tuneforge.data import arrow, read_channel, tokenize_examples
 from tuneforge.data.formats import Example
-from tuneforge.prompt import PromptFormat
+from tuneforge.data.prompt import PromptFormat
 from tuneforge.samples import write_sample_data
 from tuneforge.llm.batching import column_lengths, describe, row_lengths
 from tuneforge.llm.packing import packed_padding_share

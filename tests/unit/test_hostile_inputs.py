@@ -91,7 +91,7 @@ def _chat_example():
 
 def _tokenize(tokenizer, chat_template=None):
     from tuneforge.data import tokenize_examples
-    from tuneforge.prompt import PromptFormat
+    from tuneforge.data.prompt import PromptFormat
 
     prompt = PromptFormat(kind="chat", prompt_template="", completion_template="", chat_template=chat_template)
     return tokenize_examples([_chat_example()], tokenizer, prompt, max_len=64, max_out=16, seq2seq=False)
@@ -151,7 +151,7 @@ def test_a_chat_template_that_runs_too_long_fails_naming_it_and_the_limit(tiny, 
 
     from transformers import AutoTokenizer
 
-    from tuneforge import prompt
+    from tuneforge.data import prompt
     from tuneforge.errors import HyperparameterError
 
     monkeypatch.setattr(prompt, "RENDER_SECONDS", 0.5)
@@ -178,7 +178,7 @@ def test_a_looping_chat_template_is_stopped_in_any_thread(tiny, monkeypatch):
 
     from transformers import AutoTokenizer
 
-    from tuneforge import prompt
+    from tuneforge.data import prompt
     from tuneforge.errors import HyperparameterError
 
     monkeypatch.setattr(prompt, "RENDER_SECONDS", 0.5)
@@ -202,7 +202,7 @@ def test_a_looping_chat_template_is_stopped_in_any_thread(tiny, monkeypatch):
 def test_a_chat_template_whose_output_is_too_long_fails_naming_it_and_the_limit(tiny, monkeypatch):
     from transformers import AutoTokenizer
 
-    from tuneforge import prompt
+    from tuneforge.data import prompt
     from tuneforge.errors import HyperparameterError
 
     monkeypatch.setattr(prompt, "MAX_RENDERED_CHARS", 1000)

@@ -1,6 +1,6 @@
 """The general-knowledge check: questions asked the way the fine-tune was trained, scored by word."""
 
-from tuneforge.prompt import DEMARCATION_KEY, DOLLY_TEMPLATE, PromptFormat
+from tuneforge.data.prompt import DEMARCATION_KEY, DOLLY_TEMPLATE, PromptFormat
 from tuneforge.llm import knowledge
 
 

@@ -9,7 +9,7 @@ from tuneforge.errors import ModelError
 from tuneforge.model_folder import (FORMAT_VERSION, METADATA_FILE, ModelMetadata, check_weights, choose_dtype,
                                     config_context_length, context_length, holds_weights, is_adapter_only,
                                     is_complete)
-from tuneforge.prompt import PromptFormat
+from tuneforge.data.prompt import PromptFormat
 from tuneforge.job.artifacts import ModelWriter
 
 

@@ -218,7 +218,7 @@ def test_domain_blocks_record_where_each_document_starts(tiny):
     from transformers import AutoTokenizer
 
     from tuneforge.data import Example, tokenize_examples
-    from tuneforge.prompt import PromptFormat
+    from tuneforge.data.prompt import PromptFormat
 
     tokenizer = AutoTokenizer.from_pretrained(tiny("llama"))
     texts = ["The lime is green. " * n for n in (3, 11, 1, 6, 2)]

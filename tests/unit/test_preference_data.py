@@ -147,7 +147,7 @@ def test_conversation_pairs_render_as_sft_chat_renders_the_same_conversation(tmp
     the template's EOS ending the answer (TRL adds none after it)."""
     from transformers import AutoTokenizer
 
-    from tuneforge.prompt import chat_segments
+    from tuneforge.data.prompt import chat_segments
     from tuneforge.tiny import tiny_model
     from tuneforge.llm.preference_data import render_pair
 
@@ -172,7 +172,7 @@ def test_conversational_unpaired_rows_render_as_sft_chat_renders_them(tmp_path):
     prompt format, the prompt and answer the pieces chat fine-tuning trains on."""
     from transformers import AutoTokenizer
 
-    from tuneforge.prompt import chat_segments
+    from tuneforge.data.prompt import chat_segments
     from tuneforge.tiny import tiny_model
     from tuneforge.llm.preference_data import render_pair
 
@@ -230,7 +230,7 @@ def test_check_job_refuses_unpaired_rows_for_sft_before_any_model_loads(tmp_path
 
 
 def test_a_template_json_renders_text_pair_prompts_as_instruction_tuning_does(tmp_path):
-    from tuneforge.prompt import PromptFormat
+    from tuneforge.data.prompt import PromptFormat
 
     rows = [{"question": "Sky?", "context": "Look up.", "chosen": "Blue.", "rejected": "Red."}]
     folder = _channel(tmp_path, rows)

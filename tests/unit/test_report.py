@@ -327,7 +327,7 @@ def _png_size(png: bytes) -> tuple[int, int]:
 
 def test_changes_are_rounded_as_their_values_and_shares_only_where_they_mean_something():
     from tuneforge.report.doc import fmt_change
-    from tuneforge.report.sections import _change
+    from tuneforge.report.doc import change_cell as _change
 
     assert _change(902.8073, 195.6027, True, 2).text == "-707.20 (-78.3%)"  # perplexity: 2 decimals
     assert _change(0.045, 1.0, False).text == "+0.9550"  # a score: no "+2122%"

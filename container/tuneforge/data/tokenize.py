@@ -19,7 +19,7 @@ from typing import Callable
 import torch
 
 from ..errors import DataError
-from ..prompt import chat_segments, encode_chat, encode_prompt, token_ids
+from .prompt import chat_segments, encode_chat, encode_prompt, token_ids
 from .registry import data_format
 
 IGNORE = -100

@@ -28,10 +28,20 @@ def check_channels(paths, config) -> None:  # noqa: ARG001
     paths.train_channel()  # two training channels fail here, before any process starts
 
 
-def run(paths, config, raw: dict) -> None:
+def recipe_class(config):
+    """training_method picks the recipe: sft is llm/recipe.py's Recipe, the preference methods
+    (dpo, orpo, simpo, kto) llm/preference.py's PreferenceRecipe, a Recipe subclass."""
+    if getattr(config, "training_method", "sft") != "sft":
+        from .preference import PreferenceRecipe
+
+        return PreferenceRecipe
     from .recipe import Recipe
 
-    Recipe(paths, config, raw).run()
+    return Recipe
+
+
+def run(paths, config, raw: dict) -> None:
+    recipe_class(config)(paths, config, raw).run()
 
 
 def model_present(model_dir) -> bool:

@@ -14,7 +14,7 @@ import torch
 from transformers import TrainerCallback
 
 from ..logs import format_duration
-from ..prompt import encode_prompt, token_ids
+from ..data.prompt import encode_prompt, token_ids
 from ..job.metric_lines import metric_fields
 from .callbacks import MetricLines
 from .metrics import print_metric

@@ -31,7 +31,7 @@ from ..data.registry import data_format
 from ..errors import DataError, ResourceError
 from ..modeling import (apply_lora, count_parameters, has_cuda, load_model, load_tokenizer, pick_dtype,
                         read_model_config, resolve_base_model)
-from ..prompt import PromptFormat
+from ..data.prompt import PromptFormat
 from ..job import distributed
 from . import metrics
 from ..job import stopping
@@ -156,14 +156,6 @@ def resolve_max_length(config, tokenizer, model_config) -> int:
 
 
 class Recipe:
-    def __new__(cls, paths: Paths | None = None, config=None, raw_hyperparameters: dict | None = None):
-        """training_method picks the recipe: sft is this class, dpo train/preference.py's PreferenceRecipe."""
-        if cls is Recipe and getattr(config, "training_method", "sft") != "sft":
-            from .preference import PreferenceRecipe
-
-            cls = PreferenceRecipe
-        return super().__new__(cls)
-
     def __init__(self, paths: Paths, config, raw_hyperparameters: dict | None = None):
         from ..report.jobfacts import hyperparameter_facts
 
