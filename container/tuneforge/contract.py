@@ -209,7 +209,7 @@ class Paths:
 
     def parsed_config_file(self, owner: str) -> Path:
         """Where the launcher `owner` leaves the parsed hyperparameters for its children
-        (train/job_config.py); outside model/ and output/, removed when they are done."""
+        (job/job_config.py); outside model/ and output/, removed when they are done."""
         return self.base / ".tuneforge-config" / f"{owner}.json"
 
     def read_hyperparameters(self) -> dict[str, str]:

@@ -1,6 +1,6 @@
 """Run by torchrun (2 CPU processes, gloo) from test_evaluation_fsdp.py: the tiny model sharded
 with FSDP2 (fully_shard per decoder layer and at the root, as accelerate wraps it for a job)
-scores a tasks folder through train/lockstep.py, every rank in lockstep; rank 0 writes the
+scores a tasks folder through llm/lockstep.py, every rank in lockstep; rank 0 writes the
 scores as JSON to argv[3]."""
 
 import json

@@ -1,4 +1,4 @@
-"""Checkpoints written in the background (train/background_checkpoints.py): the snapshot is taken
+"""Checkpoints written in the background (job/background_checkpoints.py): the snapshot is taken
 before training moves on, tied weights stay tied, a checkpoint is committed only once its files are
 written, a failed write names the checkpoint, and a whole job's checkpoints equal the synchronous
 ones tensor for tensor."""

@@ -1,4 +1,4 @@
-"""Length-grouped batching (train/batching.py): every row once per epoch, batches of similar
+"""Length-grouped batching (llm/batching.py): every row once per epoch, batches of similar
 length in random order, the same order on every rank and after a resume, and the same loss."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""The chunked causal LM loss (train/loss.py) equals the standard one, loss and gradients, without
-ever computing the logits of more than one chunk; and the Liger switch (train/liger.py)."""
+"""The chunked causal LM loss (llm/loss.py) equals the standard one, loss and gradients, without
+ever computing the logits of more than one chunk; and the Liger switch (llm/liger.py)."""
 
 from __future__ import annotations
 

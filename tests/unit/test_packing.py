@@ -1,4 +1,4 @@
-"""Padding-free packing (train/packing.py): bins, layout, and the math. A packed batch gives the
+"""Padding-free packing (llm/packing.py): bins, layout, and the math. A packed batch gives the
 loss and gradients of the padded batch, and no token attends across a row boundary."""
 
 from __future__ import annotations

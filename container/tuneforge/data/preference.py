@@ -6,7 +6,7 @@ orpo, simpo), or unpaired rows that label one answer desirable or not (kto).
   assistant turn that differs (an optional "prompt": [messages] holds the shared turns instead)
 - unpaired: {"prompt": str, "completion": str, "label": true|false}, or conversational:
   {"prompt": [turns], "completion": [the assistant turn], "label": true|false}
-Rows are kept as text here; train/preference.py renders them with the prompt format and chat
+Rows are kept as text here; llm/preference.py renders them with the prompt format and chat
 template the job uses (the tokenizer is loaded later). Every problem names file:line and the fix.
 """
 

@@ -3,7 +3,7 @@
 A checkpoint is checkpoint-<step>/ holding the trainable weights (safetensors), the optimizer and
 learning-rate schedule (tensors and plain data, loaded weights-only), the random generators and
 the position in the data (state.json). It is staged, given a manifest and renamed into place by
-train/checkpoints.py, so a half-written one is never resumed; one made by a run with other
+job/checkpoints.py, so a half-written one is never resumed; one made by a run with other
 settings (identity) is moved aside, as for language models.
 """
 

@@ -39,7 +39,7 @@ def run_identity(recipe) -> dict:
         "train_from_scratch": bool(cfg.train_from_scratch),
         # computed while tokenizing (data/arrow.py); hashing a memory-mapped dataset again costs ~20 s per 1 M rows
         "data": recipe.train_tokens.fingerprint or data_fingerprint(recipe.train_tokens.features),
-        "engine": recipe.plan.engine,  # train/plan.py: "plain" where checkpoints hold whole weights
+        "engine": recipe.plan.engine,  # llm/plan.py: "plain" where checkpoints hold whole weights
     }
     if recipe.ds_config or recipe.fsdp_active:
         identity["world_size"] = distributed.world_size()

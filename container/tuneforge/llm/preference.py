@@ -1,5 +1,5 @@
 """The preference recipe (training_method=dpo|orpo|simpo|kto): the SFT recipe's job around TRL's
-trainers (train/preference_methods.py says which).
+trainers (llm/preference_methods.py says which).
 
 Everything a job is stays the Recipe's: reading the channels (preference rows, data/preference.py),
 the failure file, SIGTERM and checkpoints (CommitCheckpoints, StopOnSignal, resume), the tasks of

@@ -11,7 +11,7 @@ The estimate (per GPU, bytes) follows the usual accounting for mixed-precision A
 - activations: ~34 bytes x tokens x hidden per decoder layer (16-bit, memory-efficient
   attention; Korthikanti et al. 2022), or 2 bytes x tokens x hidden per layer plus one layer's
   worth with gradient checkpointing; plus the logits (16-bit, their fp32 copy for the loss and its
-  gradient: 10 bytes x tokens x vocabulary; with the chunked loss, train/loss.py, only CHUNK
+  gradient: 10 bytes x tokens x vocabulary; with the chunked loss, llm/loss.py, only CHUNK
   tokens' worth);
 - 1 GiB for the CUDA context and allocator slack.
 It is an estimate, not a bound: TUNEFORGE_SKIP_PREFLIGHT=1 trains anyway.
@@ -50,7 +50,7 @@ class MemoryPlan:
     sharding: str = "none"         # none | zero2 | zero3 | fsdp
     offload: bool = False          # DeepSpeed offload (optimizer; weights too under ZeRO-3)
     gradient_checkpointing: bool = False
-    chunked_loss: bool = False     # train/loss.py: full-vocabulary logits for CHUNK positions at a time
+    chunked_loss: bool = False     # llm/loss.py: full-vocabulary logits for CHUNK positions at a time
     lora_trainable_params: int | None = None  # what LoRA would train, for the suggestions
 
 

@@ -75,7 +75,7 @@ class EngineBundle:
     sharded: bool                     # FSDP or ZeRO-3: no rank holds every weight whole
     args: Any                         # (Seq2Seq)TrainingArguments, built once with their final values
     checkpoint_staging: Path
-    liger: dict                       # train/liger.py's decision, for metrics.json (use_liger_kernel in args)
+    liger: dict                       # llm/liger.py's decision, for metrics.json (use_liger_kernel in args)
 
     @property
     def fsdp_active(self) -> bool:
@@ -317,7 +317,7 @@ class Recipe:
                             checkpoint_staging=staging, liger=liger)
 
     def _plan_liger(self, model_config, seq2seq: bool) -> dict:
-        """The `liger_kernel` hyperparameter against the model's family and the device (train/liger.py)."""
+        """The `liger_kernel` hyperparameter against the model's family and the device (llm/liger.py)."""
         from .liger import plan_liger
 
         return plan_liger(self.config.liger_kernel, getattr(model_config, "model_type", "?"), cuda=has_cuda(),
@@ -372,7 +372,7 @@ class Recipe:
         return tokens
 
     def _preflight(self, data: DataBundle, engine: EngineBundle, model_config) -> None:
-        """On GPUs, the memory estimate before loading the weights (preflight.py)."""
+        """On GPUs, the memory estimate before loading the weights (llm/preflight.py)."""
         from .preflight import PlanInputs, preflight
         from .batching import column_lengths
 
@@ -419,7 +419,7 @@ class Recipe:
                            trainable_params=trainable)
 
     def _flat_view(self, prepared: Prepared) -> SimpleNamespace:
-        """The flat names report/jobfacts.py and train/resume.py read about this run."""
+        """The flat names report/jobfacts.py and job/resume.py read about this run."""
         data, engine, model = prepared.data, prepared.engine, prepared.model
         return SimpleNamespace(config=self.config, paths=self.paths, plan=prepared.plan, args=engine.args,
                                dtype=engine.dtype, ds_config=engine.ds_config, fsdp_active=engine.fsdp_active,
@@ -437,7 +437,7 @@ class Recipe:
         self.results["distributed_type"] = self.trainer.accelerator.distributed_type.value
         view = self._flat_view(prepared)
         callbacks.commit.identity = run_identity(view)  # recorded in each checkpoint's manifest
-        plan = plan_resume(view, callbacks.commit.identity)  # train/resume.py: compatible, weights-only
+        plan = plan_resume(view, callbacks.commit.identity)  # job/resume.py: compatible, weights-only
         resume = plan.checkpoint
         if plan.superseded:
             self.results["checkpoints_superseded"] = plan.superseded
@@ -504,7 +504,7 @@ class Recipe:
     def _plan_run(self, prepared: Prepared) -> RunPlan:
         """What the later stages decide with: the engine's choices, the checkpoint writer, and for
         SFT the batching (length grouping where describe() found it worth it), the `packing`
-        hyperparameter and the chunked loss (train/batching.py, packing.py, loss.py)."""
+        hyperparameter and the chunked loss (llm/batching.py, packing.py, loss.py)."""
         from .batching import describe
         from .loss import plan_loss
         from .packing import packed_padding_share, plan_packing
@@ -586,7 +586,7 @@ class Recipe:
         self.results.update(values)
 
     def _mfu(self, tokens_per_second: float) -> float | None:
-        """Model FLOPs utilization over all GPUs of the job (train/throughput.py)."""
+        """Model FLOPs utilization over all GPUs of the job (llm/throughput.py)."""
         from .preflight import config_dim
         from .throughput import flops_per_token, mfu
 
@@ -633,11 +633,11 @@ class Recipe:
 
     def _generation_ranks(self) -> str:
         """main: rank 0 generates alone (whole weights on every rank); all: every rank generates in
-        lockstep (ZeRO-3 and FSDP gather each layer's shards collectively: train/lockstep.py)."""
+        lockstep (ZeRO-3 and FSDP gather each layer's shards collectively: llm/lockstep.py)."""
         return "all" if self.prepared.engine.sharded and distributed.world_size() > 1 else "main"
 
     def _sharded_forward(self, model):
-        """train/lockstep.py: before DeepSpeed's engine exists, ZeRO-3's partitioned weights are
+        """llm/lockstep.py: before DeepSpeed's engine exists, ZeRO-3's partitioned weights are
         gathered module by module here; FSDP2 modules get generate's rank syncing."""
         from .lockstep import sharded_forward
 
@@ -697,7 +697,7 @@ class Recipe:
         return answers
 
     def _check_knowledge(self, stage: str) -> None:
-        """The general-knowledge questions (train/knowledge.py), before and after training."""
+        """The general-knowledge questions (llm/knowledge.py), before and after training."""
         from . import knowledge
 
         if not self.config.knowledge_check:
@@ -716,7 +716,7 @@ class Recipe:
 
     def _score_tasks(self, stage: str) -> None:
         """The `evaluation` channel's tasks (docs/evaluation.md), before and after training: on rank 0,
-        or under ZeRO-3/FSDP on every rank in lockstep (train/lockstep.py), rank 0 recording."""
+        or under ZeRO-3/FSDP on every rank in lockstep (llm/lockstep.py), rank 0 recording."""
         from .lockstep import score_tasks
 
         ranks = self._generation_ranks()
