@@ -315,7 +315,7 @@ def bind_port() -> int:
     return int(os.environ.get("SAGEMAKER_BIND_TO_PORT", "8080"))
 
 
-# the text-to-image server's bounds on one request (diffusion/payloads.Limits parses them)
+# the text-to-image server's bounds on one request (serve/image_payloads.Limits parses them)
 IMAGE_LIMIT_VARIABLES = {"max_side": "TUNEFORGE_MAX_IMAGE_SIDE", "max_images": "TUNEFORGE_MAX_IMAGES",
                          "max_steps": "TUNEFORGE_MAX_INFERENCE_STEPS", "max_response_mb": "TUNEFORGE_MAX_RESPONSE_MB"}
 PROMETHEUS_MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"

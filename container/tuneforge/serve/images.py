@@ -22,7 +22,7 @@ from ..errors import ModelError
 from .errors import add_error_handlers
 from .metrics import ServeMetrics
 from ..diffusion import PIPELINE_INDEX
-from ..diffusion.payloads import JPEG_ACCEPT, ImageRequestError, Limits, check_response_size, parse, render, wants_jpeg
+from .image_payloads import JPEG_ACCEPT, ImageRequestError, Limits, check_response_size, parse, render, wants_jpeg
 
 log = logging.getLogger("tuneforge.serve")
 
