@@ -1,1 +1,2 @@
-"""Training: launcher (world size, torchrun), recipe (setup/train/evaluate/save), metrics, artifacts."""
+"""The language-model recipe: SFT (recipe.py) and the preference methods (preference*.py) on the
+Hugging Face Trainer, with what only they need (plan, trainer, packing, loss, batching, preflight ...)."""
