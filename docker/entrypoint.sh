@@ -3,7 +3,7 @@
 # or `docker run IMAGE serve`; this script runs the matching console script with exec, so that it
 # becomes PID 1 and gets SIGTERM directly (no tini, no shell left in between).
 #   train  -> `train` from sagemaker-training, which calls $SAGEMAKER_TRAINING_MODULE
-#             (tuneforge.train.launcher:main); any further arguments are ignored, as SageMaker does.
+#             (tuneforge.recipes:main); any further arguments are ignored, as SageMaker does.
 #   serve  -> `serve`, tuneforge's gunicorn server on 8080 (or $SAGEMAKER_BIND_TO_PORT).
 #   other  -> run as given, e.g. `docker run IMAGE tuneforge hyperparameters` or `... bash`.
 set -eu

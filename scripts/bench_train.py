@@ -9,7 +9,7 @@ realistic length variance (prompts 20-400 tokens, answers 5-200, skewed short). 
 no gradient checkpointing (TRL's default turns it on; here every side runs without it).
 
 Each side runs in its own process, one after the other, so its peak RSS (wait4) is its own:
-- tuneforge: the real job (`tuneforge.train.launcher.run` on a temporary /opt/ml tree), which also
+- tuneforge: the real job (`tuneforge.recipes.run` on a temporary /opt/ml tree), which also
   writes its end-of-epoch resumable checkpoint inside the timed loop and the model afterwards;
   its defaults: length-grouped batches, the chunked loss, packing=auto (off without a varlen kernel);
 - tuneforge_packed: the same job with packing=true (best-fit bins of max length, block-diagonal
@@ -153,7 +153,7 @@ def _timed_train(trainer, collator: CountingCollator) -> dict:
 
 # ------------------------------------------------------------------ sides
 def run_tuneforge(base: Path, lora: bool, packing: str = "auto", group_by_length: bool = True) -> dict:
-    from tuneforge.train.launcher import run
+    from tuneforge.recipes import run
 
     hyperparameters = {"instruction_tuned": "True", "peft_type": "lora" if lora else "none", "lora_r": "8",
                        "epoch": "1", "per_device_train_batch_size": str(BATCH), "learning_rate": str(LR),
@@ -259,7 +259,7 @@ def _pair_rows(base: Path):
 
     from tuneforge.config import parse_hyperparameters
     from tuneforge.data import read_channel
-    from tuneforge.train.preference_data import preference_rows
+    from tuneforge.llm.preference_data import preference_rows
 
     tokenizer = AutoTokenizer.from_pretrained(base / "input" / "data" / "model")
     source = read_channel(base / "input" / "data" / "train", parse_hyperparameters({"training_method": "dpo"}))
@@ -270,7 +270,7 @@ def _pair_rows(base: Path):
 
 
 def run_tuneforge_dpo(base: Path, lora: bool, group_by_length: bool = True) -> dict:
-    from tuneforge.train.launcher import run
+    from tuneforge.recipes import run
 
     hyperparameters = {"group_by_length": str(group_by_length), "training_method": "dpo", "beta": str(DPO_BETA), "dpo_loss_type": "sigmoid", "peft_type": "lora",
                        "lora_r": "8", "lora_alpha": "32", "lora_dropout": "0.05", "target_modules": "q_proj,v_proj",
@@ -350,7 +350,7 @@ def run_loss_memory(chunked: bool, out: Path) -> None:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM, TrainingArguments
 
-    from tuneforge.train.trainer import TrainerPlan, TuneforgeTrainer
+    from tuneforge.llm.trainer import TrainerPlan, TuneforgeTrainer
 
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=LOSS_VOCAB, hidden_size=256, intermediate_size=688, num_hidden_layers=2,

@@ -204,7 +204,7 @@ if config.get("Cmd") != [cmd]:
     problems.append(f"cmd is {config.get('Cmd')}")
 if arch != "amd64":
     problems.append(f"architecture is {arch}")
-if cmd == "train" and env.get("SAGEMAKER_TRAINING_MODULE") != "tuneforge.train.launcher:main":
+if cmd == "train" and env.get("SAGEMAKER_TRAINING_MODULE") != "tuneforge.recipes:main":
     problems.append("SAGEMAKER_TRAINING_MODULE is not set")
 if cmd == "serve" and config.get("Labels", {}).get("com.amazonaws.sagemaker.capabilities.accept-bind-to-port") != "true":
     problems.append("the accept-bind-to-port label is missing")

@@ -84,7 +84,7 @@ class Job:
         return json.loads((self.base / "output" / "data" / "metrics.json").read_text())
 
     def run_in_process(self) -> int:
-        from tuneforge.train.launcher import run
+        from tuneforge.recipes import run
 
         return run(self.base)
 

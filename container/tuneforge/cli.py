@@ -9,7 +9,7 @@ from pathlib import Path
 
 
 def _train(args) -> int:
-    from .train.launcher import run
+    from .recipes import run
 
     return run(args.base_dir, isolate=True)
 

@@ -11,10 +11,9 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from .data.registry import FORMAT_NAMES, FORMATS
-from .evaluation.gate import parse_thresholds
 from .hyperparameters import (FALSE_WORDS, IGNORED_KEYS, TRUE_WORDS, Bits, FieldSpec, Flag, Float, Int, ModuleList,
                               OptionalInt, Rule, SageMakerHyperparameters, Text, TriState, hp, markdown_cell,
-                              parse_flag, zero_refused)
+                              parse_flag, parse_thresholds, zero_refused)
 
 __all__ = ["ALIASES", "FALSE_WORDS", "FIELDS", "IGNORED_KEYS", "TRUE_WORDS", "FieldSpec", "Flag", "Float", "Int",
            "OptionalInt", "Text", "TrainConfig", "markdown_table", "parse_flag", "parse_hyperparameters"]

@@ -19,7 +19,7 @@ from pathlib import Path
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from .config import Flag
+from .hyperparameters import Flag
 
 DEFAULT_BASE_DIR = "/opt/ml"
 BASE_DIR_ENV = "SAGEMAKER_BASE_DIR"
@@ -209,7 +209,7 @@ class Paths:
 
     def parsed_config_file(self, owner: str) -> Path:
         """Where the launcher `owner` leaves the parsed hyperparameters for its children
-        (train/job_config.py); outside model/ and output/, removed when they are done."""
+        (job/job_config.py); outside model/ and output/, removed when they are done."""
         return self.base / ".tuneforge-config" / f"{owner}.json"
 
     def read_hyperparameters(self) -> dict[str, str]:
@@ -315,7 +315,7 @@ def bind_port() -> int:
     return int(os.environ.get("SAGEMAKER_BIND_TO_PORT", "8080"))
 
 
-# the text-to-image server's bounds on one request (diffusion/payloads.Limits parses them)
+# the text-to-image server's bounds on one request (serve/image_payloads.Limits parses them)
 IMAGE_LIMIT_VARIABLES = {"max_side": "TUNEFORGE_MAX_IMAGE_SIDE", "max_images": "TUNEFORGE_MAX_IMAGES",
                          "max_steps": "TUNEFORGE_MAX_INFERENCE_STEPS", "max_response_mb": "TUNEFORGE_MAX_RESPONSE_MB"}
 PROMETHEUS_MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"

@@ -6,7 +6,7 @@ A row holds everything the code asks about a family (its transformers `model_typ
 - packs: its causal LM takes position_ids into its attention (mask or varlen kernel), so packed
   rows stay apart (tests/unit/test_packing.py). Not bloom (ALiBi) nor falcon;
 - plain_head: its logits are lm_head(last hidden state), nothing more (no soft-capping or scaling),
-  so train/loss.py may compute the loss a chunk at a time (tests/unit/test_loss.py);
+  so llm/loss.py may compute the loss a chunk at a time (tests/unit/test_loss.py);
 - listed: `tuneforge tiny-model` offers it and tests/e2e/test_families.py trains it (qwen2, qwen3 and
   phi3 are checked by the packing and loss tests only).
 """

@@ -344,3 +344,17 @@ def _check_same_value(name: str, first_key: str, first: Any, key: str, value: An
 def markdown_cell(text: Any) -> str:
     """A markdown table cell: a bare `|` (as in `int | None`) would end the cell early."""
     return str(text).replace("|", "\\|")
+
+
+def parse_thresholds(text: str) -> dict[str, float] | None:
+    """"tickets=0.9,general=0.5" -> {"tickets": 0.9, "general": 0.5}; None when not in that form."""
+    out = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, equals, value = part.partition("=")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            return None
+        if not equals or not name.strip():
+            return None
+    return out

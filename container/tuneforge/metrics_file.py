@@ -58,7 +58,7 @@ class MetricsFile(BaseModel):
     perplexity_before: Number = None
     perplexity: Number = None
     rouge_before: dict | None = None
-    rouge1: Number = None                          # train/metrics.py SCORE_KEYS, after training
+    rouge1: Number = None                          # evaluation/generation.py SCORE_KEYS, after training
     rouge2: Number = None
     rougeL: Number = None
     rougeLsum: Number = None
@@ -69,7 +69,7 @@ class MetricsFile(BaseModel):
     evaluation_gate: dict | None = None
     preference: dict | None = None
     preference_accuracy: dict | None = None
-    final_reward_accuracy: Number = None           # train/preference_metrics.py: the final evaluation's rewards
+    final_reward_accuracy: Number = None           # llm/preference_metrics.py: the final evaluation's rewards
     final_reward_margin: Number = None
     final_chosen_logps: Number = None
     final_rejected_logps: Number = None

@@ -61,7 +61,7 @@ class ModelMetadata(BaseModel):
 
     def prompt_format(self):
         """The PromptFormat to serve with; a folder trained on none is served as plain text."""
-        from .prompt import PromptFormat
+        from .data.prompt import PromptFormat
 
         if self.prompt:
             return PromptFormat.from_dict(self.prompt)

@@ -106,7 +106,7 @@ TICKET_INSTRUCTION = "Route this support ticket to one team: billing, shipping, 
 
 # Replay: general questions answered in full sentences, mixed into the ticket data so the model
 # learns "one word for tickets" without learning "one word for everything". None of them is a
-# question of the general-knowledge check (train/knowledge.py), which measures what is kept.
+# question of the general-knowledge check (llm/knowledge.py), which measures what is kept.
 GENERAL_ROWS = [
     ("What is the capital of Spain?", "The capital of Spain is Madrid."),
     ("What is the capital of Canada?", "The capital of Canada is Ottawa."),

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from tuneforge.diffusion.payloads import ImageRequestError, Limits, check_response_size, parse, render, wants_jpeg
+from tuneforge.serve.image_payloads import ImageRequestError, Limits, check_response_size, parse, render, wants_jpeg
 
 DEFAULTS = {"width": 64, "height": 64, "num_inference_steps": 50, "guidance_scale": 7.5}
 LIMITS = Limits()

@@ -1,6 +1,6 @@
 """Run by torchrun (2 CPU processes, gloo) from test_evaluation_fsdp.py: the tiny model sharded
 with FSDP2 (fully_shard per decoder layer and at the root, as accelerate wraps it for a job)
-scores a tasks folder through train/lockstep.py, every rank in lockstep; rank 0 writes the
+scores a tasks folder through llm/lockstep.py, every rank in lockstep; rank 0 writes the
 scores as JSON to argv[3]."""
 
 import json
@@ -13,7 +13,7 @@ from torch.distributed.fsdp import fully_shard
 from tuneforge.evaluation.tasks import load_tasks
 from tuneforge.serve.loader import load_model
 from tuneforge.serve.settings import ServeSettings
-from tuneforge.train.lockstep import score_tasks, sharded_forward
+from tuneforge.llm.lockstep import score_tasks, sharded_forward
 
 
 def main(model_dir: str, tasks_dir: str, out: str) -> None:

@@ -1,4 +1,4 @@
-"""Checkpoints written in the background (train/background_checkpoints.py): the snapshot is taken
+"""Checkpoints written in the background (job/background_checkpoints.py): the snapshot is taken
 before training moves on, tied weights stay tied, a checkpoint is committed only once its files are
 written, a failed write names the checkpoint, and a whole job's checkpoints equal the synchronous
 ones tensor for tensor."""
@@ -12,10 +12,10 @@ import torch
 from safetensors.torch import load_file
 from transformers import TrainerControl, TrainerState, TrainingArguments
 
-from tuneforge.train import background_checkpoints
-from tuneforge.train.background_checkpoints import CheckpointWriter, snapshot, storage_bytes
-from tuneforge.train.callbacks import CommitCheckpoints
-from tuneforge.train.checkpoints import MARKER, complete_checkpoints
+from tuneforge.job import background_checkpoints
+from tuneforge.job.background_checkpoints import CheckpointWriter, snapshot, storage_bytes
+from tuneforge.llm.callbacks import CommitCheckpoints
+from tuneforge.job.checkpoints import MARKER, complete_checkpoints
 
 
 def _deferring_writer() -> CheckpointWriter:

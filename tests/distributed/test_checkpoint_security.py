@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from tests.conftest import Job
-from tuneforge.train.checkpoints import MARKER
+from tuneforge.job.checkpoints import MARKER
 
 from .conftest import reload_and_generate, resource_config, run_job
 

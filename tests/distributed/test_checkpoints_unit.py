@@ -8,9 +8,9 @@ import subprocess
 import pytest
 
 from tuneforge.contract import Paths
-from tuneforge.train import ranks
-from tuneforge.train.checkpoints import MARKER, commit, complete_checkpoints, latest_checkpoint, rotate, staging_dir
-from tuneforge.train.launcher import discover_world, torchrun_command
+from tuneforge.job import ranks
+from tuneforge.job.checkpoints import MARKER, commit, complete_checkpoints, latest_checkpoint, rotate, staging_dir
+from tuneforge.job.launcher import discover_world, torchrun_command
 
 
 def _staged(staging, step, files=None):
@@ -117,11 +117,11 @@ def test_world_from_resourceconfig(tmp_path, monkeypatch):
     assert (world.hosts, world.node_rank, world.nnodes, world.size) == (["algo-1", "algo-2", "algo-3"], 1, 3, 12)
     assert world.master_addr == "algo-1" and world.master_port == 7777
     assert os.environ["NCCL_SOCKET_IFNAME"] == "eth7"
-    command = torchrun_command(world)
+    command = torchrun_command(world, "tuneforge.recipes")
     for arg in ("--nnodes=3", "--nproc_per_node=4", "--node_rank=1", "--master_addr=algo-1", "--master_port=7777",
                 "--max_restarts=0"):
         assert arg in command
-    assert command[-2:] == ["-m", "tuneforge.train.worker"]
+    assert command[-2:] == ["-m", "tuneforge.recipes"]
     monkeypatch.setenv("TUNEFORGE_MASTER_ADDR", "127.0.0.1")
     assert discover_world(paths).master_addr == "127.0.0.1"
     paths.resource_config_file.write_text(json.dumps({"current_host": "algo-9", "hosts": ["algo-1"]}))
@@ -133,7 +133,7 @@ def test_world_from_resourceconfig(tmp_path, monkeypatch):
 def _ds_config(tmp_path, name, text=None):
     from types import SimpleNamespace
 
-    from tuneforge.train.distributed import deepspeed_config
+    from tuneforge.job.distributed import deepspeed_config
 
     paths = Paths(tmp_path)
     channel = paths.data_dir / "config"
@@ -189,7 +189,7 @@ def test_a_pickled_payload_is_refused_and_never_runs(tmp_path):
     import torch
     from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
 
-    from tuneforge.train.resume import CheckpointError, check_loads_weights_only, weights_only_loads
+    from tuneforge.job.resume import CheckpointError, check_loads_weights_only, weights_only_loads
 
     folder = tmp_path / "checkpoint-2"
     (folder / "global_step2").mkdir(parents=True)
@@ -218,7 +218,7 @@ def test_deepspeed_checkpoint_classes_load_weights_only(tmp_path):
     from deepspeed.runtime.zero.config import ZeroStageEnum
     from deepspeed.utils.tensor_fragment import fragment_address
 
-    from tuneforge.train.resume import weights_only_loads
+    from tuneforge.job.resume import weights_only_loads
 
     path = tmp_path / "optim_states.pt"
     torch.save({"zero_stage": ZeroStageEnum.gradients, "loss_scaler": LossScaler(1.0),
@@ -231,7 +231,7 @@ def test_deepspeed_checkpoint_classes_load_weights_only(tmp_path):
 
 # ---------------------------------------------------------------- model/: complete or nothing
 def test_publish_swaps_the_model_and_a_failure_restores_the_previous_one(tmp_path):
-    from tuneforge.train.artifacts import ModelWriter
+    from tuneforge.job.artifacts import ModelWriter
 
     paths = Paths(tmp_path)
     paths.model_dir.mkdir(parents=True)
@@ -268,8 +268,7 @@ def test_a_non_finite_weight_is_named_before_anything_is_saved(tiny):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from tuneforge.train.callbacks import NonFiniteError
-    from tuneforge.train.saving import check_finite
+    from tuneforge.job.finite import NonFiniteError, check_finite
 
     model = AutoModelForCausalLM.from_pretrained(tiny("llama"))
     check_finite(model.state_dict().items())
@@ -285,7 +284,8 @@ def test_a_non_finite_weight_is_named_before_anything_is_saved(tiny):
 def test_a_non_finite_logged_loss_fails_naming_the_step():
     from types import SimpleNamespace
 
-    from tuneforge.train.callbacks import FailOnNonFinite, NonFiniteError
+    from tuneforge.job.finite import NonFiniteError
+    from tuneforge.llm.callbacks import FailOnNonFinite
 
     callback = FailOnNonFinite(learning_rate=0.5)
     state = SimpleNamespace(global_step=12)

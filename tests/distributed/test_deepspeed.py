@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from tests.lora_checks import assert_merged_is_base_plus_adapter
-from tuneforge.train.checkpoints import latest_checkpoint
+from tuneforge.job.checkpoints import latest_checkpoint
 
 from .conftest import reload_and_generate, run_job
 

@@ -1,4 +1,4 @@
-"""FSDP jobs score the evaluation tasks with every rank in lockstep (train/lockstep.py). FSDP jobs
+"""FSDP jobs score the evaluation tasks with every rank in lockstep (llm/lockstep.py). FSDP jobs
 run only on GPUs (docs/scale.md), but FSDP2 itself shards on CPU over gloo: two processes shard
 the tiny model as accelerate does and score generation, multiple-choice and lm-eval tasks through
 the same code the job runs; the scores equal the whole model's."""

@@ -1,7 +1,7 @@
 """Evaluation tasks in a ZeRO-3 job of 2 CPU processes: before and after training every rank runs
 the forward passes in lockstep, rank 0 records. After training DeepSpeed's engine gathers the
 shards; before it exists (the base's weights were partitioned as they loaded) each module gathers
-its own (train/lockstep.py). The greedy answers and the general-knowledge check run there too."""
+its own (llm/lockstep.py). The greedy answers and the general-knowledge check run there too."""
 
 import json
 import re

@@ -100,7 +100,7 @@ def test_killing_the_launcher_ends_every_process_of_the_job(small_job):
     process = start(job, env)
     try:
         ranks = wait_for(lambda: [p for p, cmd in _job_processes(job.base).items()
-                                  if b"tuneforge.train.worker" in cmd][1:], timeout=120)
+                                  if b"tuneforge.recipes" in cmd][1:], timeout=120)
         assert ranks, "the two ranks did not start"
         assert not _port_is_free(port)
         process.send_signal(signal.SIGKILL)

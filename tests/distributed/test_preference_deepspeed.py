@@ -9,7 +9,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tests.e2e.test_preference import DPO, PAIRS, _add_pairs
-from tuneforge.train.preference_metrics import completion_logp
+from tuneforge.llm.preference_metrics import completion_logp
 
 from .conftest import resource_config, run_job
 

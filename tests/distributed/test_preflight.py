@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 
 from tuneforge.errors import ResourceError
-from tuneforge.preflight import GiB, MemoryPlan, check, count_parameters, estimate
+from tuneforge.llm.preflight import GiB, MemoryPlan, check, count_parameters, estimate
 
 # Llama-2-7B-shaped: 6.74B parameters, hidden 4096, 32 layers, vocabulary 32000; LoRA r=8 on q,v
 LLAMA7B = MemoryPlan(total_params=6_738_415_616, trainable_params=6_738_415_616, hidden_size=4096, num_layers=32,
@@ -80,8 +80,8 @@ def test_a_jobs_plan_reads_the_model_config_and_the_settings(tiny):
     from transformers import AutoConfig
 
     from tuneforge.config import parse_hyperparameters
-    from tuneforge.preflight import plan_for
-    from tuneforge.train.distributed import preset
+    from tuneforge.llm.preflight import plan_for
+    from tuneforge.job.distributed import preset
 
     model_config = AutoConfig.from_pretrained(tiny("llama"))
     qlora = parse_hyperparameters({"load_in_4bit": "True", "per_device_train_batch_size": "2",
@@ -99,7 +99,7 @@ def test_a_jobs_plan_reads_the_model_config_and_the_settings(tiny):
 
 
 def test_the_chunked_loss_counts_one_chunk_of_logits():
-    from tuneforge.train.loss import CHUNK
+    from tuneforge.llm.loss import CHUNK
 
     plan = dataclasses.replace(LLAMA7B, batch_size=8, seq_len=1024, vocab_size=128_256)
     full, chunked = estimate(plan), estimate(dataclasses.replace(plan, chunked_loss=True))
@@ -110,7 +110,7 @@ def test_which_jobs_use_the_chunked_loss(tiny):
     from transformers import AutoConfig
 
     from tuneforge.config import parse_hyperparameters
-    from tuneforge.preflight import uses_chunked_loss
+    from tuneforge.llm.preflight import uses_chunked_loss
 
     llama = AutoConfig.from_pretrained(tiny("llama"))
     cfg = parse_hyperparameters({})

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from tuneforge.train.checkpoints import complete_checkpoints, latest_checkpoint
+from tuneforge.job.checkpoints import complete_checkpoints, latest_checkpoint
 
 from .conftest import finish, job_env, reload_and_generate, resource_config, run_job, start, wait_for
 

@@ -8,7 +8,7 @@ import signal
 
 import pytest
 
-from tuneforge.train.checkpoints import complete_checkpoints, latest_checkpoint
+from tuneforge.job.checkpoints import complete_checkpoints, latest_checkpoint
 
 from .conftest import finish, free_port, job_env, reload_and_generate, start, wait_for
 

@@ -103,7 +103,7 @@ def test_cli_exit_code_and_each_run_its_own_failure(job, tiny):
 
 def test_failure_during_training_leaves_model_dir_empty(job, tiny, monkeypatch):
     """A crash after training (while saving) must not leave half a model behind."""
-    from tuneforge.train import recipe
+    from tuneforge.llm import recipe
 
     job.add_model(tiny("llama"))
     job.add_sample_data("instruction", n_train=16, n_val=4)

@@ -119,7 +119,7 @@ def test_sigterm_during_the_tasks_stops_and_the_rerun_scores_and_saves(job, tiny
     import os
     import signal
 
-    from tuneforge.train.recipe import Recipe
+    from tuneforge.llm.recipe import Recipe
 
     job.add_model(tiny("llama"))
     job.add_sample_data("instruction", n_train=16, n_val=4)
@@ -144,7 +144,7 @@ def test_sigterm_during_the_tasks_stops_and_the_rerun_scores_and_saves(job, tiny
 
 
 def test_tasks_past_the_time_budget_are_reported_unscored(job, tiny, monkeypatch):
-    from tuneforge.train import recipe
+    from tuneforge.llm import recipe
 
     monkeypatch.setattr(recipe, "EVAL_TIME_BUDGET_S", 0.0)
     job.add_model(tiny("llama"))

@@ -186,7 +186,7 @@ def test_a_full_disk_while_checkpointing_names_the_folder_and_keeps_the_last_com
 
     from transformers import modeling_utils
 
-    from tuneforge.train.checkpoints import complete_checkpoints
+    from tuneforge.job.checkpoints import complete_checkpoints
 
     job.add_model(tiny("llama"))
     job.add_sample_data("instruction", n_train=32, n_val=4)

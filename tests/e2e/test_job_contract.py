@@ -121,7 +121,7 @@ def test_single_process_sigterm_still_checkpoints_and_stops(ready):
     """`tuneforge train` runs a one-process job in a child: a SIGTERM to the whole process group (as
     `docker stop` or Slurm's scancel send) reaches it, and it checkpoints and stops as before."""
     from tests.distributed.conftest import finish, job_env, start, wait_for
-    from tuneforge.train.checkpoints import latest_checkpoint
+    from tuneforge.job.checkpoints import latest_checkpoint
 
     job = ready
     job.hyperparameters({**QUICK, "max_steps": "5000", "checkpoint_steps": "2", "evaluation_strategy": "no"})
@@ -148,7 +148,7 @@ def _sigterm_when_called(monkeypatch, owner, name):
 
 
 def test_sigterm_during_the_final_evaluation_ends_it_and_stops_without_a_model(ready, monkeypatch, capfd):
-    from tuneforge.train.recipe import Recipe
+    from tuneforge.llm.recipe import Recipe
 
     job = ready
     job.hyperparameters({**QUICK, "max_steps": "2", "checkpoint_steps": "2", "rouge_samples": "4"})
@@ -168,7 +168,7 @@ def test_sigterm_during_the_final_evaluation_ends_it_and_stops_without_a_model(r
 
 def test_sigterm_during_the_model_save_finishes_it_and_says_so(ready, monkeypatch, capfd):
     from tuneforge.model_folder import is_complete
-    from tuneforge.train import saving
+    from tuneforge.llm import saving
 
     job = ready
     job.hyperparameters(QUICK)

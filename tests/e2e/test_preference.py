@@ -84,7 +84,7 @@ def _greedy(model_dir, prompt: dict, text: str, tokens: int) -> str:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tuneforge.prompt import PromptFormat, encode_prompt
+    from tuneforge.data.prompt import PromptFormat, encode_prompt
 
     tokenizer, model = AutoTokenizer.from_pretrained(model_dir), AutoModelForCausalLM.from_pretrained(model_dir)
     ids = encode_prompt(tokenizer, PromptFormat.from_dict(prompt).render_text(text), seq2seq=False)
@@ -96,7 +96,7 @@ def _greedy(model_dir, prompt: dict, text: str, tokens: int) -> str:
 def test_resumes_after_sigterm_with_the_final_loss_of_an_uninterrupted_run(job, tiny, tmp_path_factory, method):
     from tests.conftest import Job
     from tests.distributed.conftest import finish, job_env, start, wait_for
-    from tuneforge.train.checkpoints import latest_checkpoint
+    from tuneforge.job.checkpoints import latest_checkpoint
 
     quick = {**DPO, "training_method": method, "max_steps": "24", "checkpoint_steps": "2", "rouge_samples": "0",
              "validation_split_ratio": "0", "evaluation_strategy": "no", "learning_rate": "0.005"}

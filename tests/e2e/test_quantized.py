@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from tests.lora_checks import assert_merged_is_base_plus_adapter
-from tuneforge.train.checkpoints import latest_checkpoint
+from tuneforge.job.checkpoints import latest_checkpoint
 
 pytest.importorskip("bitsandbytes")
 
@@ -77,7 +77,7 @@ def test_an_adapter_that_never_moved_fails_the_job(tiny):
     from tuneforge.config import parse_hyperparameters
     from tuneforge.errors import ResourceError
     from tuneforge.modeling import apply_lora, load_model
-    from tuneforge.train.recipe import check_adapter_trained
+    from tuneforge.llm.recipe import check_adapter_trained
 
     config = parse_hyperparameters({"lora_r": "4"})
     model = apply_lora(SimpleNamespace(model=load_model(tiny("llama"), config).model, seq2seq=False), config)

@@ -23,7 +23,7 @@ def run_toolkit(job, timeout=900):
     (job.base / "input" / "config" / "resourceconfig.json").write_text(
         json.dumps({"current_host": "algo-1", "hosts": ["algo-1"], "network_interface_name": "lo"}))
     env = dict(os.environ, SAGEMAKER_BASE_DIR=str(job.base), SM_STUDIO_LOCAL_MODE="true",
-               SAGEMAKER_TRAINING_MODULE="tuneforge.train.launcher:main")
+               SAGEMAKER_TRAINING_MODULE="tuneforge.recipes:main")
     return subprocess.run([str(TRAIN)], capture_output=True, text=True, env=env, timeout=timeout)
 
 
@@ -61,7 +61,7 @@ def test_tiny_llama_learns_an_instruction_task_through_train(job, tiny):
     # model/ reloads with the Auto classes and answers a validation question
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tuneforge.prompt import PromptFormat, encode_prompt
+    from tuneforge.data.prompt import PromptFormat, encode_prompt
 
     meta = json.loads((job.model_dir / "tuneforge.json").read_text())
     assert meta["adapter_only"] is False and meta["data_format"] == "instruction"

@@ -26,7 +26,7 @@ def test_trained_model_answers_structured_and_tgi_requests(job, tiny, tmp_path):
         assert response.json()[0]["generated_text"].strip() == "The banana is yellow."
         # the same prompt written out by hand gives the same answer
         prompt = json.loads((job.model_dir / "tuneforge.json").read_text())["prompt"]
-        from tuneforge.prompt import PromptFormat
+        from tuneforge.data.prompt import PromptFormat
 
         text = PromptFormat.from_dict(prompt).render_prompt({"instruction": "What color is the banana?",
                                                              "context": "Many people walk near the river."})
@@ -47,12 +47,12 @@ def test_adapter_only_output_is_served_on_its_base(job, tiny, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tuneforge.prompt import encode_prompt
+    from tuneforge.data.prompt import encode_prompt
 
     base = job.base / "input" / "data" / "model"
     tokenizer = AutoTokenizer.from_pretrained(job.model_dir)
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), job.model_dir).merge_and_unload()
-    from tuneforge.prompt import PromptFormat
+    from tuneforge.data.prompt import PromptFormat
 
     fmt = PromptFormat.from_dict(json.loads((job.model_dir / "tuneforge.json").read_text())["prompt"])
     ids = encode_prompt(tokenizer, fmt.render_text("What color is the lime?"), seq2seq=False)  # as served

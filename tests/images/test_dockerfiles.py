@@ -87,7 +87,7 @@ def test_container_contract(kind):
     env_lines = " ".join(args for word, args in steps if word == "ENV")
     labels = " ".join(args for word, args in steps if word == "LABEL")
     if kind == "train":
-        assert "SAGEMAKER_TRAINING_MODULE=tuneforge.train.launcher:main" in env_lines
+        assert "SAGEMAKER_TRAINING_MODULE=tuneforge.recipes:main" in env_lines
     else:
         assert "com.amazonaws.sagemaker.capabilities.accept-bind-to-port=true" in labels
         assert ("EXPOSE", "8080") in steps

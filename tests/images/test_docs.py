@@ -83,6 +83,6 @@ def test_documented_defaults_match_the_dockerfiles():
         base = re.search(r"^ARG BASE_IMAGE=(\S+)", (REPO / name).read_text(), re.M).group(1)
         assert f"`{base}`" in IMAGES
     assert "SAGEMAKER_BIND_TO_PORT" in DEPLOY and "7777" in DEPLOY
-    from tuneforge.train.launcher import DEFAULT_MASTER_PORT
+    from tuneforge.job.launcher import DEFAULT_MASTER_PORT
 
     assert DEFAULT_MASTER_PORT == 7777

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tuneforge.prompt import DEMARCATION_KEY, DOLLY_TEMPLATE, PromptFormat
+from tuneforge.data.prompt import DEMARCATION_KEY, DOLLY_TEMPLATE, PromptFormat
 
 HOST = "127.0.0.1"
 # TUNEFORGE_TEST_ENGINE=vllm runs this whole suite with the instruct model on vLLM: SERVING_ENGINE=auto

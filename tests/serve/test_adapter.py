@@ -24,7 +24,7 @@ def reference_ids(adapter_dir, base_dir, tokens: int) -> list[int]:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tuneforge.prompt import encode_prompt
+    from tuneforge.data.prompt import encode_prompt
 
     tokenizer = AutoTokenizer.from_pretrained(adapter_dir)
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), adapter_dir).merge_and_unload()

@@ -223,7 +223,7 @@ def test_flan_t5_text_inputs_on_a_seq2seq_folder_without_metadata(seq2seq):
 def _ids(server, text):
     from transformers import AutoTokenizer
 
-    from tuneforge.prompt import encode_prompt
+    from tuneforge.data.prompt import encode_prompt
 
     tokenizer = AutoTokenizer.from_pretrained(server_model_dir(server))
     return encode_prompt(tokenizer, instruction_format().render_text(text), seq2seq=False)

@@ -13,7 +13,7 @@ import jsonschema
 import pytest
 from pydantic import BaseModel
 
-from tuneforge.prompt import encode_prompt
+from tuneforge.data.prompt import encode_prompt
 
 MODEL = "chat"
 WEATHER = {"type": "function", "function": {

@@ -14,7 +14,7 @@ import shutil
 import pytest
 
 from tests.serve.conftest import Server, instruction_format, write_metadata
-from tuneforge.prompt import DEFAULT_CHAT_TEMPLATE, DEMARCATION_KEY, PromptFormat, encode_prompt, render_chat
+from tuneforge.data.prompt import DEFAULT_CHAT_TEMPLATE, DEMARCATION_KEY, PromptFormat, encode_prompt, render_chat
 from tuneforge.serve.loader import LoadedModel, check_model_dir
 from tuneforge.serve.payloads import Parser, PayloadError
 from tuneforge.serve.settings import ServeSettings

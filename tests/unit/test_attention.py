@@ -6,7 +6,7 @@ import pytest
 from tuneforge.config import parse_hyperparameters
 from tuneforge.errors import HyperparameterError
 from tuneforge.modeling import load_model, pick_attention
-from tuneforge.train.packing import plan_packing
+from tuneforge.llm.packing import plan_packing
 
 pytestmark = pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the CPU resolution")
 

@@ -1,4 +1,4 @@
-"""Length-grouped batching (train/batching.py): every row once per epoch, batches of similar
+"""Length-grouped batching (llm/batching.py): every row once per epoch, batches of similar
 length in random order, the same order on every rank and after a resume, and the same loss."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tuneforge.data import Collator
-from tuneforge.train.batching import LengthGroupedSampler, describe, padding_share, row_lengths
+from tuneforge.llm.batching import LengthGroupedSampler, describe, padding_share, row_lengths
 
 
 def _features(n: int, seed: int = 0, lo: int = 25, hi: int = 600) -> list[dict]:
@@ -143,7 +143,7 @@ def test_the_trainers_own_dataloader_uses_it(tiny, tmp_path, strategy):
     the padding in the collated batches is that of the strategy."""
     from transformers import AutoModelForCausalLM, TrainingArguments
 
-    from tuneforge.train.trainer import TrainerPlan, TuneforgeTrainer
+    from tuneforge.llm.trainer import TrainerPlan, TuneforgeTrainer
 
     features = _features(200, lo=10, hi=300)
     args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=8, use_cpu=True, report_to=[],

@@ -1,6 +1,8 @@
 """The package keeps the shape docs/architecture.md describes: modules import each other without
-a cycle (at import time), no function runs over 60 lines, and only contract.py (and the serving
-settings) reads the environment or spells an /opt/ml path."""
+a cycle, and folders too (imports inside functions counted: they are dependencies all the same);
+the job runtime (job/) imports no recipe and nothing that sits above it; no function runs over 60
+lines; and only contract.py (and the serving settings) reads the environment or spells an /opt/ml
+path."""
 
 import ast
 from pathlib import Path
@@ -17,11 +19,22 @@ def _modules() -> dict[str, Path]:
     return found
 
 
+def _literal_import(node) -> str | None:
+    """The module of `importlib.import_module("x")` / `__import__("x")` with a literal name, else None."""
+    if not isinstance(node, ast.Call) or not node.args or not isinstance(node.args[0], ast.Constant):
+        return None
+    func = node.func
+    name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
+    value = node.args[0].value
+    return value if name in ("import_module", "__import__") and isinstance(value, str) else None
+
+
 def _imports(name: str, path: Path, modules: dict) -> set[str]:
-    """The package modules `name` imports at module level (imports inside functions run later)."""
+    """The package modules `name` imports anywhere: at module level, inside functions (they run
+    later, but are dependencies all the same) and by importlib with a literal module name."""
     package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
     targets = set()
-    for node in ast.parse(path.read_text()).body:
+    for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom):
             base = package.split(".")[:len(package.split(".")) - node.level + 1] if node.level else []
             module = ".".join(base + ([node.module] if node.module else []))
@@ -30,7 +43,32 @@ def _imports(name: str, path: Path, modules: dict) -> set[str]:
                 targets.add(full if full in modules else module)
         elif isinstance(node, ast.Import):
             targets.update(alias.name for alias in node.names)
+        elif _literal_import(node):
+            literal = _literal_import(node)
+            targets.add(f"{package}{literal}" if literal.startswith(".") else literal)
     return {t for t in targets if t in modules and t != name}
+
+
+def _graph() -> dict[str, set[str]]:
+    modules = _modules()
+    return {name: _imports(name, path, modules) for name, path in modules.items()}
+
+
+def _folder(module: str, modules: dict) -> str:
+    """A module's node in the folder graph: the first sub-package under tuneforge, or the top-level
+    module itself ("(top).contract")."""
+    parts = module.split(".")
+    in_folder = len(parts) > 2 or (len(parts) == 2 and modules[module].name == "__init__.py")
+    return parts[1] if in_folder else "(top)." + parts[-1]
+
+
+def _folder_graph(graph: dict) -> dict[str, set[str]]:
+    modules = _modules()
+    folders: dict[str, set[str]] = {}
+    for name, targets in graph.items():
+        here = _folder(name, modules)
+        folders.setdefault(here, set()).update(f for f in (_folder(t, modules) for t in targets) if f != here)
+    return folders
 
 
 def _cycle(graph: dict) -> list[str] | None:
@@ -54,10 +92,49 @@ def _cycle(graph: dict) -> list[str] | None:
 
 
 def test_no_import_cycle():
-    modules = _modules()
-    graph = {name: _imports(name, path, modules) for name, path in modules.items()}
+    graph = _graph()
     assert "tuneforge.serve.errors" in graph["tuneforge.serve.app"]  # the graph is really read
+    assert "tuneforge.llm.recipe" in graph["tuneforge.llm.job"]  # an import inside a function counts
     assert _cycle(graph) is None, " -> ".join(_cycle(graph))
+
+
+def test_no_folder_import_cycle():
+    folders = _folder_graph(_graph())
+    assert "job" in folders["llm"] and "job" in folders["diffusion"]  # the folder graph is really read
+    assert "(top).errors" in folders["(top).contract"]  # a top-level module is a node of its own
+    assert _cycle(folders) is None, " -> ".join(_cycle(folders))
+
+
+# what the job runtime must not know: the recipes and the parts that sit above it
+ABOVE_JOB = ("llm", "diffusion", "report", "evaluation", "trackers", "serve", "recipes")
+
+
+def test_the_job_runtime_imports_no_recipe():
+    graph = _graph()
+    climbs = [f"{name} -> {target}" for name, targets in sorted(graph.items()) if name.startswith("tuneforge.job.")
+              for target in sorted(targets) if target.split(".")[1] in ABOVE_JOB]
+    assert "tuneforge.job.distributed" in graph["tuneforge.job.stopping"]  # the job's own imports are read
+    assert not climbs, "hand recipes to the launcher (tuneforge/recipes.py) instead: " + "; ".join(climbs)
+    named = [f"{path.relative_to(PACKAGE)}:{line}" for path in sorted((PACKAGE / "job").rglob("*.py"))
+             for line in _module_names(path.read_text(), ABOVE_JOB)]
+    assert not named, "the job runtime names a recipe's module (a child's -m or -c): " + "; ".join(named)
+
+
+def _module_names(source: str, packages) -> list[int]:
+    """Lines of string literals (docstrings aside) naming one of tuneforge's `packages`."""
+    tree = ast.parse(source)
+    docs = {id(node.value) for node in ast.walk(tree) if isinstance(node, ast.Expr)}
+    return [node.lineno for node in ast.walk(tree) if isinstance(node, ast.Constant) and isinstance(node.value, str)
+            and id(node) not in docs and any(f"tuneforge.{name}" in node.value for name in packages)]
+
+
+def test_imports_inside_functions_and_by_importlib_are_read(tmp_path):
+    module = tmp_path / "mod.py"
+    module.write_text("import importlib\n\ndef f():\n    from .b import c\n    importlib.import_module('.d', 'x')\n"
+                      "    return importlib.import_module('x.e')\n")
+    found = _imports("x.mod", module, {"x.b", "x.b.c", "x.d", "x.e", "x.mod"})
+    assert found == {"x.b.c", "x.d", "x.e"}
+    assert _module_names('"""tuneforge.llm in prose"""\nchild = "from tuneforge.llm import run"\n', ["llm"]) == [2]
 
 
 def test_cycle_finder_finds_one():

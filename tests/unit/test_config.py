@@ -3,7 +3,7 @@ import logging
 import pytest
 
 from tuneforge.config import FIELDS, TrainConfig, markdown_table, parse_hyperparameters
-from tuneforge.train.arguments import TRAINING_ARGUMENTS, training_arguments
+from tuneforge.llm.arguments import TRAINING_ARGUMENTS, training_arguments
 from tuneforge.errors import HyperparameterError
 
 
@@ -181,7 +181,7 @@ def test_config_is_immutable_and_shortcuts_do_not_rewrite_it():
 
 def _arguments(caplog, has_validation=True, **values):
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="tuneforge.train.arguments"):
+    with caplog.at_level(logging.INFO, logger="tuneforge.llm.arguments"):
         args = training_arguments(parse_hyperparameters({k: str(v) for k, v in values.items()}),
                                   has_validation=has_validation)
     return args, caplog.text

@@ -4,7 +4,7 @@ import pytest
 
 from tuneforge.contract import Paths, archive_failure, write_failure
 from tuneforge.errors import DataError, HyperparameterError, ResourceError, UserError
-from tuneforge.train.launcher import discover_world
+from tuneforge.job.launcher import discover_world
 
 
 def test_paths_follow_base_dir(tmp_path, monkeypatch):
@@ -160,7 +160,7 @@ def test_a_bad_environment_variable_is_named(name, value):
 
 
 def test_placement_is_read_from_torchrun_variables(monkeypatch):
-    from tuneforge.train import distributed as D
+    from tuneforge.job import distributed as D
 
     for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE"):
         monkeypatch.delenv(name, raising=False)
@@ -174,23 +174,24 @@ def test_placement_is_read_from_torchrun_variables(monkeypatch):
 
 
 def test_launcher_settings_come_from_the_environment(monkeypatch):
-    from tuneforge.train.launcher import SHUTDOWN_TIMEOUT_S, World, torchrun_command
+    from tuneforge.job.launcher import SHUTDOWN_TIMEOUT_S, World, torchrun_command
 
     world = World(["algo-1"], "algo-1", 2, 29500, None)
     monkeypatch.delenv("TUNEFORGE_SHUTDOWN_TIMEOUT", raising=False)
-    assert f"--shutdown_timeout={SHUTDOWN_TIMEOUT_S}" in torchrun_command(world)
+    assert f"--shutdown_timeout={SHUTDOWN_TIMEOUT_S}" in torchrun_command(world, "tuneforge.recipes")
     monkeypatch.setenv("TUNEFORGE_SHUTDOWN_TIMEOUT", "7")
-    assert "--shutdown_timeout=7" in torchrun_command(world)
+    assert "--shutdown_timeout=7" in torchrun_command(world, "tuneforge.recipes")
     monkeypatch.setenv("TUNEFORGE_SHUTDOWN_TIMEOUT", "soon")
     with pytest.raises(UserError, match="environment variable TUNEFORGE_SHUTDOWN_TIMEOUT"):
-        torchrun_command(world)
+        torchrun_command(world, "tuneforge.recipes")
 
 
 def test_the_launcher_hands_its_parsed_config_to_its_children(tmp_path, monkeypatch):
     """Children load the launcher's parsed values, equal to parsing again, and never read the file."""
     from tuneforge.config import TrainConfig, parse_hyperparameters
     from tuneforge.diffusion.config import DreamBoothConfig, parse_diffusion_hyperparameters
-    from tuneforge.train import job_config
+    from tuneforge.job import job_config
+    from tuneforge.recipes import RECIPES
 
     paths = Paths(tmp_path)
     raw = {"epochCount": '"2"', "learning_rate": "1e-4", "target_modules": '["q_proj", "v_proj"]',
@@ -209,7 +210,7 @@ def test_the_launcher_hands_its_parsed_config_to_its_children(tmp_path, monkeypa
     paths.hyperparameters_file.write_text('{"epoch": "oops"}')  # not read: the launcher's values win
     with job_config.handed(paths, raw, parse_hyperparameters(raw)) as env:
         monkeypatch.setenv(job_config.ENV, env[job_config.ENV])
-        assert job_config.train_config(paths)[1].epoch == 2
+        assert job_config.recipe_config(paths, RECIPES)[1].epoch == 2
     monkeypatch.delenv(job_config.ENV)
     with pytest.raises(HyperparameterError, match="epoch"):
-        job_config.train_config(paths)  # no launcher: the file is read and parsed here
+        job_config.recipe_config(paths, RECIPES)  # no launcher: the file is read and parsed here

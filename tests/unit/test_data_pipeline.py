@@ -10,11 +10,11 @@ import pytest
 from tuneforge.config import parse_hyperparameters
 from tuneforge.data import arrow, read_channel, tokenize_examples
 from tuneforge.data.formats import Example
-from tuneforge.prompt import PromptFormat
+from tuneforge.data.prompt import PromptFormat
 from tuneforge.samples import write_sample_data
-from tuneforge.train.batching import column_lengths, describe, row_lengths
-from tuneforge.train.packing import packed_padding_share
-from tuneforge.train.resume import data_fingerprint
+from tuneforge.llm.batching import column_lengths, describe, row_lengths
+from tuneforge.llm.packing import packed_padding_share
+from tuneforge.llm.identity import data_fingerprint
 
 INSTR = PromptFormat(kind="instruction")
 
@@ -128,7 +128,7 @@ def test_the_training_rows_text_is_freed_after_setup(job, tiny):
     import gc
 
     from tuneforge.contract import Paths
-    from tuneforge.train.recipe import Recipe
+    from tuneforge.llm.recipe import Recipe
 
     job.add_model(tiny("llama"))
     job.add_sample_data("instruction", n_train=24, n_val=4)

@@ -53,7 +53,7 @@ def test_multiple_choice_scores_equal_lm_eval_hf_model(tiny, tmp_path):
 
 def test_generation_items_are_scored_on_greedy_answers_through_the_template(tiny, tmp_path):
     from tuneforge.evaluation.scoring import render_item, score_task
-    from tuneforge.train import metrics
+    from tuneforge.llm import metrics
 
     loaded = _loaded(tiny("llama"))
     prompt = render_item({"prompt": "What color is snow?"}, loaded, "x")
@@ -111,7 +111,7 @@ def test_metric_definitions_for_the_tasks_match_their_lines_only(tmp_path):
     import re
 
     from tuneforge.contract import METRIC_DEFINITIONS
-    from tuneforge.train.metrics import print_metric
+    from tuneforge.job.metric_lines import print_metric
 
     for name in ("qa.v2", "qa_v2", "qa"):
         (tmp_path / f"{name}.jsonl").write_text(json.dumps({"prompt": "q", "reference": "a"}) + "\n")

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from tuneforge import families, preflight, tiny
-from tuneforge.train import loss, packing
+from tuneforge import families, tiny
+from tuneforge.llm import preflight
+from tuneforge.llm import loss, packing
 
 PACKAGE = Path(__file__).resolve().parents[2] / "container" / "tuneforge"
 

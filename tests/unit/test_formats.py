@@ -7,7 +7,7 @@ from tuneforge.config import parse_hyperparameters
 from tuneforge.data import read_channel, select_and_split
 from tuneforge.data.formats import detect_format
 from tuneforge.errors import DataError
-from tuneforge.prompt import DEMARCATION_KEY
+from tuneforge.data.prompt import DEMARCATION_KEY
 from tuneforge.samples import write_sample_data
 
 

@@ -4,7 +4,7 @@ real TrainingArguments turns them into accelerate's FSDP plugin arguments on any
 from transformers import AutoConfig, TrainingArguments
 
 from tuneforge.config import parse_hyperparameters
-from tuneforge.train.distributed import fsdp_config, fsdp_settings
+from tuneforge.job.distributed import fsdp_config, fsdp_settings
 
 
 def test_fsdp_settings_become_a_full_shard_fsdp2_plugin_wrapping_decoder_layers(tiny, tmp_path):

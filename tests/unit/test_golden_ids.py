@@ -14,7 +14,7 @@ import pytest
 from tuneforge.config import parse_hyperparameters
 from tuneforge.data import read_channel, tokenize_examples
 from tuneforge.data.formats import Example
-from tuneforge.prompt import PromptFormat
+from tuneforge.data.prompt import PromptFormat
 from tuneforge.serve.payloads import Parser
 from tuneforge.serve.settings import ServeSettings
 

@@ -7,8 +7,8 @@ from types import SimpleNamespace
 import pytest
 
 from tuneforge.contract import Paths
-from tuneforge.train.checkpoints import commit, staging_dir
-from tuneforge.train.resume import plan_resume, state_problem
+from tuneforge.job.checkpoints import commit, staging_dir
+from tuneforge.job.resume import plan_resume, state_problem
 
 
 # ---------------------------------------------------------------- tampered trainer_state.json
@@ -53,7 +53,7 @@ def test_a_checkpoint_whose_state_does_not_parse_is_skipped_for_the_previous_one
     state = _state(4, **tampered) if isinstance(tampered, dict) else tampered
     newest = _checkpoint(paths, 4, state)
     assert problem in state_problem(newest) and state_problem(previous) is None
-    with caplog.at_level(logging.WARNING, logger="tuneforge.train.resume"):
+    with caplog.at_level(logging.WARNING, logger="tuneforge.job.resume"):
         plan = _plan(paths)
     assert plan.checkpoint == previous and not plan.finished
     assert f"{newest} is not resumed from: {problem}" in caplog.text
@@ -63,7 +63,7 @@ def test_a_checkpoint_whose_state_does_not_parse_is_skipped_for_the_previous_one
 def test_with_no_other_checkpoint_the_run_starts_fresh_with_a_warning(tmp_path, caplog):
     paths = Paths(tmp_path)
     newest = _checkpoint(paths, 4, _state(4, log_history="oops"))
-    with caplog.at_level(logging.WARNING, logger="tuneforge.train.resume"):
+    with caplog.at_level(logging.WARNING, logger="tuneforge.job.resume"):
         plan = _plan(paths)
     assert plan.checkpoint is None and newest.is_dir()
     assert "no other complete checkpoint: this run starts fresh" in caplog.text
@@ -74,7 +74,7 @@ def test_a_sound_state_is_resumed_as_before(tmp_path, caplog):
     _checkpoint(paths, 2, _state(2))
     newest = _checkpoint(paths, 4, _state(4, best_model_checkpoint=None, stateful_callbacks={
         "TrainerControl": {"args": {}, "attributes": {}}, "EarlyStoppingCallback": [{"args": {}}]}))
-    with caplog.at_level(logging.WARNING, logger="tuneforge.train.resume"):
+    with caplog.at_level(logging.WARNING, logger="tuneforge.job.resume"):
         assert _plan(paths).checkpoint == newest
     assert "refused" not in caplog.text
 
@@ -91,7 +91,7 @@ def _chat_example():
 
 def _tokenize(tokenizer, chat_template=None):
     from tuneforge.data import tokenize_examples
-    from tuneforge.prompt import PromptFormat
+    from tuneforge.data.prompt import PromptFormat
 
     prompt = PromptFormat(kind="chat", prompt_template="", completion_template="", chat_template=chat_template)
     return tokenize_examples([_chat_example()], tokenizer, prompt, max_len=64, max_out=16, seq2seq=False)
@@ -151,7 +151,7 @@ def test_a_chat_template_that_runs_too_long_fails_naming_it_and_the_limit(tiny, 
 
     from transformers import AutoTokenizer
 
-    from tuneforge import prompt
+    from tuneforge.data import prompt
     from tuneforge.errors import HyperparameterError
 
     monkeypatch.setattr(prompt, "RENDER_SECONDS", 0.5)
@@ -178,7 +178,7 @@ def test_a_looping_chat_template_is_stopped_in_any_thread(tiny, monkeypatch):
 
     from transformers import AutoTokenizer
 
-    from tuneforge import prompt
+    from tuneforge.data import prompt
     from tuneforge.errors import HyperparameterError
 
     monkeypatch.setattr(prompt, "RENDER_SECONDS", 0.5)
@@ -202,7 +202,7 @@ def test_a_looping_chat_template_is_stopped_in_any_thread(tiny, monkeypatch):
 def test_a_chat_template_whose_output_is_too_long_fails_naming_it_and_the_limit(tiny, monkeypatch):
     from transformers import AutoTokenizer
 
-    from tuneforge import prompt
+    from tuneforge.data import prompt
     from tuneforge.errors import HyperparameterError
 
     monkeypatch.setattr(prompt, "MAX_RENDERED_CHARS", 1000)
@@ -295,7 +295,7 @@ def test_the_run_report_warns_of_the_overlap(tmp_path):
 # ---------------------------------------------------------------- a full disk while checkpointing
 def test_a_checkpoint_write_that_ran_out_of_disk_is_a_resource_error(tmp_path):
     from tuneforge.errors import ResourceError
-    from tuneforge.train.checkpoints import disk_full_error
+    from tuneforge.job.checkpoints import disk_full_error
 
     paths = Paths(tmp_path / "opt" / "ml")
     _checkpoint(paths, 2, _state(2))

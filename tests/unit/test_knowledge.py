@@ -1,7 +1,7 @@
 """The general-knowledge check: questions asked the way the fine-tune was trained, scored by word."""
 
-from tuneforge.prompt import DEMARCATION_KEY, DOLLY_TEMPLATE, PromptFormat
-from tuneforge.train import knowledge
+from tuneforge.data.prompt import DEMARCATION_KEY, DOLLY_TEMPLATE, PromptFormat
+from tuneforge.llm import knowledge
 
 
 def test_instruction_fine_tunes_are_asked_through_their_template():

@@ -1,5 +1,5 @@
-"""The chunked causal LM loss (train/loss.py) equals the standard one, loss and gradients, without
-ever computing the logits of more than one chunk; and the Liger switch (train/liger.py)."""
+"""The chunked causal LM loss (llm/loss.py) equals the standard one, loss and gradients, without
+ever computing the logits of more than one chunk; and the Liger switch (llm/liger.py)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import torch
 
 from tuneforge.data import Collator
 from tuneforge.errors import HyperparameterError
-from tuneforge.train.liger import plan_liger
-from tuneforge.train.loss import CHUNKED_LOSS_FAMILIES, chunked_causal_lm_loss, plan_loss
-from tuneforge.train.packing import PackedCollator
+from tuneforge.llm.liger import plan_liger
+from tuneforge.llm.loss import CHUNKED_LOSS_FAMILIES, chunked_causal_lm_loss, plan_loss
+from tuneforge.llm.packing import PackedCollator
 
 TINY_FAMILIES = sorted(CHUNKED_LOSS_FAMILIES & {"llama", "mistral", "mixtral", "gemma", "gpt2", "gptj", "gpt_neo",
                                                 "gpt_neox", "falcon", "bloom"})
@@ -38,7 +38,7 @@ def _batch(vocab: int, lengths=(12, 40, 7, 33), seed=2) -> dict:
 def _trainer(model, tmp_path, chunked: bool):
     from transformers import TrainingArguments
 
-    from tuneforge.train.trainer import TrainerPlan, TuneforgeTrainer
+    from tuneforge.llm.trainer import TrainerPlan, TuneforgeTrainer
 
     args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[], remove_unused_columns=False)
     return TuneforgeTrainer(model=model, args=args, plan=TrainerPlan(chunked_loss=chunked))

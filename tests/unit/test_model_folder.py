@@ -9,8 +9,8 @@ from tuneforge.errors import ModelError
 from tuneforge.model_folder import (FORMAT_VERSION, METADATA_FILE, ModelMetadata, check_weights, choose_dtype,
                                     config_context_length, context_length, holds_weights, is_adapter_only,
                                     is_complete)
-from tuneforge.prompt import PromptFormat
-from tuneforge.train.artifacts import ModelWriter
+from tuneforge.data.prompt import PromptFormat
+from tuneforge.job.artifacts import ModelWriter
 
 
 def test_metadata_round_trips_and_is_stamped(tmp_path):

@@ -1,4 +1,4 @@
-"""Padding-free packing (train/packing.py): bins, layout, and the math. A packed batch gives the
+"""Padding-free packing (llm/packing.py): bins, layout, and the math. A packed batch gives the
 loss and gradients of the padded batch, and no token attends across a row boundary."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import torch
 from tuneforge.data import Collator
 from tuneforge.errors import HyperparameterError
 from tuneforge.families import BY_TYPE
-from tuneforge.train.packing import PACKING_FAMILIES, PackedCollator, best_fit_bins, plan_packing
+from tuneforge.llm.packing import PACKING_FAMILIES, PackedCollator, best_fit_bins, plan_packing
 
 
 def _rows(lengths, vocab=1000, seed=1, full_label_rows=(0, 3)):
@@ -200,7 +200,7 @@ def test_true_fails_clearly_where_rows_cannot_be_kept_apart(model_type, seq2seq)
 def test_a_packed_trainer_trains_on_packed_batches_and_evaluates_padded_ones(tiny, tmp_path):
     from transformers import TrainingArguments
 
-    from tuneforge.train.trainer import TrainerPlan, TuneforgeTrainer
+    from tuneforge.llm.trainer import TrainerPlan, TuneforgeTrainer
 
     rows = _rows([20, 90, 35, 60, 12, 44, 70, 25], full_label_rows=())
     args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=4, per_device_eval_batch_size=4,
@@ -218,7 +218,7 @@ def test_domain_blocks_record_where_each_document_starts(tiny):
     from transformers import AutoTokenizer
 
     from tuneforge.data import Example, tokenize_examples
-    from tuneforge.prompt import PromptFormat
+    from tuneforge.data.prompt import PromptFormat
 
     tokenizer = AutoTokenizer.from_pretrained(tiny("llama"))
     texts = ["The lime is green. " * n for n in (3, 11, 1, 6, 2)]
@@ -237,8 +237,8 @@ def test_domain_blocks_record_where_each_document_starts(tiny):
 
 
 def test_packed_padding_share_is_what_the_collator_produces():
-    from tuneforge.train.batching import first_epoch_order
-    from tuneforge.train.packing import packed_padding_share
+    from tuneforge.llm.batching import first_epoch_order
+    from tuneforge.llm.packing import packed_padding_share
 
     rows = _rows([random.Random(i).randint(20, 400) for i in range(64)])
     assert packed_padding_share(rows, None, "group_by_length", 8, 1, 10) == 0.0  # one flattened row: no padding

@@ -1,4 +1,4 @@
-"""metrics.json is the report, not control state: the recipes decide from train/plan.py's RunPlan
+"""metrics.json is the report, not control state: the recipes decide from llm/plan.py's RunPlan
 and Outcome and only write `results`; metrics.py (and the gate) read it to print and report."""
 
 import ast
@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from tuneforge.train.plan import Outcome, RunPlan
+from tuneforge.llm.plan import Outcome, RunPlan
 
-TRAIN = Path(__file__).resolve().parents[2] / "container" / "tuneforge" / "train"
-DECIDING = ("recipe.py", "preference.py", "resume.py")
+PACKAGE = Path(__file__).resolve().parents[2] / "container" / "tuneforge"
+DECIDING = ("llm/recipe.py", "llm/preference.py", "llm/identity.py", "job/resume.py")
 WRITES = {"update", "setdefault"}  # setdefault's value may only be written into (x.setdefault(k, {})[k2] = v)
 # the report's readers: metrics.json itself, the tracker finals, the model metadata, the gate, the phase log
 READERS = {"check_job", "tracker_finals", "metric_summary", "print_final_lines", "Phases", "write_metrics"}
@@ -64,8 +64,8 @@ def results_reads(source: str) -> list[int]:
 
 @pytest.mark.parametrize("module", DECIDING)
 def test_recipes_only_write_the_results(module):
-    reads = results_reads((TRAIN / module).read_text())
-    assert not reads, f"train/{module} reads metrics.json's dict back at lines {reads}: decide from the RunPlan/Outcome"
+    reads = results_reads((PACKAGE / module).read_text())
+    assert not reads, f"{module} reads metrics.json's dict back at lines {reads}: decide from the RunPlan/Outcome"
 
 
 @pytest.mark.parametrize("code", [

@@ -1,4 +1,4 @@
-"""DPO batches pairs of similar length (train/batching.py through TRL's DPOTrainer): setup plans on
+"""DPO batches pairs of similar length (llm/batching.py through TRL's DPOTrainer): setup plans on
 the pairs tokenized as TRL tokenizes them, and TRL's own dataloader then pads far less than random
 batches, every pair once."""
 
@@ -7,8 +7,8 @@ from collections import Counter
 
 import pytest
 
-from tuneforge.train.batching import describe, padding_share, row_lengths
-from tuneforge.train.preference_data import pair_token_ids
+from tuneforge.llm.batching import describe, padding_share, row_lengths
+from tuneforge.llm.preference_data import pair_token_ids
 
 
 def _pairs(n: int) -> list[dict]:
@@ -32,7 +32,7 @@ def test_trls_dataloader_batches_the_pairs_setup_planned(tiny, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOConfig, DPOTrainer
 
-    from tuneforge.train.trainer import TrainerPlan, tuneforge_trainer_class
+    from tuneforge.llm.trainer import TrainerPlan, tuneforge_trainer_class
 
     features = Dataset.from_list(_pairs(96))
     tokenizer = AutoTokenizer.from_pretrained(tiny("llama"))

@@ -147,9 +147,9 @@ def test_conversation_pairs_render_as_sft_chat_renders_the_same_conversation(tmp
     the template's EOS ending the answer (TRL adds none after it)."""
     from transformers import AutoTokenizer
 
-    from tuneforge.prompt import chat_segments
+    from tuneforge.data.prompt import chat_segments
     from tuneforge.tiny import tiny_model
-    from tuneforge.train.preference_data import render_pair
+    from tuneforge.llm.preference_data import render_pair
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model("llama"))
     system = [{"role": "system", "content": "Be brief."}]
@@ -172,9 +172,9 @@ def test_conversational_unpaired_rows_render_as_sft_chat_renders_them(tmp_path):
     prompt format, the prompt and answer the pieces chat fine-tuning trains on."""
     from transformers import AutoTokenizer
 
-    from tuneforge.prompt import chat_segments
+    from tuneforge.data.prompt import chat_segments
     from tuneforge.tiny import tiny_model
-    from tuneforge.train.preference_data import render_pair
+    from tuneforge.llm.preference_data import render_pair
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model("llama"))
     data = _read(tmp_path, CHAT_UNPAIRED, {"training_method": "kto"})
@@ -202,7 +202,7 @@ def test_kto_weights_are_declared_and_reach_trls_config(tmp_path):
     from transformers import TrainingArguments
 
     from tuneforge.errors import HyperparameterError
-    from tuneforge.train.preference_methods import method_trainer
+    from tuneforge.llm.preference_methods import method_trainer
 
     config = parse_hyperparameters({"training_method": "kto", "kto_desirable_weight": "1.33"})
     _, kto = method_trainer(config, TrainingArguments(output_dir=str(tmp_path), report_to=[]), 64)
@@ -230,7 +230,7 @@ def test_check_job_refuses_unpaired_rows_for_sft_before_any_model_loads(tmp_path
 
 
 def test_a_template_json_renders_text_pair_prompts_as_instruction_tuning_does(tmp_path):
-    from tuneforge.prompt import PromptFormat
+    from tuneforge.data.prompt import PromptFormat
 
     rows = [{"question": "Sky?", "context": "Look up.", "chosen": "Blue.", "rejected": "Red."}]
     folder = _channel(tmp_path, rows)
@@ -241,7 +241,7 @@ def test_a_template_json_renders_text_pair_prompts_as_instruction_tuning_does(tm
                             demarcation="\n\n### Response:\n").render_prompt(rows[0])
     assert data.examples[0].prompt == expected == "Q: Sky?\nContext: Look up.\n\n### Response:\n"
     assert data.prompt.prompt_template == template["prompt"]
-    from tuneforge.train.preference_data import render_pair
+    from tuneforge.llm.preference_data import render_pair
 
     assert render_pair(data.examples[0], None, data.prompt)["prompt"] == expected  # not rendered twice
     (folder / "pairs.jsonl").write_text(json.dumps({"question": "Sky?", "chosen": "a", "rejected": "b"}) + "\n")

@@ -327,7 +327,7 @@ def _png_size(png: bytes) -> tuple[int, int]:
 
 def test_changes_are_rounded_as_their_values_and_shares_only_where_they_mean_something():
     from tuneforge.report.doc import fmt_change
-    from tuneforge.report.sections import _change
+    from tuneforge.report.doc import change_cell as _change
 
     assert _change(902.8073, 195.6027, True, 2).text == "-707.20 (-78.3%)"  # perplexity: 2 decimals
     assert _change(0.045, 1.0, False).text == "+0.9550"  # a score: no "+2122%"
@@ -356,7 +356,7 @@ def test_known_noise_is_dropped_and_nothing_else(caplog):
         ("DeepSpeed", "Setting accelerator to CUDA", True),
         ("transformers.trainer_callback", "early stopping required metric_for_best_model, but did not find eval_bleu", True),
         ("bitsandbytes.backends.cpu.ops", "some other bitsandbytes warning", True),
-        ("tuneforge.train.recipe", "Failed to load CPU gemm_4bit_forward from kernels-community", True),
+        ("tuneforge.llm.recipe", "Failed to load CPU gemm_4bit_forward from kernels-community", True),
     ]
     for name, message, kept in cases:
         logger = logging.getLogger(name)
@@ -397,7 +397,7 @@ def _state(step, total, epoch, tokens):
 
 
 def test_one_line_per_logging_step_and_per_evaluation(capsys, monkeypatch):
-    from tuneforge.train import callbacks
+    from tuneforge.llm import callbacks
 
     now = [100.0]  # a clock that moves only where the test moves it, however often it is read
     monkeypatch.setattr(callbacks.time, "monotonic", lambda: now[0])

@@ -10,7 +10,7 @@ def recipe(tiny):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from tuneforge.config import parse_hyperparameters
-    from tuneforge.train.recipe import Recipe
+    from tuneforge.llm.recipe import Recipe
 
     path = tiny("llama")
     recipe = Recipe.__new__(Recipe)
@@ -35,7 +35,7 @@ def test_without_a_deadline_every_prompt_is_answered(recipe):
 def test_no_batch_starts_after_the_deadline(recipe, monkeypatch):
     import time
 
-    from tuneforge.train import recipe as recipe_module
+    from tuneforge.llm import recipe as recipe_module
 
     assert recipe._greedy_answers(PROMPTS, 2, deadline=time.monotonic() - 1) == []
     clock = iter([0.0, 10.0, 10.0])  # the first batch starts in time; the second check is late

@@ -9,7 +9,7 @@ import time
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from tuneforge.train import stopping
+from tuneforge.job import stopping
 
 STEPS = 40
 

@@ -1,6 +1,6 @@
 import pytest
 
-from tuneforge.train.throughput import flops_per_token, mfu, peak_flops
+from tuneforge.llm.throughput import flops_per_token, mfu, peak_flops
 
 
 def test_full_finetuning_is_six_flops_per_parameter_plus_attention():

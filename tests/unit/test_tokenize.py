@@ -4,7 +4,7 @@ from tuneforge.data import Collator, tokenize_examples
 from tuneforge.data.formats import Example
 from tuneforge.data.tokenize import IGNORE
 from tuneforge.errors import DataError
-from tuneforge.prompt import PromptFormat, encode_prompt
+from tuneforge.data.prompt import PromptFormat, encode_prompt
 
 
 @pytest.fixture(scope="module")

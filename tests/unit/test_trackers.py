@@ -13,7 +13,7 @@ import time
 import pytest
 
 from tuneforge.contract import Paths
-from tuneforge.train.metrics import tracker_finals, tracker_scalars
+from tuneforge.llm.metrics import tracker_finals, tracker_scalars
 from tuneforge.trackers import open_trackers
 
 

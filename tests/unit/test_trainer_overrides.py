@@ -1,4 +1,4 @@
-"""TuneforgeTrainer (train/trainer.py) overrides private Trainer methods, which transformers may
+"""TuneforgeTrainer (llm/trainer.py) overrides private Trainer methods, which transformers may
 change in any release without notice. Each is listed here with the parameters the override takes
 and passes on; the tests fail when the installed transformers no longer has one with those
 parameters, when an override is added without being listed, and when the installed transformers
@@ -13,7 +13,7 @@ import inspect
 import pytest
 from transformers import Trainer
 
-from tuneforge.train.trainer import TuneforgeTrainerMixin
+from tuneforge.llm.trainer import TuneforgeTrainerMixin
 
 from .test_lock import REPO, pins
 
@@ -30,7 +30,7 @@ PUBLIC_OVERRIDES = {
     "get_eval_dataloader": ["self", "eval_dataset"],
 }
 OVERRIDES = {**PRIVATE_OVERRIDES, **PUBLIC_OVERRIDES}
-# the TRL trainers the preference recipes put the mixin on (train/preference_methods.py)
+# the TRL trainers the preference recipes put the mixin on (llm/preference_methods.py)
 TRL_TRAINERS = ["trl:DPOTrainer", "trl:KTOTrainer", "trl.experimental.orpo:ORPOTrainer",
                 "trl.experimental.cpo:CPOTrainer"]
 

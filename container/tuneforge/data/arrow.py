@@ -64,7 +64,7 @@ def _features(segments: bool):
 
 class _ArrowSink:
     """Receives the features chunk by chunk: appends them to the Arrow file and to the fingerprint
-    (train/resume.py's data_fingerprint: each row's size and its input ids as int64)."""
+    (llm/identity.py's data_fingerprint: each row's size and its input ids as int64)."""
 
     def __init__(self, path: Path, segments: bool):
         from datasets.arrow_writer import ArrowWriter

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import DataError
-from ..prompt import DEMARCATION_KEY, DOLLY_TEMPLATE, PromptFormat, template_fields
+from .prompt import DEMARCATION_KEY, DOLLY_TEMPLATE, PromptFormat, template_fields
 
 CHAT_KEYS = ("dialog", "messages", "conversations")
 CHAT_ROLES = ("system", "user", "assistant")
@@ -100,8 +100,7 @@ def read_channel(folder: Path, config, *, prompt: PromptFormat | None = None,
     if not files:
         raise DataError("the channel is empty", where=str(folder),
                         fix="put the training files in this folder (see docs/data-formats.md)")
-    from .preference import check_method
-    from .registry import data_format
+    from .registry import check_method, data_format
 
     fmt = fmt or detect_format(folder, config)
     check_method(fmt, config, str(folder))

@@ -6,7 +6,7 @@ orpo, simpo), or unpaired rows that label one answer desirable or not (kto).
   assistant turn that differs (an optional "prompt": [messages] holds the shared turns instead)
 - unpaired: {"prompt": str, "completion": str, "label": true|false}, or conversational:
   {"prompt": [turns], "completion": [the assistant turn], "label": true|false}
-Rows are kept as text here; train/preference.py renders them with the prompt format and chat
+Rows are kept as text here; llm/preference.py renders them with the prompt format and chat
 template the job uses (the tokenizer is loaded later). Every problem names file:line and the fix.
 """
 
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import DataError
-from ..prompt import DEMARCATION_KEY, PromptFormat, template_fields
+from .prompt import DEMARCATION_KEY, PromptFormat, template_fields
 from .formats import Example, LoadedData, _check_text_value, _jsonl_rows, _messages, _read_template
 
 ROW_SHAPES = ('{"prompt": "...", "chosen": "...", "rejected": "..."} or '
@@ -62,26 +62,6 @@ def sniff_preference(files: list[Path]) -> str | None:
             return "unpaired"
         return None
     return None
-
-
-def check_method(fmt: str, config, where: str) -> None:
-    """A format the chosen training_method cannot train on is refused, naming the one that can."""
-    from .registry import FORMATS, data_format
-
-    method = getattr(config, "training_method", "sft")
-    rows = data_format(fmt)
-    if "sft" not in rows.methods and method not in rows.methods:  # a format only preference methods train on
-        can = " or ".join(f"training_method={m}" for m in rows.methods)
-        raise DataError(f"the rows are {rows.description}, which training_method={method} cannot train on",
-                        where=where, fix=f"set {can} to train on them (docs/preference.md)"
-                                         + (", or give prompt/completion rows or conversations for sft"
-                                            if method == "sft" else ""))
-    needed = next((f for f in FORMATS.values() if "sft" not in f.methods and method in f.methods), None)
-    if needed and fmt != needed.name:
-        can = " or ".join(rows.methods)
-        raise DataError(f"training_method={method} needs {needed.description} and the channel holds {fmt} data, "
-                        f"which training_method={can} trains on", where=where,
-                        fix=f"set training_method={can.split(' or ')[0]} for this data, or write rows as {needed.row_shape}")
 
 
 def read_preference(folder: Path, files: list[Path], config, prompt: PromptFormat | None) -> LoadedData:

@@ -19,7 +19,7 @@ from typing import Callable
 import torch
 
 from ..errors import DataError
-from ..prompt import chat_segments, encode_chat, encode_prompt, token_ids
+from .prompt import chat_segments, encode_chat, encode_prompt, token_ids
 from .registry import data_format
 
 IGNORE = -100
@@ -41,7 +41,7 @@ class TokenizedData:
     completion_lost: list[str] = field(default_factory=list)  # rows left with only EOS to learn
     long_rows: list[str] = field(default_factory=list)  # rows cut to a character budget before tokenizing
     tail_tokens_dropped: int = 0  # domain text: the short last block that was left out
-    fingerprint: str | None = None  # train/resume.py's data_fingerprint of the input ids, where it was computed
+    fingerprint: str | None = None  # llm/identity.py's data_fingerprint of the input ids, where it was computed
 
     def __post_init__(self):
         self.sequences = self.sequences or len(self.features)
@@ -249,7 +249,7 @@ def _segment_lengths(doc_starts: list[int], start: int, end: int) -> list[int]:
 def _domain_blocks(examples, tokenizer, block: int, data: TokenizedData):
     """Documents concatenated (each ends with EOS) and cut into blocks of `block` tokens, yielded as
     the stream grows (only the unfinished block is held). Each block records the lengths of the
-    document pieces it holds (`segment_lengths`): packing (train/packing.py) makes them rows of
+    document pieces it holds (`segment_lengths`): packing (llm/packing.py) makes them rows of
     their own, so no document attends to another. A short tail is counted in data.tail_tokens_dropped."""
     pending: list[int] = []  # the stream from the start of the unfinished block
     doc_starts: list[int] = []  # where documents start in `pending`
@@ -352,7 +352,7 @@ def _check_truncation(data: TokenizedData, lim: _Limits) -> None:
 
 class Collator:
     """Pads a batch: input ids with the pad id, labels with -100, attention mask 0 on padding.
-    (A domain block's documents attend to each other here; train/packing.py keeps them apart.)"""
+    (A domain block's documents attend to each other here; llm/packing.py keeps them apart.)"""
 
     def __init__(self, pad_id: int):
         self.pad_id = pad_id

@@ -62,7 +62,7 @@ def ensure_class_images(paths, pipeline, data, config, resolution: int, stop_req
     index = len(made)
     while missing > 0:
         if stop_requested():
-            from ..train.stopping import Stopped, stopped_message
+            from ..job.stopping import Stopped, stopped_message
 
             raise Stopped(stopped_message(f"while generating class images ({index} of {wanted} in {folder})", None))
         count = min(config.sample_batch_size, missing)

@@ -1,4 +1,4 @@
-"""A text-to-image training job, entered from the training launcher (train/launcher.py).
+"""A text-to-image training job, as the job runtime runs it (job/launcher.py's RecipeEntry).
 
 Like a language-model job it runs in a child process under `tuneforge train` (so a SIGKILL still
 ends in a failure file), stops on SIGTERM with a checkpoint, and exits 0 only when model/ holds a
@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from ..job.launcher import RecipeEntry
 from ..model_folder import METADATA_FILE
 from . import PIPELINE_INDEX
 
@@ -24,12 +25,6 @@ def pipeline_files_present(model_dir: Path) -> bool:
     return (model_dir / PIPELINE_INDEX).is_file() and (model_dir / METADATA_FILE).is_file() and parts
 
 
-def is_first_host(paths) -> bool:
-    resources = paths.read_resource_config()
-    hosts = sorted(resources.get("hosts") or [])
-    return not hosts or resources.get("current_host", hosts[0]) == hosts[0]
-
-
 def check_channels(paths, config) -> None:
     """What the settings need from the channels beyond the training data: with compute_fid, the
     Inception weights in the `fid` channel (ModelError naming the channel and the file)."""
@@ -39,31 +34,23 @@ def check_channels(paths, config) -> None:
         weights_file(paths)
 
 
-def run_job(paths, raw: dict, *, isolate: bool, handed=None) -> int:
-    """Train; 0 when model/ holds the pipeline. Errors propagate to the launcher's failure file.
-    handed: the launcher's parsed config (train/job_config.py), in the isolated child."""
-    from ..train import stopping
-    from ..train.launcher import launch_single
-    from .config import DreamBoothConfig, parse_diffusion_hyperparameters
+def parse(raw: dict):
+    from .config import parse_diffusion_hyperparameters
 
-    # bad hyperparameters fail before a process starts
-    config = handed.config(DreamBoothConfig) if handed else parse_diffusion_hyperparameters(raw)
-    check_channels(paths, config)
-    if not is_first_host(paths):
-        log.info("text-to-image training runs on the first host only; this host has nothing to do")
-        return 0
-    if isolate:
-        code = launch_single(paths, raw, config)
-        if code != 0:
-            return code
-    else:
-        from .train import DreamBooth
+    return parse_diffusion_hyperparameters(raw)  # bad hyperparameters fail before a process starts
 
-        previous = stopping.install()
-        try:
-            DreamBooth(paths, config).run()
-        finally:
-            stopping.restore(previous)
-    if not pipeline_files_present(paths.model_dir):
-        raise RuntimeError(f"training finished but {paths.model_dir} holds no complete pipeline")
-    return 0  # the training process logged "pipeline written to ..." once
+
+def run(paths, config, raw: dict) -> None:  # noqa: ARG001
+    from .train import DreamBooth
+
+    DreamBooth(paths, config).run()  # it logs "pipeline written to ..." once
+
+
+def entry() -> RecipeEntry:
+    """One process on the first host (needs_ranks None): the launcher runs it there, isolated under
+    `tuneforge train`, with SIGTERM as checkpoint-and-stop; 0 only when model/ holds the pipeline."""
+    from . import is_text_to_image_job
+    from .config import DreamBoothConfig
+
+    return RecipeEntry(kind="text-to-image", detect=is_text_to_image_job, parse=parse, config_type=DreamBoothConfig,
+                       check=check_channels, run=run, output_present=pipeline_files_present, output_name="pipeline")

@@ -12,9 +12,9 @@ import math
 
 import torch
 
-from ..train import stopping
-from ..train.callbacks import NonFiniteError
-from ..train.metrics import print_metric
+from ..job import stopping
+from ..job.finite import NonFiniteError
+from ..job.metric_lines import print_metric
 from .state import Position
 
 log = logging.getLogger(__name__)

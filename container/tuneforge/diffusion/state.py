@@ -3,7 +3,7 @@
 A checkpoint is checkpoint-<step>/ holding the trainable weights (safetensors), the optimizer and
 learning-rate schedule (tensors and plain data, loaded weights-only), the random generators and
 the position in the data (state.json). It is staged, given a manifest and renamed into place by
-train/checkpoints.py, so a half-written one is never resumed; one made by a run with other
+job/checkpoints.py, so a half-written one is never resumed; one made by a run with other
 settings (identity) is moved aside, as for language models.
 """
 
@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from ..train import checkpoints as ckpt
-from ..train.resume import _supersede, check_loads_weights_only, differences
+from ..job import checkpoints as ckpt
+from ..job.resume import supersede, check_loads_weights_only, differences
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ def find(paths, ident: dict) -> Path | None:
     recorded = ckpt.read_manifest(latest).get("identity") or {}
     reasons = differences(recorded, ident)
     if reasons:
-        _supersede(paths.checkpoint_dir, reasons)
+        supersede(paths.checkpoint_dir, reasons)
         return None
     check_loads_weights_only(latest)
     return latest

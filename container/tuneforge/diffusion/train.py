@@ -20,9 +20,9 @@ from torch.nn import functional
 
 from ..contract import Paths
 from ..model_folder import ModelMetadata
-from ..train import stopping
-from ..train.artifacts import ModelWriter, is_disk_full
-from ..train.metrics import print_metric
+from ..job import stopping
+from ..job.artifacts import ModelWriter, is_disk_full
+from ..job.metric_lines import print_metric
 from . import facts, images, state
 from .data import read_channel
 from .examples import Examples
@@ -210,7 +210,7 @@ class DreamBooth:
     # ------------------------------------------------------------------ save and report
     def save(self) -> None:
         from ..errors import ResourceError
-        from ..train.saving import check_finite
+        from ..job.finite import check_finite
 
         for prefix, module in self.modules.items():
             if self.config.use_lora:

@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 
 from ..errors import HyperparameterError, UserError
-from .gate import failures, parse_thresholds
+from ..hyperparameters import parse_thresholds
+from .gate import failures
 from .scoring import score_task
 from .tasks import load_tasks
 

@@ -2,19 +2,7 @@
 
 from __future__ import annotations
 
-
-def parse_thresholds(text: str) -> dict[str, float] | None:
-    """"tickets=0.9,general=0.5" -> {"tickets": 0.9, "general": 0.5}; None when not in that form."""
-    out = {}
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        name, equals, value = part.partition("=")
-        try:
-            out[name.strip()] = float(value)
-        except ValueError:
-            return None
-        if not equals or not name.strip():
-            return None
-    return out
+from ..hyperparameters import parse_thresholds  # eval_min_score's form, checked when the config is read
 
 
 def failures(scores: dict[str, float], before: dict[str, float] | None, min_score: dict[str, float],

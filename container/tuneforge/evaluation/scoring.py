@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import DataError
-from ..prompt import render_chat, template_fields
+from ..data.prompt import render_chat, template_fields
 from .harness import HARNESS, score_harness_task
 from .tasks import GENERATION, Task
 
@@ -72,22 +72,22 @@ def loglikelihood(model, tokenizer, context: str, continuation: str) -> float:
 
 
 def _generation(task: Task, loaded, max_new_tokens: int) -> dict:
-    from ..train import metrics
+    from . import generation
 
     prompts = [render_item(item, loaded, f"{task.path}:{i + 1}") for i, item in enumerate(task.items)]
-    answers = metrics.generate(loaded.model, loaded.tokenizer, prompts, seq2seq=loaded.seq2seq,
+    answers = generation.generate(loaded.model, loaded.tokenizer, prompts, seq2seq=loaded.seq2seq,
                                max_new_tokens=max_new_tokens, max_input_length=loaded.max_input_tokens)
     return generation_scores(task, prompts, answers)
 
 
 def generation_scores(task: Task, prompts: list, answers: list[str]) -> dict:
     """Exact match and ROUGE-L of the answers against the items' references (ROUGE-L is the score)."""
-    from ..train import metrics
+    from . import generation
 
     references = [item["reference"] for item in task.items]
     # a character cut short by the token limit: decoded as U+FFFD here, held back by a server
     answers = [answer.rstrip("\ufffd").strip() for answer in answers]
-    scores = metrics.rouge(answers, references)
+    scores = generation.rouge(answers, references)
     return {"kind": task.kind, "items": len(answers), "score": scores["rougeL"], "exact_match": scores["exact_match"],
             "rougeL": scores["rougeL"],
             "details": [{"prompt": p, "answer": a, "reference": r} for p, a, r in zip(prompts, answers, references)]}

@@ -36,9 +36,11 @@ def _write(document, out_dir: Path, html_name: str, markdown_name: str) -> tuple
 
 def write_report(source: str | Path, out_dir: str | Path | None = None) -> tuple[Path, Path]:
     """report.html and report.md for one job; into its output/data folder unless out_dir is given."""
-    from .sections import build_document
-
     job = load_job(source)
+    if (job.recorded.task or "text generation") == "text-to-image":  # its own sections
+        from .image_sections import build_image_document as build_document
+    else:
+        from .sections import build_document
     return _write(build_document(job), Path(out_dir) if out_dir else job.report_dir, HTML_NAME, MARKDOWN_NAME)
 
 

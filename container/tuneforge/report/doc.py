@@ -110,3 +110,16 @@ def fmt_change(delta: float, digits: int = 4) -> str:
 def number(value, key: str | None = None, digits: int = 4, css: str = "") -> Cell:
     exact = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
     return Cell(fmt(value, digits), key=key if exact is not None else None, value=exact, css=css)
+
+
+def change_cell(before, after, lower_better: bool, digits: int = 4) -> Cell:
+    """One rounding and colouring of a change from `before` to `after` for every report row."""
+    if not isinstance(before, (int, float)) or not isinstance(after, (int, float)):
+        return Cell("")
+    delta = after - before
+    better = delta < 0 if lower_better else delta > 0
+    css = "muted" if delta == 0 else ("better" if better else "worse")
+    # A share of the baseline only where it reads as one: losses and perplexities, not scores that
+    # start near zero (0.045 -> 1.0 is "+2122%", which says nothing the scores do not)
+    relative = f" ({delta / before:+.1%})" if lower_better and delta and before and abs(delta / before) < 10 else ""
+    return Cell(f"{fmt_change(delta, digits)}{relative}", css=css)

@@ -49,7 +49,7 @@ def training_method(config) -> str:
 def hardware() -> str:
     import torch
 
-    from ..train.distributed import world_size
+    from ..job.distributed import world_size
 
     processes = world_size()
     if torch.cuda.is_available():

@@ -3,7 +3,7 @@ the before/after table, and which SFT rows it leaves out (the exp of a DPO loss 
 
 from __future__ import annotations
 
-from .doc import Cell, number
+from .doc import Cell, change_cell, number
 
 NAMES = {"dpo": "DPO", "orpo": "ORPO", "simpo": "SimPO", "kto": "KTO"}
 SFT_ONLY_ROWS = ("perplexity", "train_perplexity")  # metrics.json keys of the rows a preference job leaves out
@@ -46,9 +46,7 @@ def preference_rows(m: dict) -> list[list[Cell]]:
 
 
 def _change(before, after) -> Cell:
-    from .sections import _change as change  # one rounding and colouring of changes for every row
-
-    return change(before, after, False)
+    return change_cell(before, after, False)  # one rounding and colouring of changes for every row
 
 
 PREFERENCE_KEYS = {"final_reward_accuracy", "final_reward_margin", "final_chosen_logps", "final_rejected_logps"}

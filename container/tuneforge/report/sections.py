@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 
 from . import charts
-from .doc import Cell, Document, Image, Marked, Pre, Section, Table, Text, fmt, fmt_change, number
+from .doc import Cell, Document, Image, Marked, Pre, Section, Table, Text, change_cell, fmt, number
 from ..metrics_file import MetricsFile
 from .gather import JobOutput
 from .preference import PREFERENCE_KEYS, SFT_ONLY_ROWS, method_name, preference_method, preference_rows
@@ -163,14 +163,14 @@ def metrics_section(job: JobOutput) -> Section | None:
         digits = digits_of(after_key)
         label = f"{label} ({method_name(method)})" if method and after_key == "eval_loss" else label
         rows.append([Cell(label, css="strong"), number(before, before_key, digits), number(after, after_key, digits),
-                     _change(before, after, lower_better, digits)])
+                     change_cell(before, after, lower_better, digits)])
     knowledge = job.recorded.general_knowledge or {}
     if knowledge:
         score = {stage: r.get("score") if isinstance(r, dict) else r for stage, r in knowledge.items()}
         rows.append([Cell("general knowledge (share right)", css="strong"),
                      number(score.get("before"), "general_knowledge.before.score"),
                      number(score.get("after"), "general_knowledge.after.score"),
-                     _change(score.get("before"), score.get("after"), False)])
+                     change_cell(score.get("before"), score.get("after"), False)])
     rows += evaluation_rows(m)
     for label, key in (("training loss", "train_loss"), ("training perplexity", "train_perplexity")):
         if m.get(key) is not None and not (method and key in SFT_ONLY_ROWS):
@@ -193,7 +193,7 @@ def evaluation_rows(m: dict) -> list[list[Cell]]:
         rows.append([Cell(f"task {name} ({metric})", css="strong"),
                      number(before.get("score"), f"evaluation.{name}.before.score"),
                      number(after.get("score"), f"evaluation.{name}.after.score"),
-                     _change(before.get("score"), after.get("score"), False)])
+                     change_cell(before.get("score"), after.get("score"), False)])
     return rows
 
 
@@ -212,18 +212,6 @@ def overlap_warning(m: dict) -> Text | None:
     if not isinstance(overlap, dict) or not overlap.get("note"):
         return None
     return Text(f"Warning: {overlap['note']}.", css="warning")
-
-
-def _change(before, after, lower_better: bool, digits: int = 4) -> Cell:
-    if not isinstance(before, (int, float)) or not isinstance(after, (int, float)):
-        return Cell("")
-    delta = after - before
-    better = delta < 0 if lower_better else delta > 0
-    css = "muted" if delta == 0 else ("better" if better else "worse")
-    # A share of the baseline only where it reads as one: losses and perplexities, not scores that
-    # start near zero (0.045 -> 1.0 is "+2122%", which says nothing the scores do not)
-    relative = f" ({delta / before:+.1%})" if lower_better and delta and before and abs(delta / before) < 10 else ""
-    return Cell(f"{fmt_change(delta, digits)}{relative}", css=css)
 
 
 def digits_of(key: str) -> int:
@@ -373,11 +361,8 @@ SHOWN_KEYS = {"eval_loss", "eval_loss_before", "perplexity", "perplexity_before"
 
 
 def build_document(job: JobOutput) -> Document:
+    """The report of a language-model job (a text-to-image job's: image_sections.build_image_document)."""
     task = job.recorded.task or "text generation"
-    if task == "text-to-image":  # its own sections: report/image_sections.py
-        from .image_sections import build_image_document
-
-        return build_image_document(job)
     # results first (what a person opens the page for), then how they came about
     builders = (status_section, images_section, metrics_section, curves_section, model_section, data_section,
                 answers_section, speed_section, hyperparameter_section)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from ..prompt import encode_prompt
+from ..data.prompt import encode_prompt
 from .engine import GenerationRequest, Sampling
 from .errors import invalid
 from .fields import not_an_integer_in, show, stop_sequences

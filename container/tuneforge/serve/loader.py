@@ -15,7 +15,7 @@ from ..errors import ModelError
 from ..model_folder import (ADAPTER_CONFIG, ADAPTER_WEIGHTS, CONFIG_FILE, ModelMetadata, check_safetensors_file,
                             check_weights, choose_dtype, context_length, has_tokenizer, model_name,
                             is_adapter_only)
-from ..prompt import PromptFormat
+from ..data.prompt import PromptFormat
 from .settings import ServeSettings
 
 log = logging.getLogger(__name__)

@@ -3,7 +3,7 @@ through the saved PromptFormat or chat template (the same path training used).""
 
 from __future__ import annotations
 
-from ..prompt import RENDER_SECONDS, TemplateTooSlow, apply_template, chat_template_for, template_fields
+from ..data.prompt import RENDER_SECONDS, TemplateTooSlow, apply_template, chat_template_for, template_fields
 from .errors import PayloadError, invalid
 from .structured import ToolPlan, template_messages
 

@@ -123,7 +123,7 @@ def info():
 # ---------------------------------------------------------------------- tokenizer (vLLM's routes)
 @api.get("/tokenizer_info")
 def tokenizer_info():
-    from ..prompt import chat_template_for
+    from ..data.prompt import chat_template_for
 
     current = ready_state()
     tokenizer, fmt = current.loaded.tokenizer, current.loaded.info.prompt

@@ -72,8 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings, args = resolve_settings(argv)
         reservation = None if args.check else reserve_port(settings.host, settings.port)
-        if is_pipeline_dir(settings.model_dir):  # a text-to-image (diffusers) pipeline: diffusion/serve.py
-            from ..diffusion.serve import check_pipeline_dir
+        if is_pipeline_dir(settings.model_dir):  # a text-to-image (diffusers) pipeline: serve/images.py
+            from .images import check_pipeline_dir
 
             check_pipeline_dir(settings.model_dir)
             print(f"serve: text-to-image pipeline {settings.model_dir} on {settings.host}:{settings.port}",
@@ -138,7 +138,7 @@ def run_gunicorn(settings: ServeSettings) -> int:
 
         def load(self):  # runs in each worker, after fork
             if is_pipeline_dir(settings.model_dir):
-                from ..diffusion.serve import create_app as create_image_app
+                from .images import create_app as create_image_app
 
                 return create_image_app(settings)
             from .app import create_app

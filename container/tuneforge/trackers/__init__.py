@@ -112,7 +112,7 @@ def job_trackers(paths: Paths, config, *, task: str, final: Callable[[], dict] |
     """Trackers open for the `with` block; at its end they get `final()` (the final metrics) and
     the files in `report` (output/data: metrics.json, report.html, report.md, ...), and the run
     ends FINISHED, KILLED (SIGTERM) or FAILED as the block did."""
-    from ..train.stopping import Stopped
+    from ..job.stopping import Stopped
 
     trackers = open_trackers(paths, config.to_dict(), tensorboard=config.tensorboard, task=task)
     status = "FAILED"

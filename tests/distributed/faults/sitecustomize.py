@@ -1,6 +1,6 @@
 """Fault injection for tests/distributed, loaded by putting this folder on PYTHONPATH.
 
-In the process whose RANK equals TUNEFORGE_TEST_FAULT_RANK, once tuneforge.train.recipe is
+In the process whose RANK equals TUNEFORGE_TEST_FAULT_RANK, once tuneforge.llm.recipe is
 imported, Recipe.train is replaced: TUNEFORGE_TEST_FAULT=raise raises a RuntimeError,
 =kill sends the process SIGKILL (as the kernel's out-of-memory killer would). Production code
 has no test hooks; this only exists on the test's PYTHONPATH.
@@ -12,7 +12,7 @@ import os
 import signal
 import sys
 
-TARGET = "tuneforge.train.recipe"
+TARGET = "tuneforge.llm.recipe"
 
 
 def _faulty_train(self):

@@ -57,3 +57,23 @@ def detection_order() -> list[DataFormat]:
 
 def formats_for(method: str) -> list[str]:
     return [fmt.name for fmt in FORMATS.values() if method in fmt.methods]
+
+
+def check_method(fmt: str, config, where: str) -> None:
+    """A format the chosen training_method cannot train on is refused, naming the one that can."""
+    from ...errors import DataError
+
+    method = getattr(config, "training_method", "sft")
+    rows = data_format(fmt)
+    if "sft" not in rows.methods and method not in rows.methods:  # a format only preference methods train on
+        can = " or ".join(f"training_method={m}" for m in rows.methods)
+        raise DataError(f"the rows are {rows.description}, which training_method={method} cannot train on",
+                        where=where, fix=f"set {can} to train on them (docs/preference.md)"
+                                         + (", or give prompt/completion rows or conversations for sft"
+                                            if method == "sft" else ""))
+    needed = next((f for f in FORMATS.values() if "sft" not in f.methods and method in f.methods), None)
+    if needed and fmt != needed.name:
+        can = " or ".join(rows.methods)
+        raise DataError(f"training_method={method} needs {needed.description} and the channel holds {fmt} data, "
+                        f"which training_method={can} trains on", where=where,
+                        fix=f"set training_method={can.split(' or ')[0]} for this data, or write rows as {needed.row_shape}")

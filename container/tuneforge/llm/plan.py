@@ -16,7 +16,7 @@ from typing import Any
 class RunPlan:
     parallelism: str                  # distributed.parallelism(): metrics.json "parallelism"
     sharded_state: bool               # DeepSpeed or FSDP: checkpoints hold sharded state
-    liger: dict                       # train/liger.py's decision: metrics.json "liger_kernel"
+    liger: dict                       # llm/liger.py's decision: metrics.json "liger_kernel"
     checkpoint_writer_why_not: str    # "" when checkpoints are written in the background
     batching: dict | None = None      # batching.describe(): metrics.json "batching" (SFT only)
     packing: Any = None               # packing.PackingPlan; its report is metrics.json "packing" (SFT only)

@@ -11,7 +11,7 @@ the ranks of one step get rows of similar length too and none waits on a longer 
 is a function of (seed, epoch) alone, like accelerate's SeedableRandomSampler: every rank computes
 the same one, and a resumed run sees the order the interrupted one would have seen.
 
-It plugs into the Trainer's own data path (`_get_train_sampler`, train/trainer.py), so accelerate shards it across
+It plugs into the Trainer's own data path (`_get_train_sampler`, llm/trainer.py), so accelerate shards it across
 DDP, ZeRO and FSDP ranks as it shards the default random sampler. Losses are unchanged: the
 Trainer normalizes by the number of label tokens in the step, whatever the batch composition.
 """

@@ -19,10 +19,10 @@ from pathlib import Path
 from flask import Flask, Response, g, request
 
 from ..errors import ModelError
-from ..serve.errors import add_error_handlers
-from ..serve.metrics import ServeMetrics
-from . import PIPELINE_INDEX
-from .payloads import JPEG_ACCEPT, ImageRequestError, Limits, check_response_size, parse, render, wants_jpeg
+from .errors import add_error_handlers
+from .metrics import ServeMetrics
+from ..diffusion import PIPELINE_INDEX
+from .image_payloads import JPEG_ACCEPT, ImageRequestError, Limits, check_response_size, parse, render, wants_jpeg
 
 log = logging.getLogger("tuneforge.serve")
 
@@ -37,7 +37,7 @@ class Interrupted(Exception):
 
 def check_pipeline_dir(model_dir: Path) -> dict:
     """File checks only (the gunicorn master must not import torch); tuneforge.json's content or {}."""
-    from . import is_pipeline_dir
+    from ..diffusion import is_pipeline_dir
     from ..model_folder import METADATA_FILE
 
     model_dir = Path(model_dir)
@@ -113,7 +113,7 @@ def load_pipeline(settings):
     import torch
     from diffusers import StableDiffusionPipeline
 
-    from .model import quiet_progress_bars
+    from ..diffusion.model import quiet_progress_bars
 
     check_pipeline_dir(settings.model_dir)
     quiet_progress_bars()

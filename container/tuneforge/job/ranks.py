@@ -1,7 +1,7 @@
 """One failure file for a job of many processes.
 
 Each rank that fails with a Python exception writes output/.ranks/rank-N.error. torchrun (run
-through tuneforge.train.rankrun) records which ranks failed on their own, with exit code or
+through tuneforge.job.rankrun) records which ranks failed on their own, with exit code or
 signal, in output/.ranks/node-K.json; the ranks it then tears down are not in it. The launcher
 turns both into one failure file whose first line names the failing rank and the cause.
 """

@@ -14,8 +14,9 @@ import torch
 from transformers import TrainerCallback
 
 from ..logs import format_duration
-from ..prompt import encode_prompt, token_ids
-from .callbacks import MetricLines, metric_fields
+from ..data.prompt import encode_prompt, token_ids
+from ..job.metric_lines import metric_fields
+from .callbacks import MetricLines
 from .metrics import print_metric
 
 # TRL's log key -> (training line name, evaluation line name, results key)

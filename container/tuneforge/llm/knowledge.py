@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 
 from ..data.registry import FORMATS
-from ..prompt import render_chat
+from ..data.prompt import render_chat
 
 # (question, accepted answers as whole words, lower case)
 QUESTIONS: list[tuple[str, tuple[str, ...]]] = [

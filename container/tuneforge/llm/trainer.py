@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from transformers import PrinterCallback, Seq2SeqTrainer, Trainer
 
-from .background_checkpoints import checkpoint_bytes
+from ..job.background_checkpoints import checkpoint_bytes
 from .batching import length_grouped_sampler
 from .loss import chunked_compute_loss
 

@@ -34,7 +34,7 @@ def training_arguments(config: TrainConfig, *, has_validation: bool) -> dict[str
     args.update(per_device_eval_batch_size=config.eval_batch_size, data_seed=config.seed,
                 warmup_steps=config.warmup_steps if config.warmup_steps > 0 else config.warmup_ratio,
                 # the Trainer's own sampler; group_by_length is tuneforge's LengthGroupedSampler instead,
-                # chosen once the data is read (TrainerPlan.length_grouping, train/trainer.py)
+                # chosen once the data is read (TrainerPlan.length_grouping, llm/trainer.py)
                 train_sampling_strategy="random")
     args.update(_evaluation_and_saving(config, has_validation))
     return args

@@ -13,7 +13,7 @@ import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .errors import HyperparameterError, ModelError, UserError
+from ..errors import HyperparameterError, ModelError, UserError
 
 DEMARCATION_KEY = "\n\n### Response:\n"
 
@@ -71,7 +71,7 @@ class PromptFormat:
     def takes_fields(self) -> bool:
         """Whether serving renders plain text and single chat turns through prompt_template: an
         instruction or table fine-tune whose template has a field to put the text in."""
-        from .data.registry import FORMATS  # data/ renders rows with this module: imported on use
+        from .registry import FORMATS  # the formats read rows with this module: imported on use
 
         rows = FORMATS.get(self.kind)
         return rows is not None and rows.templated and bool(template_fields(self.prompt_template))

@@ -12,12 +12,13 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from ..errors import UserError
 from ..logs import format_duration, format_eta
-from . import stopping
-from .checkpoints import commit, disk_full_error, relocate, rotate
-from .background_checkpoints import CheckpointWriter
-from .distributed import any_rank, barrier, dist_ready
+from ..job import stopping
+from ..job.finite import NonFiniteError
+from ..job.metric_lines import metric_fields
+from ..job.checkpoints import commit, disk_full_error, relocate, rotate
+from ..job.background_checkpoints import CheckpointWriter
+from ..job.distributed import any_rank, barrier, dist_ready
 from .metrics import perplexity, tracker_scalars
 
 log = logging.getLogger(__name__)
@@ -126,17 +127,8 @@ class TrackerLogs(TrainerCallback):
         self.trackers.scalars(tracker_scalars(logs, rate), state.global_step)
 
 
-def metric_fields(name: str, value: float, **context) -> str:
-    """`[metric] name=value k=v`, as train/metrics.print_metric prints it (README.md lists the regexes)."""
-    return f"[metric] {name}={value:.6f}" + "".join(f" {k}={v}" for k, v in context.items())
-
-
 def _seconds(runtime) -> str:
     return f" ({format_duration(runtime)})" if isinstance(runtime, (int, float)) else ""
-
-
-class NonFiniteError(UserError):
-    """Training produced NaN/inf (loss, gradients or weights): the model would be garbage."""
 
 
 class FailOnNonFinite(TrainerCallback):

@@ -1,5 +1,5 @@
 """The preference recipe (training_method=dpo|orpo|simpo|kto): the SFT recipe's job around TRL's
-trainers (train/preference_methods.py says which).
+trainers (llm/preference_methods.py says which).
 
 Everything a job is stays the Recipe's: reading the channels (preference rows, data/preference.py),
 the failure file, SIGTERM and checkpoints (CommitCheckpoints, StopOnSignal, resume), the tasks of
@@ -84,7 +84,7 @@ class PreferenceRecipe(Recipe):
     def _preflight(self, data: DataBundle, engine: EngineBundle, model_config) -> None:
         """On GPUs: the SFT estimate for twice the batch (chosen and rejected go through together), plus
         the frozen reference copy that full fine-tuning keeps unless precompute_ref_log_probs."""
-        from ..preflight import PlanInputs, preflight
+        from .preflight import PlanInputs, preflight
 
         cfg = self.config
         inputs = PlanInputs(config=cfg, dtype=engine.dtype, fsdp_active=engine.fsdp_active)
@@ -93,7 +93,7 @@ class PreferenceRecipe(Recipe):
             return
         estimate = need.total / 2**30
         if not cfg.use_lora and not cfg.precompute_ref_log_probs:
-            from ..preflight import config_dim
+            from .preflight import config_dim
 
             copy = 2 * 12 * config_dim(model_config, "num_hidden_layers", "n_layer", "num_layers") * \
                 config_dim(model_config, "hidden_size", "n_embd", "d_model") ** 2 / 2**30
@@ -129,7 +129,7 @@ class PreferenceRecipe(Recipe):
 
     def _plan_run(self, prepared):
         """The engine's choices and the checkpoint writer; for DPO also the batching: pairs of similar
-        length share a batch (train/batching.py) where random batches would be >= 15 % padding, as
+        length share a batch (llm/batching.py) where random batches would be >= 15 % padding, as
         for SFT. TRL computes the loss itself; KTO pairs rows with their batch neighbours, and ORPO
         and SimPO batch as TRL does."""
         from .batching import describe
@@ -187,7 +187,7 @@ class PreferenceRecipe(Recipe):
 
     def _record_preference_accuracy(self, stage: str) -> None:
         """log p(chosen) > log p(rejected) under the policy, on the validation pairs: rank 0 alone on
-        whole weights, every rank in lockstep on ZeRO-3/FSDP shards (train/lockstep.py)."""
+        whole weights, every rank in lockstep on ZeRO-3/FSDP shards (llm/lockstep.py)."""
         data = self.prepared.data
         if not data.val_examples or "chosen" not in data.val_examples[0]:  # unpaired (KTO) rows: no pairs
             return

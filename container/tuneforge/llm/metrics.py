@@ -9,23 +9,17 @@ from __future__ import annotations
 
 import math
 
-import torch
 
-from ..prompt import encode_prompt, render_chat
+from ..job.metric_lines import print_metric  # noqa: F401 - the recipe's metric lines
+from ..evaluation.generation import ROUGE_KEYS, SCORE_KEYS, generate, rouge  # noqa: F401 - the recipe's
+from ..data.prompt import render_chat
 
-ROUGE_KEYS = ("rouge1", "rouge2", "rougeL", "rougeLsum")
-SCORE_KEYS = (*ROUGE_KEYS, "exact_match")
 
 
 def perplexity(loss: float | None) -> float | None:
     if loss is None:
         return None
     return math.exp(min(loss, 50.0))
-
-
-def print_metric(name: str, value: float, **context) -> None:
-    extra = "".join(f" {k}={v}" for k, v in context.items())
-    print(f"[metric] {name}={value:.6f}{extra}", flush=True)
 
 
 def generation_pairs(examples, tokenizer, prompt_format, limit: int) -> list[tuple[str, str]]:
@@ -42,50 +36,6 @@ def generation_pairs(examples, tokenizer, prompt_format, limit: int) -> list[tup
         elif example.completion:
             pairs.append((example.prompt, example.completion))
     return pairs
-
-
-@torch.no_grad()
-def generate(model, tokenizer, prompts: list[str], *, seq2seq: bool, max_new_tokens: int,
-             max_input_length: int, batch_size: int = 8) -> list[str]:
-    """Greedy answers, batched with left padding (right padding would break causal generation)."""
-    model.eval()
-    device = next(model.parameters()).device
-    answers = []
-    for start in range(0, len(prompts), batch_size):
-        encoded = [encode_prompt(tokenizer, p, seq2seq=seq2seq)[-max_input_length:]
-                   for p in prompts[start:start + batch_size]]
-        width = max(len(ids) for ids in encoded)
-        ids = torch.full((len(encoded), width), tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for row, seq in enumerate(encoded):
-            ids[row, width - len(seq):] = torch.tensor(seq)
-            mask[row, width - len(seq):] = 1
-        output = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=False,
-                                max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                                eos_token_id=tokenizer.eos_token_id)
-        new = output if seq2seq else output[:, width:]
-        answers += [tokenizer.decode(row, skip_special_tokens=True).strip() for row in new]
-    return answers
-
-
-def rouge(predictions: list[str], references: list[str]) -> dict[str, float]:
-    """Mean ROUGE F-measures (stemmed), as Autopilot reports them, and the share of answers equal
-    to their reference (exact_match: case and surrounding space ignored)."""
-    from rouge_score import rouge_scorer
-
-    if not predictions:
-        return {}
-    scorer = rouge_scorer.RougeScorer(list(ROUGE_KEYS), use_stemmer=True)
-    totals = dict.fromkeys(ROUGE_KEYS, 0.0)
-    for prediction, reference in zip(predictions, references):
-        # rougeLsum splits summaries on newlines
-        scores = scorer.score(reference, prediction)
-        for key in ROUGE_KEYS:
-            totals[key] += scores[key].fmeasure
-    scores = {key: totals[key] / len(predictions) for key in ROUGE_KEYS}
-    same = [p.strip().lower() == r.strip().lower() for p, r in zip(predictions, references)]
-    scores["exact_match"] = sum(same) / len(same)
-    return scores
 
 
 # results -> tracker metrics (trackers/): final/<name> after training, base/<name> before it

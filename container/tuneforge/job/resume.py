@@ -7,7 +7,7 @@ whoever can write that prefix controls (a digest kept beside them would be rewri
   weights_only=False), with the few plain classes DeepSpeed's own checkpoints hold allowed. The
   chosen checkpoint is also scanned first: a file holding anything else fails the job, naming the
   file and the objects, before anything is loaded. training_args.bin is never loaded on resume.
-- Compatibility: each manifest records what its run was made with (run_identity); a checkpoint
+- Compatibility: each manifest records what its run was made with (the recipe's identity, e.g. llm/identity.py); a checkpoint
   from a run with other settings is moved to checkpoints/superseded-<time>/ (kept, not deleted)
   and this run starts fresh, with a warning naming the settings that differ.
 - Completion: a checkpoint that already reached max_steps is restored and not trained further.
@@ -18,7 +18,6 @@ whoever can write that prefix controls (a digest kept beside them would be rewri
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -111,43 +110,6 @@ def check_loads_weights_only(folder: Path) -> None:
 
 
 # ---------------------------------------------------------------- what a checkpoint was made with
-def _digest(*chunks: bytes) -> str:
-    h = hashlib.sha256()
-    for chunk in chunks:
-        h.update(chunk)
-    return h.hexdigest()[:16]
-
-
-def data_fingerprint(features) -> str:
-    import numpy as np
-
-    h = hashlib.sha256()
-    for feature in features:
-        ids = np.asarray(feature["input_ids"], dtype=np.int64)
-        h.update(np.int64(ids.size).tobytes())
-        h.update(ids.tobytes())
-    return h.hexdigest()[:16]
-
-
-def run_identity(recipe) -> dict:
-    """What a checkpoint of this run depends on: resuming it under other values fails or trains
-    something else. World size matters only where the state is sharded (DeepSpeed, FSDP)."""
-    cfg = recipe.config
-    config_file = Path(recipe.base_path) / "config.json"
-    method = (f"lora r={cfg.lora_r} targets={cfg.target_modules or 'default'}" if cfg.use_lora else "full")
-    identity = {
-        "method": method,
-        "base_model": _digest(config_file.read_bytes()) if config_file.is_file() else str(recipe.base_path),
-        "train_from_scratch": bool(cfg.train_from_scratch),
-        # computed while tokenizing (data/arrow.py); hashing a memory-mapped dataset again costs ~20 s per 1 M rows
-        "data": recipe.train_tokens.fingerprint or data_fingerprint(recipe.train_tokens.features),
-        "engine": recipe.plan.engine,  # train/plan.py: "plain" where checkpoints hold whole weights
-    }
-    if recipe.ds_config or recipe.fsdp_active:
-        identity["world_size"] = distributed.world_size()
-    return identity
-
-
 def differences(old: dict, new: dict) -> list[str]:
     return [f"{k}: {old.get(k)!r} then, {new.get(k)!r} now" for k in new if k in old and old[k] != new[k]]
 
@@ -238,7 +200,7 @@ def _resumable(folder: Path, refused: list[Path]) -> bool:
     return problem is None
 
 
-def _supersede(folder: Path, reasons: list[str]) -> Path:
+def supersede(folder: Path, reasons: list[str]) -> Path:
     """Move every checkpoint of the earlier run aside (this node's local rank 0; others wait)."""
     target = folder / f"superseded-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
     if distributed.local_rank() == 0:
@@ -265,7 +227,7 @@ def plan_resume(recipe, identity: dict) -> ResumePlan:
     recorded = read_manifest(latest).get("identity")
     reasons = differences(recorded, identity) if recorded else []
     if reasons:
-        moved = _supersede(folder, reasons)
+        moved = supersede(folder, reasons)
         return ResumePlan(superseded={"moved_to": str(moved), "differences": reasons})
     plan = ResumePlan(checkpoint=latest)
     max_steps = recipe.config.max_steps

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import DataError
-from ..prompt import render_chat
+from ..data.prompt import render_chat
 
 
 def render_pair(example, tokenizer, prompt_format) -> dict:

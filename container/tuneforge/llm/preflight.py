@@ -11,7 +11,7 @@ The estimate (per GPU, bytes) follows the usual accounting for mixed-precision A
 - activations: ~34 bytes x tokens x hidden per decoder layer (16-bit, memory-efficient
   attention; Korthikanti et al. 2022), or 2 bytes x tokens x hidden per layer plus one layer's
   worth with gradient checkpointing; plus the logits (16-bit, their fp32 copy for the loss and its
-  gradient: 10 bytes x tokens x vocabulary; with the chunked loss, train/loss.py, only CHUNK
+  gradient: 10 bytes x tokens x vocabulary; with the chunked loss, llm/loss.py, only CHUNK
   tokens' worth);
 - 1 GiB for the CUDA context and allocator slack.
 It is an estimate, not a bound: TUNEFORGE_SKIP_PREFLIGHT=1 trains anyway.
@@ -26,8 +26,8 @@ import dataclasses
 import logging
 from dataclasses import dataclass
 
-from .contract import train_env
-from .errors import ResourceError
+from ..contract import train_env
+from ..errors import ResourceError
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ class MemoryPlan:
     sharding: str = "none"         # none | zero2 | zero3 | fsdp
     offload: bool = False          # DeepSpeed offload (optimizer; weights too under ZeRO-3)
     gradient_checkpointing: bool = False
-    chunked_loss: bool = False     # train/loss.py: full-vocabulary logits for CHUNK positions at a time
+    chunked_loss: bool = False     # llm/loss.py: full-vocabulary logits for CHUNK positions at a time
     lora_trainable_params: int | None = None  # what LoRA would train, for the suggestions
 
 
@@ -92,7 +92,7 @@ def estimate(plan: MemoryPlan) -> MemoryEstimate:
         activations = 2.0 * tokens * plan.hidden_size * plan.num_layers + layer
     else:
         activations = layer * plan.num_layers
-    from .train.loss import CHUNK
+    from .loss import CHUNK
 
     logit_tokens = min(tokens, CHUNK) if plan.chunked_loss else tokens
     activations += 10.0 * logit_tokens * plan.vocab_size
@@ -150,7 +150,7 @@ def count_parameters(model_config, config, *, seq2seq: bool) -> tuple[int, int]:
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
-    from .modeling import default_lora_targets
+    from ..modeling import default_lora_targets
 
     auto = AutoModelForSeq2SeqLM if seq2seq else AutoModelForCausalLM
     with torch.device("meta"):
@@ -186,7 +186,7 @@ class PlanInputs:
 
 
 def plan_for(job: PlanInputs, model_config, seq_len: int, ds_config: dict | None) -> MemoryPlan:
-    from .train.distributed import offloads, world_size, zero_stage
+    from ..job.distributed import offloads, world_size, zero_stage
 
     cfg = job.config
     seq2seq = bool(getattr(model_config, "is_encoder_decoder", False))
@@ -209,7 +209,7 @@ def plan_for(job: PlanInputs, model_config, seq_len: int, ds_config: dict | None
 def uses_chunked_loss(model_config, cfg, *, seq2seq: bool, sharding: str) -> bool:
     """Whether train/loss.plan_loss will skip the full logits, decided from the config before loading
     (Liger's fused loss builds no full logits either, so it counts too)."""
-    from .families import CHUNKED_LOSS_FAMILIES
+    from ..families import CHUNKED_LOSS_FAMILIES
 
     return (not seq2seq and sharding not in ("zero3", "fsdp") and not cfg.label_smoothing_factor
             and getattr(model_config, "model_type", "") in CHUNKED_LOSS_FAMILIES

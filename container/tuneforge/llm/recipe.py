@@ -31,12 +31,12 @@ from ..data.registry import data_format
 from ..errors import DataError, ResourceError
 from ..modeling import (apply_lora, count_parameters, has_cuda, load_model, load_tokenizer, pick_dtype,
                         read_model_config, resolve_base_model)
-from ..prompt import PromptFormat
-from . import distributed
+from ..data.prompt import PromptFormat
+from ..job import distributed
 from . import metrics
-from . import stopping
-from .artifacts import ModelWriter
-from .checkpoints import common_latest_checkpoint, staging_dir
+from ..job import stopping
+from ..job.artifacts import ModelWriter
+from ..job.checkpoints import common_latest_checkpoint, staging_dir
 from .plan import Outcome, RunPlan
 
 log = logging.getLogger(__name__)
@@ -75,7 +75,7 @@ class EngineBundle:
     sharded: bool                     # FSDP or ZeRO-3: no rank holds every weight whole
     args: Any                         # (Seq2Seq)TrainingArguments, built once with their final values
     checkpoint_staging: Path
-    liger: dict                       # train/liger.py's decision, for metrics.json (use_liger_kernel in args)
+    liger: dict                       # llm/liger.py's decision, for metrics.json (use_liger_kernel in args)
 
     @property
     def fsdp_active(self) -> bool:
@@ -156,14 +156,6 @@ def resolve_max_length(config, tokenizer, model_config) -> int:
 
 
 class Recipe:
-    def __new__(cls, paths: Paths | None = None, config=None, raw_hyperparameters: dict | None = None):
-        """training_method picks the recipe: sft is this class, dpo train/preference.py's PreferenceRecipe."""
-        if cls is Recipe and getattr(config, "training_method", "sft") != "sft":
-            from .preference import PreferenceRecipe
-
-            cls = PreferenceRecipe
-        return super().__new__(cls)
-
     def __init__(self, paths: Paths, config, raw_hyperparameters: dict | None = None):
         from ..report.jobfacts import hyperparameter_facts
 
@@ -189,7 +181,7 @@ class Recipe:
             return self._run_and_gate()
 
     def _run_and_gate(self) -> dict:
-        from .resume import weights_only_loads
+        from ..job.resume import weights_only_loads
 
         try:
             with weights_only_loads():  # checkpoints come from S3: no torch.load may run code (resume.py)
@@ -325,7 +317,7 @@ class Recipe:
                             checkpoint_staging=staging, liger=liger)
 
     def _plan_liger(self, model_config, seq2seq: bool) -> dict:
-        """The `liger_kernel` hyperparameter against the model's family and the device (train/liger.py)."""
+        """The `liger_kernel` hyperparameter against the model's family and the device (llm/liger.py)."""
         from .liger import plan_liger
 
         return plan_liger(self.config.liger_kernel, getattr(model_config, "model_type", "?"), cuda=has_cuda(),
@@ -380,8 +372,8 @@ class Recipe:
         return tokens
 
     def _preflight(self, data: DataBundle, engine: EngineBundle, model_config) -> None:
-        """On GPUs, the memory estimate before loading the weights (preflight.py)."""
-        from ..preflight import PlanInputs, preflight
+        """On GPUs, the memory estimate before loading the weights (llm/preflight.py)."""
+        from .preflight import PlanInputs, preflight
         from .batching import column_lengths
 
         longest = max(column_lengths(data.train_tokens.features, "input_ids"), default=data.max_len)
@@ -427,7 +419,7 @@ class Recipe:
                            trainable_params=trainable)
 
     def _flat_view(self, prepared: Prepared) -> SimpleNamespace:
-        """The flat names report/jobfacts.py and train/resume.py read about this run."""
+        """The flat names report/jobfacts.py and job/resume.py read about this run."""
         data, engine, model = prepared.data, prepared.engine, prepared.model
         return SimpleNamespace(config=self.config, paths=self.paths, plan=prepared.plan, args=engine.args,
                                dtype=engine.dtype, ds_config=engine.ds_config, fsdp_active=engine.fsdp_active,
@@ -436,7 +428,8 @@ class Recipe:
 
     # ------------------------------------------------------------------ train
     def train(self) -> None:
-        from .resume import plan_resume, run_identity
+        from ..job.resume import plan_resume
+        from .identity import run_identity
 
         prepared = self.prepared
         self.trainer, callbacks = self._trainer(prepared)
@@ -444,7 +437,7 @@ class Recipe:
         self.results["distributed_type"] = self.trainer.accelerator.distributed_type.value
         view = self._flat_view(prepared)
         callbacks.commit.identity = run_identity(view)  # recorded in each checkpoint's manifest
-        plan = plan_resume(view, callbacks.commit.identity)  # train/resume.py: compatible, weights-only
+        plan = plan_resume(view, callbacks.commit.identity)  # job/resume.py: compatible, weights-only
         resume = plan.checkpoint
         if plan.superseded:
             self.results["checkpoints_superseded"] = plan.superseded
@@ -491,7 +484,7 @@ class Recipe:
         return trainer, kept
 
     def _checkpoint_writer(self):
-        from .background_checkpoints import CheckpointWriter
+        from ..job.background_checkpoints import CheckpointWriter
 
         why_not = self.prepared.plan.checkpoint_writer_why_not
         return CheckpointWriter(enabled=not why_not, why_not=why_not)
@@ -511,7 +504,7 @@ class Recipe:
     def _plan_run(self, prepared: Prepared) -> RunPlan:
         """What the later stages decide with: the engine's choices, the checkpoint writer, and for
         SFT the batching (length grouping where describe() found it worth it), the `packing`
-        hyperparameter and the chunked loss (train/batching.py, packing.py, loss.py)."""
+        hyperparameter and the chunked loss (llm/batching.py, packing.py, loss.py)."""
         from .batching import describe
         from .loss import plan_loss
         from .packing import packed_padding_share, plan_packing
@@ -593,8 +586,8 @@ class Recipe:
         self.results.update(values)
 
     def _mfu(self, tokens_per_second: float) -> float | None:
-        """Model FLOPs utilization over all GPUs of the job (train/throughput.py)."""
-        from ..preflight import config_dim
+        """Model FLOPs utilization over all GPUs of the job (llm/throughput.py)."""
+        from .preflight import config_dim
         from .throughput import flops_per_token, mfu
 
         model, train_tokens = self.prepared.model, self.prepared.data.train_tokens
@@ -640,11 +633,11 @@ class Recipe:
 
     def _generation_ranks(self) -> str:
         """main: rank 0 generates alone (whole weights on every rank); all: every rank generates in
-        lockstep (ZeRO-3 and FSDP gather each layer's shards collectively: train/lockstep.py)."""
+        lockstep (ZeRO-3 and FSDP gather each layer's shards collectively: llm/lockstep.py)."""
         return "all" if self.prepared.engine.sharded and distributed.world_size() > 1 else "main"
 
     def _sharded_forward(self, model):
-        """train/lockstep.py: before DeepSpeed's engine exists, ZeRO-3's partitioned weights are
+        """llm/lockstep.py: before DeepSpeed's engine exists, ZeRO-3's partitioned weights are
         gathered module by module here; FSDP2 modules get generate's rank syncing."""
         from .lockstep import sharded_forward
 
@@ -704,7 +697,7 @@ class Recipe:
         return answers
 
     def _check_knowledge(self, stage: str) -> None:
-        """The general-knowledge questions (train/knowledge.py), before and after training."""
+        """The general-knowledge questions (llm/knowledge.py), before and after training."""
         from . import knowledge
 
         if not self.config.knowledge_check:
@@ -723,7 +716,7 @@ class Recipe:
 
     def _score_tasks(self, stage: str) -> None:
         """The `evaluation` channel's tasks (docs/evaluation.md), before and after training: on rank 0,
-        or under ZeRO-3/FSDP on every rank in lockstep (train/lockstep.py), rank 0 recording."""
+        or under ZeRO-3/FSDP on every rank in lockstep (llm/lockstep.py), rank 0 recording."""
         from .lockstep import score_tasks
 
         ranks = self._generation_ranks()

@@ -22,25 +22,10 @@ from pathlib import Path
 import torch
 
 from ..errors import ResourceError
-from .artifacts import is_disk_full
-from .callbacks import NonFiniteError
+from ..job.artifacts import is_disk_full
+from ..job.finite import check_finite
 
 log = logging.getLogger(__name__)
-
-
-def check_finite(named_tensors, what: str = "model") -> None:
-    """Fail on the first floating-point tensor holding NaN or inf (model/ is then left untouched)."""
-    for name, tensor in named_tensors:
-        if not isinstance(tensor, torch.Tensor) or tensor.device.type == "meta" or not tensor.is_floating_point():
-            continue
-        finite = torch.isfinite(tensor.detach())
-        if not bool(finite.all()):
-            bad = int((~finite).sum())
-            raise NonFiniteError(
-                f"the trained {what} has non-finite weights: {name} holds {bad} of {tensor.numel()} values that are "
-                "NaN or inf; model/ was not written",
-                fix="training diverged: lower learning_rate, check the data, train in fp32 or bf16 rather than fp16, "
-                    "and make sure the base model's own weights are finite")
 
 
 def save_model(trainer, staging: Path | None, *, config, tokenizer, base_path: Path, sharded: bool,
@@ -101,7 +86,7 @@ def _merge_onto_fresh_base(model, staging: Path, *, base_path: Path, config, tok
     from peft import PeftModel
 
     from ..modeling import load_model
-    from .distributed import without_zero_init
+    from ..job.distributed import without_zero_init
 
     with tempfile.TemporaryDirectory(prefix="tuneforge-adapter-") as adapter_dir:
         kwargs = {"state_dict": state_dict} if state_dict is not None else {}

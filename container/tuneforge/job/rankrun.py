@@ -1,6 +1,6 @@
 """torchrun, plus a record of which ranks failed and how.
 
-`python -m tuneforge.train.rankrun <torchrun arguments>` runs torch.distributed.run exactly as
+`python -m tuneforge.job.rankrun <torchrun arguments>` runs torch.distributed.run exactly as
 `torchrun` does; when ranks fail it writes torchrun's own account (global rank, exit code or
 signal, time) to $TUNEFORGE_RANK_FAILURES as JSON, which the launcher reads to name the rank that
 failed, including one killed by a signal, which leaves no Python traceback behind.

@@ -60,7 +60,7 @@ def score_tasks(tasks, view, *, lockstep: bool, budget_s: float, max_new_tokens:
     agree on stopping before each task, or the others would wait on its gathers forever. Returns the
     names left unscored because the budget ran out (empty when all ran or a stop was asked)."""
     from ..evaluation.scoring import score_task
-    from . import distributed
+    from ..job import distributed
 
     end = time.monotonic() + budget_s
     for index, task in enumerate(tasks):

@@ -1,0 +1,2 @@
+"""The job runtime beneath the recipes: launcher (contract -> processes, handed the recipes table),
+ranks, SIGTERM, checkpoints, resume, artifacts, failure, metric lines. It imports no recipe."""

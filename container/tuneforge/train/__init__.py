@@ -1,1 +1,0 @@
-"""Training: launcher (world size, torchrun), recipe (setup/train/evaluate/save), metrics, artifacts."""
