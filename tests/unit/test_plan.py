@@ -11,8 +11,8 @@ from tuneforge.llm.plan import Outcome, RunPlan
 PACKAGE = Path(__file__).resolve().parents[2] / "container" / "tuneforge"
 DECIDING = ("llm/recipe.py", "llm/preference.py", "llm/identity.py", "job/resume.py")
 WRITES = {"update", "setdefault"}  # setdefault's value may only be written into (x.setdefault(k, {})[k2] = v)
-# the report's readers: metrics.json itself, the tracker finals, the model metadata, the gate, the phase log
-READERS = {"check_job", "tracker_finals", "metric_summary", "print_final_lines", "Phases", "write_metrics"}
+# the report's readers: metrics.json itself, the tracker finals, the model metadata, the phase log
+READERS = {"tracker_finals", "metric_summary", "print_final_lines", "Phases", "write_metrics"}
 
 
 def _is_results(node) -> bool:
@@ -80,7 +80,7 @@ def test_a_read_is_found(code):
 @pytest.mark.parametrize("code", [
     "self.results['steps'] = 1", "self.results.update(a=1)", "self.results.setdefault('e', {})['b'] = 1",
     "self.results.setdefault('e', {}).setdefault('t', {})['s'] = 1", "del self.results['a']",
-    "check_job(self.results, 1, 2)", "self.results: dict = {}",
+    "write_metrics(self.results)", "self.results: dict = {}",
 ])
 def test_a_write_is_not_a_read(code):
     assert results_reads(code) == []

@@ -27,27 +27,24 @@ def failures(scores: dict[str, float], before: dict[str, float] | None, min_scor
     return out
 
 
-def job_scores(results: dict, stage: str) -> dict[str, float]:
-    """Headline scores of a training job's tasks at `stage` ("before"/"after"), general_knowledge included."""
-    scores = {name: r[stage]["score"] for name, r in results.get("evaluation", {}).items() if stage in r}
-    knowledge = results.get("general_knowledge", {}).get(stage)
-    if knowledge is not None:
-        scores["general_knowledge"] = knowledge["score"]
-    return scores
-
-
-def check_job(results: dict, min_score_text: str, max_regression: float) -> None:
-    """Raise EvaluationGateFailed when a training job's scores miss the gate (after model/ is saved)."""
-    from ..errors import EvaluationGateFailed
-
+def job_verdict(after: dict[str, float], before: dict[str, float], min_score_text: str,
+                max_regression: float) -> dict | None:
+    """The gate's verdict on a training job's headline scores (task -> score, general_knowledge
+    included; the recipe's Outcome), None where no gate is set: metrics.json's evaluation_gate."""
     thresholds = parse_thresholds(min_score_text) or {}
     limit = max_regression if max_regression >= 0 else None
     if not thresholds and limit is None:
-        return
-    refused = failures(job_scores(results, "after"), job_scores(results, "before"), thresholds, limit)
-    results["evaluation_gate"] = {"passed": not refused, "failures": refused}
-    if refused:
-        raise EvaluationGateFailed("; ".join(refused) + " (model/ was saved; this exit marks the job failed)",
+        return None
+    refused = failures(after, before, thresholds, limit)
+    return {"passed": not refused, "failures": refused}
+
+
+def enforce(verdict: dict | None) -> None:
+    """Raise EvaluationGateFailed when the verdict refuses the job (after model/ is saved)."""
+    from ..errors import EvaluationGateFailed
+
+    if verdict and verdict["failures"]:
+        raise EvaluationGateFailed("; ".join(verdict["failures"]) + " (model/ was saved; this exit marks the job failed)",
                                    where="hyperparameters eval_min_score/eval_max_regression",
                                    fix="look at the report's evaluation table; lower the learning rate or epochs, "
                                    "add data, or relax the gate")

@@ -8,7 +8,8 @@ written; tests/unit/test_plan.py checks that no decision reads it).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -49,3 +50,6 @@ class Outcome:
     train_tokens_per_second: float | None = None
     eval_loss_before: float | None = None
     eval_loss: float | None = None
+    # headline score per evaluation task (and general_knowledge) before and after training: the gate's input
+    scores_before: Mapping[str, float] = field(default_factory=dict)
+    scores_after: Mapping[str, float] = field(default_factory=dict)

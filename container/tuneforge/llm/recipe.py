@@ -189,10 +189,14 @@ class Recipe:
         finally:
             archives.cleanup()
         if is_main_process():  # after model/ is saved: a missed gate keeps the model and fails the job
-            from ..evaluation.gate import check_job
+            from ..evaluation.gate import enforce, job_verdict
 
+            verdict = job_verdict(dict(self.outcome.scores_after), dict(self.outcome.scores_before),
+                                  self.config.eval_min_score, self.config.eval_max_regression)
+            if verdict is not None:
+                self.results["evaluation_gate"] = verdict
             try:
-                check_job(self.results, self.config.eval_min_score, self.config.eval_max_regression)
+                enforce(verdict)
             finally:
                 never_fail(self.write_reports, "writing metrics.json with the gate's verdict")
         return self.results
@@ -712,6 +716,7 @@ class Recipe:
         if is_main_process():
             result = knowledge.score(answers)
             self.results.setdefault("general_knowledge", {})[stage] = result
+            self._record_score(stage, "general_knowledge", result["score"])
             log.info("general knowledge %s training: %d of %d right", stage, result["right"], result["asked"])
 
     def _score_tasks(self, stage: str) -> None:
@@ -730,6 +735,7 @@ class Recipe:
             if is_main_process():
                 self.results.setdefault("evaluation", {}).setdefault(task.name, {})[stage] = {
                     k: v for k, v in result.items() if k != "details"}
+                self._record_score(stage, task.name, result["score"])
                 metrics.print_metric(f"{'base' if stage == 'before' else 'final'}_eval_{task.name}", result["score"])
 
         with self._sharded_forward(view.model):
@@ -741,6 +747,11 @@ class Recipe:
             log.warning("evaluation tasks %s training: the %g s budget is spent; not scored: %s", stage,
                         EVAL_TIME_BUDGET_S, ", ".join(left))
         view.model.train()
+
+    def _record_score(self, stage: str, name: str, score: float) -> None:
+        """A task's headline score at `stage` into the outcome, which the evaluation gate decides from."""
+        key = f"scores_{stage}"
+        self.outcome = dataclasses.replace(self.outcome, **{key: {**getattr(self.outcome, key), name: score}})
 
     def _live_model(self):
         """The model being trained, unwrapped (before train() starts: the prepared module)."""
