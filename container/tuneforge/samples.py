@@ -158,7 +158,7 @@ def ticket_rows(n: int, seed: int, *, replay_share: float = 0.0) -> list[dict]:
 # teaches the form of the answer the base lacks.
 TICKET_PREFERENCE_SETS = {"train": (64, 1), "validation": (16, 2)}  # split -> (tickets, ticket_rows seed)
 TICKETS_DPO_HYPERPARAMETERS = {
-    "training_method": "dpo", "learning_rate": "2e-4", "max_steps": "16", "per_device_train_batch_size": "8",
+    "training_method": "dpo", "learning_rate": "5e-4", "max_steps": "12", "per_device_train_batch_size": "8",
     "lr_scheduler_type": "constant", "evaluation_strategy": "no", "load_best_model_at_end": "False",
     "rouge_samples": "16", "max_output_length": "8", "logging_steps": "4",
 }
