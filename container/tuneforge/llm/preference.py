@@ -21,7 +21,8 @@ from ..data.registry import FORMATS
 from ..errors import DataError
 from ..model_folder import ModelMetadata
 from ..modeling import resolve_base_model
-from . import distributed, metrics
+from ..job import distributed
+from . import metrics
 from .preference_data import preference_rows
 from .preference_methods import method_trainer, reference_kind
 from .preference_metrics import (PreferenceMetricLines, PreferenceProgressLines, final_reward_metrics,

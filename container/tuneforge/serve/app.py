@@ -10,22 +10,21 @@ from __future__ import annotations
 
 import logging
 import sys
-import threading
-import time
 
-from flask import Flask, Response, g, request
+from flask import Flask
 
 from .engine import Engine
 from .errors import add_error_handlers
 from .http import error_response
-from .metrics import ServeMetrics
+from .loading import BackgroundLoad
+from .metrics import ServeMetrics, add_request_accounting
 from .payloads import Parser
 from .settings import ServeSettings
 
 log = logging.getLogger("tuneforge.serve")
 
 
-class ServerState:
+class ServerState(BackgroundLoad):
     """What one worker holds: the model once loaded, its batching engine, its metrics."""
 
     def __init__(self, settings: ServeSettings):
@@ -35,37 +34,26 @@ class ServerState:
         self.metrics = ServeMetrics(queue_depth=lambda: self.engine.queue_depth() if self.engine else 0,
                                     ready=lambda: self.status == "ready")
 
-    def start_loading(self, on_failure=None) -> threading.Thread:
-        thread = threading.Thread(target=self._load, args=(on_failure,), name="tuneforge-load", daemon=True)
-        thread.start()
-        return thread
-
-    def _load(self, on_failure) -> None:
+    def load(self) -> None:
         from .loader import load_model
 
-        started = time.monotonic()
-        try:
-            on_vllm = self.settings.vllm_url is not None
-            loaded = load_model(self.settings, weights=not on_vllm)
-            if on_vllm:  # the instance's one vLLM engine (started by `serve`) holds the weights
-                from .vllm_engine import VllmEngine
-                from .vllm_launch import wait_healthy
+        on_vllm = self.settings.vllm_url is not None
+        loaded = load_model(self.settings, weights=not on_vllm)
+        if on_vllm:  # the instance's one vLLM engine (started by `serve`) holds the weights
+            from .vllm_engine import VllmEngine
+            from .vllm_launch import wait_healthy
 
-                wait_healthy(self.settings.vllm_url, self.settings.vllm_start_timeout)
-                self.engine = VllmEngine(loaded, self.settings, self.metrics)
-            else:
-                self.engine = Engine(loaded, self.settings, self.metrics)
-            self.parser = Parser(loaded, self.settings)
-            self.loaded = loaded
-            self.status = "ready"
-            self.metrics.ready.refresh()
-            log.info("model ready after %.1f s (engine: %s)", time.monotonic() - started,
-                     "vllm" if on_vllm else "transformers")
-        except Exception as exc:  # noqa: BLE001 - reported on /ping and by on_failure
-            self.status, self.error = "failed", str(exc).splitlines()[0][:500]
-            log.exception("model failed to load: %s", self.error)
-            if on_failure is not None:
-                on_failure(exc)
+            wait_healthy(self.settings.vllm_url, self.settings.vllm_start_timeout)
+            self.engine = VllmEngine(loaded, self.settings, self.metrics)
+        else:
+            self.engine = Engine(loaded, self.settings, self.metrics)
+        self.parser = Parser(loaded, self.settings)
+        self.loaded = loaded
+
+    def ready(self, seconds: float) -> None:
+        self.metrics.ready.refresh()
+        log.info("model ready after %.1f s (engine: %s)", seconds,
+                 "vllm" if self.settings.vllm_url is not None else "transformers")
 
 
 def create_app(settings: ServeSettings | None = None, *, load: bool = False) -> Flask:
@@ -81,30 +69,11 @@ def create_app(settings: ServeSettings | None = None, *, load: bool = False) -> 
     app.register_blueprint(core)
     app.register_blueprint(api)
     app.register_blueprint(api, url_prefix="/invocations", name="invocations_api")
-    _add_accounting(app, state)
+    add_request_accounting(app, state.metrics)
     add_error_handlers(app, error_response, settings.body_limit_message)
     if load:
         state.start_loading()
     return app
-
-
-def _add_accounting(app: Flask, state: ServerState) -> None:
-    @app.before_request
-    def _start_timer():
-        g.started = time.monotonic()
-
-    @app.after_request
-    def _account(response: Response) -> Response:
-        rule = request.url_rule.rule if request.url_rule else "other"
-        started, status = g.get("started", time.monotonic()), response.status_code
-
-        def record():  # on close, so a streamed response counts its whole duration
-            state.metrics.requests.inc(route=rule, status=status)
-            state.metrics.duration.observe(time.monotonic() - started, route=rule)
-
-        response.call_on_close(record)
-        response.headers["x-total-time"] = str(int((time.monotonic() - started) * 1000))
-        return response
 
 
 def _configure_logging(level: str) -> None:

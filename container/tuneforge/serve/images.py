@@ -20,7 +20,8 @@ from flask import Flask, Response, g, request
 
 from ..errors import ModelError
 from .errors import add_error_handlers
-from .metrics import ServeMetrics
+from .loading import BackgroundLoad
+from .metrics import ServeMetrics, add_request_accounting
 from ..diffusion import PIPELINE_INDEX
 from .image_payloads import JPEG_ACCEPT, ImageRequestError, Limits, check_response_size, parse, render, wants_jpeg
 
@@ -53,10 +54,11 @@ def check_pipeline_dir(model_dir: Path) -> dict:
         return {}
 
 
-class ImageState:
+class ImageState(BackgroundLoad):
     """What one worker holds: the pipeline once loaded, a lock that runs one request at a time."""
 
     engine = None  # gunicorn_conf's worker_exit closes an LLM engine; there is none here
+    what = "pipeline"
 
     def __init__(self, settings):
         self.settings, self.limits = settings, Limits.from_env()
@@ -67,27 +69,16 @@ class ImageState:
         self.device, self.defaults = "cpu", {}
         self.metrics = ServeMetrics(queue_depth=lambda: self.waiting, ready=lambda: self.status == "ready")
 
-    def start_loading(self, on_failure=None) -> threading.Thread:
-        thread = threading.Thread(target=self._load, args=(on_failure,), name="tuneforge-load", daemon=True)
-        thread.start()
-        return thread
+    def load(self) -> None:
+        self.pipeline = load_pipeline(self.settings)
+        self.device = str(self.pipeline.device)
+        side = self.pipeline.unet.config.sample_size * self.pipeline.vae_scale_factor
+        self.defaults = {"width": side, "height": side, "num_inference_steps": DEFAULT_STEPS,
+                         "guidance_scale": DEFAULT_GUIDANCE}
 
-    def _load(self, on_failure) -> None:
-        started = time.monotonic()
-        try:
-            self.pipeline = load_pipeline(self.settings)
-            self.device = str(self.pipeline.device)
-            side = self.pipeline.unet.config.sample_size * self.pipeline.vae_scale_factor
-            self.defaults = {"width": side, "height": side, "num_inference_steps": DEFAULT_STEPS,
-                             "guidance_scale": DEFAULT_GUIDANCE}
-            self.status = "ready"
-            log.info("pipeline ready after %.1f s on %s (default %dx%d)", time.monotonic() - started, self.device,
-                     side, side)
-        except Exception as exc:  # noqa: BLE001 - reported on /ping and by on_failure
-            self.status, self.error = "failed", str(exc).splitlines()[0][:500] if str(exc) else type(exc).__name__
-            log.exception("pipeline failed to load: %s", self.error)
-            if on_failure is not None:
-                on_failure(exc)
+    def ready(self, seconds: float) -> None:
+        log.info("pipeline ready after %.1f s on %s (default %dx%d)", seconds, self.device,
+                 self.defaults["width"], self.defaults["height"])
 
     def generate(self, req):
         """uint8 images (N, H, W, 3), one request at a time; 429 past max_queue, 503 past the deadline."""
@@ -178,18 +169,7 @@ def create_app(settings) -> Flask:
     state = ImageState(settings)
     app.extensions["tuneforge"] = state
 
-    @app.before_request
-    def _start():
-        g.started = time.monotonic()
-
-    @app.after_request
-    def _account(response: Response) -> Response:
-        rule = request.url_rule.rule if request.url_rule else "other"
-        elapsed = time.monotonic() - g.get("started", time.monotonic())
-        state.metrics.requests.inc(route=rule, status=response.status_code)
-        state.metrics.duration.observe(elapsed, route=rule)
-        response.headers["x-total-time"] = str(int(elapsed * 1000))
-        return response
+    add_request_accounting(app, state.metrics)
 
     @app.get("/ping")
     @app.get("/health")
