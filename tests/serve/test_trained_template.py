@@ -199,3 +199,19 @@ def test_a_trained_instruction_model_answers_chat_as_it_answers_its_instruction_
         assert "takes one user message, optionally after one system message" in error["message"]
     finally:
         assert server.stop() == 0
+
+
+def test_validate_returns_the_error_instead_of_raising(tmp_path, tiny):
+    """Parser.validate is the one step a body goes through, as TGI's: the Invocation, or the
+    PayloadError that refuses the request, returned."""
+    from tuneforge.serve.invocation import Invocation
+
+    parser = parser_for(model_folder(tmp_path, tiny, "plain", metadata=False))
+    refused = parser.validate({"inputs": "hi", "parameters": {"watermark": True}})
+    assert isinstance(refused, PayloadError) and refused.status == 422
+    assert refused.message == "`parameters.watermark` is not supported by this server; leave it unset"
+    assert isinstance(parser.validate([1, 2]), PayloadError)
+    taken = parser.validate({"inputs": "hi", "parameters": {"max_new_tokens": 2}}, "generate")
+    assert isinstance(taken, Invocation) and taken.requests[0].max_new_tokens == 2
+    with pytest.raises(PayloadError, match="fill-in-the-middle"):
+        parser.parse({"prompt": "x", "suffix": "y"}, "completion")

@@ -230,6 +230,85 @@ def test_an_unknown_field_names_itself_and_its_format():
     assert str(caught.value).startswith("`min_p` is not a field of OpenAI chat requests; remove it (known: model,")
 
 
+def _annotations(annotation):
+    """`annotation` and every type inside it (unions, Annotated, generics, nested models' fields)."""
+    import typing
+
+    from pydantic import BaseModel
+
+    yield annotation
+    for inner in typing.get_args(annotation):
+        yield from _annotations(inner)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        for field in annotation.model_fields.values():
+            yield from _annotations(field.annotation)
+
+
+def test_no_request_field_is_any():
+    """Every field a request body declares has a type (issue: 21 fields were `Any`, checked by hand)."""
+    import typing
+
+    from tuneforge.serve import bodies
+
+    models = [m for m in vars(bodies).values() if isinstance(m, type) and issubclass(m, bodies.Body)]
+    assert len(models) >= 8
+    loose = [(m.__name__, name) for m in models for name, field in m.model_fields.items()
+             if any(t is typing.Any for t in _annotations(field.annotation))]
+    assert loose == []
+
+
+# (body, the 422's words): options of the APIs the server does not implement are refused by the
+# body model itself, and their "asks for nothing" values are taken.
+REFUSED = [
+    ("TGIRequest", {"inputs": "x", "parameters": {"typical_p": 0.5}}, "`parameters.typical_p` is not supported"),
+    ("TGIRequest", {"inputs": "x", "parameters": {"watermark": True}}, "`parameters.watermark` is not supported"),
+    ("TGIRequest", {"inputs": "x", "parameters": {"top_n_tokens": 2}}, "`parameters.top_n_tokens` is not supported"),
+    ("TGIRequest", {"inputs": "x", "parameters": {"frequency_penalty": 1}}, "`parameters.frequency_penalty` is not"),
+    ("TGIRequest", {"inputs": "x", "parameters": {"best_of": 2}}, "`parameters.best_of` must be 1"),
+    ("TGIRequest", {"inputs": "x", "parameters": {"adapter_id": 5}}, "`parameters.adapter_id` must be a string"),
+    ("FlanRequest", {"text_inputs": "x", "early_stopping": "yes"}, '`early_stopping` must be true, false or "never"'),
+    ("ChatRequest", {"messages": [], "presence_penalty": 0.5}, "`presence_penalty` is not supported by this server; "
+                                                               "use repetition_penalty"),
+    ("ChatRequest", {"messages": [], "frequency_penalty": 3}, "`frequency_penalty` must be a number in [-2, 2]"),
+    ("ChatRequest", {"messages": [], "best_of": 3}, "`best_of` must be 1"),
+    ("ChatRequest", {"messages": [], "functions": [{"name": "f"}]}, "`functions` is the API before tools"),
+    ("ChatRequest", {"messages": [], "function_call": "auto"}, "`function_call` is the API before tools"),
+    ("ChatRequest", {"messages": [], "metadata": {"a": 1}}, "`metadata` must be an object of strings"),
+    ("ChatRequest", {"messages": [], "user": 7}, "`user` must be a string, got 7"),
+    ("ChatRequest", {"messages": [], "parallel_tool_calls": "no"}, "`parallel_tool_calls` must be true or false"),
+    ("CompletionRequest", {"prompt": "x", "logit_bias": {"5": 100}}, "`logit_bias` is not supported"),
+    ("CompletionRequest", {"prompt": "x", "logit_bias": {"5": "up"}}, "`logit_bias` must map token ids to numbers"),
+    ("CompletionRequest", {"prompt": "x", "suffix": "y"}, "`suffix` is not supported: fill-in-the-middle"),
+]
+NOTHING_ASKED = [
+    ("TGIRequest", {"inputs": "x", "parameters": {"typical_p": 0, "watermark": False, "top_n_tokens": 0,
+                                                 "frequency_penalty": 0.0, "best_of": 1, "adapter_id": None}}),
+    ("TGIRequest", {"inputs": "x", "parameters": {"best_of": 0}}),  # TGI clients' unset
+    ("FlanRequest", {"text_inputs": "x", "early_stopping": "never"}),
+    ("ChatRequest", {"messages": [], "functions": [], "function_call": None, "presence_penalty": 0, "best_of": 1,
+                     "metadata": {"k": "v"}, "service_tier": "auto", "safety_identifier": "s", "prompt_cache_key": "p"}),
+    ("CompletionRequest", {"prompt": "x", "suffix": "", "logit_bias": {}, "frequency_penalty": -0.0}),
+]
+
+
+@pytest.mark.parametrize("kind,body,words", REFUSED, ids=[w.split("`")[1] + f"-{i}" for i, (_, _, w) in
+                                                          enumerate(REFUSED)])
+def test_an_option_the_server_lacks_is_refused_by_its_declaration(kind, body, words):
+    from tuneforge.serve import bodies
+    from tuneforge.serve.errors import PayloadError
+
+    with pytest.raises(PayloadError) as caught:
+        getattr(bodies, kind).read(body)
+    assert caught.value.status == 422 and str(caught.value).startswith(words), str(caught.value)
+
+
+@pytest.mark.parametrize("kind,body", NOTHING_ASKED, ids=[f"{k}-{i}" for i, (k, _) in enumerate(NOTHING_ASKED)])
+def test_an_option_the_server_lacks_is_taken_when_it_asks_for_nothing(kind, body):
+    from tuneforge.serve import bodies
+
+    assert getattr(bodies, kind).read(body).raw is body
+
+
 def test_serve_check_refuses_truncated_or_corrupt_safetensors(tiny, tmp_path):
     """The check reads what loading reads first (the header, and the file's length against it), so
     `serve --check` and the master fail with the file named instead of a worker at boot."""

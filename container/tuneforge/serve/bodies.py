@@ -6,9 +6,11 @@ the format and the closest known name, never silently dropped. Each field is dec
 type and range (fields.py's Int, Number, Flag, Stop), so a value outside them is a 422 naming the
 field, the allowed range and the value sent. Messages and content parts (chat_messages.py), tools,
 tool_choice and response_format (openai_types.py), prompts and TGI's grammar (prompt_types.py) are
-typed too, unions told apart by a tag, each wording its own 422. The `Any` fields left are accepted
-and ignored, or refused unless unset, checked while the body converts itself: `to_requests(limits)` turns a read body into the GenerationRequests for
-the server's limits (tgi_requests.py, openai_requests.py).
+typed too, unions told apart by a tag, each wording its own 422. Options of the APIs this server does
+not implement are declared with their type as `Refused`: a value that asks for nothing (unset, 0,
+false, empty) is taken, any other is a 422 saying what to send instead. No field is `Any`: once read,
+a body is valid as typed, and `to_requests(limits)` turns it into the GenerationRequests for the
+server's limits (tgi_requests.py, openai_requests.py).
 
 The declared fields are the ones the format's real clients send (openai SDK, huggingface_hub
 InferenceClient, lm-evaluation-harness, LangChain, JumpStart/SageMaker examples). A few change
@@ -20,13 +22,14 @@ nothing the server computes and are accepted for that reason (OpenAI's `model`, 
 from __future__ import annotations
 
 import difflib
-from typing import Annotated, Any, ClassVar, Optional
+from typing import Annotated, ClassVar, Literal, Optional
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, PrivateAttr, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, PrivateAttr, Strict, ValidationError
 
 from .chat_messages import Dialogs, Messages
 from .errors import invalid
-from .fields import Flag, Int, Number, Stop, declared, refusal, unset_when_empty, within_limits
+from .fields import (Flag, Int, Number, Refused, Stop, Text, Worded, declared, refusal, unset_when_empty,
+                     within_limits)
 from .invocation import Invocation
 from .openai_requests import chat_requests, completion_requests
 from .openai_types import ModelName, ResponseFormat, ToolChoice, Tools
@@ -42,10 +45,23 @@ TopK = Int(0, 1 << 20)  # 0: off
 RepetitionPenalty = Number(0.0, 100.0, open_low=True)
 NgramSize = Int(0, 1 << 10)
 Seed = Int(0, MAX_SEED)
+Penalty = Number(-2.0, 2.0, open_low=False)  # OpenAI's presence/frequency penalties
+UNSET = "is not supported by this server; leave it unset"
+NO_PENALTY = "is not supported by this server; use repetition_penalty"
+ONE_SEQUENCE = "must be 1 (best-of sampling is not supported)"
+BEFORE_TOOLS = "is the API before tools; send `tools` and `tool_choice`"
+NO_INFILL = ("is not supported: fill-in-the-middle needs a model trained for it; leave `suffix` unset and send "
+             "the text before the gap as `prompt`")
+Strings = Optional[Annotated[dict[str, Annotated[str, Strict()]],
+                             Worded(lambda where, loc, error: f"`{where}` must be an object of strings")]]
+TokenBias = Optional[Annotated[dict[str, float],
+                               Worded(lambda where, loc, error: f"`{where}` must map token ids to numbers")]]
+EarlyStopping = Optional[Annotated[Annotated[bool, Strict()] | Literal["never"],
+                                   Worded(lambda where, loc, error: f'`{where}` must be true, false or "never"')]]
 
 
 class Body(BaseModel):
-    """A request body of one format; `Any` fields have their rules where the value is used."""
+    """A request body of one format, every field declared with its type and range."""
 
     model_config = ConfigDict(extra="allow", frozen=True)
     FORMAT: ClassVar[str] = ""
@@ -127,14 +143,14 @@ class TGIParameters(SamplingParameters):
     decoder_input_details: Flag = None
     return_full_text: Flag = None
     truncate: Int(1) = None
-    best_of: Any = None  # refused unless 1 (or unset: 0 counts as unset)
+    best_of: Refused(Int(0), ONE_SEQUENCE, taken=(1,)) = None  # 0 counts as unset
     grammar: Grammar = None
-    # TGI's, taken only unset (tgi_requests.TGI_UNSUPPORTED); huggingface_hub sends them when asked
-    typical_p: Any = None
-    watermark: Any = None
-    top_n_tokens: Any = None
-    adapter_id: Any = None
-    frequency_penalty: Any = None
+    adapter_id: Text = None  # one of the model folder's adapters/ (limits.adapter)
+    # TGI's, taken only unset; huggingface_hub sends them when asked
+    typical_p: Refused(Number(0.0, 1.0, open_low=False), UNSET) = None
+    watermark: Refused(Flag, UNSET) = None
+    top_n_tokens: Refused(Int(0), UNSET) = None
+    frequency_penalty: Refused(Penalty, UNSET) = None
 
 
 class TGIRequest(Request):
@@ -183,7 +199,7 @@ class FlanRequest(Request):
     max_new_tokens: Int(1) = None
     num_return_sequences: Int(1) = None  # at most TUNEFORGE_MAX_RETURN_SEQUENCES (limits)
     num_beams: Int(1) = None  # refused unless 1
-    early_stopping: Any = None  # only means something with beam search, which is refused
+    early_stopping: EarlyStopping = None  # only means something with beam search, which is refused
     do_sample: Flag = None
     temperature: Temperature = None
     top_p: TopP = None
@@ -222,29 +238,21 @@ class OpenAICommon(Request):
     seed: Seed = None
     stream: Flag = None
     stream_options: _object(StreamOptions) = None
-    logprobs: Any = None
-    presence_penalty: Any = None   # refused unless 0
-    frequency_penalty: Any = None  # refused unless 0
-    logit_bias: Any = None         # refused unless empty
-    best_of: Int(1) = None         # refused unless 1
+    presence_penalty: Refused(Penalty, NO_PENALTY) = None
+    frequency_penalty: Refused(Penalty, NO_PENALTY) = None
+    logit_bias: Refused(TokenBias, UNSET) = None
+    best_of: Refused(Int(1), ONE_SEQUENCE, taken=(1,)) = None
     # no effect on the answer
-    user: Any = None
-    metadata: Any = None
-    store: Any = None
-    service_tier: Any = None
-    safety_identifier: Any = None
-    prompt_cache_key: Any = None
+    user: Text = None
+    metadata: Strings = None
+    store: Flag = None
+    service_tier: Text = None
+    safety_identifier: Text = None
+    prompt_cache_key: Text = None
     # extensions (vLLM's names)
     top_k: TopK = None
     repetition_penalty: RepetitionPenalty = None
     no_repeat_ngram_size: NgramSize = None
-
-    @classmethod
-    def read(cls, body: dict, prefix: str = "", fmt: str | None = None, limits: dict[str, int] | None = None):
-        model = super().read(body, prefix, fmt, limits)
-        if body.get("logit_bias"):
-            raise invalid("`logit_bias` is not supported by this server; leave it unset")
-        return model
 
     @property
     def max_field(self) -> str:
@@ -266,9 +274,9 @@ class ChatRequest(OpenAICommon):
     response_format: ResponseFormat = None
     tools: Tools = None
     tool_choice: ToolChoice = None
-    parallel_tool_calls: Any = None
-    functions: Any = None      # refused: the API before tools
-    function_call: Any = None  # refused: the API before tools
+    parallel_tool_calls: Flag = None
+    functions: Refused(Optional[list[dict]], BEFORE_TOOLS) = None
+    function_call: Refused(Optional[Annotated[str, Strict()] | dict], BEFORE_TOOLS) = None
 
     @classmethod
     def claims(cls, body: dict) -> bool:
@@ -301,7 +309,7 @@ class CompletionRequest(OpenAICommon):
     prompt: CompletionPrompt = None
     echo: Flag = None
     add_special_tokens: Flag = None  # vLLM's: string prompts get the tokenizer's own special tokens (default true)
-    suffix: Any = None  # refused: fill-in-the-middle
+    suffix: Refused(Text, NO_INFILL) = None
 
     @classmethod
     def claims(cls, body: dict) -> bool:

@@ -14,7 +14,8 @@ import typing
 from typing import Annotated, Optional
 
 import annotated_types
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, ValidationError
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, Strict, ValidationError
+from pydantic_core import PydanticCustomError
 
 from .errors import PayloadError, invalid
 
@@ -38,6 +39,7 @@ def Number(low: float, high: float, *, open_low: bool):  # noqa: N802
 
 
 Flag = Optional[Annotated[bool, Strict()]]
+Text = Optional[Annotated[str, Strict()]]
 Stop = Optional[Annotated[str, Strict(), Field(min_length=1)]
                 | list[Annotated[str, Strict(), Field(min_length=1)]]]
 
@@ -55,6 +57,18 @@ class Worded:
 
     def __init__(self, words):
         self.words = words
+
+
+def Refused(annotation, words: str, *, taken: tuple = ()):  # noqa: N802
+    """A field clients send that this server does not implement: a value of its declared type that
+    asks for nothing (unset, 0, false, empty, or one of `taken`) is accepted; any other is a 422,
+    "`<field>` <words>"."""
+    def refuse(value):
+        if value and value not in taken:
+            raise PydanticCustomError("refused", words)
+        return value
+
+    return Annotated[annotation, AfterValidator(refuse)]
 
 
 def unset_when_empty(value):
@@ -82,6 +96,8 @@ def refusal(model: type[BaseModel], exc: ValidationError, limits: dict[str, int]
     server's `limits` on top-level integers, named in the message as their upper bound)."""
     error = exc.errors()[0]
     path, annotation = _field_of(model, error["loc"])
+    if error["type"] == "refused":
+        return invalid(f"`{path}` {error['msg']}")
     base, metadata = declared(annotation)
     value = error["input"]
     worded = next((m for m in metadata if isinstance(m, Worded)), None)
@@ -91,6 +107,8 @@ def refusal(model: type[BaseModel], exc: ValidationError, limits: dict[str, int]
         return invalid(f"`{path}` must be an object")
     if base is bool:
         return invalid(f"`{path}` must be true or false, got {show(value)}")
+    if base is str:
+        return invalid(f"`{path}` must be a string, got {show(value)}")
     if base is int:
         high = limits.get(path, _bound(metadata, "le"))
         return not_an_integer_in(path, _bound(metadata, "ge"), high, _integral(value))

@@ -86,12 +86,9 @@ def _parse_body(state, route: str) -> tuple[list[Invocation], bool]:
         for number, line in enumerate(text.splitlines(), start=1):
             if not line.strip():
                 continue
-            try:
-                inv = parser.parse(loads(line, f"line {number}: "), route)
-            except PayloadError as exc:
-                if exc.message.startswith("line "):
-                    raise
-                raise PayloadError(exc.status, f"line {number}: {exc.message}", exc.error_type) from None
+            inv = parser.validate(loads(line, f"line {number}: "), route)
+            if isinstance(inv, PayloadError):
+                raise PayloadError(inv.status, f"line {number}: {inv.message}", inv.error_type)
             if inv.stream:
                 raise invalid(f"line {number}: `stream` is not available for JSON lines")
             invocations.append(inv)
@@ -104,7 +101,10 @@ def _parse_body(state, route: str) -> tuple[list[Invocation], bool]:
                            "unsupported_media_type")
     document = loads(text, "")
     _refuse_image_request(document)
-    return [parser.parse(document, route)], False
+    inv = parser.validate(document, route)
+    if isinstance(inv, PayloadError):
+        raise inv
+    return [inv], False
 
 
 def _refuse_image_request(document) -> None:

@@ -79,7 +79,7 @@ class ServerLimits:
         if adapter_id is None:
             return None
         adapters = self.loaded.info.adapters
-        if not isinstance(adapter_id, str) or adapter_id not in adapters:
+        if adapter_id not in adapters:
             served = (f"its adapters are {', '.join(sorted(adapters))}" if adapters else
                       "it serves no adapters (they go in <model_dir>/adapters/<name>/)")
             raise invalid(f"`parameters.adapter_id` {show(adapter_id)} is not an adapter of this server; {served}")

@@ -24,7 +24,6 @@ def chat_requests(body, limits) -> Invocation:
     """A read ChatRequest within `limits` (a ServerLimits)."""
     if "messages" not in body.raw:
         raise invalid("`messages` is required: a list of {role, content} objects")
-    _unsupported(body)
     tools = tool_plan(body)
     schema = tool_schema(tools) or response_schema(body.response_format)
     where = "tool_choice" if tool_schema(tools) else "response_format"
@@ -45,10 +44,6 @@ def completion_requests(body, limits) -> Invocation:
     if "prompt" not in body.raw:
         raise invalid("`prompt` is required: a string, a list of strings, a list of token ids or a list "
                       "of token-id lists")
-    _unsupported(body)
-    if body.suffix:
-        raise invalid("`suffix` is not supported: fill-in-the-middle needs a model trained for it; leave "
-                      "`suffix` unset and send the text before the gap as `prompt`")
     special = True if body.add_special_tokens is None else body.add_special_tokens
     prompts, list_input = _prompts(limits, body.prompt, special)
     limits.check_count(prompts, "prompt")
@@ -139,14 +134,6 @@ def _token_prompt(limits, ids: list[int], where: str) -> tuple[list[int], str, s
     if bad is not None:
         raise invalid(f"`{where}[{bad}]` is token id {ids[bad]}, outside this model's vocabulary (0 to {size - 1})")
     return list(ids), limits.tokenizer.decode(ids, skip_special_tokens=True), where
-
-
-def _unsupported(body) -> None:
-    for name in ("presence_penalty", "frequency_penalty"):
-        if getattr(body, name):
-            raise invalid(f"`{name}` is not supported by this server; use repetition_penalty")
-    if (body.best_of or 1) != 1:
-        raise invalid("`best_of` must be 1 (best-of sampling is not supported)")
 
 
 def _shared_options(body) -> dict:

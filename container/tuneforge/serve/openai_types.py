@@ -9,14 +9,14 @@ request does not list, `required` with no tools) is checked in structured.py.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal, Optional, Union
+from typing import Annotated, Literal, Optional, Union
 
-from pydantic import AfterValidator, BeforeValidator, Field, StrictStr
+from pydantic import AfterValidator, BeforeValidator, Field, JsonValue, StrictStr
 
 from .fields import Loose, Worded, unset_when_empty
 
 NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
-JsonObject = dict[str, Any]
+JsonObject = dict[str, JsonValue]
 # `model`: a name naming one of the folder's adapters runs on it; anything else (a name, or not a
 # string) gets the weights alone
 ModelName = Annotated[Optional[str], BeforeValidator(lambda value: value if isinstance(value, str) else None)]
@@ -79,7 +79,7 @@ class JsonObjectFormat(Loose):
 
 
 class JsonSchemaSpec(Loose):
-    name: Any = None
+    name: Optional[StrictStr] = None
     json_schema: JsonObject = Field(default=None, alias="schema")  # absent: any object; null is refused
 
 

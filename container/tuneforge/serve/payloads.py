@@ -9,8 +9,10 @@ Formats (docs/payloads.md has examples of each):
   responses   {"input": str | [messages], ...}                 (OpenAI Responses, read as chat)
   text        a bare prompt (text/plain)
 A route names the body models it takes (ROUTE_MODELS); where several share a route, the first
-that claims the body reads it. The body is read into its model (bodies.py), which reports fields it
-does not take, and then converts itself within the server's limits (`to_requests(limits)`).
+that claims the body reads it. `Parser.validate` is the one step between a body and generation, as
+TGI's: the body is read into its model (bodies.py), which refuses fields it does not take and values
+outside their types, then converts itself within the server's limits (`to_requests(limits)`); the
+result is the Invocation or the PayloadError that refuses the request, returned, not raised.
 """
 
 from __future__ import annotations
@@ -43,13 +45,24 @@ class Parser:
         self.tokenizer = loaded.tokenizer
         self.limits = ServerLimits(loaded, settings)
 
+    def validate(self, body, route: str = "invocations") -> Invocation | PayloadError:
+        """The Invocation a JSON body sent to `route` asks for, or the error that refuses it."""
+        try:
+            if isinstance(body, str):
+                return self.text(body)
+            if not isinstance(body, dict):
+                raise invalid("the request body must be a JSON object (or a JSON string holding a prompt)")
+            model = body_model(route, body)
+            return model.read(body, limits=self.limits.field_bounds).to_requests(self.limits, route)
+        except PayloadError as refused:
+            return refused
+
     def parse(self, body, route: str = "invocations") -> Invocation:
-        if isinstance(body, str):
-            return self.text(body)
-        if not isinstance(body, dict):
-            raise invalid("the request body must be a JSON object (or a JSON string holding a prompt)")
-        model = body_model(route, body)
-        return model.read(body, limits=self.limits.field_bounds).to_requests(self.limits, route)
+        """validate, raising its error (for callers that let the server answer it)."""
+        result = self.validate(body, route)
+        if isinstance(result, PayloadError):
+            raise result
+        return result
 
     def text(self, prompt: str) -> Invocation:
         return text_requests(prompt, SamplingParameters(), self.limits)

@@ -8,13 +8,13 @@ can say (the prompt fields its template takes, its vocabulary) is checked while 
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, Literal, Optional, Union
+from typing import Annotated, Literal, Optional, Union
 
-from pydantic import BeforeValidator, Discriminator, Field, StrictInt, StrictStr, Tag
+from pydantic import BeforeValidator, Discriminator, Field, JsonValue, StrictInt, StrictStr, Tag
 
 from .fields import Loose, Worded
 
-JsonObject = dict[str, Any]
+JsonObject = dict[str, JsonValue]
 
 
 def _input_shape(value) -> str | None:

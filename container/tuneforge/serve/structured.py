@@ -56,10 +56,7 @@ def response_schema(fmt) -> dict | None:
 
 
 def tool_plan(body) -> ToolPlan:
-    """A read chat body's `tools` and `tool_choice` (typed in openai_types.py) as one plan;
-    `functions` (the API before tools) is refused."""
-    if body.functions or body.function_call:
-        raise invalid("`functions` and `function_call` are the API before tools; send `tools` and `tool_choice`")
+    """A read chat body's `tools` and `tool_choice` (typed in openai_types.py) as one plan."""
     tools = body.raw.get("tools") or []  # as sent: the template renders what the client wrote
     return ToolPlan(tools, *_choice(body.tool_choice, [tool.function.name for tool in body.tools or ()]))
 

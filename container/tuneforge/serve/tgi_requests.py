@@ -12,10 +12,6 @@ from .invocation import Invocation
 from .limits import sampling, tgi_sampling
 from .prompting import render_chat, render_input
 
-# TGI parameters that clients send and this server does not implement: accepted when unset.
-TGI_UNSUPPORTED = ("typical_p", "watermark", "top_n_tokens", "frequency_penalty")
-
-
 def text_requests(prompt: str, params, limits) -> Invocation:
     """A bare prompt (text/plain), sampled by TGI's rules from default `params`."""
     prompt = limits.prompt_format.render_text(prompt)
@@ -31,11 +27,6 @@ def tgi_requests(body, params, limits, force_stream: bool = False) -> Invocation
     limits.check_count(items, "inputs")
     if stream and list_input:
         raise invalid("`stream: true` takes a single input, not a list")
-    for name in TGI_UNSUPPORTED:
-        if getattr(params, name):
-            raise invalid(f"`parameters.{name}` is not supported by this server; leave it unset")
-    if (params.best_of or 1) != 1:
-        raise invalid("`parameters.best_of` must be 1 (best-of sampling is not supported)")
     sampling_ = tgi_sampling(params)
     guide = _grammar(limits, params.grammar)
     adapter = limits.adapter(params.adapter_id)
