@@ -9,7 +9,6 @@ pipeline; train_text_encoder adds the text encoder (or its adapters).
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -19,6 +18,7 @@ import torch
 from torch.nn import functional
 
 from ..contract import Paths
+from ..metrics_file import write_metrics
 from ..model_folder import ModelMetadata
 from ..job import stopping
 from ..job.artifacts import ModelWriter, is_disk_full
@@ -278,7 +278,7 @@ class DreamBooth:
         self.results.update(train_runtime_s=round(runtime_s, 2), method="lora" if self.config.use_lora else "full",
                             instance_prompt=self.data.instance_prompt, job=facts.job_facts(self),
                             phases=self.clock.seconds)
-        (out / "metrics.json").write_text(json.dumps(self.results, indent=2, default=str) + "\n")
+        write_metrics(out / "metrics.json", self.results)  # through its schema (metrics_file.py), key for key
         from ..report import write_job_report
 
         write_job_report(self.paths.base)  # never raises: a report error is logged, the pipeline stands

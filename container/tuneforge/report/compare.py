@@ -7,9 +7,10 @@ from __future__ import annotations
 from . import charts
 from .doc import Cell, Document, Image, Section, Table, Text, number
 from .gather import JobOutput
-from .sections import hyperparameters_of, lookup, metrics_of
+from .sections import hyperparameters_of, lookup
 
-# (label, metrics.json key, lower is better (None: neither), decimals shown)
+# (label, metrics.json key (a MetricsFile attribute, dotted into its dicts), lower is better (None: neither),
+#  decimals shown)
 COMPARED = (
     ("validation loss before", "eval_loss_before", None, 4),
     ("validation loss after", "eval_loss", True, 4),
@@ -35,22 +36,22 @@ def differing_hyperparameters(jobs: list[JobOutput]) -> tuple[list[str], list[di
 
 def what_was_trained(job: JobOutput) -> tuple[str, str, str]:
     """(kind, base model, data format) of a job, "-" where its output does not say."""
-    m = metrics_of(job)
-    kind = m.get("task", "text generation")
-    base = lookup(m, "job.base_model") or m.get("base_model") or "-"
-    return str(kind), str(base), str(lookup(m, "data.format") or "-")
+    r = job.recorded
+    base = lookup(r, "job.base_model") or lookup(r, "base_model") or "-"  # base_model: an extra key, if any
+    kind = r.task if "task" in r.model_fields_set else "text generation"  # a recorded null shows as None
+    return str(kind), str(base), str(lookup(r, "data.format") or "-")
 
 
 def evaluation_rows(jobs: list[JobOutput]) -> list[tuple]:
     """COMPARED rows for the tasks of the jobs' evaluation channels (metrics.json `evaluation`)."""
-    names = sorted({name for job in jobs for name in (metrics_of(job).get("evaluation") or {})})
+    names = sorted({name for job in jobs for name in (job.recorded.evaluation or {})})
     return [(f"task {name} after", f"evaluation.{name}.after.score", False, 4) for name in names]
 
 
 def _metric_row(label: str, key: str, lower_better, digits: int, jobs: list[JobOutput]) -> list[Cell] | None:
-    values = [lookup(metrics_of(job), key) for job in jobs]
+    values = [lookup(job.recorded, key) for job in jobs]
     if key == "general_knowledge.after.score":  # model/tuneforge.json keeps the score alone
-        values = [v if v is not None else lookup(metrics_of(j), "general_knowledge.after") for v, j in zip(values, jobs)]
+        values = [v if v is not None else lookup(j.recorded, "general_knowledge.after") for v, j in zip(values, jobs)]
     numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
     if not numbers:
         return None
@@ -81,7 +82,7 @@ def build_comparison(jobs: list[JobOutput]) -> Document:
     if differ:
         rows = [[Cell(name, css="strong"), *(Cell(str(v.get(name, "-"))) for v in values)] for name in differ]
         sections.append(Section("Hyperparameters that differ", [Table(["hyperparameter", *labels], rows)]))
-    chart = charts.compare_chart([(job.label, job.history, metrics_of(job).get("eval_loss_before")) for job in jobs])
+    chart = charts.compare_chart([(job.label, job.history, job.recorded.eval_loss_before) for job in jobs])
     if chart:
         sections.append(Section("Loss curves", [Image(chart, "loss curves of every job overlaid", name="chart-compare",
                                                       caption="solid: training loss; dashed: validation loss; "

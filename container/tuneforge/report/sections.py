@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import re
 
+from pydantic import BaseModel
+
 from . import charts
 from .doc import Cell, Document, Image, Marked, Pre, Section, Table, Text, change_cell, fmt, number
-from ..metrics_file import MetricsFile
+from ..metrics_file import DataFacts, MetricsFile
 from .gather import JobOutput
 from .preference import PREFERENCE_KEYS, SFT_ONLY_ROWS, method_name, preference_method, preference_rows
 
@@ -24,16 +26,21 @@ ANSWER_CHARS = 400
 ANSWER_ROWS = 12  # the rest are in samples.jsonl
 
 
-def lookup(data: dict, path: str):
+def lookup(data: MetricsFile | dict, path: str):
+    """The value at a dotted metrics.json key: by attribute in a MetricsFile and its sub-models, by key in a dict."""
     for part in path.split("."):
-        if not isinstance(data, dict):
+        if isinstance(data, BaseModel):
+            data = getattr(data, part, None)
+        elif isinstance(data, dict):
+            data = data.get(part)
+        else:
             return None
-        data = data.get(part)
     return data
 
 
 def metrics_of(job: JobOutput) -> dict:
-    """metrics.json, or the summary model/tuneforge.json keeps (all a model.tar.gz holds)."""
+    """metrics.json, or the summary model/tuneforge.json keeps (all a model.tar.gz holds), as a dict:
+    for the sections that go through every key (the others read job.recorded)."""
     if job.metrics:
         return job.metrics
     return dict((job.metadata or {}).get("metrics") or {})
@@ -90,12 +97,11 @@ def _engine(r: MetricsFile) -> str | None:
 
 def data_section(job: JobOutput) -> Section | None:
     data = job.recorded.data
-    if not isinstance(data, dict):
+    if not isinstance(data, DataFacts):
         return None
     section = Section("Data")
     rows = []
-    for split in ("train", "validation"):
-        part = data.get(split)
+    for split, part in (("train", data.train), ("validation", data.validation)):
         if isinstance(part, dict):
             rows.append([Cell(split, css="strong"), number(part.get("rows"), f"data.{split}.rows"),
                          number(part.get("sequences"), f"data.{split}.sequences"),
@@ -103,14 +109,14 @@ def data_section(job: JobOutput) -> Section | None:
                          _share(part.get("trainable_share"), f"data.{split}.trainable_share"),
                          number(part.get("rows_truncated"), f"data.{split}.rows_truncated",
                                 css="worse" if part.get("rows_truncated") else "")])
-    files = ", ".join(str(f) for f in data.get("files") or [])
-    section.blocks.append(Text(f"format {data.get('format')}; max_input_length {fmt(data.get('max_input_length'))}; "
-                               f"validation from {data.get('validation_source')}; files: {files}"))
+    files = ", ".join(str(f) for f in data.files or [])
+    section.blocks.append(Text(f"format {data.format}; max_input_length {fmt(data.max_input_length)}; "
+                               f"validation from {data.validation_source}; files: {files}"))
     section.blocks.append(Table(["", "rows", "sequences", "tokens", "trainable share", "truncated rows"], rows))
-    warning = overlap_warning(metrics_of(job))
+    warning = overlap_warning(job.recorded)
     if warning:
         section.blocks.append(warning)
-    prompt = data.get("prompt") or {}
+    prompt = data.prompt or {}
     template = _template_text(prompt)
     if template:
         section.blocks.append(Pre(template, caption="prompt template"))
@@ -137,12 +143,11 @@ def _template_text(prompt: dict) -> str:
 
 
 def curves_section(job: JobOutput) -> Section | None:
-    m = metrics_of(job)
     section = Section("Training curves")
     loss = charts.loss_chart(job.history, job.recorded.eval_loss_before)
     if loss:
         section.blocks.append(Image(loss, "training and validation loss against optimizer steps", name="chart-loss"))
-    rewards = charts.reward_chart(job.history) if preference_method(m) else None
+    rewards = charts.reward_chart(job.history) if preference_method(job.recorded) else None
     if rewards:
         section.blocks.append(Image(rewards, "reward accuracy, reward margin and log-probabilities of the chosen and "
                                              "rejected answers against optimizer steps", name="chart-rewards"))
@@ -153,18 +158,18 @@ def curves_section(job: JobOutput) -> Section | None:
 
 
 def metrics_section(job: JobOutput) -> Section | None:
-    m = metrics_of(job)
+    m = job.recorded
     method = preference_method(m)
     rows = preference_rows(m) if method else []
     for label, after_key, before_key, lower_better in BEFORE_AFTER:
-        before, after = lookup(m, before_key), m.get(after_key)
+        before, after = lookup(m, before_key), getattr(m, after_key)
         if (before is None and after is None) or (method and after_key in SFT_ONLY_ROWS):
             continue
         digits = digits_of(after_key)
         label = f"{label} ({method_name(method)})" if method and after_key == "eval_loss" else label
         rows.append([Cell(label, css="strong"), number(before, before_key, digits), number(after, after_key, digits),
                      change_cell(before, after, lower_better, digits)])
-    knowledge = job.recorded.general_knowledge or {}
+    knowledge = m.general_knowledge or {}
     if knowledge:
         score = {stage: r.get("score") if isinstance(r, dict) else r for stage, r in knowledge.items()}
         rows.append([Cell("general knowledge (share right)", css="strong"),
@@ -172,10 +177,11 @@ def metrics_section(job: JobOutput) -> Section | None:
                      number(score.get("after"), "general_knowledge.after.score"),
                      change_cell(score.get("before"), score.get("after"), False)])
     rows += evaluation_rows(m)
-    for label, key in (("training loss", "train_loss"), ("training perplexity", "train_perplexity")):
-        if m.get(key) is not None and not (method and key in SFT_ONLY_ROWS):
+    for label, key, value in (("training loss", "train_loss", m.train_loss),
+                              ("training perplexity", "train_perplexity", m.train_perplexity)):
+        if value is not None and not (method and key in SFT_ONLY_ROWS):
             label = f"{label} ({method_name(method)})" if method and key == "train_loss" else label
-            rows.append([Cell(label, css="strong"), Cell("-"), number(m[key], key, digits_of(key)), Cell("")])
+            rows.append([Cell(label, css="strong"), Cell("-"), number(value, key, digits_of(key)), Cell("")])
     if not rows:
         return None
     table = Table(["metric", "base model", "fine-tuned", "change"], rows)
@@ -183,10 +189,10 @@ def metrics_section(job: JobOutput) -> Section | None:
     return Section("Before and after fine-tuning", [b for b in blocks if b is not None])
 
 
-def evaluation_rows(m: dict) -> list[list[Cell]]:
+def evaluation_rows(m: MetricsFile) -> list[list[Cell]]:
     """One row per task of the job's `evaluation` channel (metrics.json `evaluation`)."""
     rows = []
-    for name, stages in sorted((m.get("evaluation") or {}).items()):
+    for name, stages in sorted((m.evaluation or {}).items()):
         before, after = stages.get("before") or {}, stages.get("after") or {}
         result = after or before  # a YAML task names its own metric (its first in metric_list)
         metric = result.get("metric") or ("ROUGE-L" if result.get("kind") == "generation" else "accuracy")
@@ -197,18 +203,18 @@ def evaluation_rows(m: dict) -> list[list[Cell]]:
     return rows
 
 
-def gate_warning(m: dict) -> Text | None:
+def gate_warning(m: MetricsFile) -> Text | None:
     """The evaluation gate's failures (eval_min_score, eval_max_regression), which failed the job."""
-    gate = m.get("evaluation_gate")
+    gate = m.evaluation_gate
     if not isinstance(gate, dict) or gate.get("passed", True):
         return None
     return Text("Warning: the evaluation gate failed the job (model/ was saved): " + "; ".join(gate["failures"]) + ".",
                 css="warning")
 
 
-def overlap_warning(m: dict) -> Text | None:
+def overlap_warning(m: MetricsFile) -> Text | None:
     """Validation rows that are also training rows (metrics.json `validation_overlap`)."""
-    overlap = m.get("validation_overlap")
+    overlap = m.validation_overlap
     if not isinstance(overlap, dict) or not overlap.get("note"):
         return None
     return Text(f"Warning: {overlap['note']}.", css="warning")
